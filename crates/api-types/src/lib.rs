@@ -1,0 +1,6 @@
+#![doc = include_str!("../README.md")]
+
+pub mod error;
+pub mod tes;
+
+pub use error::ErrorResponse;

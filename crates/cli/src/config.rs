@@ -1,0 +1,570 @@
+//! Configuration: built-in defaults, then `tresor.toml`, then `TRESOR_*` environment, then flags,
+//! resolved once into typed settings. Every problem is reported at once, with its source.
+#![allow(clippy::disallowed_methods)] // the one module that reads the environment
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+use tresor_executors::{LocalSettings, SandboxSettings};
+use tresor_server::AppSettings;
+use tresor_service::ServiceSettings;
+use tresor_store::{Durability, StoreSettings};
+
+/// Flags of `tresor serve`; each overrides the file and the environment.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// A TOML configuration file (also `TRESOR_CONFIG`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where the database and task directories live (default ./tresor-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8000; port 0 picks a free port).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// CPU cores that running tasks may request in total (default: this machine's cores).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// A host directory that file:// inputs and outputs may use; repeatable.
+    #[arg(long = "allowed-dir")]
+    pub allowed_dirs: Vec<PathBuf>,
+}
+
+/// The file's shape; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    /// Where the database and task directories live.
+    data_dir: Option<PathBuf>,
+    /// Address to listen on; loopback only until authentication exists.
+    listen: Option<String>,
+    /// `full` (fsync every commit, the default) or `normal` (survives a crash of tresor, not of the machine).
+    durability: Option<String>,
+    /// Largest request body in bytes.
+    max_body_bytes: Option<usize>,
+    #[serde(default)]
+    local: LocalSection,
+    #[serde(default)]
+    tes: TesSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalSection {
+    /// CPU cores that running tasks may request in total.
+    slots: Option<u32>,
+    /// Host directories that file:// inputs and outputs may use.
+    allowed_dirs: Option<Vec<PathBuf>>,
+    /// Whether a task may ask for network access.
+    allow_network: Option<bool>,
+    /// Bytes of each executor's stdout and stderr kept in the task log.
+    log_tail_bytes: Option<usize>,
+    /// The bubblewrap program (default: `bwrap` on PATH).
+    bwrap: Option<PathBuf>,
+    /// Host uid and gid executors run as when the server runs as root (default 65534, nobody).
+    sandbox_uid: Option<u32>,
+    sandbox_gid: Option<u32>,
+    /// The binary that runs `worker` (default: this executable).
+    worker_program: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TesSection {
+    default_page_size: Option<u32>,
+    max_page_size: Option<u32>,
+    organization_name: Option<String>,
+    organization_url: Option<String>,
+}
+
+/// Resolved settings for `tresor serve`.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub app: AppSettings,
+}
+
+/// Environment variables `serve` reads; any other `TRESOR_*` is reported as a likely typo.
+const ENV_KEYS: &[&str] = &[
+    "TRESOR_CONFIG",
+    "TRESOR_DATA_DIR",
+    "TRESOR_LISTEN",
+    "TRESOR_DURABILITY",
+    "TRESOR_SLOTS",
+    "TRESOR_ALLOWED_DIRS",
+    "TRESOR_ALLOW_NETWORK",
+    "TRESOR_MAX_BODY_BYTES",
+    "TRESOR_LOG",
+    // read by the client commands, harmless here
+    "TRESOR_URL",
+    "TRESOR_TOKEN",
+];
+
+/// Collects problems instead of stopping at the first.
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, key: &str, source: &str, problem: impl std::fmt::Display) {
+        self.0.push(format!("{key} (from {source}): {problem}"));
+    }
+}
+
+/// A value and where it came from.
+struct Sourced<T> {
+    value: T,
+    source: String,
+}
+
+/// Picks the highest-priority source that set a value: flag, environment, file, default.
+fn pick<T>(
+    problems: &mut Problems,
+    key: &str,
+    flag: Option<T>,
+    env: &BTreeMap<String, String>,
+    env_key: &str,
+    parse_env: impl Fn(&str) -> Result<T, String>,
+    file: Option<T>,
+    file_name: &str,
+    default: impl FnOnce() -> T,
+) -> Sourced<T> {
+    if let Some(value) = flag {
+        return Sourced {
+            value,
+            source: format!("--{}", key.replace('_', "-")),
+        };
+    }
+    if let Some(raw) = env.get(env_key) {
+        match parse_env(raw) {
+            Ok(value) => {
+                return Sourced {
+                    value,
+                    source: env_key.to_owned(),
+                };
+            }
+            Err(e) => problems.add(key, env_key, e),
+        }
+    }
+    if let Some(value) = file {
+        return Sourced {
+            value,
+            source: file_name.to_owned(),
+        };
+    }
+    Sourced {
+        value: default(),
+        source: "default".to_owned(),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(raw: &str) -> Result<T, String> {
+    raw.trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a valid number"))
+}
+
+fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{raw:?} is not true or false")),
+    }
+}
+
+/// Reads every source and resolves them, or returns every problem found.
+pub fn load(args: &ServeArgs) -> Result<Settings, Vec<String>> {
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("TRESOR_"))
+        .collect();
+    resolve(args, &env)
+}
+
+fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings, Vec<String>> {
+    let mut problems = Problems(Vec::new());
+    for key in env.keys() {
+        if !ENV_KEYS.contains(&key.as_str()) {
+            problems.0.push(format!(
+                "{key}: unknown environment variable; known: {}",
+                ENV_KEYS.join(", ")
+            ));
+        }
+    }
+    let config_path = args
+        .config
+        .clone()
+        .or_else(|| env.get("TRESOR_CONFIG").map(PathBuf::from));
+    let file_name = config_path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "config file".to_owned());
+    let file: ConfigFile = match &config_path {
+        None => ConfigFile::default(),
+        Some(path) => match std::fs::read_to_string(path) {
+            Err(e) => {
+                problems
+                    .0
+                    .push(format!("{}: cannot read: {e}", path.display()));
+                ConfigFile::default()
+            }
+            Ok(text) => match toml::from_str(&text) {
+                Ok(file) => file,
+                Err(e) => {
+                    problems
+                        .0
+                        .push(format!("{}: {}", path.display(), e.to_string().trim()));
+                    ConfigFile::default()
+                }
+            },
+        },
+    };
+
+    let data_dir = pick(
+        &mut problems,
+        "data_dir",
+        args.data_dir.clone(),
+        env,
+        "TRESOR_DATA_DIR",
+        |s| Ok(PathBuf::from(s)),
+        file.data_dir.clone(),
+        &file_name,
+        || PathBuf::from("tresor-data"),
+    );
+    let listen_raw = pick(
+        &mut problems,
+        "listen",
+        args.listen.clone(),
+        env,
+        "TRESOR_LISTEN",
+        |s| Ok(s.to_owned()),
+        file.listen.clone(),
+        &file_name,
+        || "127.0.0.1:8000".to_owned(),
+    );
+    let listen = match listen_raw.value.parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_loopback() => Some(addr),
+        Ok(addr) => {
+            problems.add("listen", &listen_raw.source, format!(
+                "{addr} is not a loopback address; tresor has no authentication yet, so it serves loopback only"
+            ));
+            None
+        }
+        Err(_) => {
+            problems.add(
+                "listen",
+                &listen_raw.source,
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:8000",
+                    listen_raw.value
+                ),
+            );
+            None
+        }
+    };
+    let durability = pick(
+        &mut problems,
+        "durability",
+        None,
+        env,
+        "TRESOR_DURABILITY",
+        |s| Ok(s.to_owned()),
+        file.durability.clone(),
+        &file_name,
+        || "full".to_owned(),
+    );
+    let durability = match durability.value.as_str() {
+        "full" => Durability::Full,
+        "normal" => Durability::Normal,
+        other => {
+            problems.add(
+                "durability",
+                &durability.source,
+                format!("{other:?} is not full or normal"),
+            );
+            Durability::Full
+        }
+    };
+    let default_slots = || {
+        std::thread::available_parallelism()
+            .ok()
+            .and_then(|n| u32::try_from(n.get()).ok())
+            .unwrap_or(1)
+    };
+    let slots = pick(
+        &mut problems,
+        "slots",
+        args.slots,
+        env,
+        "TRESOR_SLOTS",
+        parse_num,
+        file.local.slots,
+        &file_name,
+        default_slots,
+    );
+    if slots.value == 0 {
+        problems.add("slots", &slots.source, "must be at least 1");
+    }
+    let allow_network = pick(
+        &mut problems,
+        "allow_network",
+        None,
+        env,
+        "TRESOR_ALLOW_NETWORK",
+        parse_bool,
+        file.local.allow_network,
+        &file_name,
+        || false,
+    );
+    let max_body_bytes = pick(
+        &mut problems,
+        "max_body_bytes",
+        None,
+        env,
+        "TRESOR_MAX_BODY_BYTES",
+        parse_num,
+        file.max_body_bytes,
+        &file_name,
+        || 4 * 1024 * 1024,
+    );
+    if max_body_bytes.value < 1024 {
+        problems.add(
+            "max_body_bytes",
+            &max_body_bytes.source,
+            "must be at least 1024",
+        );
+    }
+    let allowed = pick(
+        &mut problems,
+        "allowed_dirs",
+        (!args.allowed_dirs.is_empty()).then(|| args.allowed_dirs.clone()),
+        env,
+        "TRESOR_ALLOWED_DIRS",
+        |s| {
+            Ok(s.split(':')
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect())
+        },
+        file.local.allowed_dirs.clone(),
+        &file_name,
+        || vec![data_dir.value.join("storage")],
+    );
+    let default_storage = allowed.source == "default";
+    let mut allowed_dirs = Vec::new();
+    for dir in &allowed.value {
+        if default_storage {
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir);
+        }
+        match std::fs::canonicalize(dir) {
+            Ok(real) if real.is_dir() => allowed_dirs.push(real),
+            Ok(_) => problems.add(
+                "allowed_dirs",
+                &allowed.source,
+                format!("{} is not a directory", dir.display()),
+            ),
+            Err(e) => problems.add(
+                "allowed_dirs",
+                &allowed.source,
+                format!("{}: {e}", dir.display()),
+            ),
+        }
+    }
+    let log_tail_bytes = file.local.log_tail_bytes.unwrap_or(64 * 1024);
+    let default_page_size = file.tes.default_page_size.unwrap_or(256);
+    let max_page_size = file.tes.max_page_size.unwrap_or(2047);
+    if !(1..=2047).contains(&max_page_size) {
+        problems.add(
+            "tes.max_page_size",
+            &file_name,
+            "must be between 1 and 2047 (the spec requires less than 2048)",
+        );
+    }
+    if default_page_size < 1 || default_page_size > max_page_size {
+        problems.add(
+            "tes.default_page_size",
+            &file_name,
+            "must be between 1 and tes.max_page_size",
+        );
+    }
+    let bwrap = match file
+        .local
+        .bwrap
+        .clone()
+        .or_else(|| find_on_path("bwrap", env))
+    {
+        Some(path) if path.is_file() => Some(path),
+        Some(path) => {
+            problems.add(
+                "local.bwrap",
+                &file_name,
+                format!("{} does not exist", path.display()),
+            );
+            None
+        }
+        None => {
+            problems.0.push(
+                "local.bwrap: bubblewrap (bwrap) is not on PATH; install it (apt-get install bubblewrap)".to_owned(),
+            );
+            None
+        }
+    };
+    let worker_program = match file.local.worker_program.clone() {
+        Some(p) => Some(p),
+        None => match std::env::current_exe() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                problems.0.push(format!(
+                    "local.worker_program: cannot find this executable: {e}"
+                ));
+                None
+            }
+        },
+    };
+    // Only root can switch users; an unprivileged server runs executors as itself.
+    let run_as = is_root().then(|| {
+        (
+            file.local.sandbox_uid.unwrap_or(65534),
+            file.local.sandbox_gid.unwrap_or(65534),
+        )
+    });
+
+    let data_dir_path = data_dir.value.clone();
+    if let Err(e) = prepare_data_dir(&data_dir_path) {
+        problems.add("data_dir", &data_dir.source, e);
+    }
+
+    match (problems.0.is_empty(), listen, bwrap, worker_program) {
+        (true, Some(listen), Some(bwrap), Some(worker_program)) => Ok(Settings {
+            listen,
+            data_dir: data_dir_path.clone(),
+            app: AppSettings {
+                store: StoreSettings {
+                    path: data_dir_path.join("tresor.db"),
+                    durability,
+                },
+                local: LocalSettings {
+                    work_root: data_dir_path.join("work"),
+                    worker_program,
+                    sandbox: SandboxSettings { bwrap, run_as },
+                    allowed_dirs,
+                    log_tail_bytes,
+                    slots: slots.value,
+                    allow_network: allow_network.value,
+                },
+                service: ServiceSettings {
+                    default_page_size,
+                    max_page_size,
+                    organization_name: file
+                        .tes
+                        .organization_name
+                        .clone()
+                        .unwrap_or_else(|| "tresor".to_owned()),
+                    organization_url: file
+                        .tes
+                        .organization_url
+                        .clone()
+                        .unwrap_or_else(|| "https://tresor.invalid".to_owned()),
+                },
+                max_body_bytes: max_body_bytes.value,
+            },
+        }),
+        _ => Err(problems.0),
+    }
+}
+
+/// Creates the data directory: traversable (0711) so the sandbox user can reach task
+/// directories inside, but not listable.
+fn prepare_data_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+fn find_on_path(program: &str, _env: &BTreeMap<String, String>) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_with_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tresor.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:80\"\n[local]\nslots = 0\n").unwrap();
+        let env = BTreeMap::from([
+            ("TRESOR_DURABILITY".to_owned(), "maybe".to_owned()),
+            ("TRESOR_SLOTZ".to_owned(), "4".to_owned()),
+        ]);
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            data_dir: Some(dir.path().join("data")),
+            ..ServeArgs::default()
+        };
+        let problems = resolve(&args, &env).unwrap_err();
+        let text = problems.join("\n");
+        assert!(
+            text.contains("TRESOR_SLOTZ: unknown environment variable"),
+            "{text}"
+        );
+        assert!(
+            text.contains("durability (from TRESOR_DURABILITY): \"maybe\" is not full or normal"),
+            "{text}"
+        );
+        assert!(
+            text.contains("listen (from") && text.contains("not a loopback address"),
+            "{text}"
+        );
+        assert!(
+            text.contains("slots (from") && text.contains("must be at least 1"),
+            "{text}"
+        );
+        assert!(problems.len() >= 4, "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tresor.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            data_dir: Some(dir.path().join("data")),
+            ..ServeArgs::default()
+        };
+        let text = resolve(&args, &BTreeMap::new()).unwrap_err().join("\n");
+        assert!(text.contains("unknown field `lisen`"), "{text}");
+
+        let args = ServeArgs {
+            data_dir: Some(dir.path().join("data")),
+            listen: Some("127.0.0.1:0".to_owned()),
+            slots: Some(3),
+            ..ServeArgs::default()
+        };
+        let env = BTreeMap::from([("TRESOR_SLOTS".to_owned(), "7".to_owned())]);
+        let settings = resolve(&args, &env).unwrap();
+        assert_eq!(settings.app.local.slots, 3);
+        assert_eq!(settings.listen.port(), 0);
+    }
+}

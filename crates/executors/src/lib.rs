@@ -1,0 +1,31 @@
+#![doc = include_str!("../README.md")]
+
+pub mod local;
+pub mod paths;
+pub mod protocol;
+pub mod sandbox;
+pub mod worker;
+
+pub use local::{Attach, LocalExecutor, LocalSettings, WorkerExit};
+pub use protocol::{WorkerPhase, WorkerStatus, WorkerTask};
+pub use sandbox::SandboxSettings;
+
+/// The local executor's failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding the worker's task file: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+}

@@ -1,0 +1,244 @@
+//! The local executor as the server sees it: one `tresor worker` process per task, started in its
+//! own process group, watched until it exits, re-attached after a server restart, killed on cancel.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::sync::oneshot;
+use tresor_domain::TaskId;
+
+use crate::worker::{LOCK_FILE, LOG_FILE, STATUS_FILE, TASK_FILE};
+use crate::{Error, SandboxSettings, WorkerStatus, WorkerTask};
+
+/// The local executor's slice of the settings.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    /// Where task directories live; must be traversable by the sandbox user.
+    pub work_root: PathBuf,
+    /// The `tresor` binary whose `worker` subcommand runs a task.
+    pub worker_program: PathBuf,
+    pub sandbox: SandboxSettings,
+    /// Canonical host directories for `file://` inputs and outputs.
+    pub allowed_dirs: Vec<PathBuf>,
+    /// Bytes of each executor's stdout/stderr kept in the task log.
+    pub log_tail_bytes: usize,
+    /// CPU cores that running tasks may request in total.
+    pub slots: u32,
+    /// Whether a task may ask for network access (`backend_parameters.network`).
+    pub allow_network: bool,
+}
+
+/// Resolves once the worker process is gone; carries how it ended, for system logs.
+#[derive(Debug)]
+pub struct WorkerExit(oneshot::Receiver<String>);
+
+impl WorkerExit {
+    /// Waits for the worker to end and says how it did.
+    pub async fn wait(self) -> String {
+        self.0
+            .await
+            .unwrap_or_else(|_| "the worker watcher stopped".to_owned())
+    }
+}
+
+/// What a restarted server finds for a task it believed active.
+#[derive(Debug)]
+pub enum Attach {
+    /// The worker still runs; the future resolves when it ends.
+    Alive(WorkerExit),
+    /// No worker runs for the task (none was started, or it ended).
+    Gone,
+}
+
+#[derive(Debug)]
+pub struct LocalExecutor {
+    settings: LocalSettings,
+}
+
+impl LocalExecutor {
+    /// Creates the work root (mode 0711: the sandbox user may traverse it, nobody may list it).
+    pub fn new(settings: LocalSettings) -> Result<LocalExecutor, Error> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&settings.work_root)
+            .map_err(Error::io(format!(
+                "creating the work root {}",
+                settings.work_root.display()
+            )))?;
+        Ok(LocalExecutor { settings })
+    }
+
+    pub fn settings(&self) -> &LocalSettings {
+        &self.settings
+    }
+
+    /// The host directory of a task.
+    pub fn task_dir(&self, id: &TaskId) -> PathBuf {
+        self.settings.work_root.join(id.as_str())
+    }
+
+    /// Writes the task's directory and starts its worker. Returns the worker's pid (also its
+    /// process group id) and a future that resolves when it exits.
+    pub async fn start(&self, id: &TaskId, task: &WorkerTask) -> Result<(i32, WorkerExit), Error> {
+        let dir = self.task_dir(id);
+        // A leftover directory belongs to an earlier attempt that provably never ran (the
+        // reconciler only requeues when the lock was free and no executor had started).
+        remove_dir(&dir)?;
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&dir)
+            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        let spec = serde_json::to_vec(task).map_err(Error::Encode)?;
+        write_private(&dir.join(TASK_FILE), &spec)?;
+
+        // The lock is taken here and handed to the worker as its stdin, so it is held without a
+        // gap from before the spawn until the worker's last breath.
+        let lock = private_file(&dir.join(LOCK_FILE))?;
+        lock.try_lock()
+            .map_err(|e| Error::io("locking the new task directory")(std::io::Error::other(e)))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(dir.join(LOG_FILE))
+            .map_err(Error::io("opening the worker log"))?;
+        let log_err = log
+            .try_clone()
+            .map_err(Error::io("opening the worker log"))?;
+
+        let mut child = tokio::process::Command::new(&self.settings.worker_program)
+            .arg("worker")
+            .arg("--task-dir")
+            .arg(&dir)
+            .env_clear()
+            .stdin(Stdio::from(lock))
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            // Its own process group: a signal to the server's group does not reach it, and a
+            // cancel can kill the worker and its sandboxes with one killpg.
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(Error::io(format!(
+                "starting the worker {}",
+                self.settings.worker_program.display()
+            )))?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| {
+                Error::io("reading the worker's pid")(std::io::Error::other("no pid"))
+            })?;
+        let (done, exit) = oneshot::channel();
+        tokio::spawn(async move {
+            let how = match child.wait().await {
+                Ok(status) => describe_exit(status),
+                Err(e) => format!("the worker could not be waited for: {e}"),
+            };
+            let _ = done.send(how);
+        });
+        Ok((pid, WorkerExit(exit)))
+    }
+
+    /// Finds out whether a worker still runs for a task, after a server restart.
+    pub fn attach(&self, id: &TaskId) -> Result<Attach, Error> {
+        let path = self.task_dir(id).join(LOCK_FILE);
+        let lock = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Attach::Gone),
+            Err(e) => return Err(Error::io(format!("opening {}", path.display()))(e)),
+        };
+        match lock.try_lock_shared() {
+            Ok(()) => Ok(Attach::Gone),
+            Err(TryLockError::WouldBlock) => {
+                let (done, exit) = oneshot::channel();
+                // A blocking shared lock returns exactly when the worker's exclusive lock is released.
+                tokio::task::spawn_blocking(move || {
+                    let how = match lock.lock_shared() {
+                        Ok(()) => "the re-attached worker exited".to_owned(),
+                        Err(e) => format!("waiting for the re-attached worker failed: {e}"),
+                    };
+                    let _ = done.send(how);
+                });
+                Ok(Attach::Alive(WorkerExit(exit)))
+            }
+            Err(TryLockError::Error(e)) => Err(Error::io(format!("locking {}", path.display()))(e)),
+        }
+    }
+
+    /// Whether a worker holds the task's lock right now.
+    pub fn is_running(&self, id: &TaskId) -> bool {
+        let Ok(lock) = File::open(self.task_dir(id).join(LOCK_FILE)) else {
+            return false;
+        };
+        matches!(lock.try_lock_shared(), Err(TryLockError::WouldBlock))
+    }
+
+    /// The worker's latest report, if it wrote one.
+    pub fn read_status(&self, id: &TaskId) -> Option<WorkerStatus> {
+        let raw = std::fs::read(self.task_dir(id).join(STATUS_FILE)).ok()?;
+        serde_json::from_slice(&raw).ok()
+    }
+
+    /// Kills the worker and everything it started (its process group), if it still runs.
+    /// The lock check guards against signalling a reused pid.
+    pub fn kill(&self, id: &TaskId, pid: i32) {
+        if !self.is_running(id) {
+            return;
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            if let Err(e) = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL)
+            {
+                tracing::warn!(task = %id, error = %e, "killing the worker's process group");
+            }
+        }
+    }
+
+    /// Removes the task's directory and everything in it.
+    pub fn remove(&self, id: &TaskId) -> Result<(), Error> {
+        remove_dir(&self.task_dir(id))
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), Error> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", dir.display()))(e)),
+    }
+}
+
+fn private_file(path: &Path) -> Result<File, Error> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io(format!("creating {}", path.display())))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io(format!("creating {}", path.display())))?;
+    file.write_all(bytes)
+        .map_err(Error::io(format!("writing {}", path.display())))
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("the worker exited with code {code}"),
+        (None, Some(signal)) => format!("the worker was killed by signal {signal}"),
+        _ => "the worker ended".to_owned(),
+    }
+}

@@ -1,0 +1,62 @@
+//! What the server hands a worker (`task.json`) and what the worker reports back (`status.json`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tresor_api_types::tes::{TesExecutor, TesInput, TesOutput, TesTaskLog};
+use tresor_domain::TaskState;
+
+use crate::SandboxSettings;
+
+/// Everything a worker needs to run one task; written 0600 into the task directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerTask {
+    pub task_id: String,
+    pub inputs: Vec<TesInput>,
+    pub outputs: Vec<TesOutput>,
+    pub executors: Vec<TesExecutor>,
+    pub volumes: Vec<String>,
+    /// Whether the sandbox shares the host's network (the task asked and the server allows it).
+    pub network: bool,
+    pub sandbox: SandboxSettings,
+    /// Host directories that `file://` inputs may come from and outputs may go to.
+    pub allowed_dirs: Vec<PathBuf>,
+    /// How many bytes of each executor's stdout and stderr the task log keeps.
+    pub log_tail_bytes: usize,
+}
+
+/// Where the worker is in running its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WorkerPhase {
+    Initializing,
+    Running,
+    Complete,
+    ExecutorError,
+    SystemError,
+}
+
+impl WorkerPhase {
+    pub fn task_state(self) -> TaskState {
+        match self {
+            WorkerPhase::Initializing => TaskState::Initializing,
+            WorkerPhase::Running => TaskState::Running,
+            WorkerPhase::Complete => TaskState::Complete,
+            WorkerPhase::ExecutorError => TaskState::ExecutorError,
+            WorkerPhase::SystemError => TaskState::SystemError,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        self.task_state().is_terminal()
+    }
+}
+
+/// The worker's latest report, replaced atomically on every change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerStatus {
+    pub phase: WorkerPhase,
+    pub log: TesTaskLog,
+}

@@ -1,0 +1,107 @@
+//! The bubblewrap command line for one executor: read-only host system directories, private
+//! /proc, /dev and /tmp, the task's own directories read-write, every namespace unshared (the
+//! network too unless allowed), and an environment holding only the executor's `env`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::{Deserialize, Serialize};
+
+/// How sandboxes are built; resolved once from the settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Absolute path of the `bwrap` program.
+    pub bwrap: PathBuf,
+    /// The unprivileged host user and group that executors run as. `None` when the server
+    /// itself is unprivileged: then it cannot switch users, and runs executors as itself.
+    pub run_as: Option<(u32, u32)>,
+}
+
+/// Host directories shown read-only inside every sandbox (when present on the host).
+const READ_ONLY_DIRS: &[&str] = &["/usr", "/etc", "/opt"];
+/// Top-level entries that are symbolic links on merged-/usr systems and directories elsewhere.
+const LINK_OR_DIRS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64"];
+
+/// One executor's sandbox.
+#[derive(Debug)]
+pub struct SandboxSpec<'a> {
+    pub settings: &'a SandboxSettings,
+    /// The task's tree on the host; container path `/x/y` is `root/x/y`.
+    pub root: &'a Path,
+    /// Container directories bound read-write from `root`, parents before children.
+    pub mounts: &'a [String],
+    pub network: bool,
+    pub workdir: &'a str,
+    pub env: &'a BTreeMap<String, String>,
+    pub command: &'a [String],
+}
+
+/// The bubblewrap arguments before the command, shared by the worker and the benchmark baseline.
+pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if spec.network {
+        args.push("--share-net".to_owned());
+    }
+    for dir in READ_ONLY_DIRS {
+        if Path::new(dir).is_dir() {
+            args.extend(["--ro-bind", dir, dir].map(str::to_owned));
+        }
+    }
+    for entry in LINK_OR_DIRS {
+        let path = Path::new(entry);
+        if let Ok(target) = std::fs::read_link(path) {
+            args.extend([
+                "--symlink".to_owned(),
+                target.to_string_lossy().into_owned(),
+                (*entry).to_owned(),
+            ]);
+        } else if path.is_dir() {
+            args.extend(["--ro-bind", entry, entry].map(str::to_owned));
+        }
+    }
+    args.extend(["--proc", "/proc", "--dev", "/dev"].map(str::to_owned));
+    for mount in spec.mounts {
+        let host = spec.root.join(mount.trim_start_matches('/'));
+        args.extend([
+            "--bind".to_owned(),
+            host.to_string_lossy().into_owned(),
+            mount.clone(),
+        ]);
+    }
+    // The sandbox's own root is a tmpfs made by bubblewrap; making it read-only leaves the
+    // task's mounts (and /tmp among them) as the only writable places.
+    args.extend(["--remount-ro", "/", "--chdir", spec.workdir].map(str::to_owned));
+    args.push("--".to_owned());
+    args.extend(spec.command.iter().cloned());
+    args
+}
+
+/// The process to spawn: bubblewrap with exactly the executor's environment, as the
+/// unprivileged user when the server is root.
+pub fn command(spec: &SandboxSpec<'_>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&spec.settings.bwrap);
+    cmd.args(bwrap_args(spec))
+        // bubblewrap's own process is PID 1 in the sandbox and its environment is readable
+        // there through /proc/1/environ, so it gets nothing but the executor's env.
+        .env_clear()
+        .envs(spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some((uid, gid)) = spec.settings.run_as {
+        // std drops supplementary groups (setgroups(0)) when root switches uid.
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}

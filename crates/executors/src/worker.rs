@@ -1,0 +1,575 @@
+//! The program behind `tresor worker`: runs one task from its directory and reports through
+//! `status.json`. It keeps going if the server dies, so a restarted server finds the result.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tresor_api_types::tes::{
+    TesExecutor, TesExecutorLog, TesFileType, TesInput, TesOutput, TesOutputFileLog, TesTaskLog,
+};
+
+use crate::paths::{self, ResolveError};
+use crate::sandbox::{self, SandboxSpec};
+use crate::{WorkerPhase, WorkerStatus, WorkerTask};
+
+/// File names inside a task directory.
+pub const TASK_FILE: &str = "task.json";
+pub const STATUS_FILE: &str = "status.json";
+pub const LOCK_FILE: &str = "worker.lock";
+pub const LOG_FILE: &str = "worker.log";
+pub const ROOT_DIR: &str = "root";
+
+/// The line that tells users where their commands really ran.
+pub const RUNTIME_NOTE: &str = "runtime: host; each executor ran in a bubblewrap sandbox on the \
+     host, and the executor's image was recorded but not pulled or used";
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A failure that ends the task as SYSTEM_ERROR; its text goes to `system_logs`.
+#[derive(Debug)]
+struct SystemError(String);
+
+impl From<ResolveError> for SystemError {
+    fn from(e: ResolveError) -> Self {
+        SystemError(e.to_string())
+    }
+}
+
+fn sys(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> SystemError {
+    move |e| SystemError(format!("{context}: {e}"))
+}
+
+/// Runs the task in `task_dir` to its end. Errors only if the task file cannot be read or the
+/// status cannot be written; every task failure is reported in the status instead.
+pub async fn run(task_dir: &Path) -> Result<(), String> {
+    let raw = std::fs::read(task_dir.join(TASK_FILE))
+        .map_err(|e| format!("reading {}: {e}", task_dir.join(TASK_FILE).display()))?;
+    let task: WorkerTask =
+        serde_json::from_slice(&raw).map_err(|e| format!("parsing the task file: {e}"))?;
+    let mut report = Reporter::new(task_dir);
+    report.status.log.system_logs = Some(vec![RUNTIME_NOTE.to_owned()]);
+    report.publish(false)?;
+
+    let root = task_dir.join(ROOT_DIR);
+    let phase = match execute(&task, &root, &mut report).await {
+        Ok(phase) => phase,
+        Err(SystemError(message)) => {
+            report.system_log(message);
+            WorkerPhase::SystemError
+        }
+    };
+    if let Err(e) = std::fs::remove_dir_all(&root)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        report.system_log(format!("removing the task's files: {e}"));
+    }
+    report.status.phase = phase;
+    report.status.log.end_time = Some(now());
+    report.publish(true)
+}
+
+/// Keeps the current status and writes it atomically.
+struct Reporter {
+    dir: PathBuf,
+    status: WorkerStatus,
+}
+
+impl Reporter {
+    fn new(dir: &Path) -> Reporter {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("runtime".to_owned(), "host".to_owned());
+        metadata.insert("sandbox".to_owned(), "bubblewrap".to_owned());
+        Reporter {
+            dir: dir.to_owned(),
+            status: WorkerStatus {
+                phase: WorkerPhase::Initializing,
+                log: TesTaskLog {
+                    start_time: Some(now()),
+                    metadata: Some(metadata),
+                    ..TesTaskLog::default()
+                },
+            },
+        }
+    }
+
+    fn system_log(&mut self, line: String) {
+        self.status
+            .log
+            .system_logs
+            .get_or_insert_with(Vec::new)
+            .push(line);
+    }
+
+    /// Replaces `status.json`; `durable` also fsyncs, for the final report.
+    fn publish(&self, durable: bool) -> Result<(), String> {
+        let tmp = self.dir.join(format!("{STATUS_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&serde_json::to_vec(&self.status).map_err(std::io::Error::other)?)?;
+            if durable {
+                file.sync_all()?;
+            }
+            std::fs::rename(&tmp, self.dir.join(STATUS_FILE))
+        };
+        write().map_err(|e| format!("writing {STATUS_FILE}: {e}"))
+    }
+}
+
+async fn execute(
+    task: &WorkerTask,
+    root: &Path,
+    report: &mut Reporter,
+) -> Result<WorkerPhase, SystemError> {
+    let (dirs, mounts) = paths::task_dirs(task);
+    prepare_tree(root, &dirs)?;
+    for input in &task.inputs {
+        stage_input(task, root, input).await?;
+    }
+    if let Some(owner) = task.sandbox.run_as {
+        chown_tree(root, owner)?;
+    }
+
+    report.status.phase = WorkerPhase::Running;
+    report.publish(false).map_err(SystemError)?;
+    for (index, executor) in task.executors.iter().enumerate() {
+        let log = run_executor(task, root, &mounts, executor).await;
+        let log = match log {
+            Ok(log) => log,
+            Err(SandboxFailure::System(message)) => {
+                return Err(SystemError(format!("executor {index}: {message}")));
+            }
+        };
+        let exit_code = log.exit_code;
+        report.status.log.logs.push(log);
+        report.publish(false).map_err(SystemError)?;
+        if exit_code != 0 {
+            if executor.ignore_error.unwrap_or(false) {
+                report.system_log(format!(
+                    "executor {index} exited with code {exit_code}; ignored (ignore_error)"
+                ));
+            } else {
+                report.system_log(format!("executor {index} exited with code {exit_code}"));
+                return Ok(WorkerPhase::ExecutorError);
+            }
+        }
+    }
+
+    for output in &task.outputs {
+        let delivered = deliver_output(task, root, output)?;
+        report.status.log.outputs.extend(delivered);
+    }
+    Ok(WorkerPhase::Complete)
+}
+
+/// Creates the task's tree: the root (private to the sandbox user) and every directory the task uses.
+fn prepare_tree(root: &Path, dirs: &[String]) -> Result<(), SystemError> {
+    std::fs::create_dir_all(root).map_err(sys("creating the task root"))?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+        .map_err(sys("restricting the task root"))?;
+    for dir in dirs {
+        let host = paths::resolve_in_root(root, dir)?;
+        std::fs::create_dir_all(&host).map_err(sys(format!("creating {dir}")))?;
+    }
+    Ok(())
+}
+
+fn chown_tree(path: &Path, (uid, gid): (u32, u32)) -> Result<(), SystemError> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(sys(format!("chown {}", path.display())))?;
+    let meta = std::fs::symlink_metadata(path).map_err(sys("stat"))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(sys("listing the task tree"))? {
+            let entry = entry.map_err(sys("listing the task tree"))?;
+            chown_tree(&entry.path(), (uid, gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// The host path of a `file://` URL, if it lies inside an allowed directory (after resolving
+/// symbolic links, so a link cannot point out of it).
+fn allowed_source(task: &WorkerTask, url: &str) -> Result<PathBuf, SystemError> {
+    let path = file_url_path(url)?;
+    let real = std::fs::canonicalize(&path).map_err(sys(format!("input {url}")))?;
+    if !paths::is_within(&real, &task.allowed_dirs) {
+        return Err(SystemError(format!(
+            "input {url} is outside the directories this server allows"
+        )));
+    }
+    Ok(real)
+}
+
+fn file_url_path(url: &str) -> Result<PathBuf, SystemError> {
+    url::Url::parse(url)
+        .ok()
+        .filter(|u| u.scheme() == "file")
+        .and_then(|u| u.to_file_path().ok())
+        .ok_or_else(|| SystemError(format!("{url} is not a valid file:// URL")))
+}
+
+async fn stage_input(task: &WorkerTask, root: &Path, input: &TesInput) -> Result<(), SystemError> {
+    let dest = paths::resolve_in_root(root, &input.path)?;
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(sys(format!("creating the parent of {}", input.path)))?;
+    }
+    if let Some(content) = input.content.as_deref().filter(|c| !c.is_empty()) {
+        return std::fs::write(&dest, content)
+            .map_err(sys(format!("writing input {}", input.path)));
+    }
+    let url = input.url.as_deref().unwrap_or_default();
+    if url.starts_with("file://") {
+        let source = allowed_source(task, url)?;
+        match input.file_type.unwrap_or_default() {
+            TesFileType::File => {
+                std::fs::copy(&source, &dest).map_err(sys(format!("copying input {url}")))?;
+            }
+            TesFileType::Directory => copy_dir(&source, &dest)?,
+        }
+        return Ok(());
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return download(url, &dest).await;
+    }
+    Err(SystemError(format!("input {url}: unsupported URL scheme")))
+}
+
+/// Copies a directory tree; symbolic links and special files inside it are skipped.
+fn copy_dir(source: &Path, dest: &Path) -> Result<(), SystemError> {
+    std::fs::create_dir_all(dest).map_err(sys(format!("creating {}", dest.display())))?;
+    for entry in std::fs::read_dir(source).map_err(sys(format!("listing {}", source.display())))? {
+        let entry = entry.map_err(sys("listing a directory input"))?;
+        let kind = entry.file_type().map_err(sys("stat"))?;
+        let target = dest.join(entry.file_name());
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)
+                .map_err(sys(format!("copying {}", entry.path().display())))?;
+        }
+    }
+    Ok(())
+}
+
+async fn download(url: &str, dest: &Path) -> Result<(), SystemError> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| SystemError(format!("input {url}: {e}")))?;
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| SystemError(format!("input {url}: {}", e.without_url())))?;
+    if !response.status().is_success() {
+        return Err(SystemError(format!(
+            "input {url}: the server answered {}",
+            response.status()
+        )));
+    }
+    let mut file = tokio::fs::File::create(dest)
+        .await
+        .map_err(sys(format!("creating {}", dest.display())))?;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| SystemError(format!("input {url}: {}", e.without_url())))?
+    {
+        file.write_all(&chunk)
+            .await
+            .map_err(sys("writing a download"))?;
+    }
+    file.flush().await.map_err(sys("writing a download"))?;
+    Ok(())
+}
+
+enum SandboxFailure {
+    /// The sandbox itself could not start: the task ends as SYSTEM_ERROR.
+    System(String),
+}
+
+/// Opens a file the executor reads or writes (stdin/stdout/stderr) inside the task tree.
+fn open_stdio(
+    root: &Path,
+    path: &str,
+    write: bool,
+    owner: Option<(u32, u32)>,
+) -> Result<std::fs::File, String> {
+    let host = paths::resolve_in_root(root, path).map_err(|e| e.to_string())?;
+    let mut options = std::fs::OpenOptions::new();
+    if write {
+        options.write(true).create(true).truncate(true).mode(0o644);
+    } else {
+        options.read(true);
+    }
+    // The path was checked component by component; O_NOFOLLOW also refuses a final symlink.
+    options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    let file = options.open(&host).map_err(|e| format!("{path}: {e}"))?;
+    if let (true, Some((uid, gid))) = (write, owner) {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+            .map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(file)
+}
+
+async fn run_executor(
+    task: &WorkerTask,
+    root: &Path,
+    mounts: &[String],
+    executor: &TesExecutor,
+) -> Result<TesExecutorLog, SandboxFailure> {
+    let owner = task.sandbox.run_as;
+    let stdin = executor
+        .stdin
+        .as_deref()
+        .map(|p| open_stdio(root, p, false, owner))
+        .transpose()
+        .map_err(SandboxFailure::System)?;
+    let stdout_file = executor
+        .stdout
+        .as_deref()
+        .map(|p| open_stdio(root, p, true, owner))
+        .transpose()
+        .map_err(SandboxFailure::System)?;
+    let stderr_file = executor
+        .stderr
+        .as_deref()
+        .map(|p| open_stdio(root, p, true, owner))
+        .transpose()
+        .map_err(SandboxFailure::System)?;
+
+    let empty = BTreeMap::new();
+    let spec = SandboxSpec {
+        settings: &task.sandbox,
+        root,
+        mounts,
+        network: task.network,
+        workdir: executor.workdir.as_deref().unwrap_or("/tmp"),
+        env: executor.env.as_ref().unwrap_or(&empty),
+        command: &executor.command,
+    };
+    let mut cmd = sandbox::command(&spec);
+    if let Some(file) = stdin {
+        cmd.stdin(Stdio::from(file));
+    }
+    let start_time = now();
+    let mut child = cmd.spawn().map_err(|e| {
+        SandboxFailure::System(format!(
+            "cannot start the sandbox ({}): {e}",
+            task.sandbox.bwrap.display()
+        ))
+    })?;
+    let tail = task.log_tail_bytes;
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    let (stdout, stderr, status) = tokio::join!(
+        capture(out, stdout_file, tail),
+        capture(err, stderr_file, tail),
+        child.wait()
+    );
+    let status =
+        status.map_err(|e| SandboxFailure::System(format!("waiting for the sandbox: {e}")))?;
+    let exit_code = exit_code(status);
+    let stderr_text = String::from_utf8_lossy(&stderr).into_owned();
+    // bubblewrap reports its own setup failures on stderr with exit code 1. A command that
+    // cannot be executed is the task's fault (like exit 127 in a shell); anything else is ours.
+    if exit_code == 1
+        && stderr_text.starts_with("bwrap: ")
+        && !stderr_text.starts_with("bwrap: execvp")
+    {
+        return Err(SandboxFailure::System(format!(
+            "the sandbox could not be set up: {}",
+            stderr_text.trim()
+        )));
+    }
+    let exit_code = if exit_code == 1 && stderr_text.starts_with("bwrap: execvp") {
+        127
+    } else {
+        exit_code
+    };
+    Ok(TesExecutorLog {
+        start_time: Some(start_time),
+        end_time: Some(now()),
+        stdout: Some(String::from_utf8_lossy(&stdout).into_owned()),
+        stderr: Some(stderr_text),
+        exit_code,
+    })
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+/// Reads a pipe to its end, copying everything to `file` (if any) and keeping the last `tail` bytes.
+async fn capture(
+    pipe: Option<impl AsyncRead + Unpin>,
+    file: Option<std::fs::File>,
+    tail: usize,
+) -> Vec<u8> {
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
+    let mut file = file.map(tokio::fs::File::from_std);
+    let mut kept: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(f) = file.as_mut()
+            && f.write_all(&buf[..n]).await.is_err()
+        {
+            file = None;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > tail.saturating_mul(2).max(64 * 1024) {
+            kept.drain(..kept.len() - tail);
+        }
+    }
+    if let Some(mut f) = file {
+        let _ = f.flush().await;
+    }
+    if kept.len() > tail {
+        kept.drain(..kept.len() - tail);
+    }
+    kept
+}
+
+/// Delivers one output declaration; returns a log entry per delivered file.
+fn deliver_output(
+    task: &WorkerTask,
+    root: &Path,
+    output: &TesOutput,
+) -> Result<Vec<TesOutputFileLog>, SystemError> {
+    let mut delivered = Vec::new();
+    if paths::has_wildcard(&output.path) {
+        let prefix = output.path_prefix.as_deref().unwrap_or_default();
+        for matched in paths::expand_wildcard(root, &output.path)? {
+            let relative = matched
+                .strip_prefix(prefix)
+                .unwrap_or(&matched)
+                .trim_start_matches('/');
+            let url = format!("{}/{relative}", output.url.trim_end_matches('/'));
+            deliver_path(task, root, &matched, &url, &mut delivered)?;
+        }
+        return Ok(delivered);
+    }
+    let host = paths::resolve_in_root(root, &output.path)?;
+    let meta = std::fs::symlink_metadata(&host)
+        .map_err(|e| SystemError(format!("output {}: {e}", output.path)))?;
+    match output.file_type.unwrap_or_default() {
+        TesFileType::File if !meta.is_file() => {
+            return Err(SystemError(format!(
+                "output {} is not a regular file",
+                output.path
+            )));
+        }
+        TesFileType::Directory if !meta.is_dir() => {
+            return Err(SystemError(format!(
+                "output {} is not a directory",
+                output.path
+            )));
+        }
+        _ => {}
+    }
+    deliver_path(task, root, &output.path, &output.url, &mut delivered)?;
+    Ok(delivered)
+}
+
+fn deliver_path(
+    task: &WorkerTask,
+    root: &Path,
+    container_path: &str,
+    url: &str,
+    delivered: &mut Vec<TesOutputFileLog>,
+) -> Result<(), SystemError> {
+    let host = paths::resolve_in_root(root, container_path)?;
+    let meta = std::fs::symlink_metadata(&host)
+        .map_err(|e| SystemError(format!("output {container_path}: {e}")))?;
+    if meta.is_dir() {
+        let mut names: Vec<String> = std::fs::read_dir(&host)
+            .map_err(sys(format!("listing output {container_path}")))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        for name in names {
+            deliver_path(
+                task,
+                root,
+                &format!("{container_path}/{name}"),
+                &format!("{}/{name}", url.trim_end_matches('/')),
+                delivered,
+            )?;
+        }
+        return Ok(());
+    }
+    if !meta.is_file() {
+        // Symbolic links and special files are never delivered: a link could point anywhere.
+        return Err(SystemError(format!(
+            "output {container_path} is not a regular file or directory"
+        )));
+    }
+    let dest = file_url_path(url)?;
+    if !paths::is_within(&dest, &task.allowed_dirs) {
+        return Err(SystemError(format!(
+            "output {url} is outside the directories this server allows"
+        )));
+    }
+    let size = copy_out(&host, &dest, &task.allowed_dirs)
+        .map_err(sys(format!("delivering {container_path} to {url}")))?;
+    delivered.push(TesOutputFileLog {
+        url: url.to_owned(),
+        path: container_path.to_owned(),
+        size_bytes: size.to_string(),
+    });
+    Ok(())
+}
+
+/// Copies to a temporary name beside `dest`, then renames, so readers never see half a file.
+/// The destination's real parent must still be inside an allowed directory once symbolic links
+/// on the host are resolved.
+fn copy_out(source: &Path, dest: &Path, allowed: &[PathBuf]) -> std::io::Result<u64> {
+    let parent = dest
+        .parent()
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    std::fs::create_dir_all(parent)?;
+    let real_parent = std::fs::canonicalize(parent)?;
+    if !paths::is_within(&real_parent, allowed) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the destination resolves outside the allowed directories",
+        ));
+    }
+    let name = dest
+        .file_name()
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let tmp = real_parent.join(format!(".{}.tresor-partial", name.to_string_lossy()));
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(source)?;
+    let mut writer = std::fs::File::create(&tmp)?;
+    let size = std::io::copy(&mut reader, &mut writer)?;
+    writer.sync_all()?;
+    std::fs::rename(&tmp, real_parent.join(name))?;
+    Ok(size)
+}

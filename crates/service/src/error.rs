@@ -1,0 +1,53 @@
+//! `ServiceError`: failures classified by what the caller should do about them.
+
+/// What kind of object was not found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    Task,
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entity::Task => f.write_str("task"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Also used for "exists, but in another workspace": we do not confirm existence.
+    #[error("{0} not found")]
+    NotFound(Entity),
+    #[error("forbidden")]
+    Forbidden,
+    /// The request is valid but the object's current state does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// A dependency (database, executor) cannot serve the request now.
+    #[error("unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// A bug or a broken invariant.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ServiceError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ServiceError {
+        ServiceError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<tresor_store::Error> for ServiceError {
+    fn from(e: tresor_store::Error) -> Self {
+        match e {
+            tresor_store::Error::Corrupt { .. } => ServiceError::Internal(e.into()),
+            _ => ServiceError::Unavailable(e.into()),
+        }
+    }
+}

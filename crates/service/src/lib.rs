@@ -1,0 +1,267 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod page_token;
+mod render;
+mod runner;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tresor_api_types::tes::{
+    Organization, ServiceType, TesListTasksResponse, TesServiceInfo, TesState, TesTask, TesView,
+};
+use tresor_domain::{Caller, TaskId};
+use tresor_executors::LocalExecutor;
+use tresor_store::{NewTask, Store, TagFilter, TaskFilter};
+
+pub use error::{Entity, ServiceError};
+pub use render::tes_state;
+
+/// The service's slice of the settings.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// ListTasks page size when the caller gives none (the spec's default is 256).
+    pub default_page_size: u32,
+    /// Largest ListTasks page size (the spec requires less than 2048).
+    pub max_page_size: u32,
+    pub organization_name: String,
+    pub organization_url: String,
+}
+
+/// A ListTasks request, as parsed from the query string.
+#[derive(Debug, Clone, Default)]
+pub struct ListTasksRequest {
+    pub name_prefix: Option<String>,
+    pub state: Option<TesState>,
+    /// `(tag_key, tag_value)` pairs; an empty value matches any value.
+    pub tags: Vec<(String, String)>,
+    pub page_size: Option<i64>,
+    pub page_token: Option<String>,
+    pub view: TesView,
+}
+
+/// The task use cases; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    executor: LocalExecutor,
+    settings: ServiceSettings,
+    page_tokens: page_token::PageTokens,
+    /// Wakes the scheduler: a task was queued or a slot freed.
+    wake: Notify,
+    /// Tasks holding slots, with the cores they hold and their worker's pid once known.
+    running: Mutex<HashMap<TaskId, runner::Slot>>,
+}
+
+impl TaskService {
+    /// Builds the service; call `start` to reconcile and begin scheduling.
+    pub async fn new(
+        store: Store,
+        executor: LocalExecutor,
+        settings: ServiceSettings,
+    ) -> Result<TaskService, ServiceError> {
+        let secret = store.server_secret("page_token_key").await?;
+        Ok(TaskService {
+            inner: Arc::new(Inner {
+                store,
+                executor,
+                settings,
+                page_tokens: page_token::PageTokens::new(&secret),
+                wake: Notify::new(),
+                running: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Settles what a previous server left behind, then starts the scheduler loop.
+    pub async fn start(&self) -> Result<(), ServiceError> {
+        runner::reconcile(&self.inner).await?;
+        tokio::spawn(runner::schedule(self.inner.clone()));
+        Ok(())
+    }
+
+    /// GA4GH service-info for TES.
+    pub fn service_info(&self) -> TesServiceInfo {
+        let executor = self.inner.executor.settings();
+        TesServiceInfo {
+            id: "org.tresor.tes".to_owned(),
+            name: "tresor".to_owned(),
+            service_type: ServiceType {
+                group: "org.ga4gh".to_owned(),
+                artifact: "tes".to_owned(),
+                version: "1.1.0".to_owned(),
+            },
+            description: Some(
+                "tresor, a secure processing environment. Runtime: host; every executor runs in a \
+                 bubblewrap sandbox on the server's host, and its image is recorded but not used."
+                    .to_owned(),
+            ),
+            organization: Organization {
+                name: self.inner.settings.organization_name.clone(),
+                url: self.inner.settings.organization_url.clone(),
+            },
+            contact_url: None,
+            documentation_url: None,
+            created_at: None,
+            updated_at: None,
+            environment: None,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            storage: executor
+                .allowed_dirs
+                .iter()
+                .map(|d| format!("file://{}", d.display()))
+                .collect(),
+            tes_resources_backend_parameters: validate::BACKEND_PARAMETERS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+
+    fn limits(&self) -> validate::Limits {
+        let executor = self.inner.executor.settings();
+        validate::Limits {
+            max_cpu_cores: executor.slots,
+            allow_network: executor.allow_network,
+            allowed_dirs: executor.allowed_dirs.clone(),
+        }
+    }
+
+    /// CreateTask: validates, stores durably as QUEUED, wakes the scheduler.
+    pub async fn create_task(
+        &self,
+        caller: &Caller,
+        task: TesTask,
+    ) -> Result<TaskId, ServiceError> {
+        let accepted = validate::accept_task(task, &self.limits())?;
+        let id = TaskId::parse(&uuid::Uuid::now_v7().to_string())
+            .map_err(|e| ServiceError::Internal(e.into()))?;
+        let spec_json =
+            serde_json::to_string(&accepted.spec).map_err(|e| ServiceError::Internal(e.into()))?;
+        self.inner
+            .store
+            .insert_task(NewTask {
+                id: id.clone(),
+                workspace: caller.workspace.clone(),
+                name: accepted.spec.name.clone(),
+                cpu_cores: accepted.cpu_cores,
+                creation_time: time::OffsetDateTime::now_utc(),
+                spec_json,
+                tags: accepted.spec.tags.clone().unwrap_or_default(),
+                notes: accepted.notes,
+            })
+            .await?;
+        self.inner.wake.notify_one();
+        Ok(id)
+    }
+
+    /// GetTask in the caller's workspace.
+    pub async fn get_task(
+        &self,
+        caller: &Caller,
+        id: &str,
+        view: TesView,
+    ) -> Result<TesTask, ServiceError> {
+        let id = TaskId::parse(id).map_err(|_| ServiceError::NotFound(Entity::Task))?;
+        let record = self
+            .inner
+            .store
+            .get_task(&caller.workspace, &id)
+            .await?
+            .ok_or(ServiceError::NotFound(Entity::Task))?;
+        render::render(&record, view)
+    }
+
+    /// ListTasks in the caller's workspace, newest first.
+    pub async fn list_tasks(
+        &self,
+        caller: &Caller,
+        request: ListTasksRequest,
+    ) -> Result<TesListTasksResponse, ServiceError> {
+        let max = self.inner.settings.max_page_size;
+        let page_size = match request.page_size {
+            None => self.inner.settings.default_page_size,
+            Some(n) if n >= 1 && n <= i64::from(max) => u32::try_from(n).unwrap_or(max),
+            Some(n) => {
+                return Err(ServiceError::invalid(
+                    "page_size",
+                    format!("{n} is out of range; use 1 to {max}"),
+                ));
+            }
+        };
+        // The filter's canonical text binds page tokens to the listing they came from.
+        let filter_key = format!(
+            "{}|{:?}|{:?}|{:?}",
+            caller.workspace, request.name_prefix, request.state, request.tags
+        );
+        let before_seq = match request.page_token.as_deref() {
+            None => None,
+            Some(token) => Some(self.inner.page_tokens.check(&filter_key, token).ok_or_else(|| {
+                ServiceError::invalid(
+                    "page_token",
+                    "is not a token this server issued for this listing; start again without page_token",
+                )
+            })?),
+        };
+        let state = match request.state {
+            None => None,
+            Some(tes) => match render::task_state(tes) {
+                Some(state) => Some(state),
+                // tresor never puts a task in this state, so nothing matches.
+                None => return Ok(TesListTasksResponse::default()),
+            },
+        };
+        let filter = TaskFilter {
+            name_prefix: request.name_prefix.clone(),
+            state,
+            tags: request
+                .tags
+                .iter()
+                .map(|(key, value)| TagFilter {
+                    key: key.clone(),
+                    value: (!value.is_empty()).then(|| value.clone()),
+                })
+                .collect(),
+        };
+        let mut records = self
+            .inner
+            .store
+            .list_tasks(&caller.workspace, &filter, before_seq, page_size + 1)
+            .await?;
+        let more = records.len() > page_size as usize;
+        records.truncate(page_size as usize);
+        let next_page_token = match (more, records.last()) {
+            (true, Some(last)) => Some(self.inner.page_tokens.issue(&filter_key, last.seq)),
+            _ => None,
+        };
+        let tasks = records
+            .iter()
+            .map(|r| render::render(r, request.view))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TesListTasksResponse {
+            tasks,
+            next_page_token,
+        })
+    }
+
+    /// CancelTask: QUEUED, INITIALIZING or RUNNING become CANCELED and the worker's whole process
+    /// group is killed before this returns. Canceling a canceled task is a no-op.
+    pub async fn cancel_task(&self, caller: &Caller, id: &str) -> Result<(), ServiceError> {
+        let id = TaskId::parse(id).map_err(|_| ServiceError::NotFound(Entity::Task))?;
+        let record = self
+            .inner
+            .store
+            .get_task(&caller.workspace, &id)
+            .await?
+            .ok_or(ServiceError::NotFound(Entity::Task))?;
+        runner::cancel(&self.inner, record).await
+    }
+}

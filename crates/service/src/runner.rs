@@ -1,0 +1,410 @@
+//! The loops that run accepted work: the scheduler, one watcher per running task, cancel, and the
+//! reconciler that settles what a previous server process left behind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tresor_api_types::tes::{TesTask, TesTaskLog};
+use tresor_domain::{TaskId, TaskState};
+use tresor_executors::{Attach, WorkerExit, WorkerPhase, WorkerStatus, WorkerTask};
+use tresor_store::TaskRecord;
+
+use crate::{Inner, ServiceError};
+
+/// How often a watcher looks at its worker's `status.json`.
+const STATUS_POLL: Duration = Duration::from_millis(100);
+/// How long cancel waits for a killed worker to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// A task holding scheduler slots.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    cores: u32,
+    pid: Option<i32>,
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn used_cores(inner: &Inner) -> u32 {
+    inner
+        .running
+        .lock()
+        .map(|r| r.values().map(|s| s.cores).sum())
+        .unwrap_or(u32::MAX)
+}
+
+fn release_slot(inner: &Inner, id: &TaskId) {
+    if let Ok(mut running) = inner.running.lock() {
+        running.remove(id);
+    }
+    inner.wake.notify_one();
+}
+
+/// Runs forever: starts queued tasks, oldest first, while their cores fit in the free slots.
+pub(crate) async fn schedule(inner: Arc<Inner>) {
+    loop {
+        if let Err(e) = fill_slots(&inner).await {
+            tracing::error!(error = %e, "scheduling failed; retrying");
+        }
+        tokio::select! {
+            () = inner.wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn fill_slots(inner: &Arc<Inner>) -> Result<(), ServiceError> {
+    let slots = inner.executor.settings().slots;
+    loop {
+        if used_cores(inner) >= slots {
+            return Ok(());
+        }
+        let queued = inner
+            .store
+            .tasks_in_states(&[TaskState::Queued], 32)
+            .await?;
+        if queued.is_empty() {
+            return Ok(());
+        }
+        for record in queued {
+            // First come, first served: a large task at the head waits for room rather than
+            // being overtaken forever by small ones.
+            if record.cpu_cores > slots.saturating_sub(used_cores(inner)) {
+                return Ok(());
+            }
+            if !inner
+                .store
+                .transition(&record.id, TaskState::Initializing, None)
+                .await?
+            {
+                continue; // canceled meanwhile
+            }
+            if let Ok(mut running) = inner.running.lock() {
+                running.insert(
+                    record.id.clone(),
+                    Slot {
+                        cores: record.cpu_cores,
+                        pid: None,
+                    },
+                );
+            }
+            start_worker(inner, record).await;
+        }
+    }
+}
+
+fn network_requested(spec: &TesTask) -> bool {
+    spec.resources
+        .as_ref()
+        .and_then(|r| r.backend_parameters.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|(k, v)| k.eq_ignore_ascii_case("network") && v.eq_ignore_ascii_case("true"))
+}
+
+async fn start_worker(inner: &Arc<Inner>, record: TaskRecord) {
+    let id = record.id.clone();
+    let spec: TesTask = match serde_json::from_str(&record.spec_json) {
+        Ok(spec) => spec,
+        Err(e) => {
+            fail_task(
+                inner,
+                &id,
+                None,
+                format!("the stored task does not parse: {e}"),
+            )
+            .await;
+            release_slot(inner, &id);
+            return;
+        }
+    };
+    let settings = inner.executor.settings();
+    let worker_task = WorkerTask {
+        task_id: id.to_string(),
+        network: network_requested(&spec) && settings.allow_network,
+        inputs: spec.inputs.unwrap_or_default(),
+        outputs: spec.outputs.unwrap_or_default(),
+        executors: spec.executors,
+        volumes: spec.volumes.unwrap_or_default(),
+        sandbox: settings.sandbox.clone(),
+        allowed_dirs: settings.allowed_dirs.clone(),
+        log_tail_bytes: settings.log_tail_bytes,
+    };
+    let (pid, exit) = match inner.executor.start(&id, &worker_task).await {
+        Ok(started) => started,
+        Err(e) => {
+            fail_task(inner, &id, None, format!("could not start the worker: {e}")).await;
+            let _ = inner.executor.remove(&id);
+            release_slot(inner, &id);
+            return;
+        }
+    };
+    if let Ok(mut running) = inner.running.lock()
+        && let Some(slot) = running.get_mut(&id)
+    {
+        slot.pid = Some(pid);
+    }
+    if let Err(e) = inner.store.set_worker_pid(&id, Some(pid)).await {
+        tracing::error!(task = %id, error = %e, "recording the worker pid");
+    }
+    // A cancel that arrived while the worker was being started found no pid to kill.
+    if let Ok(Some(now)) = inner.store.get_task_for_system(&id).await
+        && now.state == TaskState::Canceled
+    {
+        inner.executor.kill(&id, pid);
+    }
+    tokio::spawn(watch(inner.clone(), id, exit));
+}
+
+/// Follows one worker: mirrors its status into the store while it runs, settles the task when it ends.
+async fn watch(inner: Arc<Inner>, id: TaskId, exit: WorkerExit) {
+    let mut last: Option<WorkerStatus> = None;
+    let exit = exit.wait();
+    tokio::pin!(exit);
+    let how = loop {
+        tokio::select! {
+            how = &mut exit => break how,
+            () = tokio::time::sleep(STATUS_POLL) => {
+                if let Some(status) = inner.executor.read_status(&id)
+                    && last.as_ref() != Some(&status)
+                {
+                    apply_status(&inner, &id, &status).await;
+                    last = Some(status);
+                }
+            }
+        }
+    };
+    settle(&inner, &id, &how).await;
+    release_slot(&inner, &id);
+}
+
+/// Records the worker's final status (or its absence), then removes the task's directory.
+async fn settle(inner: &Arc<Inner>, id: &TaskId, how: &str) {
+    match inner.executor.read_status(id) {
+        Some(status) if status.phase.is_final() => apply_status(inner, id, &status).await,
+        other => {
+            let log = other.map(|s| s.log);
+            fail_task(
+                inner,
+                id,
+                log,
+                format!("the worker ended without reporting a result: {how}"),
+            )
+            .await;
+        }
+    }
+    if let Err(e) = inner.executor.remove(id) {
+        tracing::error!(task = %id, error = %e, "removing the task directory");
+    }
+}
+
+fn logs_json(log: TesTaskLog) -> Option<String> {
+    serde_json::to_string(&vec![log]).ok()
+}
+
+async fn apply_status(inner: &Inner, id: &TaskId, status: &WorkerStatus) {
+    let state = status.phase.task_state();
+    let Some(logs) = logs_json(status.log.clone()) else {
+        return;
+    };
+    let result = match inner.store.get_task_for_system(id).await {
+        Ok(Some(current)) if current.state == state => {
+            inner.store.update_logs(id, state, &logs).await
+        }
+        Ok(Some(_)) => inner.store.transition(id, state, Some(&logs)).await,
+        Ok(None) => Ok(false),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::error!(task = %id, error = %e, "recording worker status");
+    }
+}
+
+/// Ends a task as SYSTEM_ERROR with `reason` in its system logs (unless it already ended).
+async fn fail_task(inner: &Inner, id: &TaskId, log: Option<TesTaskLog>, reason: String) {
+    tracing::warn!(task = %id, %reason, "task failed");
+    let mut log = log.unwrap_or_default();
+    log.system_logs.get_or_insert_with(Vec::new).push(reason);
+    log.end_time = Some(now());
+    if let Some(logs) = logs_json(log)
+        && let Err(e) = inner
+            .store
+            .transition(id, TaskState::SystemError, Some(&logs))
+            .await
+    {
+        tracing::error!(task = %id, error = %e, "recording a task failure");
+    }
+}
+
+/// CancelTask: the state change is committed first, then the worker's process group is killed.
+pub(crate) async fn cancel(inner: &Inner, record: TaskRecord) -> Result<(), ServiceError> {
+    let id = record.id.clone();
+    if record.state == TaskState::Canceled {
+        return Ok(());
+    }
+    let conflict = |state: TaskState| {
+        ServiceError::Conflict(format!(
+            "task {id} is already {}; only QUEUED, INITIALIZING or RUNNING tasks can be canceled",
+            state.as_str()
+        ))
+    };
+    if record.state.is_terminal() {
+        return Err(conflict(record.state));
+    }
+    let mut logs: Vec<TesTaskLog> = record
+        .logs_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    if logs.is_empty() {
+        logs.push(TesTaskLog::default());
+    }
+    if let Some(last) = logs.last_mut() {
+        last.system_logs.get_or_insert_with(Vec::new).push(format!(
+            "canceled by request in state {}",
+            record.state.as_str()
+        ));
+        last.end_time = Some(now());
+    }
+    let logs = serde_json::to_string(&logs).map_err(|e| ServiceError::Internal(e.into()))?;
+    if !inner
+        .store
+        .transition(&id, TaskState::Canceled, Some(&logs))
+        .await?
+    {
+        // It moved meanwhile: report what it became.
+        let now = inner
+            .store
+            .get_task_for_system(&id)
+            .await?
+            .map(|r| r.state)
+            .unwrap_or(TaskState::Canceled);
+        return if now == TaskState::Canceled {
+            Ok(())
+        } else {
+            Err(conflict(now))
+        };
+    }
+    let pid = inner
+        .running
+        .lock()
+        .ok()
+        .and_then(|r| r.get(&id).and_then(|s| s.pid))
+        .or(record.worker_pid);
+    if let Some(pid) = pid {
+        inner.executor.kill(&id, pid);
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        while inner.executor.is_running(&id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Settles tasks a previous server process left active, and task directories nobody owns.
+pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<(), ServiceError> {
+    let active = inner
+        .store
+        .tasks_in_states(&TaskState::ACTIVE, u32::MAX)
+        .await?;
+    for record in active {
+        let id = record.id.clone();
+        let attach = inner
+            .executor
+            .attach(&id)
+            .map_err(|e| ServiceError::Unavailable(e.into()))?;
+        match attach {
+            Attach::Alive(exit) => {
+                tracing::info!(task = %id, "re-attached to a running worker");
+                if let Ok(mut running) = inner.running.lock() {
+                    running.insert(
+                        id.clone(),
+                        Slot {
+                            cores: record.cpu_cores,
+                            pid: record.worker_pid,
+                        },
+                    );
+                }
+                tokio::spawn(watch(inner.clone(), id, exit));
+            }
+            Attach::Gone => settle_orphan(inner, &record).await?,
+        }
+    }
+    remove_stray_dirs(inner).await
+}
+
+/// A task whose worker is gone: keep its result, requeue it if it provably never ran, or fail it.
+async fn settle_orphan(inner: &Inner, record: &TaskRecord) -> Result<(), ServiceError> {
+    let id = &record.id;
+    match inner.executor.read_status(id) {
+        Some(status) if status.phase.is_final() => {
+            tracing::info!(task = %id, "collected a result the worker left while the server was down");
+            apply_status(inner, id, &status).await;
+        }
+        Some(status) if status.phase == WorkerPhase::Running => {
+            fail_task(
+                inner,
+                id,
+                Some(status.log),
+                "the worker stopped while the server was down, after its executors had started"
+                    .to_owned(),
+            )
+            .await;
+        }
+        _ if record.state == TaskState::Initializing => {
+            tracing::info!(task = %id, "requeued: its worker never started an executor");
+            inner.store.transition(id, TaskState::Queued, None).await?;
+            inner.store.set_worker_pid(id, None).await?;
+        }
+        other => {
+            fail_task(
+                inner,
+                id,
+                other.map(|s| s.log),
+                "the worker was gone after a server restart and left no result".to_owned(),
+            )
+            .await;
+        }
+    }
+    inner
+        .executor
+        .remove(id)
+        .map_err(|e| ServiceError::Unavailable(e.into()))
+}
+
+/// Removes task directories whose task is over or unknown, killing any worker still in them
+/// (for example one whose cancel was committed just before the server died).
+async fn remove_stray_dirs(inner: &Inner) -> Result<(), ServiceError> {
+    let root = inner.executor.settings().work_root.clone();
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| TaskId::parse(n).ok())
+        else {
+            continue;
+        };
+        let record = inner.store.get_task_for_system(&id).await?;
+        if record.as_ref().is_some_and(|r| !r.state.is_terminal()) {
+            continue;
+        }
+        if let Some(pid) = record.as_ref().and_then(|r| r.worker_pid) {
+            inner.executor.kill(&id, pid);
+            let deadline = tokio::time::Instant::now() + KILL_WAIT;
+            while inner.executor.is_running(&id) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        if let Err(e) = inner.executor.remove(&id) {
+            tracing::warn!(task = %id, error = %e, "removing a stray task directory");
+        }
+    }
+    Ok(())
+}

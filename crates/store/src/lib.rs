@@ -1,0 +1,128 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod migrations;
+mod tasks;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use tokio::sync::mpsc;
+
+pub use error::Error;
+pub use tasks::{NewTask, TagFilter, TaskFilter, TaskRecord};
+
+/// How hard a commit tries to survive a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync at every commit: survives power loss. The default.
+    Full,
+    /// fsync at checkpoints only: survives a killed process, may lose the last commits on power loss.
+    Normal,
+}
+
+/// The store's slice of the settings.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// The SQLite database file; created 0600 if missing.
+    pub path: PathBuf,
+    pub durability: Durability,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    reader: SqlitePool,
+    writer: SqlitePool,
+    inserts: mpsc::Sender<tasks::InsertRequest>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, applies migrations and starts the group-commit writer.
+    pub async fn connect(settings: &StoreSettings) -> Result<Store, Error> {
+        create_private_file(&settings.path)?;
+        let url = format!("sqlite://{}", settings.path.display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .map_err(Error::Database)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match settings.durability {
+                Durability::Full => sqlx::sqlite::SqliteSynchronous::Full,
+                Durability::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        // One writer connection: SQLite serialises writers anyway, and one connection means no
+        // busy-waiting between our own writers.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(Error::Database)?;
+        migrations::apply(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(Error::Database)?;
+        let (inserts, queue) = mpsc::channel(4096);
+        tokio::spawn(tasks::run_group_commit(writer.clone(), queue));
+        Ok(Store {
+            reader,
+            writer,
+            inserts,
+        })
+    }
+
+    /// Returns the 32-byte server secret named `key`, creating it from the system RNG on first use.
+    pub async fn server_secret(&self, key: &str) -> Result<Vec<u8>, Error> {
+        let fresh = random_bytes::<32>()?;
+        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(fresh.as_slice())
+            .execute(&self.writer)
+            .await
+            .map_err(Error::Database)?;
+        let value: Vec<u8> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_one(&self.writer)
+            .await
+            .map_err(Error::Database)?;
+        Ok(value)
+    }
+
+    /// Closes both pools, waiting for in-flight statements.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| Error::Random)?;
+    Ok(out)
+}
+
+/// Creates the database file readable by its owner only, before SQLite creates it with the
+/// process umask. SQLite gives its -wal and -shm files the same mode.
+fn create_private_file(path: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| Error::Open {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(())
+}

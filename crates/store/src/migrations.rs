@@ -1,0 +1,46 @@
+//! Migrations embedded in the binary, so a deployed `tresor` needs no SQL files beside it.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlitePool};
+
+use crate::Error;
+
+/// `(version, description, sql)`; append only, never edit a released entry.
+const SQLITE: &[(i64, &str, &str)] = &[(
+    1,
+    "tasks",
+    include_str!("../migrations/sqlite/0001_tasks.sql"),
+)];
+
+#[derive(Debug)]
+struct Embedded;
+
+type Resolved = Result<Vec<Migration>, sqlx::error::BoxDynError>;
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> Pin<Box<dyn Future<Output = Resolved> + Send + 'static>> {
+        Box::pin(async {
+            Ok(SQLITE
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        AssertSqlSafe(*sql).into_sql_str(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+pub(crate) async fn apply(pool: &SqlitePool) -> Result<(), Error> {
+    let migrator = Migrator::new(Embedded).await.map_err(Error::Migrate)?;
+    migrator.run(pool).await.map_err(Error::Migrate)
+}

@@ -1,0 +1,479 @@
+//! The `tasks` table: durable creation through group commit, filtered listing, conditional state changes.
+
+use std::collections::BTreeMap;
+
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, sqlite::SqliteRow};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::{mpsc, oneshot};
+use tresor_domain::{TaskId, TaskState, WorkspaceId};
+
+use crate::{Error, Store};
+
+/// A task as it is first written: always `QUEUED`.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub workspace: WorkspaceId,
+    pub name: Option<String>,
+    pub cpu_cores: u32,
+    pub creation_time: OffsetDateTime,
+    /// The accepted task document as JSON text.
+    pub spec_json: String,
+    pub tags: BTreeMap<String, String>,
+    /// Server notes (such as ignored backend parameters), shown first in `system_logs`.
+    pub notes: Vec<String>,
+}
+
+/// A stored task.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub workspace: WorkspaceId,
+    pub name: Option<String>,
+    pub state: TaskState,
+    pub cpu_cores: u32,
+    pub creation_time: OffsetDateTime,
+    pub spec_json: String,
+    pub tags: BTreeMap<String, String>,
+    pub logs_json: Option<String>,
+    pub notes: Vec<String>,
+    pub worker_pid: Option<i32>,
+    /// Position in the stable listing order (newest first); the page-token cursor.
+    pub seq: i64,
+}
+
+/// One `tag_key`/`tag_value` pair of a ListTasks filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagFilter {
+    pub key: String,
+    /// `None` matches any value, as the spec says of an empty `tag_value`.
+    pub value: Option<String>,
+}
+
+/// ListTasks filters; all given conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    pub name_prefix: Option<String>,
+    pub state: Option<TaskState>,
+    pub tags: Vec<TagFilter>,
+}
+
+pub(crate) struct InsertRequest {
+    task: NewTask,
+    done: oneshot::Sender<Result<(), Error>>,
+}
+
+/// Largest number of inserts committed together.
+const MAX_BATCH: usize = 512;
+
+/// Commits queued inserts in batches: the first request opens a transaction, every request that
+/// arrived meanwhile joins it, and all are answered after the one commit.
+pub(crate) async fn run_group_commit(pool: SqlitePool, mut queue: mpsc::Receiver<InsertRequest>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let result = insert_batch(&pool, &batch).await;
+        for request in batch.drain(..) {
+            let answer = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    tracing::error!(error = %e, "group commit failed");
+                    Err(Error::WriterGone)
+                }
+            };
+            // The requester may have gone away (client disconnected); the task is stored anyway.
+            let _ = request.done.send(answer);
+        }
+    }
+}
+
+async fn insert_batch(pool: &SqlitePool, batch: &[InsertRequest]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for InsertRequest { task, .. } in batch {
+        let now = format_time(OffsetDateTime::now_utc());
+        let tags = serde_json::to_string(&task.tags).unwrap_or_else(|_| "{}".to_owned());
+        let notes = serde_json::to_string(&task.notes).unwrap_or_else(|_| "[]".to_owned());
+        sqlx::query(
+            "INSERT INTO tasks (id, workspace, name, state, cpu_cores, creation_time, spec, tags, notes, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(task.id.as_str())
+        .bind(task.workspace.as_str())
+        .bind(task.name.as_deref())
+        .bind(TaskState::Queued.as_str())
+        .bind(i64::from(task.cpu_cores))
+        .bind(format_time(task.creation_time))
+        .bind(task.spec_json.as_str())
+        .bind(tags)
+        .bind(notes)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+fn format_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+const COLUMNS: &str = "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes, worker_pid";
+
+fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
+    let id: String = row.try_get("id").map_err(Error::Database)?;
+    let corrupt = |column: &'static str, reason: String| Error::Corrupt {
+        id: id.clone(),
+        column,
+        reason,
+    };
+    let get_str = |column: &'static str| -> Result<String, Error> {
+        row.try_get::<String, _>(column).map_err(Error::Database)
+    };
+    let state = get_str("state")?;
+    let creation_time = get_str("creation_time")?;
+    let tags = get_str("tags")?;
+    let notes = get_str("notes")?;
+    let workspace = get_str("workspace")?;
+    Ok(TaskRecord {
+        id: TaskId::parse(&id).map_err(|e| corrupt("id", e.to_string()))?,
+        workspace: WorkspaceId::parse(&workspace)
+            .map_err(|e| corrupt("workspace", e.to_string()))?,
+        name: row.try_get("name").map_err(Error::Database)?,
+        state: TaskState::parse(&state).ok_or_else(|| corrupt("state", state.clone()))?,
+        cpu_cores: u32::try_from(
+            row.try_get::<i64, _>("cpu_cores")
+                .map_err(Error::Database)?,
+        )
+        .map_err(|e| corrupt("cpu_cores", e.to_string()))?,
+        creation_time: OffsetDateTime::parse(&creation_time, &Rfc3339)
+            .map_err(|e| corrupt("creation_time", e.to_string()))?,
+        spec_json: get_str("spec")?,
+        tags: serde_json::from_str(&tags).map_err(|e| corrupt("tags", e.to_string()))?,
+        logs_json: row.try_get("logs").map_err(Error::Database)?,
+        notes: serde_json::from_str(&notes).map_err(|e| corrupt("notes", e.to_string()))?,
+        worker_pid: row.try_get("worker_pid").map_err(Error::Database)?,
+        seq: row.try_get("seq").map_err(Error::Database)?,
+    })
+}
+
+fn push_state_list(q: &mut QueryBuilder<Sqlite>, states: &[TaskState]) {
+    q.push("(");
+    let mut list = q.separated(", ");
+    for state in states {
+        list.push_bind(state.as_str());
+    }
+    list.push_unseparated(")");
+}
+
+impl Store {
+    /// Stores a new `QUEUED` task; returns once its transaction is committed.
+    pub async fn insert_task(&self, task: NewTask) -> Result<(), Error> {
+        let (done, answer) = oneshot::channel();
+        self.inserts
+            .send(InsertRequest { task, done })
+            .await
+            .map_err(|_| Error::WriterGone)?;
+        answer.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// The task with this id in this workspace; another workspace's task is `None`.
+    pub async fn get_task(
+        &self,
+        workspace: &WorkspaceId,
+        id: &TaskId,
+    ) -> Result<Option<TaskRecord>, Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM tasks WHERE id = "));
+        q.push_bind(id.as_str());
+        q.push(" AND workspace = ");
+        q.push_bind(workspace.as_str());
+        let row = q
+            .build()
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(Error::Database)?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    /// The task with this id whatever its workspace; for the scheduler and workers, never for callers.
+    pub async fn get_task_for_system(&self, id: &TaskId) -> Result<Option<TaskRecord>, Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM tasks WHERE id = "));
+        q.push_bind(id.as_str());
+        let row = q
+            .build()
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(Error::Database)?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    /// One page of a workspace's tasks, newest first, strictly older than `before_seq`.
+    pub async fn list_tasks(
+        &self,
+        workspace: &WorkspaceId,
+        filter: &TaskFilter,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {COLUMNS} FROM tasks t WHERE workspace = "
+        ));
+        q.push_bind(workspace.as_str());
+        if let Some(seq) = before_seq {
+            q.push(" AND seq < ").push_bind(seq);
+        }
+        if let Some(state) = filter.state {
+            q.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(prefix) = &filter.name_prefix {
+            // substr counts characters, so this is an exact, case-sensitive prefix match
+            // (LIKE would be case-insensitive and treat % and _ specially).
+            let chars = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
+            q.push(" AND substr(name, 1, ")
+                .push_bind(chars)
+                .push(") = ")
+                .push_bind(prefix.clone());
+        }
+        for tag in &filter.tags {
+            q.push(" AND EXISTS (SELECT 1 FROM json_each(t.tags) j WHERE j.key = ")
+                .push_bind(tag.key.clone());
+            if let Some(value) = &tag.value {
+                q.push(" AND j.value = ").push_bind(value.clone());
+            }
+            q.push(")");
+        }
+        q.push(" ORDER BY seq DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = q
+            .build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(Error::Database)?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    /// Moves a task to `to` if its current state allows it (see `TaskState::can_become`).
+    /// `logs_json`, when given, replaces the stored logs in the same update.
+    /// Returns whether the task moved.
+    pub async fn transition(
+        &self,
+        id: &TaskId,
+        to: TaskState,
+        logs_json: Option<&str>,
+    ) -> Result<bool, Error> {
+        let mut q = QueryBuilder::<Sqlite>::new("UPDATE tasks SET state = ");
+        q.push_bind(to.as_str());
+        q.push(", logs = COALESCE(")
+            .push_bind(logs_json.map(str::to_owned))
+            .push(", logs), updated_at = ")
+            .push_bind(format_time(OffsetDateTime::now_utc()));
+        q.push(" WHERE id = ").push_bind(id.as_str());
+        q.push(" AND state IN ");
+        push_state_list(&mut q, &TaskState::predecessors(to));
+        let done = q
+            .build()
+            .execute(&self.writer)
+            .await
+            .map_err(Error::Database)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replaces the logs of a task that is still in `state` (progress within a state).
+    pub async fn update_logs(
+        &self,
+        id: &TaskId,
+        state: TaskState,
+        logs_json: &str,
+    ) -> Result<bool, Error> {
+        let done =
+            sqlx::query("UPDATE tasks SET logs = ?, updated_at = ? WHERE id = ? AND state = ?")
+                .bind(logs_json)
+                .bind(format_time(OffsetDateTime::now_utc()))
+                .bind(id.as_str())
+                .bind(state.as_str())
+                .execute(&self.writer)
+                .await
+                .map_err(Error::Database)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records the process id of the worker started for a task.
+    pub async fn set_worker_pid(&self, id: &TaskId, pid: Option<i32>) -> Result<(), Error> {
+        sqlx::query("UPDATE tasks SET worker_pid = ? WHERE id = ?")
+            .bind(pid)
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await
+            .map_err(Error::Database)?;
+        Ok(())
+    }
+
+    /// Tasks in any of `states`, oldest first, across workspaces; for the scheduler and reconciler.
+    pub async fn tasks_in_states(
+        &self,
+        states: &[TaskState],
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, Error> {
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM tasks WHERE state IN "));
+        push_state_list(&mut q, states);
+        q.push(" ORDER BY seq ASC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = q
+            .build()
+            .fetch_all(&self.writer)
+            .await
+            .map_err(Error::Database)?;
+        rows.iter().map(task_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Durability, StoreSettings};
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&StoreSettings {
+            path: dir.path().join("db.sqlite"),
+            durability: Durability::Normal,
+        })
+        .await
+        .unwrap();
+        (dir, store)
+    }
+
+    fn new_task(id: &str, ws: &str, name: &str, tags: &[(&str, &str)]) -> NewTask {
+        NewTask {
+            id: TaskId::parse(id).unwrap(),
+            workspace: WorkspaceId::parse(ws).unwrap(),
+            name: Some(name.to_owned()),
+            cpu_cores: 1,
+            creation_time: OffsetDateTime::now_utc(),
+            spec_json: "{}".to_owned(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn ids(records: &[TaskRecord]) -> Vec<&str> {
+        records.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn concurrent_inserts_are_all_committed() {
+        let (_dir, store) = store().await;
+        let mut handles = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                store
+                    .insert_task(new_task(&format!("t{i}"), "ws", "n", &[]))
+                    .await
+            }));
+        }
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        let ws = WorkspaceId::parse("ws").unwrap();
+        let all = store
+            .list_tasks(&ws, &TaskFilter::default(), None, 1000)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 200);
+    }
+
+    #[tokio::test]
+    async fn tag_filters_follow_the_spec_truth_table() {
+        let (_dir, store) = store().await;
+        let ws = WorkspaceId::parse("ws").unwrap();
+        store
+            .insert_task(new_task("a", "ws", "n", &[("foo", "bar")]))
+            .await
+            .unwrap();
+        store
+            .insert_task(new_task("b", "ws", "n", &[("foo", "bat")]))
+            .await
+            .unwrap();
+        store
+            .insert_task(new_task("c", "ws", "n", &[("foo", "")]))
+            .await
+            .unwrap();
+        store
+            .insert_task(new_task("d", "ws", "n", &[("foo", "bar"), ("baz", "bat")]))
+            .await
+            .unwrap();
+        store
+            .insert_task(new_task("e", "ws", "n", &[]))
+            .await
+            .unwrap();
+        let list = |tags: Vec<TagFilter>| {
+            let store = store.clone();
+            let ws = ws.clone();
+            async move {
+                let filter = TaskFilter {
+                    tags,
+                    ..TaskFilter::default()
+                };
+                let found = store.list_tasks(&ws, &filter, None, 100).await.unwrap();
+                let mut found: Vec<String> = ids(&found).into_iter().map(str::to_owned).collect();
+                found.sort();
+                found
+            }
+        };
+        let tag = |k: &str, v: Option<&str>| TagFilter {
+            key: k.to_owned(),
+            value: v.map(str::to_owned),
+        };
+        assert_eq!(list(vec![tag("foo", Some("bar"))]).await, ["a", "d"]);
+        assert_eq!(list(vec![tag("foo", None)]).await, ["a", "b", "c", "d"]);
+        assert_eq!(
+            list(vec![tag("foo", Some("bar")), tag("baz", Some("bat"))]).await,
+            ["d"]
+        );
+        assert_eq!(list(vec![tag("nope", None)]).await, Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn transitions_refuse_illegal_moves_and_workspaces_are_isolated() {
+        let (_dir, store) = store().await;
+        store
+            .insert_task(new_task("t", "ws1", "n", &[]))
+            .await
+            .unwrap();
+        let id = TaskId::parse("t").unwrap();
+        assert!(
+            !store
+                .transition(&id, TaskState::Running, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .transition(&id, TaskState::Initializing, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .transition(&id, TaskState::Canceled, Some("[]"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .transition(&id, TaskState::Complete, None)
+                .await
+                .unwrap()
+        );
+        let other = WorkspaceId::parse("ws2").unwrap();
+        assert!(store.get_task(&other, &id).await.unwrap().is_none());
+        let mine = WorkspaceId::parse("ws1").unwrap();
+        let task = store.get_task(&mine, &id).await.unwrap().unwrap();
+        assert_eq!(task.state, TaskState::Canceled);
+        assert_eq!(task.logs_json.as_deref(), Some("[]"));
+    }
+}
