@@ -1,6 +1,6 @@
 //! Configuration: built-in defaults, then `tresor.toml`, then `TRESOR_*` environment, then flags,
 //! resolved once into typed settings. Every problem is reported at once, with its source.
-#![allow(clippy::disallowed_methods)] // the one module that reads the environment
+//! This is the one module that reads the process environment.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -120,44 +120,51 @@ struct Sourced<T> {
     source: String,
 }
 
-/// Picks the highest-priority source that set a value: flag, environment, file, default.
-fn pick<T>(
-    problems: &mut Problems,
-    key: &str,
-    flag: Option<T>,
-    env: &BTreeMap<String, String>,
-    env_key: &str,
-    parse_env: impl Fn(&str) -> Result<T, String>,
-    file: Option<T>,
-    file_name: &str,
-    default: impl FnOnce() -> T,
-) -> Sourced<T> {
-    if let Some(value) = flag {
-        return Sourced {
-            value,
-            source: format!("--{}", key.replace('_', "-")),
-        };
-    }
-    if let Some(raw) = env.get(env_key) {
-        match parse_env(raw) {
-            Ok(value) => {
-                return Sourced {
-                    value,
-                    source: env_key.to_owned(),
-                };
-            }
-            Err(e) => problems.add(key, env_key, e),
+/// The sources below the flags, and the problems found so far.
+struct Layers<'a> {
+    env: &'a BTreeMap<String, String>,
+    file_name: &'a str,
+    problems: Problems,
+}
+
+impl Layers<'_> {
+    /// Picks the highest-priority source that set a value: flag, environment, file, default.
+    fn pick<T>(
+        &mut self,
+        key: &str,
+        flag: Option<T>,
+        env_key: &str,
+        parse_env: impl Fn(&str) -> Result<T, String>,
+        file: Option<T>,
+        default: impl FnOnce() -> T,
+    ) -> Sourced<T> {
+        if let Some(value) = flag {
+            return Sourced {
+                value,
+                source: format!("--{}", key.replace('_', "-")),
+            };
         }
-    }
-    if let Some(value) = file {
-        return Sourced {
-            value,
-            source: file_name.to_owned(),
-        };
-    }
-    Sourced {
-        value: default(),
-        source: "default".to_owned(),
+        if let Some(raw) = self.env.get(env_key) {
+            match parse_env(raw) {
+                Ok(value) => {
+                    return Sourced {
+                        value,
+                        source: env_key.to_owned(),
+                    };
+                }
+                Err(e) => self.problems.add(key, env_key, e),
+            }
+        }
+        if let Some(value) = file {
+            return Sourced {
+                value,
+                source: self.file_name.to_owned(),
+            };
+        }
+        Sourced {
+            value: default(),
+            source: "default".to_owned(),
+        }
     }
 }
 
@@ -221,39 +228,38 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             },
         },
     };
+    let mut layers = Layers {
+        env,
+        file_name: &file_name,
+        problems,
+    };
 
-    let data_dir = pick(
-        &mut problems,
+    let data_dir = layers.pick(
         "data_dir",
         args.data_dir.clone(),
-        env,
         "TRESOR_DATA_DIR",
         |s| Ok(PathBuf::from(s)),
         file.data_dir.clone(),
-        &file_name,
         || PathBuf::from("tresor-data"),
     );
-    let listen_raw = pick(
-        &mut problems,
+    let listen_raw = layers.pick(
         "listen",
         args.listen.clone(),
-        env,
         "TRESOR_LISTEN",
         |s| Ok(s.to_owned()),
         file.listen.clone(),
-        &file_name,
         || "127.0.0.1:8000".to_owned(),
     );
     let listen = match listen_raw.value.parse::<SocketAddr>() {
         Ok(addr) if addr.ip().is_loopback() => Some(addr),
         Ok(addr) => {
-            problems.add("listen", &listen_raw.source, format!(
+            layers.problems.add("listen", &listen_raw.source, format!(
                 "{addr} is not a loopback address; tresor has no authentication yet, so it serves loopback only"
             ));
             None
         }
         Err(_) => {
-            problems.add(
+            layers.problems.add(
                 "listen",
                 &listen_raw.source,
                 format!(
@@ -264,22 +270,19 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             None
         }
     };
-    let durability = pick(
-        &mut problems,
+    let durability = layers.pick(
         "durability",
         None,
-        env,
         "TRESOR_DURABILITY",
         |s| Ok(s.to_owned()),
         file.durability.clone(),
-        &file_name,
         || "full".to_owned(),
     );
     let durability = match durability.value.as_str() {
         "full" => Durability::Full,
         "normal" => Durability::Normal,
         other => {
-            problems.add(
+            layers.problems.add(
                 "durability",
                 &durability.source,
                 format!("{other:?} is not full or normal"),
@@ -293,54 +296,45 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             .and_then(|n| u32::try_from(n.get()).ok())
             .unwrap_or(1)
     };
-    let slots = pick(
-        &mut problems,
+    let slots = layers.pick(
         "slots",
         args.slots,
-        env,
         "TRESOR_SLOTS",
         parse_num,
         file.local.slots,
-        &file_name,
         default_slots,
     );
     if slots.value == 0 {
-        problems.add("slots", &slots.source, "must be at least 1");
+        layers
+            .problems
+            .add("slots", &slots.source, "must be at least 1");
     }
-    let allow_network = pick(
-        &mut problems,
+    let allow_network = layers.pick(
         "allow_network",
         None,
-        env,
         "TRESOR_ALLOW_NETWORK",
         parse_bool,
         file.local.allow_network,
-        &file_name,
         || false,
     );
-    let max_body_bytes = pick(
-        &mut problems,
+    let max_body_bytes = layers.pick(
         "max_body_bytes",
         None,
-        env,
         "TRESOR_MAX_BODY_BYTES",
         parse_num,
         file.max_body_bytes,
-        &file_name,
         || 4 * 1024 * 1024,
     );
     if max_body_bytes.value < 1024 {
-        problems.add(
+        layers.problems.add(
             "max_body_bytes",
             &max_body_bytes.source,
             "must be at least 1024",
         );
     }
-    let allowed = pick(
-        &mut problems,
+    let allowed = layers.pick(
         "allowed_dirs",
         (!args.allowed_dirs.is_empty()).then(|| args.allowed_dirs.clone()),
-        env,
         "TRESOR_ALLOWED_DIRS",
         |s| {
             Ok(s.split(':')
@@ -349,7 +343,6 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                 .collect())
         },
         file.local.allowed_dirs.clone(),
-        &file_name,
         || vec![data_dir.value.join("storage")],
     );
     let default_storage = allowed.source == "default";
@@ -363,12 +356,12 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         }
         match std::fs::canonicalize(dir) {
             Ok(real) if real.is_dir() => allowed_dirs.push(real),
-            Ok(_) => problems.add(
+            Ok(_) => layers.problems.add(
                 "allowed_dirs",
                 &allowed.source,
                 format!("{} is not a directory", dir.display()),
             ),
-            Err(e) => problems.add(
+            Err(e) => layers.problems.add(
                 "allowed_dirs",
                 &allowed.source,
                 format!("{}: {e}", dir.display()),
@@ -379,14 +372,14 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     let default_page_size = file.tes.default_page_size.unwrap_or(256);
     let max_page_size = file.tes.max_page_size.unwrap_or(2047);
     if !(1..=2047).contains(&max_page_size) {
-        problems.add(
+        layers.problems.add(
             "tes.max_page_size",
             &file_name,
             "must be between 1 and 2047 (the spec requires less than 2048)",
         );
     }
     if default_page_size < 1 || default_page_size > max_page_size {
-        problems.add(
+        layers.problems.add(
             "tes.default_page_size",
             &file_name,
             "must be between 1 and tes.max_page_size",
@@ -400,7 +393,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     {
         Some(path) if path.is_file() => Some(path),
         Some(path) => {
-            problems.add(
+            layers.problems.add(
                 "local.bwrap",
                 &file_name,
                 format!("{} does not exist", path.display()),
@@ -408,7 +401,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             None
         }
         None => {
-            problems.0.push(
+            layers.problems.0.push(
                 "local.bwrap: bubblewrap (bwrap) is not on PATH; install it (apt-get install bubblewrap)".to_owned(),
             );
             None
@@ -419,7 +412,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         None => match std::env::current_exe() {
             Ok(p) => Some(p),
             Err(e) => {
-                problems.0.push(format!(
+                layers.problems.0.push(format!(
                     "local.worker_program: cannot find this executable: {e}"
                 ));
                 None
@@ -436,10 +429,10 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
 
     let data_dir_path = data_dir.value.clone();
     if let Err(e) = prepare_data_dir(&data_dir_path) {
-        problems.add("data_dir", &data_dir.source, e);
+        layers.problems.add("data_dir", &data_dir.source, e);
     }
 
-    match (problems.0.is_empty(), listen, bwrap, worker_program) {
+    match (layers.problems.0.is_empty(), listen, bwrap, worker_program) {
         (true, Some(listen), Some(bwrap), Some(worker_program)) => Ok(Settings {
             listen,
             data_dir: data_dir_path.clone(),
@@ -474,7 +467,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                 max_body_bytes: max_body_bytes.value,
             },
         }),
-        _ => Err(problems.0),
+        _ => Err(layers.problems.0),
     }
 }
 

@@ -77,15 +77,15 @@ impl TaskState {
     /// never started is put back in the queue rather than failed.
     pub fn can_become(self, next: TaskState) -> bool {
         use TaskState::*;
-        match (self, next) {
-            (Queued, Initializing | Canceled | SystemError) => true,
-            (
-                Initializing,
-                Queued | Running | SystemError | ExecutorError | Canceled | Complete,
-            ) => true,
-            (Running, Complete | ExecutorError | SystemError | Canceled) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Queued, Initializing | Canceled | SystemError)
+                | (
+                    Initializing,
+                    Queued | Running | SystemError | ExecutorError | Canceled | Complete
+                )
+                | (Running, Complete | ExecutorError | SystemError | Canceled)
+        )
     }
 
     /// The states from which `next` can be reached, for conditional updates in the store.

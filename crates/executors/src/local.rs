@@ -189,11 +189,10 @@ impl LocalExecutor {
         if !self.is_running(id) {
             return;
         }
-        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-            if let Err(e) = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL)
-            {
-                tracing::warn!(task = %id, error = %e, "killing the worker's process group");
-            }
+        if let Some(pid) = rustix::process::Pid::from_raw(pid)
+            && let Err(e) = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL)
+        {
+            tracing::warn!(task = %id, error = %e, "killing the worker's process group");
         }
     }
 

@@ -160,7 +160,11 @@ pub fn resolve_in_root(root: &Path, container_path: &str) -> Result<PathBuf, Res
                         });
                     }
                     Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                        ) => {}
                     Err(source) => {
                         return Err(ResolveError::Io {
                             path: container_path.to_owned(),

@@ -82,6 +82,11 @@ pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
     // task's mounts (and /tmp among them) as the only writable places.
     args.extend(["--remount-ro", "/", "--chdir", spec.workdir].map(str::to_owned));
     args.push("--".to_owned());
+    // bubblewrap sets PWD after --chdir, even over --unsetenv; env(1) removes it again so the
+    // command sees exactly the executor's env. It also turns "no such program" into exit 127.
+    if !spec.env.contains_key("PWD") {
+        args.extend(["/usr/bin/env", "-u", "PWD", "--"].map(str::to_owned));
+    }
     args.extend(spec.command.iter().cloned());
     args
 }

@@ -1,0 +1,258 @@
+//! Crash recovery with a real `kill -9` of a real `tresor serve` process.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tresor_api_types::tes::{TesOutput, TesState, TesView};
+use tresor_client::TesClient;
+
+use crate::support::*;
+
+/// `tresor serve` as a child process on a free port.
+struct ServerProcess {
+    child: Child,
+    client: TesClient,
+}
+
+fn spawn_server(dir: &Path) -> ServerProcess {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let storage = dir.join("storage");
+    std::fs::create_dir_all(&storage).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    let mut child = Command::new(TRESOR)
+        .args(["serve", "--listen", "127.0.0.1:0", "--slots", "2"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--allowed-dir")
+        .arg(&storage)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("tresor listening on ")
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected first line {line:?}; see {}",
+                dir.join("server.log").display()
+            )
+        })
+        .to_owned();
+    ServerProcess {
+        child,
+        client: TesClient::new(&url).unwrap(),
+    }
+}
+
+impl ServerProcess {
+    fn kill_9(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn storage_url(dir: &Path, rel: &str) -> String {
+    format!(
+        "file://{}/{rel}",
+        std::fs::canonicalize(dir.join("storage"))
+            .unwrap()
+            .display()
+    )
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_accepted_task_and_reattaches_running_work() {
+    let dir = traversable_tempdir();
+    let mut first = spawn_server(dir.path());
+
+    // One task that finishes while the server is down, one that outlives the restart.
+    let mut short = sh_task("sleep 0.3; echo short > /data/out.txt");
+    short.outputs = Some(vec![TesOutput {
+        path: "/data/out.txt".into(),
+        url: storage_url(dir.path(), "short.txt"),
+        ..Default::default()
+    }]);
+    let mut long = sh_task("sleep 4; echo long > /data/out.txt");
+    long.outputs = Some(vec![TesOutput {
+        path: "/data/out.txt".into(),
+        url: storage_url(dir.path(), "long.txt"),
+        ..Default::default()
+    }]);
+    let short_id = first.client.create_task(&short).await.unwrap();
+    let long_id = first.client.create_task(&long).await.unwrap();
+    wait_state(&first.client, &short_id, TesState::Running).await;
+    wait_state(&first.client, &long_id, TesState::Running).await;
+
+    // Submit a burst and kill the server in the middle of it.
+    let mut submitters = Vec::new();
+    for _ in 0..4 {
+        let client = first.client.clone();
+        submitters.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            for _ in 0..200 {
+                match client.create_task(&sh_task("true")).await {
+                    Ok(id) => accepted.push(id),
+                    Err(_) => break,
+                }
+            }
+            accepted
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    first.kill_9();
+    let mut accepted = Vec::new();
+    for s in submitters {
+        accepted.extend(s.await.unwrap());
+    }
+    assert!(
+        !accepted.is_empty(),
+        "some creates should have been answered before the kill"
+    );
+
+    // The short task's worker finishes on its own while no server runs.
+    wait_until("the orphaned short worker finished", || {
+        processes_with(&short_id).is_empty()
+    })
+    .await;
+    assert!(
+        !processes_with(&long_id).is_empty(),
+        "the long worker must outlive the server"
+    );
+
+    let second = spawn_server(dir.path());
+    for id in &accepted {
+        let task = wait_terminal(&second.client, id).await;
+        assert_eq!(
+            task.state,
+            Some(TesState::Complete),
+            "accepted task {id} after restart: {task:#?}"
+        );
+    }
+    let short_done = wait_terminal(&second.client, &short_id).await;
+    assert_eq!(
+        short_done.state,
+        Some(TesState::Complete),
+        "{short_done:#?}"
+    );
+    let long_done = wait_terminal(&second.client, &long_id).await;
+    assert_eq!(long_done.state, Some(TesState::Complete), "{long_done:#?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("storage/short.txt")).unwrap(),
+        "short\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("storage/long.txt")).unwrap(),
+        "long\n"
+    );
+
+    let work = dir.path().join("data/work");
+    wait_until("every task directory is removed", || {
+        entries(&work).is_empty()
+    })
+    .await;
+    assert!(
+        processes_with(&work.display().to_string()).is_empty(),
+        "no worker may be left"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_gone_with_the_server_becomes_a_system_error_with_the_reason() {
+    let dir = traversable_tempdir();
+    let mut first = spawn_server(dir.path());
+    let id = first
+        .client
+        .create_task(&sh_task("sleep 60"))
+        .await
+        .unwrap();
+    wait_state(&first.client, &id, TesState::Running).await;
+    first.kill_9();
+
+    // Kill the worker's whole process group too, as a node reboot would.
+    let worker: Vec<String> = processes_with(&format!(
+        "--task-dir {}",
+        dir.path().join("data/work").join(&id).display()
+    ));
+    assert_eq!(worker.len(), 1, "{worker:?}");
+    let pid = worker[0].split(':').next().unwrap().to_owned();
+    let status = Command::new("kill")
+        .args(["-9", "--", &format!("-{pid}")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until("the task's processes are gone", || {
+        processes_with(&id).is_empty()
+    })
+    .await;
+
+    let second = spawn_server(dir.path());
+    let task = second.client.get_task(&id, TesView::Full).await.unwrap();
+    assert_eq!(task.state, Some(TesState::SystemError), "{task:#?}");
+    assert!(
+        system_logs(&task).contains("the worker stopped while the server was down"),
+        "{}",
+        system_logs(&task)
+    );
+    assert!(entries(&dir.path().join("data/work")).is_empty());
+}
+
+#[test]
+fn a_bad_configuration_reports_every_problem_and_exits_non_zero() {
+    let dir = traversable_tempdir();
+    let output = Command::new(TRESOR)
+        .args(["serve", "--listen", "0.0.0.0:9"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(PathBuf::from("/nonexistent/tresor.toml"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TRESOR_SLOTZ", "4")
+        .env("TRESOR_DURABILITY", "sometimes")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "/nonexistent/tresor.toml: cannot read",
+        "TRESOR_SLOTZ: unknown environment variable",
+        "durability (from TRESOR_DURABILITY)",
+        "listen (from --listen): 0.0.0.0:9 is not a loopback address",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(output.stdout.is_empty());
+}

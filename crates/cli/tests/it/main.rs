@@ -1,0 +1,11 @@
+//! Integration tests: the real server on port 0, driven over HTTP by real clients.
+
+// Test helpers outside #[test] functions fail loudly by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod bad_input;
+mod crash;
+mod pytes;
+mod sandbox;
+mod support;
+mod tes;

@@ -1,0 +1,226 @@
+//! The test server and helpers every test module shares.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tresor_api_types::tes::{TesExecutor, TesState, TesTask, TesView};
+use tresor_client::TesClient;
+use tresor_executors::{LocalSettings, SandboxSettings};
+use tresor_server::AppSettings;
+use tresor_service::ServiceSettings;
+use tresor_store::{Durability, StoreSettings};
+
+/// The `tresor` binary under test; the server starts it as `tresor worker`.
+pub const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
+
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+/// A temporary directory the sandbox user can traverse (task directories live below it).
+pub fn traversable_tempdir() -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("tresor-test-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    dir
+}
+
+pub fn bwrap() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+        .expect("bubblewrap is required: run scripts/test.sh, which installs it")
+}
+
+/// The settings a test server runs with; `dir` holds its data and storage.
+pub fn settings_for(dir: &Path) -> AppSettings {
+    let data = dir.join("data");
+    let storage = dir.join("storage");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::create_dir_all(&storage).unwrap();
+    AppSettings {
+        store: StoreSettings {
+            path: data.join("tresor.db"),
+            durability: Durability::Normal,
+        },
+        local: LocalSettings {
+            work_root: data.join("work"),
+            worker_program: PathBuf::from(TRESOR),
+            sandbox: SandboxSettings {
+                bwrap: bwrap(),
+                run_as: is_root().then_some((65534, 65534)),
+            },
+            allowed_dirs: vec![std::fs::canonicalize(&storage).unwrap()],
+            log_tail_bytes: 64 * 1024,
+            slots: 4,
+            allow_network: false,
+        },
+        service: ServiceSettings {
+            default_page_size: 256,
+            max_page_size: 2047,
+            organization_name: "tresor tests".to_owned(),
+            organization_url: "https://tresor.invalid".to_owned(),
+        },
+        max_body_bytes: 4 * 1024 * 1024,
+    }
+}
+
+/// The production server, in-process, on a free loopback port. Dropping it stops the server.
+pub struct TestServer {
+    pub url: String,
+    pub client: TesClient,
+    /// The allowed storage directory (canonical).
+    pub storage: PathBuf,
+    pub data: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub dir: TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut AppSettings)) -> TestServer {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = traversable_tempdir();
+        let mut settings = settings_for(dir.path());
+        adjust(&mut settings);
+        let storage = settings.local.allowed_dirs[0].clone();
+        let data = dir.path().join("data");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = tresor_server::App::build(settings).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(tresor_server::serve(listener, app, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            client: TesClient::new(&url).unwrap(),
+            url,
+            storage,
+            data,
+            shutdown: Some(tx),
+            dir,
+        }
+    }
+
+    /// A `file://` URL inside the allowed storage.
+    pub fn storage_url(&self, rel: &str) -> String {
+        format!("file://{}/{rel}", self.storage.display())
+    }
+
+    /// Submits a task and waits for it to end.
+    pub async fn run(&self, task: &TesTask) -> TesTask {
+        let id = self.client.create_task(task).await.unwrap();
+        wait_terminal(&self.client, &id).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A task with one executor running `sh -c script`.
+pub fn sh_task(script: &str) -> TesTask {
+    TesTask {
+        name: Some("sh".to_owned()),
+        executors: vec![executor(&["sh", "-c", script])],
+        ..TesTask::default()
+    }
+}
+
+pub fn executor(command: &[&str]) -> TesExecutor {
+    TesExecutor {
+        image: "debian:12".to_owned(),
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        ..TesExecutor::default()
+    }
+}
+
+/// Polls until the task is in `want` (or any terminal state if `want` is terminal), up to 60 s.
+pub async fn wait_state(client: &TesClient, id: &str, want: TesState) -> TesTask {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let task = client.get_task(id, TesView::Full).await.unwrap();
+        let state = task.state.unwrap();
+        if state == want || (state.is_terminal() && want.is_terminal()) {
+            return task;
+        }
+        assert!(
+            !state.is_terminal(),
+            "task {id} ended in {state:?} while waiting for {want:?}: {task:#?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "task {id} still {state:?} after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn wait_terminal(client: &TesClient, id: &str) -> TesTask {
+    wait_state(client, id, TesState::Complete).await
+}
+
+/// The system logs of a task's latest attempt, joined.
+pub fn system_logs(task: &TesTask) -> String {
+    task.logs
+        .as_ref()
+        .and_then(|l| l.last())
+        .and_then(|l| l.system_logs.clone())
+        .unwrap_or_default()
+        .join("\n")
+}
+
+/// The stdout of executor `i` of the latest attempt.
+pub fn stdout(task: &TesTask, i: usize) -> String {
+    task.logs.as_ref().unwrap().last().unwrap().logs[i]
+        .stdout
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Processes on this host whose command line contains `needle`.
+pub fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(format!("{pid}: {cmdline}"));
+            }
+        }
+    }
+    found
+}
+
+/// Entries left in a directory (empty when it does not exist).
+pub fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
