@@ -1,0 +1,276 @@
+//! `tresor-bench`: measures a real `tresor serve` on loopback; see README.md.
+#![allow(clippy::print_stdout)] // a benchmark's output is its report
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use tresor_api_types::tes::{TesExecutor, TesResources, TesState, TesTask, TesView};
+use tresor_client::TesClient;
+
+#[derive(Parser)]
+#[command(about = "Benchmark a real tresor server on loopback")]
+struct Args {
+    /// CreateTask calls in the throughput run.
+    #[arg(long, default_value_t = 5000)]
+    creations: usize,
+    /// Concurrent clients in the throughput run.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Sequential `true` tasks for the latency run (and bare bwrap runs for its baseline).
+    #[arg(long, default_value_t = 30)]
+    latency_runs: usize,
+    /// Cancels measured.
+    #[arg(long, default_value_t = 10)]
+    cancels: usize,
+    /// Upper bound on the time of each run, in seconds.
+    #[arg(long, default_value_t = 120)]
+    max_seconds: u64,
+    /// The tresor binary (default: `tresor` beside this program).
+    #[arg(long)]
+    tresor: Option<PathBuf>,
+}
+
+struct Server {
+    child: Child,
+    client: TesClient,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(tresor: &Path, slots: u32) -> Result<Server> {
+    let dir = tempfile::Builder::new().prefix("tresor-bench-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    let mut child = Command::new(tresor)
+        .args(["serve", "--listen", "127.0.0.1:0", "--slots", &slots.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TRESOR_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", tresor.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
+    let url = line
+        .trim()
+        .strip_prefix("tresor listening on ")
+        .with_context(|| format!("unexpected server output {line:?}"))?
+        .to_owned();
+    Ok(Server {
+        child,
+        client: TesClient::new(&url)?,
+        _dir: dir,
+    })
+}
+
+fn task(command: &[&str], cores: i32) -> TesTask {
+    TesTask {
+        name: Some("bench".into()),
+        executors: vec![TesExecutor {
+            image: "debian:12".into(),
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            ..TesExecutor::default()
+        }],
+        resources: Some(TesResources {
+            cpu_cores: Some(cores),
+            ..TesResources::default()
+        }),
+        ..TesTask::default()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Concurrent durable creations. A first task holding every slot keeps the rest queued, so the
+/// run measures the API and the database, not the executor.
+async fn creations(tresor: &Path, args: &Args) -> Result<f64> {
+    let server = start_server(tresor, 2)?;
+    server.client.create_task(&task(&["sleep", "600"], 2)).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let client = server.client.clone();
+        let next = next.clone();
+        let total = args.creations;
+        workers.push(tokio::spawn(async move {
+            let body = task(&["true"], 1);
+            let mut done = 0usize;
+            while next.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
+                client.create_task(&body).await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut created = 0;
+    for w in workers {
+        created += w.await??;
+    }
+    let elapsed = started.elapsed();
+    Ok(created as f64 / elapsed.as_secs_f64())
+}
+
+/// Submit -> COMPLETE of `true`, one at a time, against bare bubblewrap running `true`.
+async fn latency(tresor: &Path, args: &Args) -> Result<(Duration, Duration)> {
+    let server = start_server(tresor, 2)?;
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let body = task(&["true"], 1);
+    // One warm-up task, so the first measured run does not pay for cold caches.
+    let mut samples = Vec::new();
+    for i in 0..=args.latency_runs {
+        let start = Instant::now();
+        let id = server.client.create_task(&body).await?;
+        loop {
+            let t = server.client.get_task(&id, TesView::Minimal).await?;
+            match t.state {
+                Some(TesState::Complete) => break,
+                Some(s) if s.is_terminal() => bail!("latency task ended {s:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+            if Instant::now() > deadline {
+                bail!("latency run exceeded --max-seconds");
+            }
+        }
+        if i > 0 {
+            samples.push(start.elapsed());
+        }
+    }
+    samples.sort();
+
+    let bare = bare_bwrap(args.latency_runs)?;
+    Ok((percentile(&samples, 0.5), bare))
+}
+
+/// p50 of spawning bubblewrap with tresor's own sandbox arguments around `true`.
+fn bare_bwrap(runs: usize) -> Result<Duration> {
+    use tresor_executors::sandbox::{SandboxSettings, SandboxSpec, bwrap_args};
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("tmp"))?;
+    let bwrap = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+        .context("bwrap is not on PATH")?;
+    let settings = SandboxSettings { bwrap, run_as: None };
+    let env = Default::default();
+    let mounts = vec!["/tmp".to_owned()];
+    let command = vec!["true".to_owned()];
+    let spec = SandboxSpec {
+        settings: &settings,
+        root: dir.path(),
+        mounts: &mounts,
+        network: false,
+        workdir: "/tmp",
+        env: &env,
+        command: &command,
+    };
+    let argv = bwrap_args(&spec);
+    let mut samples = Vec::new();
+    for _ in 0..=runs {
+        let start = Instant::now();
+        let status = Command::new(&settings.bwrap).args(&argv).env_clear().status()?;
+        if !status.success() {
+            bail!("bare bwrap failed: {status}");
+        }
+        samples.push(start.elapsed());
+    }
+    samples.remove(0);
+    samples.sort();
+    Ok(percentile(&samples, 0.5))
+}
+
+/// CancelTask on a running `sleep` until GetTask reports CANCELED.
+async fn cancels(tresor: &Path, args: &Args) -> Result<Vec<Duration>> {
+    let server = start_server(tresor, 2)?;
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let mut samples = Vec::new();
+    for _ in 0..args.cancels {
+        let id = server.client.create_task(&task(&["sleep", "300"], 1)).await?;
+        while server.client.get_task(&id, TesView::Minimal).await?.state != Some(TesState::Running) {
+            if Instant::now() > deadline {
+                bail!("cancel run exceeded --max-seconds");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let start = Instant::now();
+        server.client.cancel_task(&id).await?;
+        while server.client.get_task(&id, TesView::Minimal).await?.state != Some(TesState::Canceled) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    Ok(samples)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let tresor = match &args.tresor {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("locating this program")?
+            .join("tresor"),
+    };
+
+    let rate = creations(&tresor, &args).await?;
+    let (p50, bare) = latency(&tresor, &args).await?;
+    let cancel = cancels(&tresor, &args).await?;
+    let ratio = p50.as_secs_f64() / bare.as_secs_f64().max(f64::EPSILON);
+    println!("| measure | result | baseline (same run) | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| task creations/s ({} calls, {} clients, durable) | {rate:.0}/s | - | - | >= 2000/s |",
+        args.creations, args.concurrency
+    );
+    println!(
+        "| submit->COMPLETE p50, `true` ({} runs) | {:.1} ms | bare bwrap `true` p50 {:.1} ms | {ratio:.2}x | <= 2x |",
+        args.latency_runs,
+        ms(p50),
+        ms(bare)
+    );
+    println!(
+        "| cancel->CANCELED ({} runs) | p50 {:.1} ms, max {:.1} ms | - | - | <= 1000 ms |",
+        cancel.len(),
+        ms(percentile(&cancel, 0.5)),
+        ms(cancel.last().copied().unwrap_or_default())
+    );
+    let summary = serde_json::json!({
+        "creations_per_second": rate,
+        "submit_to_complete_p50_ms": ms(p50),
+        "bare_bwrap_p50_ms": ms(bare),
+        "submit_to_complete_ratio": ratio,
+        "cancel_p50_ms": ms(percentile(&cancel, 0.5)),
+        "cancel_max_ms": ms(cancel.last().copied().unwrap_or_default()),
+    });
+    println!("{summary}");
+    Ok(())
+}

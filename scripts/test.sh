@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need (each step is skipped
+# when already done), then checks formatting and lints and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*"; }
+
+# bubblewrap: the local executor's sandbox.
+if ! command -v bwrap >/dev/null 2>&1; then
+    say "installing bubblewrap"
+    as_root=""
+    [ "$(id -u)" = 0 ] || as_root="sudo"
+    $as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq bubblewrap >/dev/null
+fi
+
+# A Python venv with the stock py-tes client, for the end-to-end test.
+venv=.venv
+if ! "$venv/bin/python" -c 'import tes' >/dev/null 2>&1; then
+    say "creating $venv with py-tes"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/requirements-test.txt
+fi
+export TRESOR_TEST_PYTHON="$PWD/$venv/bin/python"
+
+if [ "${CI:-}" = "true" ]; then
+    export CARGO_INCREMENTAL=0
+fi
+export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+say "cargo test"
+cargo test --workspace --locked
