@@ -6,14 +6,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf '==> %s\n' "$*"; }
 
-# bubblewrap: the local executor's sandbox.
-if ! command -v bwrap >/dev/null 2>&1; then
-    say "installing bubblewrap"
-    as_root=""
-    [ "$(id -u)" = 0 ] || as_root="sudo"
-    $as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq bubblewrap >/dev/null
-fi
+. scripts/lib/ensure-bubblewrap.sh
 
 # A Python venv with the stock py-tes client, for the end-to-end test.
 venv=.venv

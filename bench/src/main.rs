@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Sequential `true` tasks for the latency run (and bare bwrap runs for its baseline).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 100)]
     latency_runs: usize,
     /// Cancels measured.
     #[arg(long, default_value_t = 10)]
@@ -54,7 +54,13 @@ fn start_server(tresor: &Path, slots: u32) -> Result<Server> {
     let dir = tempfile::Builder::new().prefix("tresor-bench-").tempdir()?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
     let mut child = Command::new(tresor)
-        .args(["serve", "--listen", "127.0.0.1:0", "--slots", &slots.to_string()])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--slots",
+            &slots.to_string(),
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .env_clear()
@@ -110,7 +116,10 @@ fn ms(d: Duration) -> f64 {
 /// run measures the API and the database, not the executor.
 async fn creations(tresor: &Path, args: &Args) -> Result<f64> {
     let server = start_server(tresor, 2)?;
-    server.client.create_task(&task(&["sleep", "600"], 2)).await?;
+    server
+        .client
+        .create_task(&task(&["sleep", "600"], 2))
+        .await?;
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let started = Instant::now();
@@ -177,7 +186,13 @@ fn bare_bwrap(runs: usize) -> Result<Duration> {
         .map(|d| d.join("bwrap"))
         .find(|p| p.is_file())
         .context("bwrap is not on PATH")?;
-    let settings = SandboxSettings { bwrap, run_as: None };
+    // The same user switch the server makes when it runs as root.
+    let run_as = is_root().then_some((65534, 65534));
+    if run_as.is_some() {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+        std::os::unix::fs::chown(dir.path().join("tmp"), Some(65534), Some(65534))?;
+    }
+    let settings = SandboxSettings { bwrap, run_as };
     let env = Default::default();
     let mounts = vec!["/tmp".to_owned()];
     let command = vec!["true".to_owned()];
@@ -194,7 +209,13 @@ fn bare_bwrap(runs: usize) -> Result<Duration> {
     let mut samples = Vec::new();
     for _ in 0..=runs {
         let start = Instant::now();
-        let status = Command::new(&settings.bwrap).args(&argv).env_clear().status()?;
+        let mut command = Command::new(&settings.bwrap);
+        command.args(&argv).env_clear();
+        if let Some((uid, gid)) = run_as {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid);
+        }
+        let status = command.status()?;
         if !status.success() {
             bail!("bare bwrap failed: {status}");
         }
@@ -205,14 +226,23 @@ fn bare_bwrap(runs: usize) -> Result<Duration> {
     Ok(percentile(&samples, 0.5))
 }
 
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
 /// CancelTask on a running `sleep` until GetTask reports CANCELED.
 async fn cancels(tresor: &Path, args: &Args) -> Result<Vec<Duration>> {
     let server = start_server(tresor, 2)?;
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let mut samples = Vec::new();
     for _ in 0..args.cancels {
-        let id = server.client.create_task(&task(&["sleep", "300"], 1)).await?;
-        while server.client.get_task(&id, TesView::Minimal).await?.state != Some(TesState::Running) {
+        let id = server
+            .client
+            .create_task(&task(&["sleep", "300"], 1))
+            .await?;
+        while server.client.get_task(&id, TesView::Minimal).await?.state != Some(TesState::Running)
+        {
             if Instant::now() > deadline {
                 bail!("cancel run exceeded --max-seconds");
             }
@@ -220,7 +250,8 @@ async fn cancels(tresor: &Path, args: &Args) -> Result<Vec<Duration>> {
         }
         let start = Instant::now();
         server.client.cancel_task(&id).await?;
-        while server.client.get_task(&id, TesView::Minimal).await?.state != Some(TesState::Canceled) {
+        while server.client.get_task(&id, TesView::Minimal).await?.state != Some(TesState::Canceled)
+        {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         samples.push(start.elapsed());

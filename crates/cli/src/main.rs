@@ -66,7 +66,11 @@ fn main() -> ExitCode {
         }
         Command::Worker { task_dir } => {
             init_tracing();
-            match runtime.block_on(tresor_executors::worker::run(&task_dir)) {
+            let result = runtime.block_on(tresor_executors::worker::run(&task_dir));
+            // Everything is reported and cleaned up by now; skip the runtime's orderly teardown,
+            // which would only delay the exit the server is waiting for.
+            runtime.shutdown_background();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "worker failed");

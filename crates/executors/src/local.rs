@@ -9,7 +9,7 @@ use std::process::Stdio;
 use tokio::sync::oneshot;
 use tresor_domain::TaskId;
 
-use crate::worker::{LOCK_FILE, LOG_FILE, STATUS_FILE, TASK_FILE};
+use crate::worker::{LOCK_FILE, LOG_FILE, PID_FILE, STATUS_FILE, TASK_FILE};
 use crate::{Error, SandboxSettings, WorkerStatus, WorkerTask};
 
 /// The local executor's slice of the settings.
@@ -132,6 +132,10 @@ impl LocalExecutor {
             .ok_or_else(|| {
                 Error::io("reading the worker's pid")(std::io::Error::other("no pid"))
             })?;
+        // For cancels after a server restart; the lock, not this file, says whether it is alive.
+        if let Err(e) = std::fs::write(dir.join(PID_FILE), pid.to_string()) {
+            tracing::warn!(task = %id, error = %e, "recording the worker pid");
+        }
         let (done, exit) = oneshot::channel();
         tokio::spawn(async move {
             let how = match child.wait().await {
@@ -175,6 +179,15 @@ impl LocalExecutor {
             return false;
         };
         matches!(lock.try_lock_shared(), Err(TryLockError::WouldBlock))
+    }
+
+    /// The pid (and process group id) of the task's worker, as recorded when it was started.
+    pub fn worker_pid(&self, id: &TaskId) -> Option<i32> {
+        std::fs::read_to_string(self.task_dir(id).join(PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// The worker's latest report, if it wrote one.

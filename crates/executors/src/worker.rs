@@ -20,6 +20,7 @@ use crate::{WorkerPhase, WorkerStatus, WorkerTask};
 pub const TASK_FILE: &str = "task.json";
 pub const STATUS_FILE: &str = "status.json";
 pub const LOCK_FILE: &str = "worker.lock";
+pub const PID_FILE: &str = "worker.pid";
 pub const LOG_FILE: &str = "worker.log";
 pub const ROOT_DIR: &str = "root";
 
@@ -56,7 +57,7 @@ pub async fn run(task_dir: &Path) -> Result<(), String> {
         serde_json::from_slice(&raw).map_err(|e| format!("parsing the task file: {e}"))?;
     let mut report = Reporter::new(task_dir);
     report.status.log.system_logs = Some(vec![RUNTIME_NOTE.to_owned()]);
-    report.publish(false)?;
+    report.publish()?;
 
     let root = task_dir.join(ROOT_DIR);
     let phase = match execute(&task, &root, &mut report).await {
@@ -73,7 +74,7 @@ pub async fn run(task_dir: &Path) -> Result<(), String> {
     }
     report.status.phase = phase;
     report.status.log.end_time = Some(now());
-    report.publish(true)
+    report.publish()
 }
 
 /// Keeps the current status and writes it atomically.
@@ -108,8 +109,9 @@ impl Reporter {
             .push(line);
     }
 
-    /// Replaces `status.json`; `durable` also fsyncs, for the final report.
-    fn publish(&self, durable: bool) -> Result<(), String> {
+    /// Replaces `status.json` atomically. No fsync: the rename survives a killed process, and
+    /// after a machine crash the reconciler treats a task without a final status as failed.
+    fn publish(&self) -> Result<(), String> {
         let tmp = self.dir.join(format!("{STATUS_FILE}.tmp"));
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::OpenOptions::new()
@@ -119,9 +121,6 @@ impl Reporter {
                 .mode(0o600)
                 .open(&tmp)?;
             file.write_all(&serde_json::to_vec(&self.status).map_err(std::io::Error::other)?)?;
-            if durable {
-                file.sync_all()?;
-            }
             std::fs::rename(&tmp, self.dir.join(STATUS_FILE))
         };
         write().map_err(|e| format!("writing {STATUS_FILE}: {e}"))
@@ -143,7 +142,7 @@ async fn execute(
     }
 
     report.status.phase = WorkerPhase::Running;
-    report.publish(false).map_err(SystemError)?;
+    report.publish().map_err(SystemError)?;
     for (index, executor) in task.executors.iter().enumerate() {
         let log = run_executor(task, root, &mounts, executor).await;
         let log = match log {
@@ -154,7 +153,7 @@ async fn execute(
         };
         let exit_code = log.exit_code;
         report.status.log.logs.push(log);
-        report.publish(false).map_err(SystemError)?;
+        report.publish().map_err(SystemError)?;
         if exit_code != 0 {
             if executor.ignore_error.unwrap_or(false) {
                 report.system_log(format!(

@@ -159,8 +159,24 @@ impl TaskService {
                 notes: accepted.notes,
             })
             .await?;
+        tracing::debug!(task = %id, "task created");
         self.inner.wake.notify_one();
         Ok(id)
+    }
+
+    /// The task with this id in the caller's workspace; a malformed id, a missing task and
+    /// another workspace's task all look the same: not found.
+    async fn find_task(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<tresor_store::TaskRecord, ServiceError> {
+        let id = TaskId::parse(id).map_err(|_| ServiceError::NotFound(Entity::Task))?;
+        self.inner
+            .store
+            .get_task(&caller.workspace, &id)
+            .await?
+            .ok_or(ServiceError::NotFound(Entity::Task))
     }
 
     /// GetTask in the caller's workspace.
@@ -170,14 +186,7 @@ impl TaskService {
         id: &str,
         view: TesView,
     ) -> Result<TesTask, ServiceError> {
-        let id = TaskId::parse(id).map_err(|_| ServiceError::NotFound(Entity::Task))?;
-        let record = self
-            .inner
-            .store
-            .get_task(&caller.workspace, &id)
-            .await?
-            .ok_or(ServiceError::NotFound(Entity::Task))?;
-        render::render(&record, view)
+        render::render(&self.find_task(caller, id).await?, view)
     }
 
     /// ListTasks in the caller's workspace, newest first.
@@ -255,13 +264,6 @@ impl TaskService {
     /// CancelTask: QUEUED, INITIALIZING or RUNNING become CANCELED and the worker's whole process
     /// group is killed before this returns. Canceling a canceled task is a no-op.
     pub async fn cancel_task(&self, caller: &Caller, id: &str) -> Result<(), ServiceError> {
-        let id = TaskId::parse(id).map_err(|_| ServiceError::NotFound(Entity::Task))?;
-        let record = self
-            .inner
-            .store
-            .get_task(&caller.workspace, &id)
-            .await?
-            .ok_or(ServiceError::NotFound(Entity::Task))?;
-        runner::cancel(&self.inner, record).await
+        runner::cancel(&self.inner, self.find_task(caller, id).await?).await
     }
 }

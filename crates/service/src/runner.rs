@@ -21,6 +21,8 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct Slot {
     cores: u32,
     pid: Option<i32>,
+    /// A cancel arrived before the worker's pid was known; the starter kills it once spawned.
+    cancel_requested: bool,
 }
 
 fn now() -> String {
@@ -60,40 +62,24 @@ pub(crate) async fn schedule(inner: Arc<Inner>) {
 async fn fill_slots(inner: &Arc<Inner>) -> Result<(), ServiceError> {
     let slots = inner.executor.settings().slots;
     loop {
-        if used_cores(inner) >= slots {
+        let free = slots.saturating_sub(used_cores(inner));
+        if free == 0 {
             return Ok(());
         }
-        let queued = inner
-            .store
-            .tasks_in_states(&[TaskState::Queued], 32)
-            .await?;
-        if queued.is_empty() {
+        let Some(record) = inner.store.claim_next_task(free).await? else {
             return Ok(());
+        };
+        if let Ok(mut running) = inner.running.lock() {
+            running.insert(
+                record.id.clone(),
+                Slot {
+                    cores: record.cpu_cores,
+                    pid: None,
+                    cancel_requested: false,
+                },
+            );
         }
-        for record in queued {
-            // First come, first served: a large task at the head waits for room rather than
-            // being overtaken forever by small ones.
-            if record.cpu_cores > slots.saturating_sub(used_cores(inner)) {
-                return Ok(());
-            }
-            if !inner
-                .store
-                .transition(&record.id, TaskState::Initializing, None)
-                .await?
-            {
-                continue; // canceled meanwhile
-            }
-            if let Ok(mut running) = inner.running.lock() {
-                running.insert(
-                    record.id.clone(),
-                    Slot {
-                        cores: record.cpu_cores,
-                        pid: None,
-                    },
-                );
-            }
-            start_worker(inner, record).await;
-        }
+        start_worker(inner, record).await;
     }
 }
 
@@ -134,6 +120,7 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord) {
         allowed_dirs: settings.allowed_dirs.clone(),
         log_tail_bytes: settings.log_tail_bytes,
     };
+    tracing::debug!(task = %id, "starting worker");
     let (pid, exit) = match inner.executor.start(&id, &worker_task).await {
         Ok(started) => started,
         Err(e) => {
@@ -143,18 +130,14 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord) {
             return;
         }
     };
-    if let Ok(mut running) = inner.running.lock()
-        && let Some(slot) = running.get_mut(&id)
-    {
-        slot.pid = Some(pid);
-    }
-    if let Err(e) = inner.store.set_worker_pid(&id, Some(pid)).await {
-        tracing::error!(task = %id, error = %e, "recording the worker pid");
-    }
-    // A cancel that arrived while the worker was being started found no pid to kill.
-    if let Ok(Some(now)) = inner.store.get_task_for_system(&id).await
-        && now.state == TaskState::Canceled
-    {
+    let canceled_meanwhile = match inner.running.lock() {
+        Ok(mut running) => running.get_mut(&id).is_some_and(|slot| {
+            slot.pid = Some(pid);
+            slot.cancel_requested
+        }),
+        Err(_) => false,
+    };
+    if canceled_meanwhile {
         inner.executor.kill(&id, pid);
     }
     tokio::spawn(watch(inner.clone(), id, exit));
@@ -165,6 +148,7 @@ async fn watch(inner: Arc<Inner>, id: TaskId, exit: WorkerExit) {
     let mut last: Option<WorkerStatus> = None;
     let exit = exit.wait();
     tokio::pin!(exit);
+    tracing::debug!(task = %id, "worker started");
     let how = loop {
         tokio::select! {
             how = &mut exit => break how,
@@ -178,7 +162,9 @@ async fn watch(inner: Arc<Inner>, id: TaskId, exit: WorkerExit) {
             }
         }
     };
+    tracing::debug!(task = %id, "worker exited");
     settle(&inner, &id, &how).await;
+    tracing::debug!(task = %id, "task settled");
     release_slot(&inner, &id);
 }
 
@@ -211,13 +197,12 @@ async fn apply_status(inner: &Inner, id: &TaskId, status: &WorkerStatus) {
     let Some(logs) = logs_json(status.log.clone()) else {
         return;
     };
-    let result = match inner.store.get_task_for_system(id).await {
-        Ok(Some(current)) if current.state == state => {
-            inner.store.update_logs(id, state, &logs).await
-        }
-        Ok(Some(_)) => inner.store.transition(id, state, Some(&logs)).await,
-        Ok(None) => Ok(false),
-        Err(e) => Err(e),
+    // A move to a new state is the common case and needs one conditional update; progress
+    // within the current state falls through to a logs-only update.
+    let result = match inner.store.transition(id, state, Some(&logs)).await {
+        Ok(true) => Ok(true),
+        Ok(false) if !state.is_terminal() => inner.store.update_logs(id, state, &logs).await,
+        other => other,
     };
     if let Err(e) = result {
         tracing::error!(task = %id, error = %e, "recording worker status");
@@ -289,20 +274,32 @@ pub(crate) async fn cancel(inner: &Inner, record: TaskRecord) -> Result<(), Serv
             Err(conflict(now))
         };
     }
-    let pid = inner
-        .running
-        .lock()
-        .ok()
-        .and_then(|r| r.get(&id).and_then(|s| s.pid))
-        .or(record.worker_pid);
+    // The pid is known unless the scheduler is still starting the worker; then it is asked to
+    // kill the worker as soon as it has one.
+    let pid = match inner.running.lock() {
+        Ok(mut running) => match running.get_mut(&id) {
+            Some(slot) if slot.pid.is_none() => {
+                slot.cancel_requested = true;
+                None
+            }
+            Some(slot) => slot.pid,
+            None => None,
+        },
+        Err(_) => None,
+    };
     if let Some(pid) = pid {
-        inner.executor.kill(&id, pid);
-        let deadline = tokio::time::Instant::now() + KILL_WAIT;
-        while inner.executor.is_running(&id) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        kill_and_wait(inner, &id, pid).await;
     }
     Ok(())
+}
+
+/// Kills a worker's process group and waits (bounded) until its lock is free.
+async fn kill_and_wait(inner: &Inner, id: &TaskId, pid: i32) {
+    inner.executor.kill(id, pid);
+    let deadline = tokio::time::Instant::now() + KILL_WAIT;
+    while inner.executor.is_running(id) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Settles tasks a previous server process left active, and task directories nobody owns.
@@ -325,7 +322,8 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<(), ServiceError> {
                         id.clone(),
                         Slot {
                             cores: record.cpu_cores,
-                            pid: record.worker_pid,
+                            pid: inner.executor.worker_pid(&id),
+                            cancel_requested: false,
                         },
                     );
                 }
@@ -358,7 +356,6 @@ async fn settle_orphan(inner: &Inner, record: &TaskRecord) -> Result<(), Service
         _ if record.state == TaskState::Initializing => {
             tracing::info!(task = %id, "requeued: its worker never started an executor");
             inner.store.transition(id, TaskState::Queued, None).await?;
-            inner.store.set_worker_pid(id, None).await?;
         }
         other => {
             fail_task(
@@ -395,12 +392,8 @@ async fn remove_stray_dirs(inner: &Inner) -> Result<(), ServiceError> {
         if record.as_ref().is_some_and(|r| !r.state.is_terminal()) {
             continue;
         }
-        if let Some(pid) = record.as_ref().and_then(|r| r.worker_pid) {
-            inner.executor.kill(&id, pid);
-            let deadline = tokio::time::Instant::now() + KILL_WAIT;
-            while inner.executor.is_running(&id) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        if let Some(pid) = inner.executor.worker_pid(&id) {
+            kill_and_wait(inner, &id, pid).await;
         }
         if let Err(e) = inner.executor.remove(&id) {
             tracing::warn!(task = %id, error = %e, "removing a stray task directory");

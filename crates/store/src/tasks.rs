@@ -38,7 +38,6 @@ pub struct TaskRecord {
     pub tags: BTreeMap<String, String>,
     pub logs_json: Option<String>,
     pub notes: Vec<String>,
-    pub worker_pid: Option<i32>,
     /// Position in the stable listing order (newest first); the page-token cursor.
     pub seq: i64,
 }
@@ -117,7 +116,8 @@ fn format_time(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-const COLUMNS: &str = "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes, worker_pid";
+const COLUMNS: &str =
+    "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes";
 
 fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
     let id: String = row.try_get("id").map_err(Error::Database)?;
@@ -151,7 +151,6 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
         tags: serde_json::from_str(&tags).map_err(|e| corrupt("tags", e.to_string()))?,
         logs_json: row.try_get("logs").map_err(Error::Database)?,
         notes: serde_json::from_str(&notes).map_err(|e| corrupt("notes", e.to_string()))?,
-        worker_pid: row.try_get("worker_pid").map_err(Error::Database)?,
         seq: row.try_get("seq").map_err(Error::Database)?,
     })
 }
@@ -200,7 +199,7 @@ impl Store {
         q.push_bind(id.as_str());
         let row = q
             .build()
-            .fetch_optional(&self.writer)
+            .fetch_optional(&self.reader)
             .await
             .map_err(Error::Database)?;
         row.as_ref().map(task_from_row).transpose()
@@ -296,15 +295,24 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records the process id of the worker started for a task.
-    pub async fn set_worker_pid(&self, id: &TaskId, pid: Option<i32>) -> Result<(), Error> {
-        sqlx::query("UPDATE tasks SET worker_pid = ? WHERE id = ?")
-            .bind(pid)
-            .bind(id.as_str())
-            .execute(&self.writer)
+    /// Claims the oldest QUEUED task for a worker (moving it to INITIALIZING) if it needs at most
+    /// `max_cores`. `None` when the queue is empty or its head does not fit: first come, first
+    /// served, so a large task at the head is never overtaken. One statement, so two schedulers
+    /// could never claim the same task.
+    pub async fn claim_next_task(&self, max_cores: u32) -> Result<Option<TaskRecord>, Error> {
+        let sql = format!(
+            "UPDATE tasks SET state = 'INITIALIZING', updated_at = ?
+             WHERE seq = (SELECT seq FROM tasks WHERE state = 'QUEUED' ORDER BY seq LIMIT 1)
+               AND cpu_cores <= ?
+             RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(format_time(OffsetDateTime::now_utc()))
+            .bind(i64::from(max_cores))
+            .fetch_optional(&self.writer)
             .await
             .map_err(Error::Database)?;
-        Ok(())
+        row.as_ref().map(task_from_row).transpose()
     }
 
     /// Tasks in any of `states`, oldest first, across workspaces; for the scheduler and reconciler.
@@ -320,7 +328,7 @@ impl Store {
             .push_bind(i64::from(limit));
         let rows = q
             .build()
-            .fetch_all(&self.writer)
+            .fetch_all(&self.reader)
             .await
             .map_err(Error::Database)?;
         rows.iter().map(task_from_row).collect()
@@ -435,6 +443,39 @@ mod tests {
             ["d"]
         );
         assert_eq!(list(vec![tag("nope", None)]).await, Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn claims_take_the_oldest_task_and_never_overtake_it() {
+        let (_dir, store) = store().await;
+        let mut big = new_task("big", "ws", "n", &[]);
+        big.cpu_cores = 4;
+        store
+            .insert_task(new_task("first", "ws", "n", &[]))
+            .await
+            .unwrap();
+        store.insert_task(big).await.unwrap();
+        store
+            .insert_task(new_task("small", "ws", "n", &[]))
+            .await
+            .unwrap();
+        let claimed = store.claim_next_task(2).await.unwrap().unwrap();
+        assert_eq!(
+            (claimed.id.as_str(), claimed.state),
+            ("first", TaskState::Initializing)
+        );
+        assert!(
+            store.claim_next_task(2).await.unwrap().is_none(),
+            "the 4-core head waits"
+        );
+        assert_eq!(
+            store.claim_next_task(4).await.unwrap().unwrap().id.as_str(),
+            "big"
+        );
+        assert_eq!(
+            store.claim_next_task(1).await.unwrap().unwrap().id.as_str(),
+            "small"
+        );
     }
 
     #[tokio::test]

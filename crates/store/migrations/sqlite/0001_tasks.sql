@@ -15,8 +15,6 @@ CREATE TABLE tasks (
     logs          TEXT,
     -- server notes about the task (JSON array of strings), shown first in its system_logs
     notes         TEXT    NOT NULL DEFAULT '[]',
-    -- the process id of the task's worker (its process group id as well)
-    worker_pid    INTEGER,
     updated_at    TEXT    NOT NULL
 );
 CREATE INDEX tasks_by_workspace ON tasks (workspace, seq);
