@@ -70,16 +70,20 @@ fn start_server(tresor: &Path, slots: u32) -> Result<Server> {
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {}", tresor.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("tresor listening on ")
-        .with_context(|| format!("unexpected server output {line:?}"))?
-        .to_owned();
+    let mut reader = BufReader::new(child.stdout.take().context("server stdout")?);
+    let url = loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("the server exited before listening");
+        }
+        if let Some(url) = line.trim().strip_prefix("tresor listening on ") {
+            break url.to_owned();
+        }
+    };
+    let token = std::fs::read_to_string(dir.path().join("data/bootstrap-admin-token"))?;
     Ok(Server {
         child,
-        client: TesClient::new(&url)?,
+        client: TesClient::with_token(&url, token.trim())?,
         _dir: dir,
     })
 }

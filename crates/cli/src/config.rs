@@ -40,7 +40,7 @@ pub struct ServeArgs {
 struct ConfigFile {
     /// Where the database and task directories live.
     data_dir: Option<PathBuf>,
-    /// Address to listen on; loopback only until authentication exists.
+    /// Address to listen on; loopback only, since tresor speaks plain HTTP (put a TLS proxy in front).
     listen: Option<String>,
     /// `full` (fsync every commit, the default) or `normal` (survives a crash of tresor, not of the machine).
     durability: Option<String>,
@@ -254,7 +254,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         Ok(addr) if addr.ip().is_loopback() => Some(addr),
         Ok(addr) => {
             layers.problems.add("listen", &listen_raw.source, format!(
-                "{addr} is not a loopback address; tresor has no authentication yet, so it serves loopback only"
+                "{addr} is not a loopback address; tresor speaks plain HTTP, so it listens on loopback only; put a TLS-terminating proxy in front of it"
             ));
             None
         }
@@ -465,6 +465,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                         .unwrap_or_else(|| "https://tresor.invalid".to_owned()),
                 },
                 max_body_bytes: max_body_bytes.value,
+                bootstrap_token_file: data_dir_path.join("bootstrap-admin-token"),
             },
         }),
         _ => Err(layers.problems.0),

@@ -1,8 +1,10 @@
 //! `tresor`: the one binary. `serve` runs the server, `worker` runs one task (started by the
-//! server), and `task` talks to a running server.
+//! server), `audit verify` checks the audit trail, and the other commands talk to a running server.
 
 mod config;
 mod output;
+mod platform_cmd;
+mod session;
 mod task_cmd;
 
 use std::path::PathBuf;
@@ -31,8 +33,56 @@ enum Command {
         #[arg(long)]
         task_dir: PathBuf,
     },
+    /// Store a server URL and access token (read from standard input or TRESOR_TOKEN) in a 0600 file.
+    Login {
+        #[command(flatten)]
+        client: session::ClientArgs,
+    },
+    /// Create, list and remove workspaces.
+    Workspace {
+        #[command(flatten)]
+        client: session::ClientArgs,
+        #[command(subcommand)]
+        command: platform_cmd::WorkspaceCommand,
+    },
+    /// Add, list and remove workspace members.
+    Member {
+        #[command(flatten)]
+        client: session::ClientArgs,
+        #[command(subcommand)]
+        command: platform_cmd::MemberCommand,
+    },
+    /// Create, list and revoke access tokens.
+    Token {
+        #[command(flatten)]
+        client: session::ClientArgs,
+        #[command(subcommand)]
+        command: platform_cmd::TokenCommand,
+    },
+    /// Create and list users (platform administrators).
+    User {
+        #[command(flatten)]
+        client: session::ClientArgs,
+        #[command(subcommand)]
+        command: platform_cmd::UserCommand,
+    },
     /// Submit, inspect, list and cancel tasks on a running server.
     Task(task_cmd::TaskArgs),
+    /// Check the audit trail's hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain and report the first edited, deleted or reordered event.
+    Verify {
+        /// The server's data directory.
+        #[arg(long, default_value = "tresor-data")]
+        data_dir: PathBuf,
+    },
 }
 
 fn init_tracing() {
@@ -79,6 +129,62 @@ fn main() -> ExitCode {
             }
         }
         Command::Task(args) => runtime.block_on(task_cmd::run(args)),
+        Command::Login { client } => {
+            let session = session::resolve(&client);
+            runtime.block_on(platform_cmd::login(&client, session))
+        }
+        Command::Workspace { client, command } => {
+            let session = session::resolve(&client);
+            runtime.block_on(platform_cmd::workspace(&client, session, command))
+        }
+        Command::Member { client, command } => {
+            let session = session::resolve(&client);
+            runtime.block_on(platform_cmd::member(&client, session, command))
+        }
+        Command::Token { client, command } => {
+            let session = session::resolve(&client);
+            runtime.block_on(platform_cmd::token(&client, session, command))
+        }
+        Command::User { client, command } => {
+            let session = session::resolve(&client);
+            runtime.block_on(platform_cmd::user(&client, session, command))
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { data_dir },
+        } => runtime.block_on(verify_audit(&data_dir)),
+    }
+}
+
+async fn verify_audit(data_dir: &std::path::Path) -> ExitCode {
+    let path = data_dir.join("tresor.db");
+    if !path.is_file() {
+        eprintln!("error: no database at {}", path.display());
+        return ExitCode::from(2);
+    }
+    let settings = tresor_store::StoreSettings {
+        path,
+        durability: tresor_store::Durability::Full,
+    };
+    let result = match tresor_store::Store::connect(&settings).await {
+        Ok(store) => store.verify_audit().await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(Ok(count)) => {
+            output::line(&format!("audit trail intact: {count} events"));
+            ExitCode::SUCCESS
+        }
+        Ok(Err(broken)) => {
+            eprintln!(
+                "audit trail broken at event {}: {}",
+                broken.seq, broken.reason
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -112,6 +218,13 @@ async fn run_server(settings: config::Settings) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let app = tresor_server::App::build(settings.app).await?;
+    if let Some(path) = &app.bootstrap_token_file {
+        // The path only: the token itself never goes to a terminal or a log.
+        output::line(&format!(
+            "bootstrap admin created; its access token is in {} (mode 0600)",
+            path.display()
+        ));
+    }
     output::line(&format!("tresor listening on http://{addr}"));
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), "serving");
     tresor_server::serve(listener, app, shutdown_signal())

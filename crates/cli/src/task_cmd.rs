@@ -8,28 +8,17 @@ use tresor_api_types::tes::{TesState, TesTask, TesView};
 use tresor_client::{ListTasks, TesClient};
 
 use crate::output;
+use crate::session::{ClientArgs, Format};
 
 #[derive(Args)]
 pub struct TaskArgs {
-    /// The server's URL.
-    #[arg(
-        long,
-        env = "TRESOR_URL",
-        default_value = "http://127.0.0.1:8000",
-        global = true
-    )]
-    url: String,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text", global = true)]
-    output: Format,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The workspace (default: your personal workspace).
+    #[arg(long, short = 'w', global = true)]
+    workspace: Option<String>,
     #[command(subcommand)]
     command: TaskCommand,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Text,
-    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -80,6 +69,11 @@ enum TaskCommand {
     Cancel { id: String },
 }
 
+struct TaskArgsResolved {
+    output: Format,
+    command: TaskCommand,
+}
+
 pub async fn run(args: TaskArgs) -> ExitCode {
     match execute(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,7 +86,19 @@ pub async fn run(args: TaskArgs) -> ExitCode {
 
 async fn execute(args: TaskArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    let client = TesClient::new(&args.url)?;
+    let session = crate::session::resolve(&args.client);
+    let token = session
+        .token
+        .as_deref()
+        .context("no credential: run `tresor login` or set TRESOR_TOKEN")?;
+    let client = match &args.workspace {
+        Some(ws) => TesClient::for_workspace(&session.url, ws, token)?,
+        None => TesClient::with_token(&session.url, token)?,
+    };
+    let args = TaskArgsResolved {
+        output: args.client.output,
+        command: args.command,
+    };
     match args.command {
         TaskCommand::Submit { file } => {
             let raw = if file.as_os_str() == "-" {

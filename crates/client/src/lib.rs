@@ -3,6 +3,7 @@
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use tresor_api_types::ErrorResponse;
+use tresor_api_types::platform::PlatformError;
 use tresor_api_types::tes::{
     TesCreateTaskResponse, TesListTasksResponse, TesServiceInfo, TesState, TesTask, TesView,
 };
@@ -28,6 +29,22 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+    let status = response.status();
+    let body = response.bytes().await.map_err(ClientError::Transport)?;
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<ErrorResponse>(&body)
+            .map(|e| e.msg)
+            .or_else(|_| serde_json::from_slice::<PlatformError>(&body).map(|e| e.message))
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        return Err(ClientError::Api { status, msg });
+    }
+    if body.is_empty() {
+        return serde_json::from_slice(b"null").map_err(|e| ClientError::Decode(e.to_string()));
+    }
+    serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
 }
 
 /// ListTasks parameters.
@@ -56,7 +73,29 @@ pub struct RawResponse {
     pub body: String,
 }
 
-/// Client for one tresor server's TES API.
+/// Builds the HTTP client, sending `token` (if any) as a bearer token on every request.
+fn http_client(token: Option<&str>) -> Result<reqwest::Client, ClientError> {
+    // reqwest is built without a default TLS provider; installing ring twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ClientError::Url("the token is not valid in an HTTP header".to_owned()))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .map_err(ClientError::Transport)
+}
+
+fn base_url(server: &str, path: &str) -> Result<url::Url, ClientError> {
+    url::Url::parse(&format!("{}/{path}", server.trim_end_matches('/')))
+        .map_err(|e| ClientError::Url(e.to_string()))
+}
+
+/// Client for one tresor server's TES API, in one workspace.
 #[derive(Debug, Clone)]
 pub struct TesClient {
     http: reqwest::Client,
@@ -64,16 +103,32 @@ pub struct TesClient {
 }
 
 impl TesClient {
-    /// `server` is the server's root URL, such as `http://127.0.0.1:8000`.
+    /// `server` is the server's root URL, such as `http://127.0.0.1:8000`; no credential.
     pub fn new(server: &str) -> Result<TesClient, ClientError> {
-        // reqwest is built without a default TLS provider; installing ring twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let base = url::Url::parse(&format!("{}/ga4gh/tes/v1/", server.trim_end_matches('/')))
-            .map_err(|e| ClientError::Url(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(ClientError::Transport)?;
-        Ok(TesClient { http, base })
+        Ok(TesClient {
+            http: http_client(None)?,
+            base: base_url(server, "ga4gh/tes/v1/")?,
+        })
+    }
+
+    /// The caller's personal workspace (`/ga4gh/tes/v1`), authenticated with `token`.
+    pub fn with_token(server: &str, token: &str) -> Result<TesClient, ClientError> {
+        Ok(TesClient {
+            http: http_client(Some(token))?,
+            base: base_url(server, "ga4gh/tes/v1/")?,
+        })
+    }
+
+    /// A named workspace (`/w/{workspace}/ga4gh/tes/v1`), authenticated with `token`.
+    pub fn for_workspace(
+        server: &str,
+        workspace: &str,
+        token: &str,
+    ) -> Result<TesClient, ClientError> {
+        Ok(TesClient {
+            http: http_client(Some(token))?,
+            base: base_url(server, &format!("w/{workspace}/ga4gh/tes/v1/"))?,
+        })
     }
 
     fn url(&self, path: &str) -> Result<url::Url, ClientError> {
@@ -83,15 +138,7 @@ impl TesClient {
     }
 
     async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
-        let status = response.status();
-        let body = response.bytes().await.map_err(ClientError::Transport)?;
-        if !status.is_success() {
-            let msg = serde_json::from_slice::<ErrorResponse>(&body)
-                .map(|e| e.msg)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(ClientError::Api { status, msg });
-        }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+        decode(response).await
     }
 
     pub async fn service_info(&self) -> Result<TesServiceInfo, ClientError> {
@@ -206,3 +253,6 @@ impl TesClient {
         Ok(RawResponse { status, body })
     }
 }
+
+mod platform;
+pub use platform::PlatformClient;

@@ -79,6 +79,31 @@ impl fmt::Display for WorkspaceId {
     }
 }
 
+/// A user id (server-assigned).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Longest accepted id.
+    pub const MAX_LEN: usize = 64;
+
+    /// Parses an id that came from outside.
+    pub fn parse(s: &str) -> Result<UserId, IdError> {
+        check_id(s, Self::MAX_LEN)?;
+        Ok(UserId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

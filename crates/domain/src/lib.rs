@@ -2,8 +2,10 @@
 
 pub mod caller;
 pub mod ids;
+pub mod permissions;
 pub mod task_state;
 
-pub use caller::{Caller, Principal};
-pub use ids::{IdError, TaskId, WorkspaceId};
+pub use caller::{Caller, Denied, Principal};
+pub use ids::{IdError, TaskId, UserId, WorkspaceId};
+pub use permissions::{Action, Role};
 pub use task_state::TaskState;

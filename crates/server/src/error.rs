@@ -1,7 +1,7 @@
 //! `ApiError`: the one place where failures become HTTP responses.
 
 use axum::Json;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use tresor_api_types::ErrorResponse;
 use tresor_service::ServiceError;
@@ -23,17 +23,30 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+/// The stable error code and message of a failed response, kept as a response extension so the
+/// platform API can render its own body shape (`{code, message}`) from the same error.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorInfo {
+    pub code: &'static str,
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, msg) = match self {
+        let (status, code, msg) = match self {
             ApiError::Service(err) => {
-                let status = match &err {
-                    ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-                    ServiceError::Forbidden => StatusCode::FORBIDDEN,
-                    ServiceError::Conflict(_) => StatusCode::CONFLICT,
-                    ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
-                    ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                    ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                let (status, code) = match &err {
+                    ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                    ServiceError::Unauthenticated(_) => {
+                        (StatusCode::UNAUTHORIZED, "unauthenticated")
+                    }
+                    ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+                    ServiceError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                    ServiceError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+                    ServiceError::Unavailable(_) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                    }
+                    ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                 };
                 let msg = if status.is_server_error() {
                     // The cause goes to the log under an id; the body names only the class.
@@ -43,19 +56,49 @@ impl IntoResponse for ApiError {
                 } else {
                     err.to_string()
                 };
-                (status, msg)
+                (status, code, msg)
             }
-            ApiError::BadRequest(msg) => (StatusCode::BAD_REQUEST, msg),
-            ApiError::PayloadTooLarge(msg) => (StatusCode::PAYLOAD_TOO_LARGE, msg),
-            ApiError::NotFound(msg) => (StatusCode::NOT_FOUND, msg),
-            ApiError::MethodNotAllowed(msg) => (StatusCode::METHOD_NOT_ALLOWED, msg),
+            ApiError::BadRequest(msg) => (StatusCode::BAD_REQUEST, "invalid", msg),
+            ApiError::PayloadTooLarge(msg) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg)
+            }
+            ApiError::NotFound(msg) => (StatusCode::NOT_FOUND, "not_found", msg),
+            ApiError::MethodNotAllowed(msg) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", msg)
+            }
         };
         let body = ErrorResponse {
-            msg,
+            msg: msg.clone(),
             status_code: status.as_u16(),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            let headers = response.headers_mut();
+            headers.append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tresor\""),
+            );
+            headers.append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tresor\""),
+            );
+        }
+        response
+            .extensions_mut()
+            .insert(ErrorInfo { code, message: msg });
+        response
     }
+}
+
+/// Re-renders error bodies of the platform API as `{code, message}`.
+pub(crate) async fn platform_error_body(response: Response) -> Response {
+    let Some(info) = response.extensions().get::<ErrorInfo>().cloned() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = serde_json::json!({ "code": info.code, "message": info.message });
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }
 
 pub(crate) async fn no_route(method: Method, uri: Uri) -> ApiError {

@@ -2,18 +2,23 @@
 
 mod error;
 mod extract;
+mod platform;
+pub mod routes;
 mod tes;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use tresor_executors::{LocalExecutor, LocalSettings};
-use tresor_service::{ServiceSettings, TaskService};
+use tresor_service::{PlatformService, ServiceSettings, TaskService};
 use tresor_store::{Store, StoreSettings};
 
 pub use error::ApiError;
+pub use routes::{Access, RouteSpec, route_specs};
 
 /// Everything the server needs, resolved from configuration by the caller.
 #[derive(Debug, Clone)]
@@ -23,44 +28,64 @@ pub struct AppSettings {
     pub service: ServiceSettings,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Where the bootstrap admin's token is written on first start (0600).
+    pub bootstrap_token_file: PathBuf,
+}
+
+/// The services every handler reaches through axum state.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub tasks: TaskService,
+    pub platform: PlatformService,
 }
 
 /// A built application: its router and the services behind it.
 #[derive(Debug, Clone)]
 pub struct App {
     router: Router,
-    tasks: TaskService,
     store: Store,
+    /// Set when this start created the bootstrap admin.
+    pub bootstrap_token_file: Option<PathBuf>,
 }
 
 impl App {
-    /// Opens the store, settles work left by a previous process and starts the scheduler.
+    /// Opens the store, bootstraps the first admin, settles work left by a previous process
+    /// and starts the scheduler.
     pub async fn build(settings: AppSettings) -> anyhow::Result<App> {
         let store = Store::connect(&settings.store).await?;
+        let platform = PlatformService::new(store.clone());
+        let bootstrap_token_file = platform.bootstrap(&settings.bootstrap_token_file).await?;
         let executor = LocalExecutor::new(settings.local)?;
-        let tasks = TaskService::new(store.clone(), executor, settings.service).await?;
+        let tasks =
+            TaskService::new(store.clone(), platform.clone(), executor, settings.service).await?;
         tasks.start().await?;
-        let router = router(tasks.clone(), settings.max_body_bytes);
+        let router = router(AppState { tasks, platform }, settings.max_body_bytes);
         Ok(App {
             router,
-            tasks,
             store,
+            bootstrap_token_file,
         })
-    }
-
-    pub fn tasks(&self) -> &TaskService {
-        &self.tasks
     }
 }
 
-/// The route table.
-fn router(tasks: TaskService, max_body_bytes: usize) -> Router {
-    Router::new()
-        .nest("/ga4gh/tes/v1", tes::routes())
+/// The router, built from the route table.
+fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let mut ga4gh = Router::new();
+    let mut api = Router::new();
+    for (spec, handler) in routes::table() {
+        if spec.path.starts_with("/api/") {
+            api = api.route(spec.path, handler);
+        } else {
+            ga4gh = ga4gh.route(spec.path, handler);
+        }
+    }
+    let api = api.layer(axum::middleware::map_response(error::platform_error_body));
+    ga4gh
+        .merge(api)
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(tasks)
+        .with_state(state)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves; the function `tresor serve` runs.
@@ -70,9 +95,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = app.store.clone();
-    let result = axum::serve(listener, app.router)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(
+        listener,
+        app.router
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     store.close().await;
     result
 }

@@ -1,44 +1,33 @@
 //! The GA4GH TES 1.1 routes: extract, call `TaskService`, map.
 
 use axum::Json;
-use axum::Router;
-use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::extract::State;
 use tresor_api_types::tes::{
     TesCancelTaskResponse, TesCreateTaskResponse, TesListTasksResponse, TesServiceInfo, TesState,
     TesTask, TesView,
 };
-use tresor_service::{ListTasksRequest, TaskService};
+use tresor_service::ListTasksRequest;
 
-use crate::ApiError;
-use crate::extract::{CallerOf, QueryPairs, StrictJson};
+use crate::extract::{CallerOf, Id, PathParam, QueryPairs, StrictJson};
+use crate::{ApiError, AppState};
 
-pub(crate) fn routes() -> Router<TaskService> {
-    Router::new()
-        .route("/service-info", get(service_info))
-        .route("/tasks", get(list_tasks).post(create_task))
-        // `POST /tasks/{id}:cancel` shares this path pattern: the router cannot split a segment
-        // at ':', so the POST handler does.
-        .route("/tasks/{id}", get(get_task).post(cancel_task))
+pub(crate) async fn service_info(State(state): State<AppState>) -> Json<TesServiceInfo> {
+    Json(state.tasks.service_info())
 }
 
-async fn service_info(State(tasks): State<TaskService>) -> Json<TesServiceInfo> {
-    Json(tasks.service_info())
-}
-
-async fn create_task(
-    State(tasks): State<TaskService>,
+pub(crate) async fn create_task(
+    State(state): State<AppState>,
     CallerOf(caller): CallerOf,
     StrictJson(task): StrictJson<TesTask>,
 ) -> Result<Json<TesCreateTaskResponse>, ApiError> {
-    let id = tasks.create_task(&caller, task).await?;
+    let id = state.tasks.create_task(&caller, task).await?;
     Ok(Json(TesCreateTaskResponse { id: id.to_string() }))
 }
 
-async fn get_task(
-    State(tasks): State<TaskService>,
+pub(crate) async fn get_task(
+    State(state): State<AppState>,
     CallerOf(caller): CallerOf,
-    Path(id): Path<String>,
+    PathParam(id, _): PathParam<Id>,
     QueryPairs(query): QueryPairs,
 ) -> Result<Json<TesTask>, ApiError> {
     let mut view = TesView::Minimal;
@@ -48,25 +37,25 @@ async fn get_task(
             other => return Err(unknown_parameter(other, "view")),
         }
     }
-    Ok(Json(tasks.get_task(&caller, &id, view).await?))
+    Ok(Json(state.tasks.get_task(&caller, &id, view).await?))
 }
 
-async fn cancel_task(
-    State(tasks): State<TaskService>,
+pub(crate) async fn cancel_task(
+    State(state): State<AppState>,
     CallerOf(caller): CallerOf,
-    Path(id_and_action): Path<String>,
+    PathParam(id_and_action, _): PathParam<Id>,
 ) -> Result<Json<TesCancelTaskResponse>, ApiError> {
     let Some(id) = id_and_action.strip_suffix(":cancel") else {
         return Err(ApiError::MethodNotAllowed(format!(
             "POST /tasks/{id_and_action} is not an operation; to cancel a task POST /tasks/{{id}}:cancel"
         )));
     };
-    tasks.cancel_task(&caller, id).await?;
+    state.tasks.cancel_task(&caller, id).await?;
     Ok(Json(TesCancelTaskResponse {}))
 }
 
-async fn list_tasks(
-    State(tasks): State<TaskService>,
+pub(crate) async fn list_tasks(
+    State(state): State<AppState>,
     CallerOf(caller): CallerOf,
     QueryPairs(query): QueryPairs,
 ) -> Result<Json<TesListTasksResponse>, ApiError> {
@@ -116,7 +105,7 @@ async fn list_tasks(
     }
     values.resize(keys.len(), String::new());
     request.tags = keys.into_iter().zip(values).collect();
-    Ok(Json(tasks.list_tasks(&caller, request).await?))
+    Ok(Json(state.tasks.list_tasks(&caller, request).await?))
 }
 
 fn parse_view(value: &str) -> Result<TesView, ApiError> {

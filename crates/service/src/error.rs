@@ -4,12 +4,18 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entity {
     Task,
+    Workspace,
+    User,
+    Token,
 }
 
 impl std::fmt::Display for Entity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Entity::Task => f.write_str("task"),
+            Entity::Workspace => f.write_str("workspace"),
+            Entity::User => f.write_str("user"),
+            Entity::Token => f.write_str("token"),
         }
     }
 }
@@ -19,8 +25,12 @@ pub enum ServiceError {
     /// Also used for "exists, but in another workspace": we do not confirm existence.
     #[error("{0} not found")]
     NotFound(Entity),
-    #[error("forbidden")]
-    Forbidden,
+    /// No valid credential: what to send instead.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's role is too weak: the message names the role needed.
+    #[error("{0}")]
+    Forbidden(String),
     /// The request is valid but the object's current state does not allow it.
     #[error("{0}")]
     Conflict(String),
@@ -47,6 +57,7 @@ impl From<tresor_store::Error> for ServiceError {
     fn from(e: tresor_store::Error) -> Self {
         match e {
             tresor_store::Error::Corrupt { .. } => ServiceError::Internal(e.into()),
+            tresor_store::Error::Conflict(what) => ServiceError::Conflict(what.to_owned()),
             _ => ServiceError::Unavailable(e.into()),
         }
     }

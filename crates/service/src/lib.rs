@@ -2,6 +2,7 @@
 
 mod error;
 mod page_token;
+pub mod platform;
 mod render;
 mod runner;
 pub mod validate;
@@ -13,11 +14,12 @@ use tokio::sync::Notify;
 use tresor_api_types::tes::{
     Organization, ServiceType, TesListTasksResponse, TesServiceInfo, TesState, TesTask, TesView,
 };
-use tresor_domain::{Caller, TaskId};
+use tresor_domain::{Action, Caller, TaskId};
 use tresor_executors::LocalExecutor;
-use tresor_store::{NewTask, Store, TagFilter, TaskFilter};
+use tresor_store::{AuditEvent, NewTask, Store, TagFilter, TaskFilter};
 
 pub use error::{Entity, ServiceError};
+pub use platform::{Credential, PlatformService};
 pub use render::tes_state;
 
 /// The service's slice of the settings.
@@ -52,6 +54,7 @@ pub struct TaskService {
 #[derive(Debug)]
 struct Inner {
     store: Store,
+    platform: PlatformService,
     executor: LocalExecutor,
     settings: ServiceSettings,
     page_tokens: page_token::PageTokens,
@@ -65,6 +68,7 @@ impl TaskService {
     /// Builds the service; call `start` to reconcile and begin scheduling.
     pub async fn new(
         store: Store,
+        platform: PlatformService,
         executor: LocalExecutor,
         settings: ServiceSettings,
     ) -> Result<TaskService, ServiceError> {
@@ -72,6 +76,7 @@ impl TaskService {
         Ok(TaskService {
             inner: Arc::new(Inner {
                 store,
+                platform,
                 executor,
                 settings,
                 page_tokens: page_token::PageTokens::new(&secret),
@@ -141,6 +146,15 @@ impl TaskService {
         caller: &Caller,
         task: TesTask,
     ) -> Result<TaskId, ServiceError> {
+        self.inner
+            .platform
+            .require(
+                caller,
+                Action::SubmitTask,
+                "task.create",
+                format!("workspace:{}", caller.workspace),
+            )
+            .await?;
         let accepted = validate::accept_task(task, &self.limits())?;
         let id = TaskId::parse(&uuid::Uuid::now_v7().to_string())
             .map_err(|e| ServiceError::Internal(e.into()))?;
@@ -157,6 +171,15 @@ impl TaskService {
                 spec_json,
                 tags: accepted.spec.tags.clone().unwrap_or_default(),
                 notes: accepted.notes,
+                created_by: caller.principal.user.clone(),
+                audit: AuditEvent {
+                    actor: caller.principal.user.to_string(),
+                    action: "task.create".to_owned(),
+                    object: format!("task:{id}"),
+                    workspace: Some(caller.workspace.to_string()),
+                    source: caller.principal.source.clone(),
+                    result: "ok".to_owned(),
+                },
             })
             .await?;
         tracing::debug!(task = %id, "task created");
@@ -171,6 +194,9 @@ impl TaskService {
         caller: &Caller,
         id: &str,
     ) -> Result<tresor_store::TaskRecord, ServiceError> {
+        caller
+            .require(Action::Read)
+            .map_err(|d| ServiceError::Forbidden(format!("this needs the {} role", d.needed)))?;
         let id = TaskId::parse(id).map_err(|_| ServiceError::NotFound(Entity::Task))?;
         self.inner
             .store
@@ -264,6 +290,16 @@ impl TaskService {
     /// CancelTask: QUEUED, INITIALIZING or RUNNING become CANCELED and the worker's whole process
     /// group is killed before this returns. Canceling a canceled task is a no-op.
     pub async fn cancel_task(&self, caller: &Caller, id: &str) -> Result<(), ServiceError> {
-        runner::cancel(&self.inner, self.find_task(caller, id).await?).await
+        let record = self.find_task(caller, id).await?;
+        let action = if record.created_by == caller.principal.user {
+            Action::CancelOwnTask
+        } else {
+            Action::CancelAnyTask
+        };
+        self.inner
+            .platform
+            .require(caller, action, "task.cancel", format!("task:{}", record.id))
+            .await?;
+        runner::cancel(&self.inner, caller, record).await
     }
 }

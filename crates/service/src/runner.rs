@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tresor_api_types::tes::{TesTask, TesTaskLog};
-use tresor_domain::{TaskId, TaskState};
+use tresor_domain::{Caller, TaskId, TaskState};
 use tresor_executors::{Attach, WorkerExit, WorkerPhase, WorkerStatus, WorkerTask};
-use tresor_store::TaskRecord;
+use tresor_store::{AuditEvent, TaskRecord};
 
 use crate::{Inner, ServiceError};
 
@@ -226,7 +226,11 @@ async fn fail_task(inner: &Inner, id: &TaskId, log: Option<TesTaskLog>, reason: 
 }
 
 /// CancelTask: the state change is committed first, then the worker's process group is killed.
-pub(crate) async fn cancel(inner: &Inner, record: TaskRecord) -> Result<(), ServiceError> {
+pub(crate) async fn cancel(
+    inner: &Inner,
+    caller: &Caller,
+    record: TaskRecord,
+) -> Result<(), ServiceError> {
     let id = record.id.clone();
     if record.state == TaskState::Canceled {
         return Ok(());
@@ -256,11 +260,15 @@ pub(crate) async fn cancel(inner: &Inner, record: TaskRecord) -> Result<(), Serv
         last.end_time = Some(now());
     }
     let logs = serde_json::to_string(&logs).map_err(|e| ServiceError::Internal(e.into()))?;
-    if !inner
-        .store
-        .transition(&id, TaskState::Canceled, Some(&logs))
-        .await?
-    {
+    let audit = AuditEvent {
+        actor: caller.principal.user.to_string(),
+        action: "task.cancel".to_owned(),
+        object: format!("task:{id}"),
+        workspace: Some(caller.workspace.to_string()),
+        source: caller.principal.source.clone(),
+        result: "ok".to_owned(),
+    };
+    if !inner.store.cancel_task(&id, &logs, &audit).await? {
         // It moved meanwhile: report what it became.
         let now = inner
             .store

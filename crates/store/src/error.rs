@@ -20,6 +20,9 @@ pub enum Error {
         column: &'static str,
         reason: String,
     },
+    /// The change contradicts what is stored; the text says what and what to do.
+    #[error("{0}")]
+    Conflict(&'static str),
     #[error("the group-commit writer has stopped")]
     WriterGone,
     #[error("the system random number generator failed")]

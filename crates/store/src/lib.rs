@@ -1,8 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+mod audit;
 mod error;
+mod identity;
 mod migrations;
 mod tasks;
+mod workspaces;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -11,8 +14,11 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tokio::sync::mpsc;
 
+pub use audit::{AuditBreak, AuditEvent};
 pub use error::Error;
+pub use identity::{TokenRecord, UserRecord};
 pub use tasks::{NewTask, TagFilter, TaskFilter, TaskRecord};
+pub use workspaces::WorkspaceRecord;
 
 /// How hard a commit tries to survive a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +104,16 @@ impl Store {
         self.reader.close().await;
         self.writer.close().await;
     }
+}
+
+/// Timestamps are stored as RFC 3339 text.
+pub(crate) fn format_time(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {

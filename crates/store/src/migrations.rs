@@ -10,11 +10,18 @@ use sqlx::{AssertSqlSafe, SqlSafeStr, SqlitePool};
 use crate::Error;
 
 /// `(version, description, sql)`; append only, never edit a released entry.
-const SQLITE: &[(i64, &str, &str)] = &[(
-    1,
-    "tasks",
-    include_str!("../migrations/sqlite/0001_tasks.sql"),
-)];
+const SQLITE: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "tasks",
+        include_str!("../migrations/sqlite/0001_tasks.sql"),
+    ),
+    (
+        2,
+        "identity",
+        include_str!("../migrations/sqlite/0002_identity.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Embedded;

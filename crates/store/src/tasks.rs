@@ -6,9 +6,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, sqlite::SqliteRow};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::{mpsc, oneshot};
-use tresor_domain::{TaskId, TaskState, WorkspaceId};
+use tresor_domain::{TaskId, TaskState, UserId, WorkspaceId};
 
-use crate::{Error, Store};
+use crate::audit::{self, AuditEvent};
+use crate::{Error, Store, format_time};
 
 /// A task as it is first written: always `QUEUED`.
 #[derive(Debug, Clone)]
@@ -23,6 +24,9 @@ pub struct NewTask {
     pub tags: BTreeMap<String, String>,
     /// Server notes (such as ignored backend parameters), shown first in `system_logs`.
     pub notes: Vec<String>,
+    pub created_by: UserId,
+    /// Recorded in the same transaction as the task.
+    pub audit: AuditEvent,
 }
 
 /// A stored task.
@@ -38,6 +42,8 @@ pub struct TaskRecord {
     pub tags: BTreeMap<String, String>,
     pub logs_json: Option<String>,
     pub notes: Vec<String>,
+    /// The user who submitted it.
+    pub created_by: UserId,
     /// Position in the stable listing order (newest first); the page-token cursor.
     pub seq: i64,
 }
@@ -93,8 +99,8 @@ async fn insert_batch(pool: &SqlitePool, batch: &[InsertRequest]) -> Result<(), 
         let tags = serde_json::to_string(&task.tags).unwrap_or_else(|_| "{}".to_owned());
         let notes = serde_json::to_string(&task.notes).unwrap_or_else(|_| "[]".to_owned());
         sqlx::query(
-            "INSERT INTO tasks (id, workspace, name, state, cpu_cores, creation_time, spec, tags, notes, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tasks (id, workspace, name, state, cpu_cores, creation_time, spec, tags, notes, created_by, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(task.id.as_str())
         .bind(task.workspace.as_str())
@@ -105,19 +111,21 @@ async fn insert_batch(pool: &SqlitePool, batch: &[InsertRequest]) -> Result<(), 
         .bind(task.spec_json.as_str())
         .bind(tags)
         .bind(notes)
+        .bind(task.created_by.as_str())
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        audit::append(&mut tx, &task.audit)
+            .await
+            .map_err(|e| match e {
+                Error::Database(e) => e,
+                other => sqlx::Error::Protocol(other.to_string()),
+            })?;
     }
     tx.commit().await
 }
 
-fn format_time(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
-const COLUMNS: &str =
-    "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes";
+const COLUMNS: &str = "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes, created_by";
 
 fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
     let id: String = row.try_get("id").map_err(Error::Database)?;
@@ -151,6 +159,8 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
         tags: serde_json::from_str(&tags).map_err(|e| corrupt("tags", e.to_string()))?,
         logs_json: row.try_get("logs").map_err(Error::Database)?,
         notes: serde_json::from_str(&notes).map_err(|e| corrupt("notes", e.to_string()))?,
+        created_by: UserId::parse(&get_str("created_by")?)
+            .map_err(|e| corrupt("created_by", e.to_string()))?,
         seq: row.try_get("seq").map_err(Error::Database)?,
     })
 }
@@ -276,6 +286,31 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Cancels a task (a conditional move to CANCELED) and records `event` in the same
+    /// transaction. Returns whether the task moved.
+    pub async fn cancel_task(
+        &self,
+        id: &TaskId,
+        logs_json: &str,
+        event: &AuditEvent,
+    ) -> Result<bool, Error> {
+        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let mut q = QueryBuilder::<Sqlite>::new("UPDATE tasks SET state = 'CANCELED', logs = ");
+        q.push_bind(logs_json.to_owned());
+        q.push(", updated_at = ")
+            .push_bind(format_time(OffsetDateTime::now_utc()));
+        q.push(" WHERE id = ").push_bind(id.as_str());
+        q.push(" AND state IN ");
+        push_state_list(&mut q, &TaskState::predecessors(TaskState::Canceled));
+        let done = q.build().execute(&mut *tx).await.map_err(Error::Database)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        audit::append(&mut tx, event).await?;
+        tx.commit().await.map_err(Error::Database)?;
+        Ok(true)
+    }
+
     /// Replaces the logs of a task that is still in `state` (progress within a state).
     pub async fn update_logs(
         &self,
@@ -364,6 +399,15 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             notes: Vec::new(),
+            created_by: UserId::parse("u1").unwrap(),
+            audit: AuditEvent {
+                actor: "u1".to_owned(),
+                action: "task.create".to_owned(),
+                object: format!("task:{id}"),
+                workspace: Some(ws.to_owned()),
+                source: None,
+                result: "ok".to_owned(),
+            },
         }
     }
 

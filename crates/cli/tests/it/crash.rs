@@ -37,23 +37,30 @@ fn spawn_server(dir: &Path) -> ServerProcess {
         .stderr(log)
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("tresor listening on ")
-        .unwrap_or_else(|| {
-            panic!(
-                "unexpected first line {line:?}; see {}",
-                dir.join("server.log").display()
-            )
-        })
-        .to_owned();
+    let url = listening_url(&mut child, dir);
+    let token = std::fs::read_to_string(dir.join("data/bootstrap-admin-token")).unwrap();
     ServerProcess {
         child,
-        client: TesClient::new(&url).unwrap(),
+        client: TesClient::with_token(&url, token.trim()).unwrap(),
+    }
+}
+
+/// Reads the server's stdout up to its "listening" line.
+fn listening_url(child: &mut Child, dir: &Path) -> String {
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!(
+                "the server exited; it printed {seen:?}; see {}",
+                dir.join("server.log").display()
+            );
+        }
+        if let Some(url) = line.trim().strip_prefix("tresor listening on ") {
+            return url.to_owned();
+        }
+        seen.push(line);
     }
 }
 
@@ -247,7 +254,7 @@ fn a_bad_configuration_reports_every_problem_and_exits_non_zero() {
         "/nonexistent/tresor.toml: cannot read",
         "TRESOR_SLOTZ: unknown environment variable",
         "durability (from TRESOR_DURABILITY)",
-        "listen (from --listen): 0.0.0.0:9 is not a loopback address",
+        "listen (from --listen): 0.0.0.0:9 is not a loopback address; tresor speaks plain HTTP",
     ] {
         assert!(
             stderr.contains(expected),

@@ -3,8 +3,11 @@
 // Test helpers outside #[test] functions fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod authz;
 mod bad_input;
+mod cli;
 mod crash;
+mod identity;
 mod pytes;
 mod sandbox;
 mod support;

@@ -18,11 +18,13 @@ async fn py_tes_drives_the_whole_api() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pytes_e2e.py");
     let server_url = server.url.clone();
     let storage = server.storage.display().to_string();
+    let token = server.admin_token.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python())
             .arg(script)
             .arg(server_url)
             .arg(storage)
+            .env("TRESOR_TOKEN", token)
             .output()
             .unwrap()
     })

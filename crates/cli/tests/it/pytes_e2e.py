@@ -1,6 +1,7 @@
 """Drive tresor with the stock py-tes client: create, wait, logs, list with every filter and
 paging, cancel, unknown id. Usage: pytes_e2e.py SERVER_URL STORAGE_DIR. Exits non-zero on failure."""
 
+import os
 import sys
 import time
 
@@ -10,7 +11,8 @@ from tes.client import send_request, append_suffixes_to_url
 from tes.utils import unmarshal
 
 url, storage = sys.argv[1], sys.argv[2]
-client = tes.HTTPClient(url, timeout=30)
+# Stock clients often speak only HTTP Basic; tresor takes an access token as the password.
+client = tes.HTTPClient(url, timeout=30, user="researcher", password=os.environ["TRESOR_TOKEN"])
 
 
 def check(cond, what):
@@ -99,6 +101,16 @@ while client.get_task(sleeper).state != "RUNNING":
     time.sleep(0.05)
 client.cancel_task(sleeper)
 check(client.get_task(sleeper).state == "CANCELED", "cancel makes the task CANCELED")
+
+# Without a credential the API refuses, and says how to authenticate.
+anonymous = tes.HTTPClient(url, timeout=30)
+try:
+    anonymous.list_tasks()
+    check(False, "an anonymous list raises")
+except requests.exceptions.HTTPError as e:
+    check(e.response.status_code == 401 and "Bearer" in e.response.headers.get("WWW-Authenticate", ""), "no credential is a 401 with WWW-Authenticate")
+bearer = tes.HTTPClient(url, timeout=30, token=os.environ["TRESOR_TOKEN"])
+check(bearer.get_task(task_id).state == "COMPLETE", "the token also works as a bearer token")
 
 # An unknown id is a 404.
 try:

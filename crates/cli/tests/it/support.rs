@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tresor_api_types::tes::{TesExecutor, TesState, TesTask, TesView};
-use tresor_client::TesClient;
+use tresor_client::{PlatformClient, TesClient};
 use tresor_executors::{LocalSettings, SandboxSettings};
 use tresor_server::AppSettings;
 use tresor_service::ServiceSettings;
@@ -70,13 +70,18 @@ pub fn settings_for(dir: &Path) -> AppSettings {
             organization_url: "https://tresor.invalid".to_owned(),
         },
         max_body_bytes: 4 * 1024 * 1024,
+        bootstrap_token_file: data.join("bootstrap-admin-token"),
     }
 }
 
 /// The production server, in-process, on a free loopback port. Dropping it stops the server.
 pub struct TestServer {
     pub url: String,
+    /// TES in the bootstrap admin's personal workspace.
     pub client: TesClient,
+    /// The platform API as the bootstrap admin.
+    pub admin: PlatformClient,
+    pub admin_token: String,
     /// The allowed storage directory (canonical).
     pub storage: PathBuf,
     pub data: PathBuf,
@@ -99,17 +104,45 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = tresor_server::App::build(settings).await.unwrap();
+        let token_file = app
+            .bootstrap_token_file
+            .clone()
+            .expect("a fresh server bootstraps an admin");
+        let admin_token = std::fs::read_to_string(token_file)
+            .unwrap()
+            .trim()
+            .to_owned();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(tresor_server::serve(listener, app, async {
             let _ = rx.await;
         }));
         TestServer {
-            client: TesClient::new(&url).unwrap(),
+            client: TesClient::with_token(&url, &admin_token).unwrap(),
+            admin: PlatformClient::new(&url, Some(&admin_token)).unwrap(),
+            admin_token,
             url,
             storage,
             data,
             shutdown: Some(tx),
             dir,
+        }
+    }
+
+    /// Creates a local user and a token for them.
+    pub async fn user(&self, name: &str) -> TestUser {
+        let user = self.admin.create_user(name).await.unwrap();
+        let token = self
+            .admin
+            .create_token_for(&user.id, "test")
+            .await
+            .unwrap()
+            .token;
+        TestUser {
+            id: user.id,
+            platform: PlatformClient::new(&self.url, Some(&token)).unwrap(),
+            tes: TesClient::with_token(&self.url, &token).unwrap(),
+            url: self.url.clone(),
+            token,
         }
     }
 
@@ -122,6 +155,23 @@ impl TestServer {
     pub async fn run(&self, task: &TesTask) -> TesTask {
         let id = self.client.create_task(task).await.unwrap();
         wait_terminal(&self.client, &id).await
+    }
+}
+
+/// A user of a test server with their own token.
+pub struct TestUser {
+    pub id: String,
+    pub token: String,
+    pub platform: PlatformClient,
+    /// TES in their personal workspace.
+    pub tes: TesClient,
+    url: String,
+}
+
+impl TestUser {
+    /// TES in a named workspace.
+    pub fn tes_in(&self, workspace: &str) -> TesClient {
+        TesClient::for_workspace(&self.url, workspace, &self.token).unwrap()
     }
 }
 

@@ -1,0 +1,245 @@
+//! The authorization matrix, generated from the server's route table: every endpoint, called with
+//! no credential, as a stranger to the workspace, as the platform admin, and as a member with each
+//! role, gets exactly the status the permission matrix predicts. A route with no entry here fails.
+
+use reqwest::{Method, StatusCode};
+use tresor_domain::permissions::{allows, required_role};
+use tresor_domain::{Action, Role};
+use tresor_server::{Access, RouteSpec, route_specs};
+
+use crate::support::*;
+
+/// Who makes the request in one case.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Who {
+    Nobody,
+    Stranger,
+    PlatformAdmin,
+    Member(Role),
+}
+
+/// What the matrix predicts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Allowed,
+    Unauthenticated,
+    Forbidden,
+    Hidden,
+}
+
+/// Objects one case acts on, created fresh so destructive calls cannot disturb other cases.
+struct Fixture {
+    workspace: String,
+    /// A task the workspace owner submitted.
+    task: String,
+    /// A member with role view, for the member routes.
+    target: String,
+    /// A token of the requester's own (absent for anonymous requests).
+    own_token: Option<String>,
+}
+
+/// The request for a route: the concrete path and body. `None` for a route this test does not
+/// know yet, which fails the test.
+fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<serde_json::Value>)> {
+    let task_body = serde_json::json!({ "executors": [{ "image": "x", "command": ["true"] }] });
+    let fill = |path: &str| {
+        path.replace("{workspace}", &f.workspace)
+            .replace("{user}", &f.target)
+            .replace(
+                "{token}",
+                f.own_token.as_deref().unwrap_or("0000000000000000"),
+            )
+    };
+    let path = spec.path;
+    let found = match (spec.method.clone(), path) {
+        (Method::GET, p) if p.ends_with("/service-info") => (fill(p), None),
+        (Method::GET, p) if p.ends_with("/tasks") => (fill(p), None),
+        (Method::POST, p) if p.ends_with("/tasks") => (fill(p), Some(task_body)),
+        (Method::GET, p) if p.ends_with("/tasks/{id}") => (fill(p).replace("{id}", &f.task), None),
+        (Method::POST, p) if p.ends_with("/tasks/{id}") => {
+            (fill(p).replace("{id}", &format!("{}:cancel", f.task)), None)
+        }
+        (
+            Method::GET,
+            "/api/v1/openapi.json"
+            | "/api/v1/me"
+            | "/api/v1/users"
+            | "/api/v1/tokens"
+            | "/api/v1/workspaces",
+        ) => (path.to_owned(), None),
+        (Method::POST, "/api/v1/users") => (
+            path.to_owned(),
+            Some(serde_json::json!({ "name": format!("made-{n}") })),
+        ),
+        (Method::POST, "/api/v1/users/{user}/tokens") => {
+            (fill(path), Some(serde_json::json!({ "name": "t" })))
+        }
+        (Method::POST, "/api/v1/tokens") => {
+            (path.to_owned(), Some(serde_json::json!({ "name": "t" })))
+        }
+        (Method::DELETE, "/api/v1/tokens/{token}") => (fill(path), None),
+        (Method::POST, "/api/v1/workspaces") => (
+            path.to_owned(),
+            Some(serde_json::json!({ "id": format!("made-{n}") })),
+        ),
+        (
+            Method::GET | Method::DELETE,
+            "/api/v1/workspaces/{workspace}" | "/api/v1/workspaces/{workspace}/members",
+        ) => (fill(path), None),
+        (Method::PUT, "/api/v1/workspaces/{workspace}/members/{user}") => {
+            (fill(path), Some(serde_json::json!({ "role": "launch" })))
+        }
+        (Method::DELETE, "/api/v1/workspaces/{workspace}/members/{user}") => (fill(path), None),
+        _ => return None,
+    };
+    Some(found)
+}
+
+/// The matrix's prediction for one case.
+fn expect(spec: &RouteSpec, who: Who) -> Expect {
+    let personal = spec.path.starts_with("/ga4gh/");
+    match (spec.access, who) {
+        (Access::Open, _) => Expect::Allowed,
+        (_, Who::Nobody) => Expect::Unauthenticated,
+        (Access::Authenticated, _) => Expect::Allowed,
+        (Access::Admin, Who::PlatformAdmin) => Expect::Allowed,
+        (Access::Admin, _) => Expect::Forbidden,
+        // On the personal routes everyone acts in their own workspace, as its owner: listing and
+        // submitting work, but the fixture task (in another workspace) does not exist for them.
+        (Access::Workspace(_), _) if personal => {
+            if spec.path.ends_with("/tasks/{id}") {
+                Expect::Hidden
+            } else {
+                Expect::Allowed
+            }
+        }
+        (Access::Workspace(_), Who::Stranger | Who::PlatformAdmin) => Expect::Hidden,
+        (Access::Workspace(action), Who::Member(role)) => {
+            // The fixture task was submitted by the owner: anyone else cancelling it needs maintain.
+            let action = if action == Action::CancelOwnTask && role != Role::Owner {
+                Action::CancelAnyTask
+            } else {
+                action
+            };
+            if allows(role, action) {
+                Expect::Allowed
+            } else {
+                Expect::Forbidden
+            }
+        }
+    }
+}
+
+fn status_matches(expect: Expect, status: StatusCode) -> bool {
+    match expect {
+        // Allowed means the permission check passed: success, or a state conflict such as
+        // cancelling a task that already finished, never a refusal.
+        Expect::Allowed => status.is_success() || status == StatusCode::CONFLICT,
+        Expect::Unauthenticated => status == StatusCode::UNAUTHORIZED,
+        Expect::Forbidden => status == StatusCode::FORBIDDEN,
+        Expect::Hidden => status == StatusCode::NOT_FOUND,
+    }
+}
+
+#[tokio::test]
+async fn every_route_times_every_kind_of_caller_gets_the_matrix_status() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let whos: Vec<Who> = [Who::Nobody, Who::Stranger, Who::PlatformAdmin]
+        .into_iter()
+        .chain(Role::ALL.map(Who::Member))
+        .collect();
+    let specs = route_specs();
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for (n, spec) in specs.iter().enumerate() {
+        for (m, who) in whos.iter().enumerate() {
+            let case = n * 100 + m;
+            let owner = server.user(&format!("owner-{case}")).await;
+            let workspace = format!("ws-{case}");
+            owner.platform.create_workspace(&workspace).await.unwrap();
+            let task = owner
+                .tes_in(&workspace)
+                .create_task(&sh_task("true"))
+                .await
+                .unwrap();
+            let target = server.user(&format!("target-{case}")).await;
+            owner
+                .platform
+                .set_member(&workspace, &target.id, "view")
+                .await
+                .unwrap();
+            let token = match who {
+                Who::Nobody => None,
+                Who::PlatformAdmin => Some(server.admin_token.clone()),
+                Who::Member(Role::Owner) => Some(owner.token.clone()),
+                Who::Stranger | Who::Member(_) => {
+                    let user = server.user(&format!("who-{case}")).await;
+                    if let Who::Member(role) = who {
+                        owner
+                            .platform
+                            .set_member(&workspace, &user.id, role.as_str())
+                            .await
+                            .unwrap();
+                    }
+                    Some(user.token.clone())
+                }
+            };
+            let own_token = match &token {
+                Some(t) => Some(
+                    tresor_client::PlatformClient::new(&server.url, Some(t))
+                        .unwrap()
+                        .create_token("extra", None)
+                        .await
+                        .unwrap()
+                        .id,
+                ),
+                None => None,
+            };
+            let fixture = Fixture {
+                workspace,
+                task,
+                target: target.id.clone(),
+                own_token,
+            };
+            let Some((path, body)) = request(spec, &fixture, case) else {
+                panic!(
+                    "route {} {} has no entry in the authorization matrix test; add one to `request`",
+                    spec.method, spec.path
+                );
+            };
+            let mut req = http.request(spec.method.clone(), format!("{}{path}", server.url));
+            if let Some(token) = &token {
+                req = req.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            let status = req.send().await.unwrap().status();
+            let expected = expect(spec, *who);
+            cases += 1;
+            if !status_matches(expected, status) {
+                failures.push(format!(
+                    "{} {} as {who:?}: expected {expected:?}, got {status}",
+                    spec.method, spec.path
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "authorization matrix: {cases} cases over {} routes",
+        specs.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // Sanity: the matrix covers both API families and every role.
+    assert!(
+        specs.iter().any(|s| s.path.starts_with("/api/v1"))
+            && specs.iter().any(|s| s.path.starts_with("/w/"))
+    );
+    assert_eq!(required_role(Action::DeleteWorkspace), Role::Owner);
+}

@@ -1,0 +1,202 @@
+//! The `tresor` command line against a real server: login, workspaces, members, tokens and tasks.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+
+/// Runs `tresor ARGS` with HOME pointing at `home`, optionally feeding `stdin`; returns stdout.
+fn tresor(
+    home: &std::path::Path,
+    url: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    token: Option<&str>,
+) -> (bool, String, String) {
+    let mut cmd = Command::new(TRESOR);
+    cmd.args(args)
+        .env_clear()
+        .env("HOME", home)
+        .env("TRESOR_URL", url)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(token) = token {
+        cmd.env("TRESOR_TOKEN", token);
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[tokio::test]
+async fn the_cli_manages_workspaces_members_tokens_and_tasks() {
+    let server = TestServer::start().await;
+    let bob = server.user("bob").await;
+    let home = tempfile::tempdir().unwrap();
+    let home_path = home.path().to_owned();
+    let url = server.url.clone();
+    let admin = server.admin_token.clone();
+    let bob_id = bob.id.clone();
+    tokio::task::spawn_blocking(move || {
+        let h = home_path.as_path();
+        // login reads the token from standard input, never from argv, and stores it 0600.
+        let (ok, out, err) = tresor(h, &url, &["login"], Some(&admin), None);
+        assert!(ok, "{err}");
+        assert!(out.contains("as admin"), "{out}");
+        let creds = h.join(".config/tresor/credentials.json");
+        assert_eq!(
+            std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        let (ok, out, err) = tresor(
+            h,
+            &url,
+            &["workspace", "create", "genomics", "--output", "json"],
+            None,
+            None,
+        );
+        assert!(ok, "{err}");
+        assert_eq!(json(&out)["role"], "owner");
+        let (ok, out, _) = tresor(
+            h,
+            &url,
+            &["workspace", "list", "--output", "json"],
+            None,
+            None,
+        );
+        assert!(ok);
+        assert!(
+            json(&out)
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["id"] == "genomics")
+        );
+
+        let (ok, _, err) = tresor(
+            h,
+            &url,
+            &["member", "add", "genomics", &bob_id, "launch"],
+            None,
+            None,
+        );
+        assert!(ok, "{err}");
+        let (ok, out, _) = tresor(
+            h,
+            &url,
+            &["member", "list", "genomics", "--output", "json"],
+            None,
+            None,
+        );
+        assert!(ok);
+        assert_eq!(json(&out).as_array().unwrap().len(), 2);
+
+        let task = r#"{"name":"cli","executors":[{"image":"x","command":["sleep","30"]}]}"#;
+        let (ok, out, err) = tresor(
+            h,
+            &url,
+            &[
+                "task",
+                "submit",
+                "-",
+                "--workspace",
+                "genomics",
+                "--output",
+                "json",
+            ],
+            Some(task),
+            None,
+        );
+        assert!(ok, "{err}");
+        let id = json(&out)["id"].as_str().unwrap().to_owned();
+        let (ok, out, _) = tresor(
+            h,
+            &url,
+            &["task", "list", "-w", "genomics", "--output", "json"],
+            None,
+            None,
+        );
+        assert!(ok);
+        assert_eq!(json(&out)["tasks"][0]["id"], id.as_str());
+        let (ok, _, err) = tresor(
+            h,
+            &url,
+            &["task", "cancel", &id, "-w", "genomics"],
+            None,
+            None,
+        );
+        assert!(ok, "{err}");
+        let (ok, out, _) = tresor(
+            h,
+            &url,
+            &["task", "get", &id, "-w", "genomics", "--output", "json"],
+            None,
+            None,
+        );
+        assert!(ok);
+        assert_eq!(json(&out)["state"], "CANCELED");
+
+        let (ok, out, _) = tresor(
+            h,
+            &url,
+            &["token", "create", "ci", "--output", "json"],
+            None,
+            None,
+        );
+        assert!(ok);
+        let created = json(&out);
+        let token = created["token"].as_str().unwrap().to_owned();
+        let (ok, out, _) = tresor(h, &url, &["token", "list"], None, None);
+        assert!(
+            ok && out.contains("ci") && !out.contains(&token[4..]),
+            "{out}"
+        );
+        let (ok, _, _) = tresor(
+            h,
+            &url,
+            &["token", "revoke", created["id"].as_str().unwrap()],
+            None,
+            None,
+        );
+        assert!(ok);
+        // The revoked token, given through the environment, is refused with a clear message.
+        let (ok, _, err) = tresor(h, &url, &["task", "list"], None, Some(&token));
+        assert!(!ok && err.contains("revoked"), "{err}");
+
+        let (ok, _, err) = tresor(
+            h,
+            &url,
+            &["member", "remove", "genomics", &bob_id],
+            None,
+            None,
+        );
+        assert!(ok, "{err}");
+        let (ok, _, err) = tresor(h, &url, &["workspace", "remove", "genomics"], None, None);
+        assert!(ok, "{err}");
+    })
+    .await
+    .unwrap();
+}

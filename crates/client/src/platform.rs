@@ -1,0 +1,175 @@
+//! Client for the platform API under `/api/v1`.
+
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tresor_api_types::platform::{
+    CreateToken, CreateUser, CreateWorkspace, CreatedToken, Me, Member, SetMember, Token, User,
+    Workspace,
+};
+
+use crate::{ClientError, RawResponse, base_url, decode, http_client};
+
+/// Client for one server's platform API, authenticated with a token.
+#[derive(Debug, Clone)]
+pub struct PlatformClient {
+    http: reqwest::Client,
+    base: url::Url,
+}
+
+impl PlatformClient {
+    pub fn new(server: &str, token: Option<&str>) -> Result<PlatformClient, ClientError> {
+        Ok(PlatformClient {
+            http: http_client(token)?,
+            base: base_url(server, "api/v1/")?,
+        })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| ClientError::Url(e.to_string()))?;
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        decode(request.send().await.map_err(ClientError::Transport)?).await
+    }
+
+    /// Any method and path under `/api/v1`, for probing refusals.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<RawResponse, ClientError> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| ClientError::Url(e.to_string()))?;
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(ClientError::Transport)?;
+        let status = response.status();
+        let body = response.text().await.map_err(ClientError::Transport)?;
+        Ok(RawResponse { status, body })
+    }
+
+    pub async fn me(&self) -> Result<Me, ClientError> {
+        self.call::<(), _>(Method::GET, "me", None).await
+    }
+
+    pub async fn create_user(&self, name: &str) -> Result<User, ClientError> {
+        self.call(
+            Method::POST,
+            "users",
+            Some(&CreateUser {
+                name: name.to_owned(),
+            }),
+        )
+        .await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<User>, ClientError> {
+        self.call::<(), _>(Method::GET, "users", None).await
+    }
+
+    pub async fn create_token_for(
+        &self,
+        user: &str,
+        name: &str,
+    ) -> Result<CreatedToken, ClientError> {
+        let body = CreateToken {
+            name: name.to_owned(),
+            expires_in_days: None,
+        };
+        self.call(Method::POST, &format!("users/{user}/tokens"), Some(&body))
+            .await
+    }
+
+    pub async fn create_token(
+        &self,
+        name: &str,
+        expires_in_days: Option<u32>,
+    ) -> Result<CreatedToken, ClientError> {
+        let body = CreateToken {
+            name: name.to_owned(),
+            expires_in_days,
+        };
+        self.call(Method::POST, "tokens", Some(&body)).await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<Token>, ClientError> {
+        self.call::<(), _>(Method::GET, "tokens", None).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(Method::DELETE, &format!("tokens/{id}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn create_workspace(&self, id: &str) -> Result<Workspace, ClientError> {
+        self.call(
+            Method::POST,
+            "workspaces",
+            Some(&CreateWorkspace { id: id.to_owned() }),
+        )
+        .await
+    }
+
+    pub async fn list_workspaces(&self) -> Result<Vec<Workspace>, ClientError> {
+        self.call::<(), _>(Method::GET, "workspaces", None).await
+    }
+
+    pub async fn delete_workspace(&self, id: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(Method::DELETE, &format!("workspaces/{id}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list_members(&self, workspace: &str) -> Result<Vec<Member>, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("workspaces/{workspace}/members"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn set_member(
+        &self,
+        workspace: &str,
+        user: &str,
+        role: &str,
+    ) -> Result<(), ClientError> {
+        let body = SetMember {
+            role: role.to_owned(),
+        };
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            &format!("workspaces/{workspace}/members/{user}"),
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn remove_member(&self, workspace: &str, user: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("workspaces/{workspace}/members/{user}"),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+}

@@ -1,0 +1,208 @@
+//! The route table: every endpoint with who may call it. The router is built from this table
+//! only, so no endpoint exists without an access rule, and the OpenAPI document and the
+//! authorization-matrix test read the same table.
+
+use axum::http::Method;
+use axum::routing::MethodRouter;
+use tresor_domain::Action;
+
+use crate::{AppState, platform, tes};
+
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a credential.
+    Open,
+    /// Any authenticated user.
+    Authenticated,
+    /// Platform administrators.
+    Admin,
+    /// Members of the workspace (named in the path, or the caller's personal one) whose role
+    /// allows the action.
+    Workspace(Action),
+}
+
+/// One endpoint.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    pub summary: &'static str,
+}
+
+/// Every endpoint with its handler.
+pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
+    use axum::routing::{delete, get, post, put};
+    let spec =
+        |method: Method, path: &'static str, access: Access, summary: &'static str| RouteSpec {
+            method,
+            path,
+            access,
+            summary,
+        };
+    let mut routes: Vec<(RouteSpec, MethodRouter<AppState>)> = Vec::new();
+    // TES for the caller's personal workspace, and for a named one (stock clients pick a
+    // workspace by base URL alone).
+    for [info, tasks, task] in [
+        [
+            "/ga4gh/tes/v1/service-info",
+            "/ga4gh/tes/v1/tasks",
+            "/ga4gh/tes/v1/tasks/{id}",
+        ],
+        [
+            "/w/{workspace}/ga4gh/tes/v1/service-info",
+            "/w/{workspace}/ga4gh/tes/v1/tasks",
+            "/w/{workspace}/ga4gh/tes/v1/tasks/{id}",
+        ],
+    ] {
+        routes.extend([
+            (spec(Method::GET, info, Access::Open, "TES service-info"), get(tes::service_info)),
+            (spec(Method::GET, tasks, Access::Workspace(Action::Read), "TES ListTasks"), get(tes::list_tasks)),
+            (spec(Method::POST, tasks, Access::Workspace(Action::SubmitTask), "TES CreateTask"), post(tes::create_task)),
+            (spec(Method::GET, task, Access::Workspace(Action::Read), "TES GetTask"), get(tes::get_task)),
+            (
+                spec(Method::POST, task, Access::Workspace(Action::CancelOwnTask), "TES CancelTask (POST /tasks/{id}:cancel); another member's task needs maintain"),
+                post(tes::cancel_task),
+            ),
+        ]);
+    }
+    routes.extend([
+        (
+            spec(
+                Method::GET,
+                "/api/v1/openapi.json",
+                Access::Open,
+                "This document",
+            ),
+            get(platform::openapi),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/me",
+                Access::Authenticated,
+                "The caller",
+            ),
+            get(platform::me),
+        ),
+        (
+            spec(Method::GET, "/api/v1/users", Access::Admin, "List users"),
+            get(platform::list_users),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/api/v1/users",
+                Access::Admin,
+                "Create a local user",
+            ),
+            post(platform::create_user),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/api/v1/users/{user}/tokens",
+                Access::Admin,
+                "Issue an access token for a user",
+            ),
+            post(platform::create_user_token),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/tokens",
+                Access::Authenticated,
+                "List the caller's access tokens",
+            ),
+            get(platform::list_tokens),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/api/v1/tokens",
+                Access::Authenticated,
+                "Issue an access token for the caller",
+            ),
+            post(platform::create_token),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/api/v1/tokens/{token}",
+                Access::Authenticated,
+                "Revoke one of the caller's tokens",
+            ),
+            delete(platform::revoke_token),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/workspaces",
+                Access::Authenticated,
+                "List the caller's workspaces",
+            ),
+            get(platform::list_workspaces),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/api/v1/workspaces",
+                Access::Authenticated,
+                "Create a workspace owned by the caller",
+            ),
+            post(platform::create_workspace),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/workspaces/{workspace}",
+                Access::Workspace(Action::Read),
+                "Show a workspace",
+            ),
+            get(platform::get_workspace),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/api/v1/workspaces/{workspace}",
+                Access::Workspace(Action::DeleteWorkspace),
+                "Delete a workspace",
+            ),
+            delete(platform::delete_workspace),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/workspaces/{workspace}/members",
+                Access::Workspace(Action::Read),
+                "List members",
+            ),
+            get(platform::list_members),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/api/v1/workspaces/{workspace}/members/{user}",
+                Access::Workspace(Action::ManageMembers),
+                "Add a member or change their role",
+            ),
+            put(platform::set_member),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/api/v1/workspaces/{workspace}/members/{user}",
+                Access::Workspace(Action::ManageMembers),
+                "Remove a member",
+            ),
+            delete(platform::remove_member),
+        ),
+    ]);
+    routes
+}
+
+/// The route table without handlers.
+pub fn route_specs() -> Vec<RouteSpec> {
+    table().into_iter().map(|(spec, _)| spec).collect()
+}

@@ -1,0 +1,230 @@
+//! Workspaces and their members.
+
+use sqlx::Row;
+use time::OffsetDateTime;
+use tresor_domain::{Role, UserId, WorkspaceId};
+
+use crate::audit::{self, AuditEvent};
+use crate::identity::UserRecord;
+use crate::{Error, Store, format_time, is_unique_violation};
+
+/// A stored workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceRecord {
+    pub id: WorkspaceId,
+    /// Set for a user's personal workspace.
+    pub personal_of: Option<UserId>,
+}
+
+fn corrupt(id: &str, column: &'static str, reason: impl ToString) -> Error {
+    Error::Corrupt {
+        id: id.to_owned(),
+        column,
+        reason: reason.to_string(),
+    }
+}
+
+fn workspace_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, Error> {
+    let id: String = row.try_get("id").map_err(Error::Database)?;
+    let personal: Option<String> = row.try_get("personal_of").map_err(Error::Database)?;
+    Ok(WorkspaceRecord {
+        personal_of: personal
+            .map(|p| UserId::parse(&p).map_err(|e| corrupt(&id, "personal_of", e)))
+            .transpose()?,
+        id: WorkspaceId::parse(&id).map_err(|e| corrupt(&id, "id", e))?,
+    })
+}
+
+fn role_from(id: &str, raw: &str) -> Result<Role, Error> {
+    Role::parse(raw).ok_or_else(|| corrupt(id, "role", raw))
+}
+
+impl Store {
+    /// Creates a workspace with `owner` as its owner; `Error::Conflict` if the id is taken.
+    pub async fn create_workspace(
+        &self,
+        workspace: &WorkspaceRecord,
+        owner: &UserId,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        sqlx::query(
+            "INSERT INTO workspaces (id, personal_of, created_by, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(workspace.id.as_str())
+        .bind(workspace.personal_of.as_ref().map(UserId::as_str))
+        .bind(owner.as_str())
+        .bind(format_time(OffsetDateTime::now_utc()))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict("a workspace with this id already exists; choose another id")
+            } else {
+                Error::Database(e)
+            }
+        })?;
+        sqlx::query("INSERT INTO members (workspace, user_id, role) VALUES (?, ?, 'owner')")
+            .bind(workspace.id.as_str())
+            .bind(owner.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::Database)?;
+        audit::append(&mut tx, event).await?;
+        tx.commit().await.map_err(Error::Database)
+    }
+
+    pub async fn personal_workspace(
+        &self,
+        user: &UserId,
+    ) -> Result<Option<WorkspaceRecord>, Error> {
+        let row = sqlx::query("SELECT id, personal_of FROM workspaces WHERE personal_of = ?")
+            .bind(user.as_str())
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(Error::Database)?;
+        row.as_ref().map(workspace_from_row).transpose()
+    }
+
+    /// The user's role in the workspace, if they are a member.
+    pub async fn membership(
+        &self,
+        workspace: &WorkspaceId,
+        user: &UserId,
+    ) -> Result<Option<Role>, Error> {
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM members WHERE workspace = ? AND user_id = ?")
+                .bind(workspace.as_str())
+                .bind(user.as_str())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(Error::Database)?;
+        role.map(|r| role_from(workspace.as_str(), &r)).transpose()
+    }
+
+    /// The workspaces a user belongs to, with their role in each.
+    pub async fn memberships(&self, user: &UserId) -> Result<Vec<(WorkspaceRecord, Role)>, Error> {
+        let rows = sqlx::query(
+            "SELECT w.id, w.personal_of, m.role FROM members m JOIN workspaces w ON w.id = m.workspace
+             WHERE m.user_id = ? ORDER BY w.id",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(Error::Database)?;
+        rows.iter()
+            .map(|row| {
+                let ws = workspace_from_row(row)?;
+                let role: String = row.try_get("role").map_err(Error::Database)?;
+                let role = role_from(ws.id.as_str(), &role)?;
+                Ok((ws, role))
+            })
+            .collect()
+    }
+
+    /// A workspace's members with their roles.
+    pub async fn members(&self, workspace: &WorkspaceId) -> Result<Vec<(UserRecord, Role)>, Error> {
+        let rows = sqlx::query(
+            "SELECT u.id, u.issuer, u.subject, u.name, u.is_admin, m.role FROM members m
+             JOIN users u ON u.id = m.user_id WHERE m.workspace = ? ORDER BY u.name, u.id",
+        )
+        .bind(workspace.as_str())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(Error::Database)?;
+        rows.iter()
+            .map(|row| {
+                let role: String = row.try_get("role").map_err(Error::Database)?;
+                let user = UserRecord {
+                    id: UserId::parse(&row.try_get::<String, _>("id").map_err(Error::Database)?)
+                        .map_err(|e| corrupt(workspace.as_str(), "user_id", e))?,
+                    issuer: row.try_get("issuer").map_err(Error::Database)?,
+                    subject: row.try_get("subject").map_err(Error::Database)?,
+                    name: row.try_get("name").map_err(Error::Database)?,
+                    is_admin: row.try_get::<i64, _>("is_admin").map_err(Error::Database)? != 0,
+                };
+                Ok((user, role_from(workspace.as_str(), &role)?))
+            })
+            .collect()
+    }
+
+    /// Adds a member or changes their role.
+    pub async fn set_member(
+        &self,
+        workspace: &WorkspaceId,
+        user: &UserId,
+        role: Role,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        sqlx::query(
+            "INSERT INTO members (workspace, user_id, role) VALUES (?, ?, ?)
+             ON CONFLICT (workspace, user_id) DO UPDATE SET role = excluded.role",
+        )
+        .bind(workspace.as_str())
+        .bind(user.as_str())
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::Database)?;
+        audit::append(&mut tx, event).await?;
+        tx.commit().await.map_err(Error::Database)
+    }
+
+    /// Removes a member; false if they were not one.
+    pub async fn remove_member(
+        &self,
+        workspace: &WorkspaceId,
+        user: &UserId,
+        event: &AuditEvent,
+    ) -> Result<bool, Error> {
+        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let done = sqlx::query("DELETE FROM members WHERE workspace = ? AND user_id = ?")
+            .bind(workspace.as_str())
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::Database)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        audit::append(&mut tx, event).await?;
+        tx.commit().await.map_err(Error::Database)?;
+        Ok(true)
+    }
+
+    /// Deletes a workspace, its members and its ended tasks. `Error::Conflict` while a task in it
+    /// is still queued or running.
+    pub async fn delete_workspace(
+        &self,
+        workspace: &WorkspaceId,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tasks WHERE workspace = ? AND state IN ('QUEUED', 'INITIALIZING', 'RUNNING')",
+        )
+        .bind(workspace.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(Error::Database)?;
+        if active > 0 {
+            return Err(Error::Conflict(
+                "the workspace still has queued or running tasks; cancel them first",
+            ));
+        }
+        for sql in [
+            "DELETE FROM tasks WHERE workspace = ?",
+            "DELETE FROM members WHERE workspace = ?",
+            "DELETE FROM workspaces WHERE id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(workspace.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::Database)?;
+        }
+        audit::append(&mut tx, event).await?;
+        tx.commit().await.map_err(Error::Database)
+    }
+}
