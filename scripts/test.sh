@@ -17,6 +17,13 @@ if ! "$venv/bin/python" -c 'import tes' >/dev/null 2>&1; then
 fi
 export TRESOR_TEST_PYTHON="$PWD/$venv/bin/python"
 
+# A real OpenID provider (npm oidc-provider) for the login tests.
+oidc=crates/cli/tests/oidc-provider
+if [ ! -d "$oidc/node_modules/oidc-provider" ]; then
+    say "installing oidc-provider"
+    npm ci --prefix "$oidc" --no-audit --no-fund --loglevel=error
+fi
+
 if [ "${CI:-}" = "true" ]; then
     export CARGO_INCREMENTAL=0
 fi

@@ -50,6 +50,37 @@ struct ConfigFile {
     local: LocalSection,
     #[serde(default)]
     tes: TesSection,
+    #[serde(default)]
+    oidc: OidcSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcSection {
+    /// Identity providers whose JWTs are accepted.
+    #[serde(default)]
+    issuers: Vec<IssuerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerSection {
+    /// Exactly the `iss` of its tokens, such as `https://login.example.org/realms/spe`.
+    issuer: String,
+    /// The `aud` its tokens must carry for tresor.
+    audience: String,
+    /// A claim whose values map to workspace roles, such as `groups` or `eduperson_entitlement`.
+    roles_claim: Option<String>,
+    #[serde(default)]
+    role_mappings: Vec<MappingSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingSection {
+    value: String,
+    workspace: String,
+    role: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -427,6 +458,49 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         )
     });
 
+    let mut oidc_issuers = Vec::new();
+    for (i, issuer) in file.oidc.issuers.iter().enumerate() {
+        let key = format!("oidc.issuers[{i}]");
+        let url_ok = issuer.issuer.starts_with("https://")
+            || issuer.issuer.starts_with("http://127.0.0.1")
+            || issuer.issuer.starts_with("http://localhost");
+        if !url_ok {
+            layers.problems.add(
+                &format!("{key}.issuer"),
+                &file_name,
+                "must be an https:// URL (plain http only on loopback)",
+            );
+        }
+        if issuer.audience.is_empty() {
+            layers
+                .problems
+                .add(&format!("{key}.audience"), &file_name, "must not be empty");
+        }
+        for (j, m) in issuer.role_mappings.iter().enumerate() {
+            if tresor_domain::Role::parse(&m.role).is_none() {
+                layers.problems.add(
+                    &format!("{key}.role_mappings[{j}].role"),
+                    &file_name,
+                    format!("{:?} is not owner, admin, maintain, launch or view", m.role),
+                );
+            }
+        }
+        oidc_issuers.push(tresor_auth::oidc::TrustedIssuer {
+            issuer: issuer.issuer.trim_end_matches('/').to_owned(),
+            audience: issuer.audience.clone(),
+            roles_claim: issuer.roles_claim.clone(),
+            role_mappings: issuer
+                .role_mappings
+                .iter()
+                .map(|m| tresor_auth::oidc::RoleMapping {
+                    value: m.value.clone(),
+                    workspace: m.workspace.clone(),
+                    role: m.role.clone(),
+                })
+                .collect(),
+        });
+    }
+
     let data_dir_path = data_dir.value.clone();
     if let Err(e) = prepare_data_dir(&data_dir_path) {
         layers.problems.add("data_dir", &data_dir.source, e);
@@ -466,6 +540,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                 },
                 max_body_bytes: max_body_bytes.value,
                 bootstrap_token_file: data_dir_path.join("bootstrap-admin-token"),
+                oidc_issuers,
             },
         }),
         _ => Err(layers.problems.0),

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
+use tresor_auth::oidc::{OidcVerifier, TrustedIssuer};
 use tresor_executors::{LocalExecutor, LocalSettings};
 use tresor_service::{PlatformService, ServiceSettings, TaskService};
 use tresor_store::{Store, StoreSettings};
@@ -30,6 +31,8 @@ pub struct AppSettings {
     pub max_body_bytes: usize,
     /// Where the bootstrap admin's token is written on first start (0600).
     pub bootstrap_token_file: PathBuf,
+    /// Identity providers whose JWTs are accepted.
+    pub oidc_issuers: Vec<TrustedIssuer>,
 }
 
 /// The services every handler reaches through axum state.
@@ -53,7 +56,8 @@ impl App {
     /// and starts the scheduler.
     pub async fn build(settings: AppSettings) -> anyhow::Result<App> {
         let store = Store::connect(&settings.store).await?;
-        let platform = PlatformService::new(store.clone());
+        let platform =
+            PlatformService::new(store.clone(), OidcVerifier::new(settings.oidc_issuers)?);
         let bootstrap_token_file = platform.bootstrap(&settings.bootstrap_token_file).await?;
         let executor = LocalExecutor::new(settings.local)?;
         let tasks =

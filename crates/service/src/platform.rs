@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
+use tresor_auth::oidc::{OidcError, OidcVerifier};
 use tresor_auth::pat;
 use tresor_domain::{Action, Caller, Principal, Role, UserId, WorkspaceId};
 use tresor_store::{AuditEvent, Store, TokenRecord, UserRecord, WorkspaceRecord};
@@ -32,6 +33,7 @@ pub enum Credential {
 #[derive(Clone, Debug)]
 pub struct PlatformService {
     store: Store,
+    oidc: Arc<OidcVerifier>,
     /// Token id -> when its last use was written, to throttle those writes.
     touched: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -68,9 +70,10 @@ fn personal_workspace_id(user: &UserId) -> Result<WorkspaceId, ServiceError> {
 }
 
 impl PlatformService {
-    pub fn new(store: Store) -> PlatformService {
+    pub fn new(store: Store, oidc: OidcVerifier) -> PlatformService {
         PlatformService {
             store,
+            oidc: Arc::new(oidc),
             touched: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -129,12 +132,77 @@ impl PlatformService {
             Some(Credential::Bearer(t)) => t,
             Some(Credential::Basic { password }) => password,
         };
-        if !pat::looks_like_pat(&token) {
+        if pat::looks_like_pat(&token) {
+            return self.authenticate_pat(&token, source).await;
+        }
+        if self.oidc.is_empty() {
             return Err(ServiceError::Unauthenticated(
-                "the bearer token is not valid".to_owned(),
+                "the bearer token is not a tresor access token, and no OIDC issuer is configured"
+                    .to_owned(),
             ));
         }
-        self.authenticate_pat(&token, source).await
+        self.authenticate_jwt(&token, source).await
+    }
+
+    async fn authenticate_jwt(
+        &self,
+        token: &str,
+        source: Option<String>,
+    ) -> Result<Principal, ServiceError> {
+        let claims = match self.oidc.verify(token).await {
+            Ok(claims) => claims,
+            Err(OidcError::Provider(why)) => {
+                return Err(ServiceError::Unavailable(anyhow::anyhow!(
+                    "identity provider: {why}"
+                )));
+            }
+            Err(e) => return Err(ServiceError::Unauthenticated(e.to_string())),
+        };
+        let user = self
+            .user_for_subject(&claims.issuer, &claims.subject, &claims.name)
+            .await?;
+        let principal = Principal {
+            user: user.id,
+            name: user.name,
+            is_admin: user.is_admin,
+            source,
+        };
+        self.sync_roles(&principal, &claims.roles).await?;
+        Ok(principal)
+    }
+
+    /// Applies the roles an identity provider asserts (`groups`, `eduperson_entitlement`) to
+    /// existing workspaces, writing (and auditing) only what changed.
+    async fn sync_roles(
+        &self,
+        principal: &Principal,
+        roles: &[(String, String)],
+    ) -> Result<(), ServiceError> {
+        for (workspace, role) in roles {
+            let (Ok(workspace), Some(role)) = (WorkspaceId::parse(workspace), Role::parse(role))
+            else {
+                tracing::warn!(%workspace, %role, "ignoring an invalid OIDC role mapping");
+                continue;
+            };
+            if !self.store.workspace_exists(&workspace).await? {
+                tracing::warn!(%workspace, "an OIDC role mapping names a workspace that does not exist");
+                continue;
+            }
+            if self.store.membership(&workspace, &principal.user).await? == Some(role) {
+                continue;
+            }
+            let audit = event(
+                principal,
+                "member.sync",
+                format!("member:{}:{role}", principal.user),
+                Some(&workspace),
+                "ok",
+            );
+            self.store
+                .set_member(&workspace, &principal.user, role, &audit)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn authenticate_pat(

@@ -74,6 +74,15 @@ impl Store {
         tx.commit().await.map_err(Error::Database)
     }
 
+    pub async fn workspace_exists(&self, workspace: &WorkspaceId) -> Result<bool, Error> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM workspaces WHERE id = ?")
+            .bind(workspace.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(Error::Database)?;
+        Ok(found.is_some())
+    }
+
     pub async fn personal_workspace(
         &self,
         user: &UserId,

@@ -435,3 +435,36 @@ fn bootstrap_writes_the_admin_token_to_a_private_file_and_prints_only_its_path()
         "a second start does not bootstrap again: {stdout}"
     );
 }
+
+#[tokio::test]
+async fn the_platform_api_serves_an_openapi_document_of_every_route() {
+    let server = TestServer::start().await;
+    let doc: serde_json::Value = reqwest::get(format!("{}/api/v1/openapi.json", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    for spec in tresor_server::route_specs()
+        .into_iter()
+        .filter(|s| s.path.starts_with("/api/v1"))
+    {
+        let method = spec.method.as_str().to_ascii_lowercase();
+        assert!(
+            paths.get(spec.path).and_then(|p| p.get(&method)).is_some(),
+            "{method} {} is missing",
+            spec.path
+        );
+    }
+    // Errors on the platform API use its own shape, with a stable code.
+    let err = server
+        .admin
+        .raw(reqwest::Method::GET, "workspaces/nope", None)
+        .await
+        .unwrap();
+    assert_eq!(err.status, StatusCode::NOT_FOUND);
+    let body: tresor_api_types::platform::PlatformError = serde_json::from_str(&err.body).unwrap();
+    assert_eq!(body.code, "not_found");
+}

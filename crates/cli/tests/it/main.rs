@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod identity;
+mod oidc;
 mod pytes;
 mod sandbox;
 mod support;

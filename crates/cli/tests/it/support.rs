@@ -71,6 +71,7 @@ pub fn settings_for(dir: &Path) -> AppSettings {
         },
         max_body_bytes: 4 * 1024 * 1024,
         bootstrap_token_file: data.join("bootstrap-admin-token"),
+        oidc_issuers: Vec::new(),
     }
 }
 
