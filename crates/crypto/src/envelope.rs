@@ -51,7 +51,7 @@ pub(crate) fn decrypt(
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Decrypt)?;
     let mut buf = Zeroizing::new(body.to_vec());
     let plain_len = key
-        .open_in_place(nonce, Aad::from(aad), &mut *buf)
+        .open_in_place(nonce, Aad::from(aad), &mut buf)
         .map_err(|_| CryptoError::Decrypt)?
         .len();
     buf.truncate(plain_len);
