@@ -99,3 +99,37 @@ pub struct PlatformError {
     pub code: String,
     pub message: String,
 }
+
+/// A secret's metadata. There is no value field: values are write-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    pub name: String,
+    /// `workspace` or `user`.
+    pub scope: String,
+    pub version: i64,
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_by: String,
+    pub updated_at: String,
+    pub last_used_at: Option<String>,
+}
+
+/// The body of `PUT …/secrets/{name}`: exactly one of `value` (text) or `value_base64` (any bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecret {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+}
+
+/// What a successful put returns (also as the `ETag` header).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretVersion {
+    pub name: String,
+    pub scope: String,
+    pub version: i64,
+}

@@ -46,6 +46,10 @@ struct ConfigFile {
     durability: Option<String>,
     /// Largest request body in bytes.
     max_body_bytes: Option<usize>,
+    /// The key-encryption key file (default `<data_dir>/kek`, created 0600 at first start).
+    kek_file: Option<PathBuf>,
+    /// Days a deleted secret is kept before it is purged (default 30).
+    secret_retention_days: Option<u32>,
     #[serde(default)]
     local: LocalSection,
     #[serde(default)]
@@ -130,6 +134,7 @@ const ENV_KEYS: &[&str] = &[
     "TRESOR_ALLOWED_DIRS",
     "TRESOR_ALLOW_NETWORK",
     "TRESOR_MAX_BODY_BYTES",
+    "TRESOR_KEK_FILE",
     "TRESOR_LOG",
     // read by the client commands, harmless here
     "TRESOR_URL",
@@ -458,6 +463,17 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         )
     });
 
+    let kek_file = layers.pick(
+        "kek_file",
+        None,
+        "TRESOR_KEK_FILE",
+        |s| Ok(PathBuf::from(s)),
+        file.kek_file.clone(),
+        || data_dir.value.join("kek"),
+    );
+    let secret_retention = std::time::Duration::from_secs(
+        u64::from(file.secret_retention_days.unwrap_or(30)) * 24 * 3600,
+    );
     let mut oidc_issuers = Vec::new();
     for (i, issuer) in file.oidc.issuers.iter().enumerate() {
         let key = format!("oidc.issuers[{i}]");
@@ -541,6 +557,8 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                 max_body_bytes: max_body_bytes.value,
                 bootstrap_token_file: data_dir_path.join("bootstrap-admin-token"),
                 oidc_issuers,
+                kek_file: kek_file.value,
+                secret_retention,
             },
         }),
         _ => Err(layers.problems.0),

@@ -66,12 +66,39 @@ enum Command {
         #[command(subcommand)]
         command: platform_cmd::UserCommand,
     },
+    /// Set, list and delete pipeline secrets.
+    Secret {
+        #[command(flatten)]
+        client: session::ClientArgs,
+        /// The workspace (default: your personal workspace).
+        #[arg(long, short = 'w', global = true)]
+        workspace: Option<String>,
+        #[command(subcommand)]
+        command: platform_cmd::SecretCommand,
+    },
+    /// Server administration that works on the data directory directly.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Submit, inspect, list and cancel tasks on a running server.
     Task(task_cmd::TaskArgs),
     /// Check the audit trail's hash chain.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Re-wrap every secret's data key under a new key-encryption key; safe while the server runs.
+    RotateKek {
+        #[arg(long, default_value = "tresor-data")]
+        data_dir: PathBuf,
+        /// The key file (default: TRESOR_KEK_FILE, else <data-dir>/kek).
+        #[arg(long, env = "TRESOR_KEK_FILE")]
+        kek_file: Option<PathBuf>,
     },
 }
 
@@ -152,6 +179,62 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { data_dir },
         } => runtime.block_on(verify_audit(&data_dir)),
+        Command::Secret {
+            client,
+            workspace,
+            command,
+        } => {
+            let session = session::resolve(&client);
+            runtime.block_on(platform_cmd::secret(&client, session, workspace, command))
+        }
+        Command::Admin {
+            command: AdminCommand::RotateKek { data_dir, kek_file },
+        } => runtime.block_on(rotate_kek(&data_dir, kek_file)),
+    }
+}
+
+async fn rotate_kek(data_dir: &std::path::Path, kek_file: Option<PathBuf>) -> ExitCode {
+    let result = async {
+        use anyhow::Context;
+        let path = data_dir.join("tresor.db");
+        anyhow::ensure!(path.is_file(), "no database at {}", path.display());
+        let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
+            path,
+            durability: tresor_store::Durability::Full,
+        })
+        .await?;
+        let kek_file = kek_file.unwrap_or_else(|| data_dir.join("kek"));
+        anyhow::ensure!(kek_file.is_file(), "no key file at {}", kek_file.display());
+        let keys =
+            tresor_crypto::KeyRing::open_or_create(&kek_file).context("opening the key file")?;
+        let platform = tresor_service::PlatformService::new(
+            store.clone(),
+            tresor_auth::oidc::OidcVerifier::new(Vec::new())?,
+        );
+        let secrets = tresor_service::SecretService::new(store, platform, keys).await?;
+        let operator = tresor_domain::Principal {
+            user: tresor_domain::UserId::parse("local-operator")?,
+            name: "local operator".to_owned(),
+            is_admin: true,
+            source: Some("cli".to_owned()),
+        };
+        secrets
+            .rotate_kek(&operator)
+            .await
+            .map_err(anyhow::Error::from)
+    }
+    .await;
+    match result {
+        Ok(count) => {
+            output::line(&format!(
+                "rotated the key-encryption key; {count} data keys re-wrapped"
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -265,3 +265,102 @@ pub async fn user(args: &ClientArgs, session: Session, command: UserCommand) -> 
         .await,
     )
 }
+
+#[derive(Subcommand)]
+pub enum SecretCommand {
+    /// Create or update a secret. The value is read from standard input or --from-file, never
+    /// from the command line.
+    Set {
+        name: String,
+        /// A user secret (yours alone) instead of a workspace secret.
+        #[arg(long)]
+        user: bool,
+        /// Read the value from this file instead of standard input (taken byte for byte).
+        #[arg(long)]
+        from_file: Option<std::path::PathBuf>,
+        /// Update only if the secret is still at this version (see `secret list`); without it,
+        /// `set` creates a new secret.
+        #[arg(long)]
+        if_match: Option<i64>,
+    },
+    /// List secrets (metadata only; values are never shown).
+    List {
+        #[arg(long)]
+        user: bool,
+    },
+    /// Delete a secret (kept for the retention period, then purged).
+    Delete {
+        name: String,
+        #[arg(long)]
+        user: bool,
+    },
+}
+
+pub async fn secret(
+    args: &ClientArgs,
+    session: Session,
+    workspace: Option<String>,
+    command: SecretCommand,
+) -> ExitCode {
+    report(
+        async {
+            let client = client(&session)?;
+            let workspace = match workspace {
+                Some(ws) => ws,
+                None => client.me().await?.personal_workspace,
+            };
+            match command {
+                SecretCommand::Set {
+                    name,
+                    user,
+                    from_file,
+                    if_match,
+                } => {
+                    let value = match from_file {
+                        Some(path) => std::fs::read(&path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                        None => {
+                            use std::io::Read;
+                            let mut buf = Vec::new();
+                            std::io::stdin()
+                                .read_to_end(&mut buf)
+                                .context("reading the value from standard input")?;
+                            buf
+                        }
+                    };
+                    let done = client
+                        .put_secret(&workspace, user, &name, &value, if_match)
+                        .await?;
+                    match args.output {
+                        Format::Json => output::json(&done),
+                        Format::Text => output::line(&format!(
+                            "{} secret {} is at version {}",
+                            done.scope, done.name, done.version
+                        )),
+                    }
+                }
+                SecretCommand::List { user } => {
+                    let all = client.list_secrets(&workspace, user).await?;
+                    match args.output {
+                        Format::Json => output::json(&all),
+                        Format::Text => all.iter().for_each(|s| {
+                            output::line(&format!(
+                                "{}\t{}\tv{}\tupdated {} by {}",
+                                s.name, s.scope, s.version, s.updated_at, s.updated_by
+                            ))
+                        }),
+                    }
+                }
+                SecretCommand::Delete { name, user } => {
+                    client.delete_secret(&workspace, user, &name).await?;
+                    match args.output {
+                        Format::Json => output::json(&serde_json::json!({})),
+                        Format::Text => output::line(&format!("deleted secret {name}")),
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await,
+    )
+}

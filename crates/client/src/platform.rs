@@ -4,8 +4,8 @@ use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tresor_api_types::platform::{
-    CreateToken, CreateUser, CreateWorkspace, CreatedToken, Me, Member, SetMember, Token, User,
-    Workspace,
+    CreateToken, CreateUser, CreateWorkspace, CreatedToken, Me, Member, PutSecret, Secret,
+    SecretVersion, SetMember, Token, User, Workspace,
 };
 
 use crate::{ClientError, RawResponse, base_url, decode, http_client};
@@ -167,6 +167,62 @@ impl PlatformClient {
         self.call::<(), serde_json::Value>(
             Method::DELETE,
             &format!("workspaces/{workspace}/members/{user}"),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    fn secrets_path(workspace: &str, user: bool) -> String {
+        format!(
+            "workspaces/{workspace}/{}",
+            if user { "user-secrets" } else { "secrets" }
+        )
+    }
+
+    /// Creates (`if_match` None) or updates a secret. The value goes only in the request body.
+    pub async fn put_secret(
+        &self,
+        workspace: &str,
+        user: bool,
+        name: &str,
+        value: &[u8],
+        if_match: Option<i64>,
+    ) -> Result<SecretVersion, ClientError> {
+        use base64::Engine;
+        let body = PutSecret {
+            value: None,
+            value_base64: Some(base64::engine::general_purpose::STANDARD.encode(value)),
+        };
+        let url = self
+            .base
+            .join(&format!("{}/{name}", Self::secrets_path(workspace, user)))
+            .map_err(|e| ClientError::Url(e.to_string()))?;
+        let mut request = self.http.put(url).json(&body);
+        if let Some(v) = if_match {
+            request = request.header(reqwest::header::IF_MATCH, format!("\"{v}\""));
+        }
+        decode(request.send().await.map_err(ClientError::Transport)?).await
+    }
+
+    pub async fn list_secrets(
+        &self,
+        workspace: &str,
+        user: bool,
+    ) -> Result<Vec<Secret>, ClientError> {
+        self.call::<(), _>(Method::GET, &Self::secrets_path(workspace, user), None)
+            .await
+    }
+
+    pub async fn delete_secret(
+        &self,
+        workspace: &str,
+        user: bool,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("{}/{name}", Self::secrets_path(workspace, user)),
             None,
         )
         .await

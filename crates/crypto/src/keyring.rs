@@ -196,6 +196,12 @@ impl KeyRing {
 
 impl KeyProvider for KeyRing {
     fn wrap(&self, data_key: &[u8], aad: &[u8]) -> Result<(String, Vec<u8>), CryptoError> {
+        // New data keys always go under the file's current KEK, even when another process
+        // rotated it since this one started.
+        let fresh = read_keys(&self.path)?;
+        if let Ok(mut keys) = self.keys.write() {
+            *keys = fresh;
+        }
         let id = self.current_id()?;
         let wrapped = self.with_key(&id, |kek| encrypt(kek, data_key, aad))?;
         Ok((id, wrapped))

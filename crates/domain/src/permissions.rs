@@ -56,6 +56,10 @@ pub enum Action {
     CancelAnyTask,
     /// Add, change and remove members (an owner is needed to grant or remove `owner`).
     ManageMembers,
+    /// Keep one's own user secrets in the workspace.
+    ManageOwnSecrets,
+    /// Create, update and delete the workspace's secrets.
+    ManageWorkspaceSecrets,
     /// Delete the workspace.
     DeleteWorkspace,
 }
@@ -79,9 +83,19 @@ pub const MATRIX: &[(Action, Role, &str)] = &[
         "cancel anyone's tasks",
     ),
     (
+        Action::ManageOwnSecrets,
+        Role::View,
+        "keep their own user secrets",
+    ),
+    (
         Action::ManageMembers,
         Role::Admin,
         "add, change and remove members",
+    ),
+    (
+        Action::ManageWorkspaceSecrets,
+        Role::Admin,
+        "create, update and delete workspace secrets",
     ),
     (Action::DeleteWorkspace, Role::Owner, "delete the workspace"),
 ];
@@ -136,6 +150,8 @@ mod tests {
             Action::CancelOwnTask,
             Action::CancelAnyTask,
             Action::ManageMembers,
+            Action::ManageOwnSecrets,
+            Action::ManageWorkspaceSecrets,
             Action::DeleteWorkspace,
         ] {
             assert_eq!(

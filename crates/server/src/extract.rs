@@ -129,6 +129,12 @@ impl ParamName for TokenParam {
     const NAME: &'static str = "token";
 }
 
+/// `{name}`: a secret's name.
+pub(crate) struct NameParam;
+impl ParamName for NameParam {
+    const NAME: &'static str = "name";
+}
+
 /// One named path parameter, whatever other parameters the route has.
 pub(crate) struct PathParam<N>(pub String, pub std::marker::PhantomData<N>);
 

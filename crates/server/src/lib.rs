@@ -4,6 +4,7 @@ mod error;
 mod extract;
 mod platform;
 pub mod routes;
+mod secrets;
 mod tes;
 
 use std::future::Future;
@@ -14,8 +15,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use tresor_auth::oidc::{OidcVerifier, TrustedIssuer};
+use tresor_crypto::KeyRing;
 use tresor_executors::{LocalExecutor, LocalSettings};
-use tresor_service::{PlatformService, ServiceSettings, TaskService};
+use tresor_service::{PlatformService, SecretService, ServiceSettings, TaskService};
 use tresor_store::{Store, StoreSettings};
 
 pub use error::ApiError;
@@ -33,6 +35,10 @@ pub struct AppSettings {
     pub bootstrap_token_file: PathBuf,
     /// Identity providers whose JWTs are accepted.
     pub oidc_issuers: Vec<TrustedIssuer>,
+    /// The key-encryption key file (created 0600 on first start).
+    pub kek_file: PathBuf,
+    /// How long deleted secrets are kept before they are purged.
+    pub secret_retention: std::time::Duration,
 }
 
 /// The services every handler reaches through axum state.
@@ -40,6 +46,7 @@ pub struct AppSettings {
 pub(crate) struct AppState {
     pub tasks: TaskService,
     pub platform: PlatformService,
+    pub secrets: SecretService,
 }
 
 /// A built application: its router and the services behind it.
@@ -59,11 +66,29 @@ impl App {
         let platform =
             PlatformService::new(store.clone(), OidcVerifier::new(settings.oidc_issuers)?);
         let bootstrap_token_file = platform.bootstrap(&settings.bootstrap_token_file).await?;
+        let keys = KeyRing::open_or_create(&settings.kek_file)?;
+        let secrets = SecretService::new(store.clone(), platform.clone(), keys).await?;
+        let purged = store
+            .purge_deleted_secrets(time::OffsetDateTime::now_utc() - settings.secret_retention)
+            .await?;
+        if purged > 0 {
+            tracing::info!(
+                purged,
+                "purged secrets deleted longer ago than the retention period"
+            );
+        }
         let executor = LocalExecutor::new(settings.local)?;
         let tasks =
             TaskService::new(store.clone(), platform.clone(), executor, settings.service).await?;
         tasks.start().await?;
-        let router = router(AppState { tasks, platform }, settings.max_body_bytes);
+        let router = router(
+            AppState {
+                tasks,
+                platform,
+                secrets,
+            },
+            settings.max_body_bytes,
+        );
         Ok(App {
             router,
             store,

@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::routing::MethodRouter;
 use tresor_domain::Action;
 
-use crate::{AppState, platform, tes};
+use crate::{AppState, platform, secrets, tes};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +197,60 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Remove a member",
             ),
             delete(platform::remove_member),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/workspaces/{workspace}/secrets",
+                Access::Workspace(Action::Read),
+                "List workspace secrets (metadata only)",
+            ),
+            get(secrets::list_workspace),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/api/v1/workspaces/{workspace}/secrets/{name}",
+                Access::Workspace(Action::ManageWorkspaceSecrets),
+                "Create (no If-Match) or update (If-Match: version) a workspace secret",
+            ),
+            put(secrets::put_workspace),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/api/v1/workspaces/{workspace}/secrets/{name}",
+                Access::Workspace(Action::ManageWorkspaceSecrets),
+                "Delete a workspace secret",
+            ),
+            delete(secrets::delete_workspace),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/workspaces/{workspace}/user-secrets",
+                Access::Workspace(Action::ManageOwnSecrets),
+                "List your own user secrets in the workspace (metadata only)",
+            ),
+            get(secrets::list_user),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/api/v1/workspaces/{workspace}/user-secrets/{name}",
+                Access::Workspace(Action::ManageOwnSecrets),
+                "Create or update one of your user secrets",
+            ),
+            put(secrets::put_user),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/api/v1/workspaces/{workspace}/user-secrets/{name}",
+                Access::Workspace(Action::ManageOwnSecrets),
+                "Delete one of your user secrets",
+            ),
+            delete(secrets::delete_user),
         ),
     ]);
     routes

@@ -7,6 +7,7 @@ pub enum Entity {
     Workspace,
     User,
     Token,
+    Secret,
 }
 
 impl std::fmt::Display for Entity {
@@ -16,6 +17,7 @@ impl std::fmt::Display for Entity {
             Entity::Workspace => f.write_str("workspace"),
             Entity::User => f.write_str("user"),
             Entity::Token => f.write_str("token"),
+            Entity::Secret => f.write_str("secret"),
         }
     }
 }

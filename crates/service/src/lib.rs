@@ -5,6 +5,7 @@ mod page_token;
 pub mod platform;
 mod render;
 mod runner;
+pub mod secrets;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use tresor_store::{AuditEvent, NewTask, Store, TagFilter, TaskFilter};
 pub use error::{Entity, ServiceError};
 pub use platform::{Credential, PlatformService};
 pub use render::tes_state;
+pub use secrets::{Scope, SecretService};
 
 /// The service's slice of the settings.
 #[derive(Debug, Clone)]
@@ -179,6 +181,7 @@ impl TaskService {
                     workspace: Some(caller.workspace.to_string()),
                     source: caller.principal.source.clone(),
                     result: "ok".to_owned(),
+                    detail: None,
                 },
             })
             .await?;

@@ -52,6 +52,7 @@ fn event(
         workspace: workspace.map(ToString::to_string),
         source: actor.source.clone(),
         result: result.to_owned(),
+        detail: None,
     }
 }
 

@@ -267,6 +267,7 @@ pub(crate) async fn cancel(
         workspace: Some(caller.workspace.to_string()),
         source: caller.principal.source.clone(),
         result: "ok".to_owned(),
+        detail: None,
     };
     if !inner.store.cancel_task(&id, &logs, &audit).await? {
         // It moved meanwhile: report what it became.

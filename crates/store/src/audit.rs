@@ -21,6 +21,8 @@ pub struct AuditEvent {
     pub source: Option<String>,
     /// `ok`, or `denied: …` / `failed: …`.
     pub result: String,
+    /// Extra facts, such as a secret's version and keyed fingerprint. Never a value.
+    pub detail: Option<String>,
 }
 
 /// Where the chain breaks.
@@ -55,6 +57,7 @@ pub(crate) async fn append(conn: &mut SqliteConnection, event: &AuditEvent) -> R
         "workspace": event.workspace,
         "source": event.source,
         "result": event.result,
+        "detail": event.detail,
     })
     .to_string();
     let hash = chain_hash(&prev, &body);

@@ -4,6 +4,7 @@ mod audit;
 mod error;
 mod identity;
 mod migrations;
+mod secrets;
 mod tasks;
 mod workspaces;
 
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 pub use audit::{AuditBreak, AuditEvent};
 pub use error::Error;
 pub use identity::{TokenRecord, UserRecord};
+pub use secrets::{SealedRow, SecretKey, SecretMeta, StoredVersion};
 pub use tasks::{NewTask, TagFilter, TaskFilter, TaskRecord};
 pub use workspaces::WorkspaceRecord;
 

@@ -21,6 +21,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "identity",
         include_str!("../migrations/sqlite/0002_identity.sql"),
     ),
+    (
+        3,
+        "secrets",
+        include_str!("../migrations/sqlite/0003_secrets.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -407,6 +407,7 @@ mod tests {
                 workspace: Some(ws.to_owned()),
                 source: None,
                 result: "ok".to_owned(),
+                detail: None,
             },
         }
     }

@@ -90,6 +90,24 @@ fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<se
             (fill(path), Some(serde_json::json!({ "role": "launch" })))
         }
         (Method::DELETE, "/api/v1/workspaces/{workspace}/members/{user}") => (fill(path), None),
+        (
+            Method::GET,
+            "/api/v1/workspaces/{workspace}/secrets"
+            | "/api/v1/workspaces/{workspace}/user-secrets",
+        ) => (fill(path), None),
+        (
+            Method::PUT,
+            "/api/v1/workspaces/{workspace}/secrets/{name}"
+            | "/api/v1/workspaces/{workspace}/user-secrets/{name}",
+        ) => (
+            fill(path).replace("{name}", "NEW_SECRET"),
+            Some(serde_json::json!({ "value": "matrix-value" })),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/workspaces/{workspace}/secrets/{name}"
+            | "/api/v1/workspaces/{workspace}/user-secrets/{name}",
+        ) => (fill(path).replace("{name}", "MY_SECRET"), None),
         _ => return None,
     };
     Some(found)
@@ -185,6 +203,18 @@ async fn every_route_times_every_kind_of_caller_gets_the_matrix_status() {
                     Some(user.token.clone())
                 }
             };
+            // Secrets to delete: a workspace secret, and the requester's own user secret.
+            owner
+                .platform
+                .put_secret(&workspace, false, "MY_SECRET", b"owner-value", None)
+                .await
+                .unwrap();
+            if let (Who::Member(_), Some(t)) = (who, &token) {
+                let mine = tresor_client::PlatformClient::new(&server.url, Some(t)).unwrap();
+                let _ = mine
+                    .put_secret(&workspace, true, "MY_SECRET", b"member-value", None)
+                    .await;
+            }
             let own_token = match &token {
                 Some(t) => Some(
                     tresor_client::PlatformClient::new(&server.url, Some(t))

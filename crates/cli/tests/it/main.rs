@@ -11,5 +11,6 @@ mod identity;
 mod oidc;
 mod pytes;
 mod sandbox;
+mod secrets;
 mod support;
 mod tes;

@@ -72,6 +72,8 @@ pub fn settings_for(dir: &Path) -> AppSettings {
         max_body_bytes: 4 * 1024 * 1024,
         bootstrap_token_file: data.join("bootstrap-admin-token"),
         oidc_issuers: Vec::new(),
+        kek_file: data.join("kek"),
+        secret_retention: std::time::Duration::from_secs(30 * 24 * 3600),
     }
 }
 

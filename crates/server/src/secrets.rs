@@ -1,0 +1,165 @@
+//! Secret endpoints. Bodies carrying values are parsed here with errors that never echo them.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use tresor_api_types::platform::{PutSecret, Secret, SecretVersion};
+use tresor_crypto::SecretValue;
+use tresor_service::Scope;
+use tresor_store::SecretMeta;
+
+use crate::extract::{CallerOf, NameParam, PathParam};
+use crate::{ApiError, AppState};
+
+fn secret(m: SecretMeta) -> Secret {
+    Secret {
+        name: m.name,
+        scope: m.scope.to_owned(),
+        version: m.version,
+        created_by: m.created_by,
+        created_at: m.created_at,
+        updated_by: m.updated_by,
+        updated_at: m.updated_at,
+        last_used_at: m.last_used_at,
+    }
+}
+
+/// Parses the body without letting a parser message quote it: a malformed body holding a secret
+/// must not come back in an error.
+fn value_from(body: &Bytes) -> Result<SecretValue, ApiError> {
+    let parsed: PutSecret = serde_json::from_slice(body).map_err(|e| {
+        let what = if e.is_syntax() || e.is_eof() {
+            "the body is not valid JSON".to_owned()
+        } else {
+            "the body must be {\"value\": \"…\"} or {\"value_base64\": \"…\"}".to_owned()
+        };
+        ApiError::BadRequest(format!("{what} (the value is not repeated here)"))
+    })?;
+    match (parsed.value, parsed.value_base64) {
+        (Some(text), None) => Ok(SecretValue::new(text.into_bytes())),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map(SecretValue::new)
+            .map_err(|_| {
+                ApiError::BadRequest(
+                    "value_base64 is not valid base64 (the value is not repeated here)".to_owned(),
+                )
+            }),
+        _ => Err(ApiError::BadRequest(
+            "give exactly one of value and value_base64".to_owned(),
+        )),
+    }
+}
+
+/// `If-Match: "3"` (the version the caller last saw); absent means "create".
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    raw.to_str()
+        .ok()
+        .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|s| s.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "If-Match must be the secret's current version, such as \"3\"".to_owned(),
+            )
+        })
+}
+
+async fn put(
+    state: AppState,
+    caller: tresor_domain::Caller,
+    scope: Scope,
+    name: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let value = value_from(&body)?;
+    let expected = if_match(&headers)?;
+    let version = state
+        .secrets
+        .put(&caller, scope, &name, value, expected)
+        .await?;
+    let status = if expected.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let body = SecretVersion {
+        name,
+        scope: if scope == Scope::User {
+            "user"
+        } else {
+            "workspace"
+        }
+        .to_owned(),
+        version,
+    };
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+pub(crate) async fn list_workspace(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+) -> Result<Json<Vec<Secret>>, ApiError> {
+    let all = state.secrets.list(&caller, Scope::Workspace).await?;
+    Ok(Json(all.into_iter().map(secret).collect()))
+}
+
+pub(crate) async fn list_user(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+) -> Result<Json<Vec<Secret>>, ApiError> {
+    let all = state.secrets.list(&caller, Scope::User).await?;
+    Ok(Json(all.into_iter().map(secret).collect()))
+}
+
+pub(crate) async fn put_workspace(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+    PathParam(name, _): PathParam<NameParam>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    put(state, caller, Scope::Workspace, name, headers, body).await
+}
+
+pub(crate) async fn put_user(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+    PathParam(name, _): PathParam<NameParam>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    put(state, caller, Scope::User, name, headers, body).await
+}
+
+pub(crate) async fn delete_workspace(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+    PathParam(name, _): PathParam<NameParam>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .secrets
+        .delete(&caller, Scope::Workspace, &name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn delete_user(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+    PathParam(name, _): PathParam<NameParam>,
+) -> Result<StatusCode, ApiError> {
+    state.secrets.delete(&caller, Scope::User, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

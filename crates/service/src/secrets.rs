@@ -1,0 +1,297 @@
+//! Pipeline secrets: write-only values, encrypted at rest, scoped to a workspace or to one member.
+
+use std::sync::Arc;
+
+use tresor_crypto::fingerprint::fingerprint;
+use tresor_crypto::redact::MIN_SECRET_LEN;
+use tresor_crypto::{KeyProvider, KeyRing, Sealed, SecretValue, envelope};
+use tresor_domain::{Action, Caller, Principal};
+use tresor_store::{AuditEvent, SealedRow, SecretKey, SecretMeta, Store, StoredVersion};
+
+use crate::{Entity, PlatformService, ServiceError};
+
+/// Largest secret value.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+/// Which of a caller's secrets an operation is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Workspace,
+    /// The caller's own user secrets in the workspace.
+    User,
+}
+
+/// Secrets; cheap to clone.
+#[derive(Clone)]
+pub struct SecretService {
+    store: Store,
+    platform: PlatformService,
+    keys: Arc<KeyRing>,
+    fingerprint_key: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SecretService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretService")
+    }
+}
+
+/// Names follow Nextflow's and Seqera's convention, so pipelines can reference them unchanged.
+pub fn check_name(name: &str) -> Result<(), ServiceError> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(
+            "name",
+            "must match [A-Za-z_][A-Za-z0-9_]{0,127}",
+        ))
+    }
+}
+
+/// The associated data that binds a ciphertext to exactly one row.
+pub(crate) fn aad(key: &SecretKey, version: i64) -> Vec<u8> {
+    format!(
+        "tresor-secret/v1\0{}\0{}\0{}\0{}\0{version}",
+        key.workspace,
+        key.scope(),
+        key.owner.as_ref().map(|u| u.as_str()).unwrap_or(""),
+        key.name
+    )
+    .into_bytes()
+}
+
+fn to_row(sealed: Sealed) -> SealedRow {
+    SealedRow {
+        kek_id: sealed.kek_id,
+        wrapped_key: sealed.wrapped_key,
+        ciphertext: sealed.ciphertext,
+    }
+}
+
+fn from_row(row: &SealedRow) -> Sealed {
+    Sealed {
+        kek_id: row.kek_id.clone(),
+        wrapped_key: row.wrapped_key.clone(),
+        ciphertext: row.ciphertext.clone(),
+    }
+}
+
+impl SecretService {
+    pub async fn new(
+        store: Store,
+        platform: PlatformService,
+        keys: KeyRing,
+    ) -> Result<SecretService, ServiceError> {
+        let fingerprint_key = store.server_secret("secret_fingerprint_key").await?;
+        Ok(SecretService {
+            store,
+            platform,
+            keys: Arc::new(keys),
+            fingerprint_key: Arc::new(fingerprint_key),
+        })
+    }
+
+    fn key(caller: &Caller, scope: Scope, name: &str) -> SecretKey {
+        SecretKey {
+            workspace: caller.workspace.clone(),
+            owner: match scope {
+                Scope::Workspace => None,
+                Scope::User => Some(caller.principal.user.clone()),
+            },
+            name: name.to_owned(),
+        }
+    }
+
+    async fn require(
+        &self,
+        caller: &Caller,
+        scope: Scope,
+        verb: &str,
+        name: &str,
+    ) -> Result<(), ServiceError> {
+        let action = match scope {
+            Scope::Workspace => Action::ManageWorkspaceSecrets,
+            Scope::User => Action::ManageOwnSecrets,
+        };
+        let object = format!(
+            "secret:{}:{name}",
+            if scope == Scope::User {
+                "user"
+            } else {
+                "workspace"
+            }
+        );
+        self.platform
+            .require(caller, action, &format!("secret.{verb}"), object)
+            .await
+    }
+
+    /// Creates (`if_match` None) or updates (`if_match` = the version the caller last saw) a
+    /// secret. Returns the new version. A stale `if_match`, or creating one that exists, is a conflict.
+    pub async fn put(
+        &self,
+        caller: &Caller,
+        scope: Scope,
+        name: &str,
+        value: SecretValue,
+        if_match: Option<i64>,
+    ) -> Result<i64, ServiceError> {
+        check_name(name)?;
+        self.require(caller, scope, "put", name).await?;
+        if value.len() < MIN_SECRET_LEN || value.len() > MAX_SECRET_BYTES {
+            // The message states the rule and the size, never the value.
+            return Err(ServiceError::invalid(
+                "value",
+                format!(
+                    "must be {MIN_SECRET_LEN} to {MAX_SECRET_BYTES} bytes (got {}); shorter values cannot be redacted safely",
+                    value.len()
+                ),
+            ));
+        }
+        let key = Self::key(caller, scope, name);
+        let version = self.store.last_secret_version(&key).await? + 1;
+        let sealed = envelope::seal(self.keys.as_ref(), &value, &aad(&key, version))
+            .map_err(|e| ServiceError::Internal(e.into()))?;
+        let action = if if_match.is_some() {
+            "secret.update"
+        } else {
+            "secret.create"
+        };
+        let event = AuditEvent {
+            actor: caller.principal.user.to_string(),
+            action: action.to_owned(),
+            object: format!("secret:{}:{name}", key.scope()),
+            workspace: Some(caller.workspace.to_string()),
+            source: caller.principal.source.clone(),
+            result: "ok".to_owned(),
+            detail: Some(format!(
+                "version {version}, fingerprint {}",
+                fingerprint(&self.fingerprint_key, &value)
+            )),
+        };
+        self.store
+            .put_secret_version(
+                &key,
+                if_match,
+                version,
+                &to_row(sealed),
+                &caller.principal.user,
+                &event,
+            )
+            .await?;
+        Ok(version)
+    }
+
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        scope: Scope,
+    ) -> Result<Vec<SecretMeta>, ServiceError> {
+        match scope {
+            Scope::Workspace => {
+                self.platform
+                    .require(caller, Action::Read, "secret.list", "secrets".to_owned())
+                    .await?
+            }
+            Scope::User => self.require(caller, scope, "list", "*").await?,
+        }
+        let owner = (scope == Scope::User).then_some(&caller.principal.user);
+        Ok(self.store.list_secrets(&caller.workspace, owner).await?)
+    }
+
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        scope: Scope,
+        name: &str,
+    ) -> Result<(), ServiceError> {
+        check_name(name)?;
+        self.require(caller, scope, "delete", name).await?;
+        let key = Self::key(caller, scope, name);
+        let event = AuditEvent {
+            actor: caller.principal.user.to_string(),
+            action: "secret.delete".to_owned(),
+            object: format!("secret:{}:{name}", key.scope()),
+            workspace: Some(caller.workspace.to_string()),
+            source: caller.principal.source.clone(),
+            result: "ok".to_owned(),
+            detail: None,
+        };
+        if self.store.delete_secret(&key, &event).await? {
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound(Entity::Secret))
+        }
+    }
+
+    /// Re-wraps every data key under a new KEK: the ring gains a new current key, every row is
+    /// re-wrapped in one transaction (values are never decrypted), then old keys are retired.
+    pub async fn rotate_kek(&self, actor: &Principal) -> Result<usize, ServiceError> {
+        let new_id = self
+            .keys
+            .add_current()
+            .map_err(|e| ServiceError::Internal(e.into()))?;
+        let all = self.store.all_secret_versions().await?;
+        let mut rewrapped = Vec::with_capacity(all.len());
+        for v in all {
+            let sealed = envelope::rewrap(
+                self.keys.as_ref(),
+                &from_row(&v.sealed),
+                &aad(&v.key, v.version),
+            )
+            .map_err(|e| {
+                ServiceError::Internal(anyhow::anyhow!(
+                    "secret {} in {} (version {}): {e}",
+                    v.key.name,
+                    v.key.workspace,
+                    v.version
+                ))
+            })?;
+            rewrapped.push(StoredVersion {
+                sealed: to_row(sealed),
+                ..v
+            });
+        }
+        let event = AuditEvent {
+            actor: actor.user.to_string(),
+            action: "kek.rotate".to_owned(),
+            object: format!("kek:{new_id}"),
+            workspace: None,
+            source: actor.source.clone(),
+            result: "ok".to_owned(),
+            detail: Some(format!("{} data keys re-wrapped", rewrapped.len())),
+        };
+        self.store.replace_wrapped_keys(&rewrapped, &event).await?;
+        self.keys
+            .retire_old()
+            .map_err(|e| ServiceError::Internal(e.into()))?;
+        Ok(rewrapped.len())
+    }
+
+    /// Decrypts the live value of a secret (for delivery to a task).
+    pub async fn open(&self, key: &SecretKey) -> Result<Option<(i64, SecretValue)>, ServiceError> {
+        let Some((version, row)) = self.store.current_secret(key).await? else {
+            return Ok(None);
+        };
+        let value = envelope::open(self.keys.as_ref(), &from_row(&row), &aad(key, version))
+            .map_err(|e| {
+                ServiceError::Internal(anyhow::anyhow!(
+                    "secret {} in {}: {e}",
+                    key.name,
+                    key.workspace
+                ))
+            })?;
+        Ok(Some((version, value)))
+    }
+
+    /// The key provider, for checks that need it.
+    pub fn key_provider(&self) -> &dyn KeyProvider {
+        self.keys.as_ref()
+    }
+}

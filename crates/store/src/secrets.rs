@@ -1,0 +1,287 @@
+//! Pipeline secrets: versioned, encrypted rows. The store never sees plaintext; it keeps what
+//! `tresor-crypto` sealed and the metadata around it.
+
+use sqlx::Row;
+use time::OffsetDateTime;
+use tresor_domain::{UserId, WorkspaceId};
+
+use crate::audit::{self, AuditEvent};
+use crate::{Error, Store, format_time};
+
+/// Which secret: a workspace secret (`owner` None) or a member's user secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretKey {
+    pub workspace: WorkspaceId,
+    pub owner: Option<UserId>,
+    pub name: String,
+}
+
+impl SecretKey {
+    pub fn scope(&self) -> &'static str {
+        if self.owner.is_some() {
+            "user"
+        } else {
+            "workspace"
+        }
+    }
+
+    fn owner_str(&self) -> &str {
+        self.owner.as_ref().map(UserId::as_str).unwrap_or("")
+    }
+}
+
+/// The encrypted form of one version, as `tresor-crypto` produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRow {
+    pub kek_id: String,
+    pub wrapped_key: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+/// A secret's metadata; there is no value field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMeta {
+    pub name: String,
+    pub scope: &'static str,
+    pub version: i64,
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_by: String,
+    pub updated_at: String,
+    pub last_used_at: Option<String>,
+}
+
+/// One stored version, for key rotation.
+#[derive(Debug, Clone)]
+pub struct StoredVersion {
+    pub key: SecretKey,
+    pub version: i64,
+    pub sealed: SealedRow,
+}
+
+impl Store {
+    /// The newest version of a live secret, and its sealed value.
+    pub async fn current_secret(&self, key: &SecretKey) -> Result<Option<(i64, SealedRow)>, Error> {
+        let row = sqlx::query(
+            "SELECT version, kek_id, wrapped_key, ciphertext FROM secrets
+             WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND deleted_at IS NULL
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(key.workspace.as_str())
+        .bind(key.scope())
+        .bind(key.owner_str())
+        .bind(&key.name)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(Error::Database)?;
+        row.map(|row| {
+            Ok((
+                row.try_get("version").map_err(Error::Database)?,
+                SealedRow {
+                    kek_id: row.try_get("kek_id").map_err(Error::Database)?,
+                    wrapped_key: row.try_get("wrapped_key").map_err(Error::Database)?,
+                    ciphertext: row.try_get("ciphertext").map_err(Error::Database)?,
+                },
+            ))
+        })
+        .transpose()
+    }
+
+    /// The highest version number ever used for this secret (deleted ones included), so a new
+    /// version never reuses the associated data of an old ciphertext.
+    pub async fn last_secret_version(&self, key: &SecretKey) -> Result<i64, Error> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(version) FROM secrets WHERE workspace = ? AND scope = ? AND owner = ? AND name = ?",
+        )
+        .bind(key.workspace.as_str())
+        .bind(key.scope())
+        .bind(key.owner_str())
+        .bind(&key.name)
+        .fetch_one(&self.writer)
+        .await
+        .map_err(Error::Database)?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Stores `version` of a secret if its live version is still `expected` (None: no live
+    /// secret), so concurrent writers cannot lose an update. Audited in the same transaction.
+    pub async fn put_secret_version(
+        &self,
+        key: &SecretKey,
+        expected: Option<i64>,
+        version: i64,
+        sealed: &SealedRow,
+        actor: &UserId,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let live: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(version) FROM secrets WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND deleted_at IS NULL",
+        )
+        .bind(key.workspace.as_str())
+        .bind(key.scope())
+        .bind(key.owner_str())
+        .bind(&key.name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(Error::Database)?;
+        if live != expected {
+            return Err(Error::Conflict(
+                "the secret changed since you read it; fetch its current version and retry",
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO secrets (workspace, scope, owner, name, version, kek_id, wrapped_key, ciphertext, created_by, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(key.workspace.as_str())
+        .bind(key.scope())
+        .bind(key.owner_str())
+        .bind(&key.name)
+        .bind(version)
+        .bind(&sealed.kek_id)
+        .bind(&sealed.wrapped_key)
+        .bind(&sealed.ciphertext)
+        .bind(actor.as_str())
+        .bind(format_time(OffsetDateTime::now_utc()))
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::Database)?;
+        audit::append(&mut tx, event).await?;
+        tx.commit().await.map_err(Error::Database)
+    }
+
+    /// Soft-deletes every version of a live secret; false if there is none.
+    pub async fn delete_secret(&self, key: &SecretKey, event: &AuditEvent) -> Result<bool, Error> {
+        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let done = sqlx::query(
+            "UPDATE secrets SET deleted_at = ? WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND deleted_at IS NULL",
+        )
+        .bind(format_time(OffsetDateTime::now_utc()))
+        .bind(key.workspace.as_str())
+        .bind(key.scope())
+        .bind(key.owner_str())
+        .bind(&key.name)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::Database)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        audit::append(&mut tx, event).await?;
+        tx.commit().await.map_err(Error::Database)?;
+        Ok(true)
+    }
+
+    /// Removes soft-deleted versions deleted before `cutoff`; returns how many.
+    pub async fn purge_deleted_secrets(&self, cutoff: OffsetDateTime) -> Result<u64, Error> {
+        let done =
+            sqlx::query("DELETE FROM secrets WHERE deleted_at IS NOT NULL AND deleted_at < ?")
+                .bind(format_time(cutoff))
+                .execute(&self.writer)
+                .await
+                .map_err(Error::Database)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Metadata of the live secrets in a workspace: its workspace secrets, or one member's user secrets.
+    pub async fn list_secrets(
+        &self,
+        workspace: &WorkspaceId,
+        owner: Option<&UserId>,
+    ) -> Result<Vec<SecretMeta>, Error> {
+        let scope = if owner.is_some() { "user" } else { "workspace" };
+        let rows = sqlx::query(
+            "SELECT name, MAX(version) AS version, MIN(created_at) AS first_at, MAX(created_at) AS last_at,
+                    MAX(last_used_at) AS last_used_at,
+                    (SELECT created_by FROM secrets f WHERE f.workspace = s.workspace AND f.scope = s.scope AND f.owner = s.owner AND f.name = s.name ORDER BY version ASC LIMIT 1) AS first_by,
+                    (SELECT created_by FROM secrets l WHERE l.workspace = s.workspace AND l.scope = s.scope AND l.owner = s.owner AND l.name = s.name ORDER BY version DESC LIMIT 1) AS last_by
+             FROM secrets s WHERE workspace = ? AND scope = ? AND owner = ? AND deleted_at IS NULL
+             GROUP BY name ORDER BY name",
+        )
+        .bind(workspace.as_str())
+        .bind(scope)
+        .bind(owner.map(UserId::as_str).unwrap_or(""))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(Error::Database)?;
+        rows.iter()
+            .map(|row| {
+                Ok(SecretMeta {
+                    name: row.try_get("name").map_err(Error::Database)?,
+                    scope,
+                    version: row.try_get("version").map_err(Error::Database)?,
+                    created_by: row.try_get("first_by").map_err(Error::Database)?,
+                    created_at: row.try_get("first_at").map_err(Error::Database)?,
+                    updated_by: row.try_get("last_by").map_err(Error::Database)?,
+                    updated_at: row.try_get("last_at").map_err(Error::Database)?,
+                    last_used_at: row.try_get("last_used_at").map_err(Error::Database)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every stored version (live or soft-deleted), for re-wrapping under a new KEK.
+    pub async fn all_secret_versions(&self) -> Result<Vec<StoredVersion>, Error> {
+        let rows = sqlx::query(
+            "SELECT workspace, owner, name, version, kek_id, wrapped_key, ciphertext FROM secrets",
+        )
+        .fetch_all(&self.writer)
+        .await
+        .map_err(Error::Database)?;
+        rows.iter()
+            .map(|row| {
+                let ws: String = row.try_get("workspace").map_err(Error::Database)?;
+                let owner: String = row.try_get("owner").map_err(Error::Database)?;
+                let corrupt = |column: &'static str, e: tresor_domain::IdError| Error::Corrupt {
+                    id: ws.clone(),
+                    column,
+                    reason: e.to_string(),
+                };
+                Ok(StoredVersion {
+                    key: SecretKey {
+                        workspace: WorkspaceId::parse(&ws).map_err(|e| corrupt("workspace", e))?,
+                        owner: if owner.is_empty() {
+                            None
+                        } else {
+                            Some(UserId::parse(&owner).map_err(|e| corrupt("owner", e))?)
+                        },
+                        name: row.try_get("name").map_err(Error::Database)?,
+                    },
+                    version: row.try_get("version").map_err(Error::Database)?,
+                    sealed: SealedRow {
+                        kek_id: row.try_get("kek_id").map_err(Error::Database)?,
+                        wrapped_key: row.try_get("wrapped_key").map_err(Error::Database)?,
+                        ciphertext: row.try_get("ciphertext").map_err(Error::Database)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces wrapped data keys (a KEK rotation) in one transaction: all or nothing.
+    pub async fn replace_wrapped_keys(
+        &self,
+        rewrapped: &[StoredVersion],
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        for v in rewrapped {
+            sqlx::query(
+                "UPDATE secrets SET kek_id = ?, wrapped_key = ? WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND version = ?",
+            )
+            .bind(&v.sealed.kek_id)
+            .bind(&v.sealed.wrapped_key)
+            .bind(v.key.workspace.as_str())
+            .bind(v.key.scope())
+            .bind(v.key.owner_str())
+            .bind(&v.key.name)
+            .bind(v.version)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::Database)?;
+        }
+        audit::append(&mut tx, event).await?;
+        tx.commit().await.map_err(Error::Database)
+    }
+}
