@@ -163,6 +163,9 @@ async fn secrets_are_write_only_versioned_and_guarded_by_if_match() {
         "{}",
         garbage.body
     );
+
+    // At rest: the database, its WAL and every other file of the data dir hold no trace of it.
+    assert_eq!(files_with_canary(&server.data), Vec::<String>::new());
 }
 
 #[tokio::test]
