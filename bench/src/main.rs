@@ -208,6 +208,7 @@ fn bare_bwrap(runs: usize) -> Result<Duration> {
         workdir: "/tmp",
         env: &env,
         command: &command,
+        secret_fds: &[],
     };
     let argv = bwrap_args(&spec);
     let mut samples = Vec::new();

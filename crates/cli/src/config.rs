@@ -553,6 +553,8 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                         .organization_url
                         .clone()
                         .unwrap_or_else(|| "https://tresor.invalid".to_owned()),
+                    // Set to the bound address once the listener exists.
+                    callback_url: String::new(),
                 },
                 max_body_bytes: max_body_bytes.value,
                 bootstrap_token_file: data_dir_path.join("bootstrap-admin-token"),

@@ -294,12 +294,13 @@ async fn serve(args: config::ServeArgs) -> ExitCode {
     }
 }
 
-async fn run_server(settings: config::Settings) -> anyhow::Result<()> {
+async fn run_server(mut settings: config::Settings) -> anyhow::Result<()> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    settings.app.service.callback_url = format!("http://{addr}");
     let app = tresor_server::App::build(settings.app).await?;
     if let Some(path) = &app.bootstrap_token_file {
         // The path only: the token itself never goes to a terminal or a log.

@@ -7,7 +7,9 @@ pub mod sandbox;
 pub mod worker;
 
 pub use local::{Attach, LocalExecutor, LocalSettings, WorkerExit};
-pub use protocol::{WorkerPhase, WorkerStatus, WorkerTask};
+pub use protocol::{
+    DeliveredSecret, DeliveredSecrets, SecretDelivery, WorkerPhase, WorkerStatus, WorkerTask,
+};
 pub use sandbox::SandboxSettings;
 
 /// The local executor's failures.

@@ -50,7 +50,7 @@ pub fn check_task_path(path: &str, is_dir: bool) -> Result<(), PathError> {
     if parts.len() < 2 && !is_dir {
         return Err(PathError::TopLevel);
     }
-    for dir in SYSTEM_DIRS {
+    for dir in SYSTEM_DIRS.iter().chain([&crate::sandbox::SECRETS_DIR]) {
         if path == *dir || path.starts_with(&format!("{dir}/")) {
             return Err(PathError::SystemDir(dir));
         }

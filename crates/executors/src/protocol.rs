@@ -24,6 +24,50 @@ pub struct WorkerTask {
     pub allowed_dirs: Vec<PathBuf>,
     /// How many bytes of each executor's stdout and stderr the task log keeps.
     pub log_tail_bytes: usize,
+    /// The secrets the task declared, and how to fetch them when it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretDelivery>,
+}
+
+/// Where a worker fetches its task's secrets, once, when the task starts. The values themselves
+/// never appear in this file.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDelivery {
+    /// The server's internal endpoint for this task.
+    pub url: String,
+    /// A single-use credential bound to this task, valid only while it is active.
+    pub credential: String,
+    /// Names delivered as files in `$TRESOR_SECRETS_DIR` (mode 0400, on a private tmpfs).
+    pub files: Vec<String>,
+    /// Names also exported as environment variables of the executors.
+    pub env: Vec<String>,
+}
+
+impl std::fmt::Debug for SecretDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretDelivery")
+            .field("url", &self.url)
+            .field("credential", &"***")
+            .field("files", &self.files)
+            .field("env", &self.env)
+            .finish()
+    }
+}
+
+/// One secret as the server hands it to a worker.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveredSecret {
+    pub name: String,
+    pub value_base64: String,
+}
+
+/// The body of the internal secrets endpoint.
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveredSecrets {
+    pub secrets: Vec<DeliveredSecret>,
 }
 
 /// Where the worker is in running its task.

@@ -36,7 +36,12 @@ pub struct SandboxSpec<'a> {
     pub workdir: &'a str,
     pub env: &'a BTreeMap<String, String>,
     pub command: &'a [String],
+    /// Secret files: name, and the descriptor in the child that bubblewrap reads the value from.
+    pub secret_fds: &'a [(String, i32)],
 }
+
+/// Where secret files appear inside the sandbox.
+pub const SECRETS_DIR: &str = "/run/secrets";
 
 /// The bubblewrap arguments before the command, shared by the worker and the benchmark baseline.
 pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
@@ -78,6 +83,20 @@ pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
             mount.clone(),
         ]);
     }
+    if !spec.secret_fds.is_empty() {
+        // A private tmpfs, readable only by the task's user, filled straight from pipes: the
+        // values touch no disk and no argv, and the tmpfs dies with the sandbox.
+        args.extend(["--perms", "0700", "--tmpfs", SECRETS_DIR].map(str::to_owned));
+        for (name, fd) in spec.secret_fds {
+            args.extend([
+                "--perms".to_owned(),
+                "0400".to_owned(),
+                "--file".to_owned(),
+                fd.to_string(),
+                format!("{SECRETS_DIR}/{name}"),
+            ]);
+        }
+    }
     // The sandbox's own root is a tmpfs made by bubblewrap; making it read-only leaves the
     // task's mounts (and /tmp among them) as the only writable places.
     args.extend(["--remount-ro", "/", "--chdir", spec.workdir].map(str::to_owned));
@@ -93,13 +112,18 @@ pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
 
 /// The process to spawn: bubblewrap with exactly the executor's environment, as the
 /// unprivileged user when the server is root.
-pub fn command(spec: &SandboxSpec<'_>) -> tokio::process::Command {
+pub fn command(
+    spec: &SandboxSpec<'_>,
+    secret_env: &[(String, std::ffi::OsString)],
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&spec.settings.bwrap);
     cmd.args(bwrap_args(spec))
         // bubblewrap's own process is PID 1 in the sandbox and its environment is readable
-        // there through /proc/1/environ, so it gets nothing but the executor's env.
+        // there through /proc/1/environ, so it gets nothing but the executor's env (and the
+        // secrets this task declared for its environment).
         .env_clear()
         .envs(spec.env)
+        .envs(secret_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

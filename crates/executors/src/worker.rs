@@ -14,6 +14,11 @@ use tresor_api_types::tes::{
 
 use crate::paths::{self, ResolveError};
 use crate::sandbox::{self, SandboxSpec};
+use base64::Engine;
+use tresor_crypto::SecretValue;
+use tresor_crypto::redact::Redactor;
+
+use crate::protocol::{DeliveredSecrets, SecretDelivery};
 use crate::{WorkerPhase, WorkerStatus, WorkerTask};
 
 /// File names inside a task directory.
@@ -81,6 +86,8 @@ pub async fn run(task_dir: &Path) -> Result<(), String> {
 struct Reporter {
     dir: PathBuf,
     status: WorkerStatus,
+    /// Set once the task's secrets are known: every log line is redacted with it.
+    redactor: Option<Redactor>,
 }
 
 impl Reporter {
@@ -98,10 +105,15 @@ impl Reporter {
                     ..TesTaskLog::default()
                 },
             },
+            redactor: None,
         }
     }
 
     fn system_log(&mut self, line: String) {
+        let line = match &self.redactor {
+            Some(r) => r.redact_str(&line),
+            None => line,
+        };
         self.status
             .log
             .system_logs
@@ -140,11 +152,24 @@ async fn execute(
     if let Some(owner) = task.sandbox.run_as {
         chown_tree(root, owner)?;
     }
+    let secrets = match &task.secrets {
+        Some(delivery) => fetch_secrets(delivery).await?,
+        None => Vec::new(),
+    };
+    report.redactor = Some(Redactor::new(secrets.iter().map(|(_, v)| v)));
 
     report.status.phase = WorkerPhase::Running;
     report.publish().map_err(SystemError)?;
     for (index, executor) in task.executors.iter().enumerate() {
-        let log = run_executor(task, root, &mounts, executor).await;
+        let log = run_executor(
+            task,
+            root,
+            &mounts,
+            executor,
+            &secrets,
+            report.redactor.as_ref(),
+        )
+        .await;
         let log = match log {
             Ok(log) => log,
             Err(SandboxFailure::System(message)) => {
@@ -324,11 +349,46 @@ fn open_stdio(
     Ok(file)
 }
 
+/// Fetches the declared secrets from the server with the task's single-use credential.
+async fn fetch_secrets(
+    delivery: &SecretDelivery,
+) -> Result<Vec<(String, SecretValue)>, SystemError> {
+    let failed = |why: String| SystemError(format!("could not fetch the task's secrets: {why}"));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let response = client
+        .get(&delivery.url)
+        .bearer_auth(&delivery.credential)
+        .send()
+        .await
+        .map_err(|e| failed(e.without_url().to_string()))?;
+    if !response.status().is_success() {
+        return Err(failed(format!("the server answered {}", response.status())));
+    }
+    let body: DeliveredSecrets = response
+        .json()
+        .await
+        .map_err(|e| failed(e.without_url().to_string()))?;
+    body.secrets
+        .into_iter()
+        .map(|s| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s.value_base64.as_bytes())
+                .map(|bytes| (s.name.clone(), SecretValue::new(bytes)))
+                .map_err(|_| failed(format!("the value of {} is not base64", s.name)))
+        })
+        .collect()
+}
+
 async fn run_executor(
     task: &WorkerTask,
     root: &Path,
     mounts: &[String],
     executor: &TesExecutor,
+    secrets: &[(String, SecretValue)],
+    redactor: Option<&Redactor>,
 ) -> Result<TesExecutorLog, SandboxFailure> {
     let owner = task.sandbox.run_as;
     let stdin = executor
@@ -350,6 +410,54 @@ async fn run_executor(
         .transpose()
         .map_err(SandboxFailure::System)?;
 
+    // Secret files reach bubblewrap through pipes mapped to descriptors 10, 11, …; the values are
+    // written after the spawn, so they never sit in a file, an argument or an environment block
+    // other than the one the task asked for.
+    let (file_names, env_names) = match &task.secrets {
+        Some(d) => (d.files.clone(), d.env.clone()),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut mappings = Vec::new();
+    let mut writers = Vec::new();
+    let mut secret_fds = Vec::new();
+    for (i, name) in file_names.iter().enumerate() {
+        let Some((_, value)) = secrets.iter().find(|(n, _)| n == name) else {
+            return Err(SandboxFailure::System(format!(
+                "secret {name} was not delivered"
+            )));
+        };
+        let (reader, writer) =
+            std::io::pipe().map_err(|e| SandboxFailure::System(format!("creating a pipe: {e}")))?;
+        let child_fd = 10 + i32::try_from(i).unwrap_or(0);
+        mappings.push(command_fds::FdMapping {
+            parent_fd: std::os::fd::OwnedFd::from(reader),
+            child_fd,
+        });
+        writers.push((writer, value.clone()));
+        secret_fds.push((name.clone(), child_fd));
+    }
+    let mut secret_env: Vec<(String, std::ffi::OsString)> = Vec::new();
+    if !file_names.is_empty() {
+        secret_env.push(("TRESOR_SECRETS_DIR".to_owned(), sandbox::SECRETS_DIR.into()));
+    }
+    for name in &env_names {
+        let Some((_, value)) = secrets.iter().find(|(n, _)| n == name) else {
+            return Err(SandboxFailure::System(format!(
+                "secret {name} was not delivered"
+            )));
+        };
+        if value.expose_secret().contains(&0) {
+            return Err(SandboxFailure::System(format!(
+                "secret {name} contains a NUL byte and cannot be an environment variable; use it as a file"
+            )));
+        }
+        use std::os::unix::ffi::OsStringExt;
+        secret_env.push((
+            name.clone(),
+            std::ffi::OsString::from_vec(value.expose_secret().to_vec()),
+        ));
+    }
+
     let empty = BTreeMap::new();
     let spec = SandboxSpec {
         settings: &task.sandbox,
@@ -359,8 +467,14 @@ async fn run_executor(
         workdir: executor.workdir.as_deref().unwrap_or("/tmp"),
         env: executor.env.as_ref().unwrap_or(&empty),
         command: &executor.command,
+        secret_fds: &secret_fds,
     };
-    let mut cmd = sandbox::command(&spec);
+    let mut cmd = sandbox::command(&spec, &secret_env);
+    {
+        use command_fds::CommandFdExt;
+        cmd.fd_mappings(mappings)
+            .map_err(|_| SandboxFailure::System("secret descriptors collide".to_owned()))?;
+    }
     if let Some(file) = stdin {
         cmd.stdin(Stdio::from(file));
     }
@@ -371,12 +485,20 @@ async fn run_executor(
             task.sandbox.bwrap.display()
         ))
     })?;
+    drop(cmd);
+    for (mut writer, value) in writers {
+        // A pipe holds 64 KiB, the largest secret; still, never block the runtime on it.
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let _ = writer.write_all(value.expose_secret());
+        });
+    }
     let tail = task.log_tail_bytes;
     let out = child.stdout.take();
     let err = child.stderr.take();
     let (stdout, stderr, status) = tokio::join!(
-        capture(out, stdout_file, tail),
-        capture(err, stderr_file, tail),
+        capture(out, stdout_file, tail, redactor),
+        capture(err, stderr_file, tail, redactor),
         child.wait()
     );
     let status =
@@ -416,16 +538,19 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(-1)
 }
 
-/// Reads a pipe to its end, copying everything to `file` (if any) and keeping the last `tail` bytes.
+/// Reads a pipe to its end, copying everything to `file` (if any) and keeping the last `tail`
+/// bytes, redacted as a stream (before the cut, so a value split by the cut is still masked).
 async fn capture(
     pipe: Option<impl AsyncRead + Unpin>,
     file: Option<std::fs::File>,
     tail: usize,
+    redactor: Option<&Redactor>,
 ) -> Vec<u8> {
     let Some(mut pipe) = pipe else {
         return Vec::new();
     };
     let mut file = file.map(tokio::fs::File::from_std);
+    let mut stream = redactor.map(Redactor::stream);
     let mut kept: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -438,13 +563,19 @@ async fn capture(
         {
             file = None;
         }
-        kept.extend_from_slice(&buf[..n]);
+        match stream.as_mut() {
+            Some(s) => kept.extend(s.push(&buf[..n])),
+            None => kept.extend_from_slice(&buf[..n]),
+        }
         if kept.len() > tail.saturating_mul(2).max(64 * 1024) {
             kept.drain(..kept.len() - tail);
         }
     }
     if let Some(mut f) = file {
         let _ = f.flush().await;
+    }
+    if let Some(s) = stream {
+        kept.extend(s.finish());
     }
     if kept.len() > tail {
         kept.drain(..kept.len() - tail);

@@ -78,8 +78,14 @@ impl App {
             );
         }
         let executor = LocalExecutor::new(settings.local)?;
-        let tasks =
-            TaskService::new(store.clone(), platform.clone(), executor, settings.service).await?;
+        let tasks = TaskService::new(
+            store.clone(),
+            platform.clone(),
+            secrets.clone(),
+            executor,
+            settings.service,
+        )
+        .await?;
         tasks.start().await?;
         let router = router(
             AppState {
@@ -102,7 +108,7 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut ga4gh = Router::new();
     let mut api = Router::new();
     for (spec, handler) in routes::table() {
-        if spec.path.starts_with("/api/") {
+        if spec.path.starts_with("/api/") || spec.path.starts_with("/internal/") {
             api = api.route(spec.path, handler);
         } else {
             ga4gh = ga4gh.route(spec.path, handler);

@@ -233,6 +233,7 @@ pub(crate) async fn openapi() -> Json<Value> {
             Access::Open => "open".to_owned(),
             Access::Authenticated => "any authenticated user".to_owned(),
             Access::Admin => "platform administrators".to_owned(),
+            Access::TaskCredential => "a task's worker, with its credential".to_owned(),
             Access::Workspace(action) => format!(
                 "workspace members with role {} or above",
                 tresor_domain::permissions::required_role(action)

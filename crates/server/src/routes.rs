@@ -20,6 +20,8 @@ pub enum Access {
     /// Members of the workspace (named in the path, or the caller's personal one) whose role
     /// allows the action.
     Workspace(Action),
+    /// A task's own worker, with the single-use credential it was started with; no user token works.
+    TaskCredential,
 }
 
 /// One endpoint.
@@ -251,6 +253,15 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Delete one of your user secrets",
             ),
             delete(secrets::delete_user),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/internal/v1/tasks/{id}/secrets",
+                Access::TaskCredential,
+                "A starting task's declared secrets, once, for its worker",
+            ),
+            get(secrets::deliver),
         ),
     ]);
     routes

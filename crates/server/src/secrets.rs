@@ -163,3 +163,32 @@ pub(crate) async fn delete_user(
     state.secrets.delete(&caller, Scope::User, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The internal endpoint a worker calls once at task start. The credential is the task's, not a
+/// user's; the body is the only place the values travel, over the server's own loopback.
+pub(crate) async fn deliver(
+    State(state): State<AppState>,
+    PathParam(id, _): PathParam<crate::extract::Id>,
+    headers: HeaderMap,
+) -> Result<Json<tresor_executors::DeliveredSecrets>, ApiError> {
+    let credential = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::Service(tresor_service::ServiceError::Unauthenticated(
+                "a task credential is required".to_owned(),
+            ))
+        })?;
+    let delivered = state.tasks.deliver_secrets(&id, credential.trim()).await?;
+    Ok(Json(tresor_executors::DeliveredSecrets {
+        secrets: delivered
+            .into_iter()
+            .map(|(name, value)| tresor_executors::DeliveredSecret {
+                name,
+                value_base64: base64::engine::general_purpose::STANDARD
+                    .encode(value.expose_secret()),
+            })
+            .collect(),
+    }))
+}

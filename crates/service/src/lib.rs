@@ -22,6 +22,7 @@ use tresor_store::{AuditEvent, NewTask, Store, TagFilter, TaskFilter};
 pub use error::{Entity, ServiceError};
 pub use platform::{Credential, PlatformService};
 pub use render::tes_state;
+pub use runner::DeclaredSecrets;
 pub use secrets::{Scope, SecretService};
 
 /// The service's slice of the settings.
@@ -33,6 +34,8 @@ pub struct ServiceSettings {
     pub max_page_size: u32,
     pub organization_name: String,
     pub organization_url: String,
+    /// The server's own URL as workers reach it (to fetch their task's secrets).
+    pub callback_url: String,
 }
 
 /// A ListTasks request, as parsed from the query string.
@@ -64,6 +67,9 @@ struct Inner {
     wake: Notify,
     /// Tasks holding slots, with the cores they hold and their worker's pid once known.
     running: Mutex<HashMap<TaskId, runner::Slot>>,
+    secrets: SecretService,
+    /// SHA-256 of each starting task's single-use secrets credential.
+    credentials: Mutex<HashMap<TaskId, [u8; 32]>>,
 }
 
 impl TaskService {
@@ -71,6 +77,7 @@ impl TaskService {
     pub async fn new(
         store: Store,
         platform: PlatformService,
+        secrets: SecretService,
         executor: LocalExecutor,
         settings: ServiceSettings,
     ) -> Result<TaskService, ServiceError> {
@@ -84,6 +91,8 @@ impl TaskService {
                 page_tokens: page_token::PageTokens::new(&secret),
                 wake: Notify::new(),
                 running: Mutex::new(HashMap::new()),
+                secrets,
+                credentials: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -158,6 +167,7 @@ impl TaskService {
             )
             .await?;
         let accepted = validate::accept_task(task, &self.limits())?;
+        self.check_secrets(caller, &accepted.spec).await?;
         let id = TaskId::parse(&uuid::Uuid::now_v7().to_string())
             .map_err(|e| ServiceError::Internal(e.into()))?;
         let spec_json =
@@ -188,6 +198,53 @@ impl TaskService {
         tracing::debug!(task = %id, "task created");
         self.inner.wake.notify_one();
         Ok(id)
+    }
+
+    /// Declared secrets must exist for the submitter, and no stored value may appear in the
+    /// document itself (a pasted password belongs in a secret, referenced by name).
+    async fn check_secrets(&self, caller: &Caller, spec: &TesTask) -> Result<(), ServiceError> {
+        let declared = runner::declared_secrets(spec)?;
+        for name in &declared.files {
+            if !self
+                .inner
+                .secrets
+                .is_available(&caller.workspace, &caller.principal.user, name)
+                .await?
+            {
+                return Err(ServiceError::invalid(
+                    "tags.tresor.secrets",
+                    format!(
+                        "secret {name} is not defined in workspace {} for you; create it first (tresor secret set {name})",
+                        caller.workspace
+                    ),
+                ));
+            }
+        }
+        if let Some(guard) = self
+            .inner
+            .secrets
+            .guard(&caller.workspace, &caller.principal.user)
+            .await?
+        {
+            let document =
+                serde_json::to_vec(spec).map_err(|e| ServiceError::Internal(e.into()))?;
+            if guard.finds_in(&document) {
+                return Err(ServiceError::invalid(
+                    "task",
+                    "the task document contains the value of a stored secret; remove it and reference the secret by name in tags[\"tresor.secrets\"] (files) or tags[\"tresor.secrets.env\"] (environment)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The secrets a starting task's worker asks for, once, with its single-use credential.
+    pub async fn deliver_secrets(
+        &self,
+        id: &str,
+        credential: &str,
+    ) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
+        runner::deliver_secrets(&self.inner, id, credential).await
     }
 
     /// The task with this id in the caller's workspace; a malformed id, a missing task and

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tresor_api_types::tes::{TesTask, TesTaskLog};
 use tresor_domain::{Caller, TaskId, TaskState};
-use tresor_executors::{Attach, WorkerExit, WorkerPhase, WorkerStatus, WorkerTask};
+use tresor_executors::{Attach, SecretDelivery, WorkerExit, WorkerPhase, WorkerStatus, WorkerTask};
 use tresor_store::{AuditEvent, TaskRecord};
 
 use crate::{Inner, ServiceError};
@@ -42,6 +42,10 @@ fn used_cores(inner: &Inner) -> u32 {
 fn release_slot(inner: &Inner, id: &TaskId) {
     if let Ok(mut running) = inner.running.lock() {
         running.remove(id);
+    }
+    // A task that ended can fetch nothing any more.
+    if let Ok(mut credentials) = inner.credentials.lock() {
+        credentials.remove(id);
     }
     inner.wake.notify_one();
 }
@@ -108,8 +112,37 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord) {
             return;
         }
     };
+    let declared = match declared_secrets(&spec) {
+        Ok(d) => d,
+        Err(e) => {
+            fail_task(inner, &id, None, e.to_string()).await;
+            release_slot(inner, &id);
+            return;
+        }
+    };
+    let secrets = if declared.files.is_empty() {
+        None
+    } else {
+        match mint_credential(inner, &id) {
+            Ok(credential) => Some(SecretDelivery {
+                url: format!(
+                    "{}/internal/v1/tasks/{id}/secrets",
+                    inner.settings.callback_url.trim_end_matches('/')
+                ),
+                credential,
+                files: declared.files,
+                env: declared.env,
+            }),
+            Err(e) => {
+                fail_task(inner, &id, None, e.to_string()).await;
+                release_slot(inner, &id);
+                return;
+            }
+        }
+    };
     let settings = inner.executor.settings();
     let worker_task = WorkerTask {
+        secrets,
         task_id: id.to_string(),
         network: network_requested(&spec) && settings.allow_network,
         inputs: spec.inputs.unwrap_or_default(),
@@ -141,6 +174,125 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord) {
         inner.executor.kill(&id, pid);
     }
     tokio::spawn(watch(inner.clone(), id, exit));
+}
+
+/// The secrets a task declared in its tags: `tresor.secrets` as files, `tresor.secrets.env`
+/// also as environment variables (and as files).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeclaredSecrets {
+    pub files: Vec<String>,
+    pub env: Vec<String>,
+}
+
+pub(crate) fn declared_secrets(spec: &TesTask) -> Result<DeclaredSecrets, ServiceError> {
+    let tags = spec.tags.clone().unwrap_or_default();
+    let parse = |tag: &str| -> Result<Vec<String>, ServiceError> {
+        let mut names = Vec::new();
+        for name in tags
+            .get(tag)
+            .map(String::as_str)
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            crate::secrets::check_name(name).map_err(|_| {
+                ServiceError::invalid(
+                    format!("tags.{tag}"),
+                    format!("{name:?} is not a secret name; list names separated by commas"),
+                )
+            })?;
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    };
+    let env = parse("tresor.secrets.env")?;
+    let mut files = parse("tresor.secrets")?;
+    for name in &env {
+        if !files.contains(name) {
+            files.push(name.clone());
+        }
+    }
+    Ok(DeclaredSecrets { files, env })
+}
+
+fn mint_credential(inner: &Inner, id: &TaskId) -> Result<String, ServiceError> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let mut raw = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| {
+            ServiceError::Internal(anyhow::anyhow!("the system random number generator failed"))
+        })?;
+    let credential = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let hash = ring::digest::digest(&ring::digest::SHA256, credential.as_bytes());
+    let mut stored = [0u8; 32];
+    stored.copy_from_slice(hash.as_ref());
+    if let Ok(mut credentials) = inner.credentials.lock() {
+        credentials.insert(id.clone(), stored);
+    }
+    Ok(credential)
+}
+
+/// Hands a starting task its secrets, once: the credential is consumed whether or not it matches.
+pub(crate) async fn deliver_secrets(
+    inner: &Inner,
+    id: &str,
+    credential: &str,
+) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
+    use subtle::ConstantTimeEq;
+    let refused = || {
+        ServiceError::Unauthenticated("the task credential is invalid, used or expired".to_owned())
+    };
+    let id = TaskId::parse(id).map_err(|_| refused())?;
+    let stored = inner
+        .credentials
+        .lock()
+        .ok()
+        .and_then(|mut c| c.remove(&id))
+        .ok_or_else(refused)?;
+    let presented = ring::digest::digest(&ring::digest::SHA256, credential.as_bytes());
+    if !bool::from(presented.as_ref().ct_eq(&stored)) {
+        return Err(refused());
+    }
+    let record = inner
+        .store
+        .get_task_for_system(&id)
+        .await?
+        .ok_or_else(refused)?;
+    if record.state.is_terminal() {
+        return Err(refused());
+    }
+    let spec: TesTask =
+        serde_json::from_str(&record.spec_json).map_err(|e| ServiceError::Internal(e.into()))?;
+    let declared = declared_secrets(&spec)?;
+    let mut delivered = Vec::with_capacity(declared.files.len());
+    for name in declared.files {
+        let Some((key, version, value)) = inner
+            .secrets
+            .resolve(&record.workspace, &record.created_by, &name)
+            .await?
+        else {
+            return Err(ServiceError::Conflict(format!(
+                "secret {name} no longer exists"
+            )));
+        };
+        inner
+            .secrets
+            .record_delivery(
+                &key,
+                version,
+                &value,
+                id.as_str(),
+                record.created_by.as_str(),
+            )
+            .await?;
+        delivered.push((name, value));
+    }
+    Ok(delivered)
 }
 
 /// Follows one worker: mirrors its status into the store while it runs, settles the task when it ends.

@@ -290,6 +290,109 @@ impl SecretService {
         Ok(Some((version, value)))
     }
 
+    /// The live secret `name` as a task submitted by `user` in `workspace` sees it: the user's own
+    /// secret of that name if there is one, else the workspace's.
+    pub async fn resolve(
+        &self,
+        workspace: &tresor_domain::WorkspaceId,
+        user: &tresor_domain::UserId,
+        name: &str,
+    ) -> Result<Option<(SecretKey, i64, SecretValue)>, ServiceError> {
+        for owner in [Some(user.clone()), None] {
+            let key = SecretKey {
+                workspace: workspace.clone(),
+                owner,
+                name: name.to_owned(),
+            };
+            if let Some((version, value)) = self.open(&key).await? {
+                return Ok(Some((key, version, value)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a task by `user` could use secret `name` (without decrypting it).
+    pub async fn is_available(
+        &self,
+        workspace: &tresor_domain::WorkspaceId,
+        user: &tresor_domain::UserId,
+        name: &str,
+    ) -> Result<bool, ServiceError> {
+        for owner in [Some(user.clone()), None] {
+            let key = SecretKey {
+                workspace: workspace.clone(),
+                owner,
+                name: name.to_owned(),
+            };
+            if self.store.current_secret(&key).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// A matcher for every value a task by `user` in `workspace` could use; `None` when there
+    /// are none. Used to refuse task documents that carry a value in plain sight.
+    pub async fn guard(
+        &self,
+        workspace: &tresor_domain::WorkspaceId,
+        user: &tresor_domain::UserId,
+    ) -> Result<Option<tresor_crypto::redact::Redactor>, ServiceError> {
+        let mut names: Vec<(Option<tresor_domain::UserId>, String)> = self
+            .store
+            .list_secrets(workspace, None)
+            .await?
+            .into_iter()
+            .map(|m| (None, m.name))
+            .collect();
+        names.extend(
+            self.store
+                .list_secrets(workspace, Some(user))
+                .await?
+                .into_iter()
+                .map(|m| (Some(user.clone()), m.name)),
+        );
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let mut values = Vec::with_capacity(names.len());
+        for (owner, name) in names {
+            let key = SecretKey {
+                workspace: workspace.clone(),
+                owner,
+                name,
+            };
+            if let Some((_, value)) = self.open(&key).await? {
+                values.push(value);
+            }
+        }
+        Ok(Some(tresor_crypto::redact::Redactor::new(values.iter())))
+    }
+
+    /// Audits the delivery of one secret version to a task and marks it used.
+    pub async fn record_delivery(
+        &self,
+        key: &SecretKey,
+        version: i64,
+        value: &SecretValue,
+        task: &str,
+        actor: &str,
+    ) -> Result<(), ServiceError> {
+        let event = AuditEvent {
+            actor: actor.to_owned(),
+            action: "secret.deliver".to_owned(),
+            object: format!("secret:{}:{}", key.scope(), key.name),
+            workspace: Some(key.workspace.to_string()),
+            source: None,
+            result: "ok".to_owned(),
+            detail: Some(format!(
+                "version {version} to task {task}, fingerprint {}",
+                fingerprint(&self.fingerprint_key, value)
+            )),
+        };
+        Ok(self.store.record_secret_use(key, version, &event).await?)
+    }
+
     /// The key provider, for checks that need it.
     pub fn key_provider(&self) -> &dyn KeyProvider {
         self.keys.as_ref()

@@ -108,6 +108,7 @@ fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<se
             "/api/v1/workspaces/{workspace}/secrets/{name}"
             | "/api/v1/workspaces/{workspace}/user-secrets/{name}",
         ) => (fill(path).replace("{name}", "MY_SECRET"), None),
+        (Method::GET, "/internal/v1/tasks/{id}/secrets") => (path.replace("{id}", &f.task), None),
         _ => return None,
     };
     Some(found)
@@ -118,6 +119,8 @@ fn expect(spec: &RouteSpec, who: Who) -> Expect {
     let personal = spec.path.starts_with("/ga4gh/");
     match (spec.access, who) {
         (Access::Open, _) => Expect::Allowed,
+        // Only a task's worker holds a task credential: no user token, admin's included, works.
+        (Access::TaskCredential, _) => Expect::Unauthenticated,
         (_, Who::Nobody) => Expect::Unauthenticated,
         (Access::Authenticated, _) => Expect::Allowed,
         (Access::Admin, Who::PlatformAdmin) => Expect::Allowed,

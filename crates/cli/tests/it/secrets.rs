@@ -352,3 +352,320 @@ async fn kek_rotation_keeps_every_value_and_a_tampered_ciphertext_is_an_error() 
         "{err:?}"
     );
 }
+
+fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn with_secrets(
+    mut task: tresor_api_types::tes::TesTask,
+    files: &str,
+    env: &str,
+) -> tresor_api_types::tes::TesTask {
+    let mut tags = std::collections::BTreeMap::new();
+    if !files.is_empty() {
+        tags.insert("tresor.secrets".to_owned(), files.to_owned());
+    }
+    if !env.is_empty() {
+        tags.insert("tresor.secrets.env".to_owned(), env.to_owned());
+    }
+    task.tags = Some(tags);
+    task
+}
+
+#[tokio::test]
+async fn declared_secrets_reach_their_task_as_files_and_env_and_nothing_else() {
+    let server = TestServer::start().await;
+    server.admin.create_workspace("genomics").await.unwrap();
+    let tes = tresor_client::TesClient::for_workspace(&server.url, "genomics", &server.admin_token)
+        .unwrap();
+    server
+        .admin
+        .put_secret("genomics", false, "A", CANARY, None)
+        .await
+        .unwrap();
+    server
+        .admin
+        .put_secret("genomics", false, "B", b"b-value-1234", None)
+        .await
+        .unwrap();
+    server
+        .admin
+        .put_secret("genomics", false, "C", b"c-never-declared", None)
+        .await
+        .unwrap();
+
+    let script = r#"ls "$TRESOR_SECRETS_DIR"; stat -c %a "$TRESOR_SECRETS_DIR" "$TRESOR_SECRETS_DIR/A";
+        sha256sum < "$TRESOR_SECRETS_DIR/A" | cut -c1-64; printf %s "$B" | sha256sum | cut -c1-64;
+        echo "C=${C:-unset} dir=$TRESOR_SECRETS_DIR""#;
+    let done = server
+        .run_in(&tes, &with_secrets(sh_task(script), "A", "B"))
+        .await;
+    assert_eq!(
+        done.state,
+        Some(tresor_api_types::tes::TesState::Complete),
+        "{done:#?}"
+    );
+    assert_eq!(
+        stdout(&done, 0),
+        format!(
+            "A\nB\n700\n400\n{}\n{}\nC=unset dir=/run/secrets\n",
+            sha256_hex(CANARY),
+            sha256_hex(b"b-value-1234")
+        )
+    );
+
+    // A user secret of the same name overrides the workspace secret for its owner's tasks.
+    server
+        .admin
+        .put_secret("genomics", true, "A", b"admins-own-value", None)
+        .await
+        .unwrap();
+    let done = server
+        .run_in(
+            &tes,
+            &with_secrets(
+                sh_task(r#"sha256sum < "$TRESOR_SECRETS_DIR/A" | cut -c1-64"#),
+                "A",
+                "",
+            ),
+        )
+        .await;
+    assert_eq!(stdout(&done, 0).trim(), sha256_hex(b"admins-own-value"));
+
+    // The audit trail names secret, version and task; the secret's metadata records its use.
+    let listed = server.admin.list_secrets("genomics", false).await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .find(|s| s.name == "B")
+            .unwrap()
+            .last_used_at
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn undeclared_missing_or_foreign_secrets_are_refused_at_create() {
+    let server = TestServer::start().await;
+    server.admin.create_workspace("genomics").await.unwrap();
+    let bob = server.user("bob").await;
+    server
+        .admin
+        .set_member("genomics", &bob.id, "launch")
+        .await
+        .unwrap();
+    server
+        .admin
+        .put_secret("genomics", true, "ADMINS_ONLY", b"admin-user-secret", None)
+        .await
+        .unwrap();
+
+    let err = bob
+        .tes_in("genomics")
+        .create_task(&with_secrets(sh_task("true"), "NOPE", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+    assert!(
+        err.to_string().contains("secret NOPE is not defined"),
+        "{err}"
+    );
+    // Another member's user secret is not usable, and the refusal is the same as for a missing one.
+    let err = bob
+        .tes_in("genomics")
+        .create_task(&with_secrets(sh_task("true"), "", "ADMINS_ONLY"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("secret ADMINS_ONLY is not defined"),
+        "{err}"
+    );
+    let err = bob
+        .tes_in("genomics")
+        .create_task(&with_secrets(sh_task("true"), "bad-name", ""))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a secret name"), "{err}");
+}
+
+#[tokio::test]
+async fn secrets_in_plain_sight_are_refused_and_printed_ones_are_redacted() {
+    let server = TestServer::start().await;
+    server.admin.create_workspace("genomics").await.unwrap();
+    let tes = tresor_client::TesClient::for_workspace(&server.url, "genomics", &server.admin_token)
+        .unwrap();
+    server
+        .admin
+        .put_secret("genomics", false, "TOKEN", b"tok-9f8e7d6c5b4a", None)
+        .await
+        .unwrap();
+    server
+        .admin
+        .put_secret("genomics", false, "A", CANARY, None)
+        .await
+        .unwrap();
+
+    // The launch guard: a stored value pasted into the command, env, input content or tags.
+    let mut in_env = sh_task("true");
+    in_env.executors[0].env = Some([("T".to_owned(), "tok-9f8e7d6c5b4a".to_owned())].into());
+    let mut in_content = sh_task("true");
+    in_content.inputs = Some(vec![tresor_api_types::tes::TesInput {
+        path: "/data/creds".into(),
+        content: Some("password=tok-9f8e7d6c5b4a".into()),
+        ..Default::default()
+    }]);
+    let mut in_tags = sh_task("true");
+    in_tags.tags = Some([("note".to_owned(), "tok-9f8e7d6c5b4a".to_owned())].into());
+    for task in [
+        sh_task("echo tok-9f8e7d6c5b4a"),
+        in_env,
+        in_content,
+        in_tags,
+    ] {
+        let err = tes.create_task(&task).await.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+        assert!(
+            err.to_string().contains("reference the secret by name"),
+            "{err}"
+        );
+        assert!(
+            !err.to_string().contains("tok-9f8e"),
+            "the refusal does not repeat the value"
+        );
+    }
+
+    // A task that prints its secret, in several encodings and split across writes: redacted.
+    let script = r#"f="$TRESOR_SECRETS_DIR/A"; cat "$f"; echo; base64 -w0 "$f"; echo; od -An -tx1 "$f" | tr -d ' \n'; echo;
+        head -c 10 "$f"; sleep 0.2; tail -c +11 "$f"; echo; cat "$f" >&2; exit 3"#;
+    let done = server
+        .run_in(&tes, &with_secrets(sh_task(script), "A", ""))
+        .await;
+    assert_eq!(
+        done.state,
+        Some(tresor_api_types::tes::TesState::ExecutorError)
+    );
+    let log = &done.logs.as_ref().unwrap()[0].logs[0];
+    let (out, err) = (log.stdout.clone().unwrap(), log.stderr.clone().unwrap());
+    assert!(out.contains("***") && err.contains("***"), "{out}\n{err}");
+    let finder = canary_finder();
+    assert!(
+        !finder.finds_in(out.as_bytes()) && !finder.finds_in(err.as_bytes()),
+        "{out}\n{err}"
+    );
+    assert!(!out.contains("tr3s0r-CANARY"), "{out}");
+}
+
+#[tokio::test]
+async fn the_task_credential_is_single_use_and_nothing_is_left_behind() {
+    let server = TestServer::start().await;
+    server.admin.create_workspace("genomics").await.unwrap();
+    let tes = tresor_client::TesClient::for_workspace(&server.url, "genomics", &server.admin_token)
+        .unwrap();
+    server
+        .admin
+        .put_secret("genomics", false, "A", CANARY, None)
+        .await
+        .unwrap();
+    server
+        .admin
+        .put_secret("genomics", false, "B", b"b-env-value-1234", None)
+        .await
+        .unwrap();
+
+    let id = tes
+        .create_task(&with_secrets(sh_task("sleep 30"), "A", "B"))
+        .await
+        .unwrap();
+    wait_state(&tes, &id, tresor_api_types::tes::TesState::Running).await;
+    let task_file = server.data.join("work").join(&id).join("task.json");
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&task_file).unwrap()).unwrap();
+    assert!(
+        !canary_finder().finds_in(&std::fs::read(&task_file).unwrap()),
+        "the task file holds no value"
+    );
+    let (url, credential) = (
+        spec["secrets"]["url"].as_str().unwrap().to_owned(),
+        spec["secrets"]["credential"].as_str().unwrap().to_owned(),
+    );
+    // The worker already used it: a replay gets nothing.
+    let replay = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&credential)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+
+    // While it runs: no process's command line holds a value, and the env secret is only in the
+    // environment of the task's own sandbox (bubblewrap and the command it runs).
+    let env_finder = tresor_crypto::redact::Redactor::new([&tresor_crypto::SecretValue::new(
+        b"b-env-value-1234".to_vec(),
+    )]);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !canary_finder().finds_in(&cmdline) && !env_finder.finds_in(&cmdline),
+            "pid {pid} has a secret in argv"
+        );
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if env_finder.finds_in(&environ) {
+            let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            assert!(
+                cmd.starts_with("/usr/bin/bwrap")
+                    || cmd.starts_with("sleep")
+                    || cmd.starts_with("sh -c sleep"),
+                "pid {pid} ({cmd}) holds the env secret"
+            );
+        }
+        assert!(
+            !canary_finder().finds_in(&environ),
+            "the file-only secret is in pid {pid}'s environment"
+        );
+    }
+
+    tes.cancel_task(&id).await.unwrap();
+    let after = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&credential)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.status(),
+        StatusCode::UNAUTHORIZED,
+        "an ended task's credential fetches nothing"
+    );
+
+    // A successful and a failing run too; then nothing anywhere in the data dir holds a value.
+    server
+        .run_in(
+            &tes,
+            &with_secrets(sh_task(r#"cat "$TRESOR_SECRETS_DIR/A""#), "A", ""),
+        )
+        .await;
+    server
+        .run_in(
+            &tes,
+            &with_secrets(sh_task(r#"cat "$TRESOR_SECRETS_DIR/A"; exit 1"#), "A", ""),
+        )
+        .await;
+    for _ in 0..200 {
+        if entries(&server.data.join("work")).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(files_with_canary(&server.data), Vec::<String>::new());
+    assert!(entries(&server.data.join("work")).is_empty());
+}

@@ -68,6 +68,7 @@ pub fn settings_for(dir: &Path) -> AppSettings {
             max_page_size: 2047,
             organization_name: "tresor tests".to_owned(),
             organization_url: "https://tresor.invalid".to_owned(),
+            callback_url: String::new(),
         },
         max_body_bytes: 4 * 1024 * 1024,
         bootstrap_token_file: data.join("bootstrap-admin-token"),
@@ -106,6 +107,7 @@ impl TestServer {
         let data = dir.path().join("data");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        settings.service.callback_url = url.clone();
         let app = tresor_server::App::build(settings).await.unwrap();
         let token_file = app
             .bootstrap_token_file
@@ -152,6 +154,12 @@ impl TestServer {
     /// A `file://` URL inside the allowed storage.
     pub fn storage_url(&self, rel: &str) -> String {
         format!("file://{}/{rel}", self.storage.display())
+    }
+
+    /// Submits a task through `client` and waits for it to end.
+    pub async fn run_in(&self, client: &TesClient, task: &TesTask) -> TesTask {
+        let id = client.create_task(task).await.unwrap();
+        wait_terminal(client, &id).await
     }
 
     /// Submits a task and waits for it to end.
