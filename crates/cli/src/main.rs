@@ -112,12 +112,15 @@ enum AuditCommand {
     },
 }
 
-fn init_tracing() {
+/// Logs go to stderr, each line through `redactor`, which `serve` keeps loaded with every secret.
+fn init_tracing(redactor: tresor_crypto::redact::SharedRedactor) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(move || {
+            tresor_crypto::redact::RedactingWriter::new(std::io::stderr(), redactor.clone())
+        })
         .with_ansi(false)
         .init();
 }
@@ -138,11 +141,12 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
-            init_tracing();
-            runtime.block_on(serve(args))
+            let redactor = tresor_crypto::redact::SharedRedactor::default();
+            init_tracing(redactor.clone());
+            runtime.block_on(serve(args, redactor))
         }
         Command::Worker { task_dir } => {
-            init_tracing();
+            init_tracing(Default::default());
             let result = runtime.block_on(tresor_executors::worker::run(&task_dir));
             // Everything is reported and cleaned up by now; skip the runtime's orderly teardown,
             // which would only delay the exit the server is waiting for.
@@ -271,9 +275,15 @@ async fn verify_audit(data_dir: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn serve(args: config::ServeArgs) -> ExitCode {
+async fn serve(
+    args: config::ServeArgs,
+    redactor: tresor_crypto::redact::SharedRedactor,
+) -> ExitCode {
     let settings = match config::load(&args) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            s.app.log_redactor = redactor;
+            s
+        }
         Err(problems) => {
             eprintln!(
                 "error: the configuration has {} problem(s):",

@@ -269,10 +269,78 @@ mod tests {
     }
 
     #[test]
+    fn the_log_writer_redacts_every_line_once_loaded() {
+        use std::io::Write;
+        let shared = SharedRedactor::default();
+        let mut out = Vec::new();
+        {
+            let mut w = RedactingWriter::new(&mut out, shared.clone());
+            w.write_all(b"before: tr3s0r-CANARY\n").unwrap();
+            shared.replace(redactor());
+            w.write_all(b"after: tr3s0r-CANARY `x` $Y \"z\"\nsecond-line\n")
+                .unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "before: tr3s0r-CANARY\nafter: ***\n");
+    }
+
+    #[test]
     fn short_values_and_no_values_change_nothing() {
         let r = Redactor::new([&SecretValue::new(b"abc".to_vec())]);
         assert_eq!(r.redact(b"abcabc"), b"abcabc");
         let none = Redactor::new(std::iter::empty());
         assert_eq!(none.redact(b"anything"), b"anything");
+    }
+}
+
+/// A redactor shared by every writer of the server's log, replaced whenever secrets change.
+#[derive(Clone, Default)]
+pub struct SharedRedactor(std::sync::Arc<std::sync::RwLock<Option<Redactor>>>);
+
+impl std::fmt::Debug for SharedRedactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedRedactor(***)")
+    }
+}
+
+impl SharedRedactor {
+    pub fn replace(&self, redactor: Redactor) {
+        if let Ok(mut current) = self.0.write() {
+            *current = Some(redactor);
+        }
+    }
+
+    pub fn redact(&self, input: &[u8]) -> Vec<u8> {
+        match self.0.read() {
+            Ok(current) => match current.as_ref() {
+                Some(r) => r.redact(input),
+                None => input.to_vec(),
+            },
+            Err(_) => input.to_vec(),
+        }
+    }
+}
+
+/// An `io::Write` that redacts each write (one log line, as `tracing` formats them) before
+/// passing it on.
+pub struct RedactingWriter<W> {
+    inner: W,
+    redactor: SharedRedactor,
+}
+
+impl<W> RedactingWriter<W> {
+    pub fn new(inner: W, redactor: SharedRedactor) -> RedactingWriter<W> {
+        RedactingWriter { inner, redactor }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write_all(&self.redactor.redact(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }

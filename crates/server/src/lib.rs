@@ -39,6 +39,8 @@ pub struct AppSettings {
     pub kek_file: PathBuf,
     /// How long deleted secrets are kept before they are purged.
     pub secret_retention: std::time::Duration,
+    /// The redactor the process's log writer applies; kept loaded with every secret.
+    pub log_redactor: tresor_crypto::redact::SharedRedactor,
 }
 
 /// The services every handler reaches through axum state.
@@ -67,7 +69,13 @@ impl App {
             PlatformService::new(store.clone(), OidcVerifier::new(settings.oidc_issuers)?);
         let bootstrap_token_file = platform.bootstrap(&settings.bootstrap_token_file).await?;
         let keys = KeyRing::open_or_create(&settings.kek_file)?;
-        let secrets = SecretService::new(store.clone(), platform.clone(), keys).await?;
+        let secrets = SecretService::with_log_redactor(
+            store.clone(),
+            platform.clone(),
+            keys,
+            settings.log_redactor.clone(),
+        )
+        .await?;
         let purged = store
             .purge_deleted_secrets(time::OffsetDateTime::now_utc() - settings.secret_retention)
             .await?;

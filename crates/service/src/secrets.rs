@@ -28,6 +28,8 @@ pub struct SecretService {
     platform: PlatformService,
     keys: Arc<KeyRing>,
     fingerprint_key: Arc<Vec<u8>>,
+    /// Redacts every secret from the server's own log lines.
+    log_redactor: tresor_crypto::redact::SharedRedactor,
 }
 
 impl std::fmt::Debug for SecretService {
@@ -88,13 +90,44 @@ impl SecretService {
         platform: PlatformService,
         keys: KeyRing,
     ) -> Result<SecretService, ServiceError> {
+        Self::with_log_redactor(store, platform, keys, Default::default()).await
+    }
+
+    /// Like `new`, keeping `log_redactor` loaded with every live secret.
+    pub async fn with_log_redactor(
+        store: Store,
+        platform: PlatformService,
+        keys: KeyRing,
+        log_redactor: tresor_crypto::redact::SharedRedactor,
+    ) -> Result<SecretService, ServiceError> {
         let fingerprint_key = store.server_secret("secret_fingerprint_key").await?;
-        Ok(SecretService {
+        let service = SecretService {
             store,
             platform,
             keys: Arc::new(keys),
             fingerprint_key: Arc::new(fingerprint_key),
-        })
+            log_redactor,
+        };
+        service.refresh_log_redactor().await?;
+        Ok(service)
+    }
+
+    /// Reloads the log redactor with every live secret.
+    async fn refresh_log_redactor(&self) -> Result<(), ServiceError> {
+        let mut values = Vec::new();
+        for key in self.store.live_secret_keys().await? {
+            match self.open(&key).await {
+                Ok(Some((_, value))) => values.push(value),
+                Ok(None) => {}
+                // One unreadable secret must not stop the others from being redacted.
+                Err(e) => {
+                    tracing::error!(secret = %key.name, workspace = %key.workspace, error = %e, "a secret does not decrypt")
+                }
+            }
+        }
+        self.log_redactor
+            .replace(tresor_crypto::redact::Redactor::new(values.iter()));
+        Ok(())
     }
 
     fn key(caller: &Caller, scope: Scope, name: &str) -> SecretKey {
@@ -185,6 +218,7 @@ impl SecretService {
                 &event,
             )
             .await?;
+        self.refresh_log_redactor().await?;
         Ok(version)
     }
 
@@ -224,6 +258,7 @@ impl SecretService {
             detail: None,
         };
         if self.store.delete_secret(&key, &event).await? {
+            self.refresh_log_redactor().await?;
             Ok(())
         } else {
             Err(ServiceError::NotFound(Entity::Secret))

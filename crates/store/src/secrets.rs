@@ -245,6 +245,32 @@ impl Store {
             .collect()
     }
 
+    /// Every live secret in every workspace, for the server's log redactor.
+    pub async fn live_secret_keys(&self) -> Result<Vec<SecretKey>, Error> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT workspace, owner, name FROM secrets WHERE deleted_at IS NULL",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(Error::Database)?;
+        rows.iter()
+            .filter_map(|row| {
+                let ws: String = row.try_get("workspace").ok()?;
+                let owner: String = row.try_get("owner").ok()?;
+                Some(SecretKey {
+                    workspace: WorkspaceId::parse(&ws).ok()?,
+                    owner: if owner.is_empty() {
+                        None
+                    } else {
+                        UserId::parse(&owner).ok()
+                    },
+                    name: row.try_get("name").ok()?,
+                })
+            })
+            .map(Ok)
+            .collect()
+    }
+
     /// Every stored version (live or soft-deleted), for re-wrapping under a new KEK.
     pub async fn all_secret_versions(&self) -> Result<Vec<StoredVersion>, Error> {
         let rows = sqlx::query(

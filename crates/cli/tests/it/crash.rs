@@ -14,6 +14,7 @@ use crate::support::*;
 struct ServerProcess {
     child: Child,
     client: TesClient,
+    url: String,
 }
 
 fn spawn_server(dir: &Path) -> ServerProcess {
@@ -33,6 +34,7 @@ fn spawn_server(dir: &Path) -> ServerProcess {
         .arg(&storage)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TRESOR_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -42,6 +44,7 @@ fn spawn_server(dir: &Path) -> ServerProcess {
     ServerProcess {
         child,
         client: TesClient::with_token(&url, token.trim()).unwrap(),
+        url,
     }
 }
 
@@ -65,6 +68,10 @@ fn listening_url(child: &mut Child, dir: &Path) -> String {
 }
 
 impl ServerProcess {
+    fn client_url(&self) -> String {
+        self.url.clone()
+    }
+
     fn kill_9(&mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
@@ -262,4 +269,52 @@ fn a_bad_configuration_reports_every_problem_and_exits_non_zero() {
         );
     }
     assert!(output.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn no_log_line_of_the_server_ever_holds_a_secret_even_at_trace_level() {
+    use crate::secrets::{CANARY, canary_finder};
+    let dir = traversable_tempdir();
+    let server = spawn_server(dir.path());
+    let token = std::fs::read_to_string(dir.path().join("data/bootstrap-admin-token")).unwrap();
+    let url = server.client_url();
+    let admin = tresor_client::PlatformClient::new(&url, Some(token.trim())).unwrap();
+    let me = admin.me().await.unwrap();
+    admin
+        .put_secret(&me.personal_workspace, false, "A", CANARY, None)
+        .await
+        .unwrap();
+    admin
+        .put_secret(&me.personal_workspace, false, "A", CANARY, Some(1))
+        .await
+        .unwrap();
+    let _ = admin
+        .put_secret(&me.personal_workspace, false, "A", CANARY, Some(1))
+        .await
+        .unwrap_err();
+    let mut task =
+        sh_task(r#"cat "$TRESOR_SECRETS_DIR/A"; cat "$TRESOR_SECRETS_DIR/A" >&2; exit 2"#);
+    task.tags = Some([("tresor.secrets.env".to_owned(), "A".to_owned())].into());
+    let id = server.client.create_task(&task).await.unwrap();
+    let done = wait_terminal(&server.client, &id).await;
+    assert_eq!(done.state, Some(TesState::ExecutorError));
+    let mut pasted = sh_task("true");
+    pasted.executors[0].command = vec!["echo".into(), String::from_utf8_lossy(CANARY).into_owned()];
+    assert!(server.client.create_task(&pasted).await.is_err());
+    drop(server);
+    let log = std::fs::read(dir.path().join("server.log")).unwrap();
+    assert!(
+        log.len() > 10_000,
+        "trace logging was on ({} bytes)",
+        log.len()
+    );
+    assert!(
+        !canary_finder().finds_in(&log),
+        "the server log holds the secret"
+    );
+    let work = dir.path().join("data");
+    assert_eq!(
+        crate::secrets::files_with_canary(&work),
+        Vec::<String>::new()
+    );
 }

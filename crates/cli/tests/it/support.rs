@@ -75,6 +75,7 @@ pub fn settings_for(dir: &Path) -> AppSettings {
         oidc_issuers: Vec::new(),
         kek_file: data.join("kek"),
         secret_retention: std::time::Duration::from_secs(30 * 24 * 3600),
+        log_redactor: Default::default(),
     }
 }
 
