@@ -32,6 +32,9 @@ struct Args {
     /// Upper bound on the time of each run, in seconds.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
+    /// MiB of log text redacted in the redaction run.
+    #[arg(long, default_value_t = 256)]
+    redact_mib: usize,
     /// The tresor binary (default: `tresor` beside this program).
     #[arg(long)]
     tresor: Option<PathBuf>,
@@ -40,6 +43,8 @@ struct Args {
 struct Server {
     child: Child,
     client: TesClient,
+    url: String,
+    token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -84,6 +89,8 @@ fn start_server(tresor: &Path, slots: u32) -> Result<Server> {
     Ok(Server {
         child,
         client: TesClient::with_token(&url, token.trim())?,
+        url,
+        token: token.trim().to_owned(),
         _dir: dir,
     })
 }
@@ -265,6 +272,100 @@ async fn cancels(tresor: &Path, args: &Args) -> Result<Vec<Duration>> {
     Ok(samples)
 }
 
+/// Redaction throughput with 100 secrets and all their encodings, against a plain copy of the same
+/// bytes timed in the same run. Returns (redact GB/s, copy GB/s).
+fn redaction(args: &Args) -> Result<(f64, f64)> {
+    use tresor_crypto::SecretValue;
+    use tresor_crypto::redact::Redactor;
+    let secrets: Vec<SecretValue> = (0..100)
+        .map(|i| {
+            SecretValue::new(format!("s3cr3t-{i:03}-{}", "x".repeat(20 + i % 13)).into_bytes())
+        })
+        .collect();
+    let redactor = Redactor::new(secrets.iter());
+    // Log-like text: lines of words and numbers, with one secret every ~64 KiB.
+    let mut text = Vec::with_capacity(args.redact_mib << 20);
+    let mut n: u64 = 1;
+    while text.len() < args.redact_mib << 20 {
+        n = n
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        text.extend_from_slice(
+            format!(
+                "2026-11-22T08:00:00Z INFO step {} read {} records from shard {}\n",
+                n % 997,
+                n % 100_000,
+                n % 64
+            )
+            .as_bytes(),
+        );
+        if n.is_multiple_of(1000) {
+            text.extend_from_slice(secrets[(n as usize / 1000) % 100].expose_secret());
+        }
+    }
+    let gb = text.len() as f64 / 1e9;
+    let start = Instant::now();
+    let copy = text.to_vec();
+    let copy_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let redacted = redactor.redact(&text);
+    let redact_secs = start.elapsed().as_secs_f64();
+    if redacted.len() >= text.len() || copy.len() != text.len() {
+        bail!("redaction changed nothing");
+    }
+    Ok((gb / redact_secs, gb / copy_secs))
+}
+
+/// Submit -> COMPLETE of a task declaring 10 secrets against one declaring none, same server.
+async fn secret_fetch(tresor: &Path, args: &Args) -> Result<(Duration, Duration)> {
+    let server = start_server(tresor, 2)?;
+    let token = server.token.clone();
+    let platform = tresor_client::PlatformClient::new(&server.url, Some(&token))?;
+    let ws = platform.me().await?.personal_workspace;
+    let mut names = Vec::new();
+    for i in 0..10 {
+        let name = format!("S{i}");
+        platform
+            .put_secret(
+                &ws,
+                false,
+                &name,
+                format!("bench-secret-value-{i:02}").as_bytes(),
+                None,
+            )
+            .await?;
+        names.push(name);
+    }
+    let mut with = task(&["true"], 1);
+    with.tags = Some([("tresor.secrets".to_owned(), names.join(","))].into());
+    let without = task(&["true"], 1);
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let mut timings = [Vec::new(), Vec::new()];
+    for i in 0..=args.latency_runs.min(40) {
+        for (k, body) in [&with, &without].into_iter().enumerate() {
+            let start = Instant::now();
+            let id = server.client.create_task(body).await?;
+            loop {
+                match server.client.get_task(&id, TesView::Minimal).await?.state {
+                    Some(TesState::Complete) => break,
+                    Some(s) if s.is_terminal() => bail!("secret task ended {s:?}"),
+                    _ => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+                if Instant::now() > deadline {
+                    bail!("secret run exceeded --max-seconds");
+                }
+            }
+            if i > 0 {
+                timings[k].push(start.elapsed());
+            }
+        }
+    }
+    for t in &mut timings {
+        t.sort();
+    }
+    Ok((percentile(&timings[0], 0.5), percentile(&timings[1], 0.5)))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -280,6 +381,8 @@ async fn main() -> Result<()> {
     let rate = creations(&tresor, &args).await?;
     let (p50, bare) = latency(&tresor, &args).await?;
     let cancel = cancels(&tresor, &args).await?;
+    let (redact_gbs, copy_gbs) = redaction(&args)?;
+    let (with_secrets, without_secrets) = secret_fetch(&tresor, &args).await?;
     let ratio = p50.as_secs_f64() / bare.as_secs_f64().max(f64::EPSILON);
     println!("| measure | result | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
@@ -299,7 +402,22 @@ async fn main() -> Result<()> {
         ms(percentile(&cancel, 0.5)),
         ms(cancel.last().copied().unwrap_or_default())
     );
+    println!(
+        "| redaction, 100 secrets with their encodings, {} MiB of log text | {redact_gbs:.2} GB/s | plain copy {copy_gbs:.2} GB/s | {:.2}x of copy | >= 1 GB/s per core |",
+        args.redact_mib,
+        redact_gbs / copy_gbs
+    );
+    println!(
+        "| submit->COMPLETE with 10 secrets delivered (p50) | {:.1} ms | same task without secrets {:.1} ms | +{:.1} ms | - |",
+        ms(with_secrets),
+        ms(without_secrets),
+        ms(with_secrets.saturating_sub(without_secrets))
+    );
     let summary = serde_json::json!({
+        "redaction_gb_per_second": redact_gbs,
+        "copy_gb_per_second": copy_gbs,
+        "with_10_secrets_p50_ms": ms(with_secrets),
+        "without_secrets_p50_ms": ms(without_secrets),
         "creations_per_second": rate,
         "submit_to_complete_p50_ms": ms(p50),
         "bare_bwrap_p50_ms": ms(bare),

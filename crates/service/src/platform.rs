@@ -20,6 +20,17 @@ pub const LOCAL_ISSUER: &str = "tresor";
 /// How often a token's `last_used_at` is written at most.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How long a verified access token is trusted from memory.
+const VERIFIED_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+struct VerifiedToken {
+    secret_hash: Vec<u8>,
+    expires_at: Option<OffsetDateTime>,
+    principal: Principal,
+    checked: Instant,
+}
+
 /// A credential as the request presented it.
 pub enum Credential {
     Bearer(String),
@@ -36,6 +47,8 @@ pub struct PlatformService {
     oidc: Arc<OidcVerifier>,
     /// Token id -> when its last use was written, to throttle those writes.
     touched: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Recently verified access tokens (their hashes, never the tokens).
+    verified: Arc<Mutex<HashMap<String, VerifiedToken>>>,
 }
 
 fn event(
@@ -76,6 +89,7 @@ impl PlatformService {
             store,
             oidc: Arc::new(oidc),
             touched: Arc::new(Mutex::new(HashMap::new())),
+            verified: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -218,12 +232,32 @@ impl PlatformService {
         };
         let presented =
             pat::parse(token).map_err(|e| ServiceError::Unauthenticated(e.to_string()))?;
+        let now = OffsetDateTime::now_utc();
+        // A token checked in the last few seconds is checked again against the cached hash,
+        // sparing two reads per request; a revocation in this process evicts it at once.
+        let cached = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&presented.id).cloned());
+        if let Some(hit) = cached
+            && hit.checked.elapsed() < VERIFIED_TTL
+            && hit.expires_at.is_none_or(|t| t > now)
+        {
+            if !presented.matches(&hit.secret_hash) {
+                return Err(invalid());
+            }
+            self.touch(&presented.id, now).await;
+            return Ok(Principal {
+                source,
+                ..hit.principal
+            });
+        }
         let record = self
             .store
             .get_token(&presented.id)
             .await?
             .ok_or_else(invalid)?;
-        let now = OffsetDateTime::now_utc();
         if !presented.matches(&record.secret_hash)
             || record.revoked_at.is_some()
             || record.expires_at.is_some_and(|t| t <= now)
@@ -236,6 +270,23 @@ impl PlatformService {
             .await?
             .ok_or_else(invalid)?;
         self.touch(&record.id, now).await;
+        let principal = Principal {
+            user: user.id.clone(),
+            name: user.name.clone(),
+            is_admin: user.is_admin,
+            source: None,
+        };
+        if let Ok(mut cache) = self.verified.lock() {
+            cache.insert(
+                record.id.clone(),
+                VerifiedToken {
+                    secret_hash: record.secret_hash.clone(),
+                    expires_at: record.expires_at,
+                    principal,
+                    checked: Instant::now(),
+                },
+            );
+        }
         Ok(Principal {
             user: user.id,
             name: user.name,
@@ -538,6 +589,10 @@ impl PlatformService {
     pub async fn revoke_token(&self, principal: &Principal, id: &str) -> Result<(), ServiceError> {
         let audit = event(principal, "token.revoke", format!("token:{id}"), None, "ok");
         if self.store.revoke_token(id, &principal.user, &audit).await? {
+            // After the commit, so no request can re-cache the token as still valid.
+            if let Ok(mut cache) = self.verified.lock() {
+                cache.remove(id);
+            }
             Ok(())
         } else {
             Err(ServiceError::NotFound(Entity::Token))

@@ -269,7 +269,7 @@ pub(crate) async fn deliver_secrets(
     let spec: TesTask =
         serde_json::from_str(&record.spec_json).map_err(|e| ServiceError::Internal(e.into()))?;
     let declared = declared_secrets(&spec)?;
-    let mut delivered = Vec::with_capacity(declared.files.len());
+    let mut resolved = Vec::with_capacity(declared.files.len());
     for name in declared.files {
         let Some((key, version, value)) = inner
             .secrets
@@ -280,18 +280,20 @@ pub(crate) async fn deliver_secrets(
                 "secret {name} no longer exists"
             )));
         };
-        inner
-            .secrets
-            .record_delivery(
-                &key,
-                version,
-                &value,
-                id.as_str(),
-                record.created_by.as_str(),
-            )
-            .await?;
-        delivered.push((name, value));
+        resolved.push((name, key, version, value));
     }
+    let uses: Vec<_> = resolved
+        .iter()
+        .map(|(_, key, version, value)| (key.clone(), *version, value))
+        .collect();
+    inner
+        .secrets
+        .record_deliveries(&uses, id.as_str(), record.created_by.as_str())
+        .await?;
+    let delivered: Vec<_> = resolved
+        .into_iter()
+        .map(|(name, _, _, value)| (name, value))
+        .collect();
     Ok(delivered)
 }
 

@@ -21,6 +21,13 @@ pub enum Scope {
     User,
 }
 
+/// (workspace, owner or "", name) -> value.
+type LiveValues = std::collections::HashMap<(String, String, String), SecretValue>;
+
+/// Cached launch guards: (workspace, user) -> (generation, matcher).
+type GuardCache =
+    std::collections::HashMap<(String, String), (u64, Option<tresor_crypto::redact::Redactor>)>;
+
 /// Secrets; cheap to clone.
 #[derive(Clone)]
 pub struct SecretService {
@@ -30,12 +37,30 @@ pub struct SecretService {
     fingerprint_key: Arc<Vec<u8>>,
     /// Redacts every secret from the server's own log lines.
     log_redactor: tresor_crypto::redact::SharedRedactor,
+    /// Launch-guard matchers per (workspace, user), valid while `generation` is unchanged.
+    guards: Arc<std::sync::Mutex<GuardCache>>,
+    /// Every live secret's value, decrypted once at start and kept current by put and delete:
+    /// the source of the log redactor and the launch guards, so neither decrypts per request.
+    live: Arc<std::sync::Mutex<LiveValues>>,
+    /// Bumped by every secret change.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for SecretService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SecretService")
     }
+}
+
+fn live_key(key: &SecretKey) -> (String, String, String) {
+    (
+        key.workspace.to_string(),
+        key.owner
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        key.name.clone(),
+    )
 }
 
 /// Names follow Nextflow's and Seqera's convention, so pipelines can reference them unchanged.
@@ -107,17 +132,22 @@ impl SecretService {
             keys: Arc::new(keys),
             fingerprint_key: Arc::new(fingerprint_key),
             log_redactor,
+            guards: Default::default(),
+            live: Default::default(),
+            generation: Default::default(),
         };
         service.refresh_log_redactor().await?;
         Ok(service)
     }
 
-    /// Reloads the log redactor with every live secret.
+    /// Reloads the log redactor with every live secret, and invalidates cached launch guards.
     async fn refresh_log_redactor(&self) -> Result<(), ServiceError> {
-        let mut values = Vec::new();
+        let mut loaded = LiveValues::new();
         for key in self.store.live_secret_keys().await? {
             match self.open(&key).await {
-                Ok(Some((_, value))) => values.push(value),
+                Ok(Some((_, value))) => {
+                    loaded.insert(live_key(&key), value);
+                }
                 Ok(None) => {}
                 // One unreadable secret must not stop the others from being redacted.
                 Err(e) => {
@@ -125,9 +155,21 @@ impl SecretService {
                 }
             }
         }
-        self.log_redactor
-            .replace(tresor_crypto::redact::Redactor::new(values.iter()));
+        if let Ok(mut live) = self.live.lock() {
+            *live = loaded;
+        }
+        self.rebuild();
         Ok(())
+    }
+
+    /// Rebuilds the log redactor from the live values and invalidates cached launch guards.
+    fn rebuild(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(live) = self.live.lock() {
+            self.log_redactor
+                .replace(tresor_crypto::redact::Redactor::new(live.values()));
+        }
     }
 
     fn key(caller: &Caller, scope: Scope, name: &str) -> SecretKey {
@@ -218,7 +260,10 @@ impl SecretService {
                 &event,
             )
             .await?;
-        self.refresh_log_redactor().await?;
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(live_key(&key), value);
+        }
+        self.rebuild();
         Ok(version)
     }
 
@@ -258,7 +303,10 @@ impl SecretService {
             detail: None,
         };
         if self.store.delete_secret(&key, &event).await? {
-            self.refresh_log_redactor().await?;
+            if let Ok(mut live) = self.live.lock() {
+                live.remove(&live_key(&key));
+            }
+            self.rebuild();
             Ok(())
         } else {
             Err(ServiceError::NotFound(Entity::Secret))
@@ -373,59 +421,65 @@ impl SecretService {
         workspace: &tresor_domain::WorkspaceId,
         user: &tresor_domain::UserId,
     ) -> Result<Option<tresor_crypto::redact::Redactor>, ServiceError> {
-        let mut names: Vec<(Option<tresor_domain::UserId>, String)> = self
-            .store
-            .list_secrets(workspace, None)
-            .await?
-            .into_iter()
-            .map(|m| (None, m.name))
-            .collect();
-        names.extend(
-            self.store
-                .list_secrets(workspace, Some(user))
-                .await?
-                .into_iter()
-                .map(|m| (Some(user.clone()), m.name)),
-        );
-        if names.is_empty() {
-            return Ok(None);
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let cache_key = (workspace.to_string(), user.to_string());
+        if let Ok(guards) = self.guards.lock()
+            && let Some((cached_at, guard)) = guards.get(&cache_key)
+            && *cached_at == generation
+        {
+            return Ok(guard.clone());
         }
-        let mut values = Vec::with_capacity(names.len());
-        for (owner, name) in names {
-            let key = SecretKey {
-                workspace: workspace.clone(),
-                owner,
-                name,
-            };
-            if let Some((_, value)) = self.open(&key).await? {
-                values.push(value);
-            }
+        let guard = self.build_guard(workspace, user).await?;
+        if let Ok(mut guards) = self.guards.lock() {
+            guards.insert(cache_key, (generation, guard.clone()));
         }
-        Ok(Some(tresor_crypto::redact::Redactor::new(values.iter())))
+        Ok(guard)
     }
 
-    /// Audits the delivery of one secret version to a task and marks it used.
-    pub async fn record_delivery(
+    async fn build_guard(
         &self,
-        key: &SecretKey,
-        version: i64,
-        value: &SecretValue,
+        workspace: &tresor_domain::WorkspaceId,
+        user: &tresor_domain::UserId,
+    ) -> Result<Option<tresor_crypto::redact::Redactor>, ServiceError> {
+        let live = self.live.lock().map_err(|_| {
+            ServiceError::Internal(anyhow::anyhow!("the secret cache lock is poisoned"))
+        })?;
+        let values: Vec<&SecretValue> = live
+            .iter()
+            .filter(|((ws, owner, _), _)| {
+                ws == workspace.as_str() && (owner.is_empty() || owner == user.as_str())
+            })
+            .map(|(_, v)| v)
+            .collect();
+        Ok((!values.is_empty()).then(|| tresor_crypto::redact::Redactor::new(values)))
+    }
+
+    /// Audits the delivery of secret versions to a task and marks them used, in one transaction.
+    pub async fn record_deliveries(
+        &self,
+        delivered: &[(SecretKey, i64, &SecretValue)],
         task: &str,
         actor: &str,
     ) -> Result<(), ServiceError> {
-        let event = AuditEvent {
-            actor: actor.to_owned(),
-            action: "secret.deliver".to_owned(),
-            object: format!("secret:{}:{}", key.scope(), key.name),
-            workspace: Some(key.workspace.to_string()),
-            source: None,
-            result: "ok".to_owned(),
-            detail: Some(format!(
-                "version {version} to task {task}, fingerprint {}",
-                fingerprint(&self.fingerprint_key, value)
-            )),
-        };
-        Ok(self.store.record_secret_use(key, version, &event).await?)
+        let uses: Vec<(SecretKey, i64, AuditEvent)> = delivered
+            .iter()
+            .map(|(key, version, value)| {
+                let event = AuditEvent {
+                    actor: actor.to_owned(),
+                    action: "secret.deliver".to_owned(),
+                    object: format!("secret:{}:{}", key.scope(), key.name),
+                    workspace: Some(key.workspace.to_string()),
+                    source: None,
+                    result: "ok".to_owned(),
+                    detail: Some(format!(
+                        "version {version} to task {task}, fingerprint {}",
+                        fingerprint(&self.fingerprint_key, value)
+                    )),
+                };
+                (key.clone(), *version, event)
+            })
+            .collect();
+        Ok(self.store.record_secret_uses(&uses).await?)
     }
 
     /// The key provider, for checks that need it.

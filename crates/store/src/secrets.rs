@@ -151,27 +151,27 @@ impl Store {
         tx.commit().await.map_err(Error::Database)
     }
 
-    /// Records that a version was delivered to a task, with its audit event, in one transaction.
-    pub async fn record_secret_use(
+    /// Records that versions were delivered to a task, with their audit events, in one transaction.
+    pub async fn record_secret_uses(
         &self,
-        key: &SecretKey,
-        version: i64,
-        event: &AuditEvent,
+        uses: &[(SecretKey, i64, AuditEvent)],
     ) -> Result<(), Error> {
         let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        sqlx::query(
-            "UPDATE secrets SET last_used_at = ? WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND version = ?",
-        )
-        .bind(format_time(OffsetDateTime::now_utc()))
-        .bind(key.workspace.as_str())
-        .bind(key.scope())
-        .bind(key.owner_str())
-        .bind(&key.name)
-        .bind(version)
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::Database)?;
-        audit::append(&mut tx, event).await?;
+        for (key, version, event) in uses {
+            sqlx::query(
+                "UPDATE secrets SET last_used_at = ? WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND version = ?",
+            )
+            .bind(format_time(OffsetDateTime::now_utc()))
+            .bind(key.workspace.as_str())
+            .bind(key.scope())
+            .bind(key.owner_str())
+            .bind(&key.name)
+            .bind(*version)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::Database)?;
+            audit::append(&mut tx, event).await?;
+        }
         tx.commit().await.map_err(Error::Database)
     }
 

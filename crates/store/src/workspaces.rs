@@ -89,7 +89,7 @@ impl Store {
     ) -> Result<Option<WorkspaceRecord>, Error> {
         let row = sqlx::query("SELECT id, personal_of FROM workspaces WHERE personal_of = ?")
             .bind(user.as_str())
-            .fetch_optional(&self.writer)
+            .fetch_optional(&self.reader)
             .await
             .map_err(Error::Database)?;
         row.as_ref().map(workspace_from_row).transpose()

@@ -341,8 +341,16 @@ async fn kek_rotation_keeps_every_value_and_a_tampered_ciphertext_is_an_error() 
     ))
     .await
     .unwrap();
-    sqlx::query("UPDATE secrets SET ciphertext = ? || substr(ciphertext, 2) WHERE name = 'A_SECRET' AND version = 2")
-        .bind(vec![0x42u8])
+    let mut ciphertext: Vec<u8> = sqlx::query_scalar(
+        "SELECT ciphertext FROM secrets WHERE name = 'A_SECRET' AND version = 2",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let last = ciphertext.len() - 1;
+    ciphertext[last] ^= 0x01;
+    sqlx::query("UPDATE secrets SET ciphertext = ? WHERE name = 'A_SECRET' AND version = 2")
+        .bind(ciphertext)
         .execute(&pool)
         .await
         .unwrap();
