@@ -200,3 +200,79 @@ async fn the_cli_manages_workspaces_members_tokens_and_tasks() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn the_cli_sets_secrets_from_stdin_or_a_file_never_from_argv() {
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let home_path = home.path().to_owned();
+    let url = server.url.clone();
+    let admin = server.admin_token.clone();
+    let value_file = home.path().join("value.bin");
+    std::fs::write(&value_file, crate::secrets::CANARY).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let h = home_path.as_path();
+        let (ok, _, err) = tresor(h, &url, &["login"], Some(&admin), None);
+        assert!(ok, "{err}");
+        let (ok, out, err) = tresor(
+            h,
+            &url,
+            &["secret", "set", "FROM_STDIN", "--output", "json"],
+            Some("stdin-value-1234"),
+            None,
+        );
+        assert!(ok, "{err}");
+        assert_eq!(json(&out)["version"], 1);
+        let (ok, _, err) = tresor(
+            h,
+            &url,
+            &[
+                "secret",
+                "set",
+                "FROM_FILE",
+                "--user",
+                "--from-file",
+                value_file.to_str().unwrap(),
+            ],
+            None,
+            None,
+        );
+        assert!(ok, "{err}");
+        let (ok, out, _) = tresor(
+            h,
+            &url,
+            &["secret", "set", "FROM_STDIN", "--if-match", "1"],
+            Some("stdin-value-5678"),
+            None,
+        );
+        assert!(ok && out.contains("version 2"), "{out}");
+        let (ok, _, err) = tresor(
+            h,
+            &url,
+            &["secret", "set", "FROM_STDIN", "--if-match", "1"],
+            Some("stdin-value-9999"),
+            None,
+        );
+        assert!(!ok && err.contains("changed since you read it"), "{err}");
+        // There is no way to pass a value as an argument.
+        let (ok, _, err) = tresor(
+            h,
+            &url,
+            &["secret", "set", "X_Y", "a-value-on-argv"],
+            None,
+            None,
+        );
+        assert!(!ok && err.contains("unexpected argument"), "{err}");
+        let (ok, out, _) = tresor(h, &url, &["secret", "list", "--output", "json"], None, None);
+        assert!(ok);
+        let listed = json(&out);
+        assert_eq!(listed.as_array().unwrap().len(), 1);
+        assert!(!out.contains("stdin-value"), "{out}");
+        let (ok, out, _) = tresor(h, &url, &["secret", "list", "--user"], None, None);
+        assert!(ok && out.contains("FROM_FILE"), "{out}");
+        let (ok, _, err) = tresor(h, &url, &["secret", "delete", "FROM_STDIN"], None, None);
+        assert!(ok, "{err}");
+    })
+    .await
+    .unwrap();
+}

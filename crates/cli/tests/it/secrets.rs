@@ -677,3 +677,57 @@ async fn the_task_credential_is_single_use_and_nothing_is_left_behind() {
     assert_eq!(files_with_canary(&server.data), Vec::<String>::new());
     assert!(entries(&server.data.join("work")).is_empty());
 }
+
+#[tokio::test]
+async fn a_killed_worker_takes_its_secrets_tmpfs_with_it() {
+    let server = TestServer::start().await;
+    server.admin.create_workspace("genomics").await.unwrap();
+    let tes = tresor_client::TesClient::for_workspace(&server.url, "genomics", &server.admin_token)
+        .unwrap();
+    server
+        .admin
+        .put_secret("genomics", false, "A", CANARY, None)
+        .await
+        .unwrap();
+    let id = tes
+        .create_task(&with_secrets(sh_task("sleep 4242"), "A", ""))
+        .await
+        .unwrap();
+    wait_state(&tes, &id, tresor_api_types::tes::TesState::Running).await;
+    for _ in 0..200 {
+        if !processes_with("sleep 4242").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let worker = processes_with(&format!(
+        "--task-dir {}",
+        server.data.join("work").join(&id).display()
+    ));
+    assert_eq!(worker.len(), 1, "{worker:?}");
+    let pid = worker[0].split(':').next().unwrap().to_owned();
+    // Only the worker, not its group: bubblewrap must notice and take the sandbox down.
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let done = wait_terminal(&tes, &id).await;
+    assert_eq!(
+        done.state,
+        Some(tresor_api_types::tes::TesState::SystemError)
+    );
+    for _ in 0..300 {
+        if processes_with("sleep 4242").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        processes_with("sleep 4242").is_empty(),
+        "the sandbox outlived its worker"
+    );
+    assert_eq!(files_with_canary(&server.data), Vec::<String>::new());
+}
