@@ -76,15 +76,10 @@ impl App {
             settings.log_redactor.clone(),
         )
         .await?;
-        let purged = store
-            .purge_deleted_secrets(time::OffsetDateTime::now_utc() - settings.secret_retention)
-            .await?;
-        if purged > 0 {
-            tracing::info!(
-                purged,
-                "purged secrets deleted longer ago than the retention period"
-            );
-        }
+        tokio::spawn(purge_deleted_secrets(
+            store.clone(),
+            settings.secret_retention,
+        ));
         let executor = LocalExecutor::new(settings.local)?;
         let tasks = TaskService::new(
             store.clone(),
@@ -108,6 +103,24 @@ impl App {
             store,
             bootstrap_token_file,
         })
+    }
+}
+
+/// Purges soft-deleted secrets past their retention: at start, then hourly.
+async fn purge_deleted_secrets(store: Store, retention: std::time::Duration) {
+    loop {
+        match store
+            .purge_deleted_secrets(time::OffsetDateTime::now_utc() - retention)
+            .await
+        {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(
+                purged,
+                "purged secret versions deleted longer ago than the retention period"
+            ),
+            Err(e) => tracing::warn!(error = %e, "purging deleted secrets"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
 }
 

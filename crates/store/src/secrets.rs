@@ -335,3 +335,62 @@ impl Store {
         tx.commit().await.map_err(Error::Database)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Durability, StoreSettings};
+
+    #[tokio::test]
+    async fn deleted_versions_are_kept_for_the_retention_period_then_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&StoreSettings {
+            path: dir.path().join("db"),
+            durability: Durability::Normal,
+        })
+        .await
+        .unwrap();
+        let key = SecretKey {
+            workspace: WorkspaceId::parse("ws").unwrap(),
+            owner: None,
+            name: "A".to_owned(),
+        };
+        let actor = UserId::parse("u1").unwrap();
+        let event = AuditEvent {
+            actor: "u1".to_owned(),
+            action: "secret.create".to_owned(),
+            object: "secret:workspace:A".to_owned(),
+            workspace: Some("ws".to_owned()),
+            source: None,
+            result: "ok".to_owned(),
+            detail: None,
+        };
+        let sealed = SealedRow {
+            kek_id: "k".to_owned(),
+            wrapped_key: vec![1],
+            ciphertext: vec![2],
+        };
+        store
+            .put_secret_version(&key, None, 1, &sealed, &actor, &event)
+            .await
+            .unwrap();
+        assert!(store.delete_secret(&key, &event).await.unwrap());
+        assert_eq!(
+            store
+                .purge_deleted_secrets(OffsetDateTime::now_utc() - time::Duration::days(30))
+                .await
+                .unwrap(),
+            0,
+            "still retained"
+        );
+        assert_eq!(store.last_secret_version(&key).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .purge_deleted_secrets(OffsetDateTime::now_utc() + time::Duration::seconds(1))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.last_secret_version(&key).await.unwrap(), 0);
+    }
+}
