@@ -385,27 +385,31 @@ fn with_secrets(
     task
 }
 
+/// A workspace `genomics` holding the given workspace secrets, and TES in it as the admin.
+async fn genomics_with(server: &TestServer, secrets: &[(&str, &[u8])]) -> tresor_client::TesClient {
+    server.admin.create_workspace("genomics").await.unwrap();
+    for (name, value) in secrets {
+        server
+            .admin
+            .put_secret("genomics", false, name, value, None)
+            .await
+            .unwrap();
+    }
+    tresor_client::TesClient::for_workspace(&server.url, "genomics", &server.admin_token).unwrap()
+}
+
 #[tokio::test]
 async fn declared_secrets_reach_their_task_as_files_and_env_and_nothing_else() {
     let server = TestServer::start().await;
-    server.admin.create_workspace("genomics").await.unwrap();
-    let tes = tresor_client::TesClient::for_workspace(&server.url, "genomics", &server.admin_token)
-        .unwrap();
-    server
-        .admin
-        .put_secret("genomics", false, "A", CANARY, None)
-        .await
-        .unwrap();
-    server
-        .admin
-        .put_secret("genomics", false, "B", b"b-value-1234", None)
-        .await
-        .unwrap();
-    server
-        .admin
-        .put_secret("genomics", false, "C", b"c-never-declared", None)
-        .await
-        .unwrap();
+    let tes = genomics_with(
+        &server,
+        &[
+            ("A", CANARY),
+            ("B", b"b-value-1234"),
+            ("C", b"c-never-declared"),
+        ],
+    )
+    .await;
 
     let script = r#"ls "$TRESOR_SECRETS_DIR"; stat -c %a "$TRESOR_SECRETS_DIR" "$TRESOR_SECRETS_DIR/A";
         sha256sum < "$TRESOR_SECRETS_DIR/A" | cut -c1-64; printf %s "$B" | sha256sum | cut -c1-64;
@@ -505,19 +509,7 @@ async fn undeclared_missing_or_foreign_secrets_are_refused_at_create() {
 #[tokio::test]
 async fn secrets_in_plain_sight_are_refused_and_printed_ones_are_redacted() {
     let server = TestServer::start().await;
-    server.admin.create_workspace("genomics").await.unwrap();
-    let tes = tresor_client::TesClient::for_workspace(&server.url, "genomics", &server.admin_token)
-        .unwrap();
-    server
-        .admin
-        .put_secret("genomics", false, "TOKEN", b"tok-9f8e7d6c5b4a", None)
-        .await
-        .unwrap();
-    server
-        .admin
-        .put_secret("genomics", false, "A", CANARY, None)
-        .await
-        .unwrap();
+    let tes = genomics_with(&server, &[("TOKEN", b"tok-9f8e7d6c5b4a"), ("A", CANARY)]).await;
 
     // The launch guard: a stored value pasted into the command, env, input content or tags.
     let mut in_env = sh_task("true");
@@ -572,19 +564,7 @@ async fn secrets_in_plain_sight_are_refused_and_printed_ones_are_redacted() {
 #[tokio::test]
 async fn the_task_credential_is_single_use_and_nothing_is_left_behind() {
     let server = TestServer::start().await;
-    server.admin.create_workspace("genomics").await.unwrap();
-    let tes = tresor_client::TesClient::for_workspace(&server.url, "genomics", &server.admin_token)
-        .unwrap();
-    server
-        .admin
-        .put_secret("genomics", false, "A", CANARY, None)
-        .await
-        .unwrap();
-    server
-        .admin
-        .put_secret("genomics", false, "B", b"b-env-value-1234", None)
-        .await
-        .unwrap();
+    let tes = genomics_with(&server, &[("A", CANARY), ("B", b"b-env-value-1234")]).await;
 
     let id = tes
         .create_task(&with_secrets(sh_task("sleep 30"), "A", "B"))
@@ -681,14 +661,7 @@ async fn the_task_credential_is_single_use_and_nothing_is_left_behind() {
 #[tokio::test]
 async fn a_killed_worker_takes_its_secrets_tmpfs_with_it() {
     let server = TestServer::start().await;
-    server.admin.create_workspace("genomics").await.unwrap();
-    let tes = tresor_client::TesClient::for_workspace(&server.url, "genomics", &server.admin_token)
-        .unwrap();
-    server
-        .admin
-        .put_secret("genomics", false, "A", CANARY, None)
-        .await
-        .unwrap();
+    let tes = genomics_with(&server, &[("A", CANARY)]).await;
     let id = tes
         .create_task(&with_secrets(sh_task("sleep 4242"), "A", ""))
         .await
