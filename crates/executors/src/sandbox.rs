@@ -34,6 +34,7 @@ pub struct SandboxSpec<'a> {
     pub mounts: &'a [String],
     pub network: bool,
     pub workdir: &'a str,
+    /// The executor's `env`; it reaches the command through `env_args`, not bubblewrap's environment.
     pub env: &'a BTreeMap<String, String>,
     pub command: &'a [String],
     /// Secret files: name, and the descriptor in the child that bubblewrap reads the value from.
@@ -110,20 +111,36 @@ pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
     args
 }
 
-/// The process to spawn: bubblewrap with exactly the executor's environment, as the
-/// unprivileged user when the server is root.
-pub fn command(
-    spec: &SandboxSpec<'_>,
-    secret_env: &[(String, std::ffi::OsString)],
-) -> tokio::process::Command {
+/// Descriptor in bubblewrap from which it reads the `--setenv` arguments (see `env_args`).
+pub const ENV_ARGS_FD: i32 = 9;
+
+/// The executor's environment as bubblewrap arguments (`--setenv NAME VALUE`, NUL-separated),
+/// to be written into the pipe bubblewrap reads with `--args`. That way bubblewrap itself runs
+/// with an empty environment (a task cannot steer the host's loader with `LD_PRELOAD` and the
+/// like), and no value appears in any process's argv.
+pub fn env_args<'a>(vars: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in vars {
+        for part in [b"--setenv".as_slice(), name.as_bytes(), value] {
+            out.extend_from_slice(part);
+            out.push(0);
+        }
+    }
+    out
+}
+
+/// The process to spawn: bubblewrap with an empty environment, as the unprivileged user when the
+/// server is root. With `env_from_fd`, it first reads `--setenv` arguments from `ENV_ARGS_FD`.
+pub fn command(spec: &SandboxSpec<'_>, env_from_fd: bool) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&spec.settings.bwrap);
+    if env_from_fd {
+        cmd.args(["--args".to_owned(), ENV_ARGS_FD.to_string()]);
+    }
     cmd.args(bwrap_args(spec))
         // bubblewrap's own process is PID 1 in the sandbox and its environment is readable
-        // there through /proc/1/environ, so it gets nothing but the executor's env (and the
-        // secrets this task declared for its environment).
+        // there through /proc/1/environ; it also runs on the host before any namespace exists.
+        // It gets no environment at all; the command's comes from --setenv.
         .env_clear()
-        .envs(spec.env)
-        .envs(secret_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

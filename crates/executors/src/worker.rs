@@ -436,9 +436,12 @@ async fn run_executor(
         writers.push((writer, value.clone()));
         secret_fds.push((name.clone(), child_fd));
     }
-    let mut secret_env: Vec<(String, std::ffi::OsString)> = Vec::new();
+    let mut secret_env: Vec<(String, zeroize::Zeroizing<Vec<u8>>)> = Vec::new();
     if !file_names.is_empty() {
-        secret_env.push(("TRESOR_SECRETS_DIR".to_owned(), sandbox::SECRETS_DIR.into()));
+        secret_env.push((
+            "TRESOR_SECRETS_DIR".to_owned(),
+            zeroize::Zeroizing::new(sandbox::SECRETS_DIR.as_bytes().to_vec()),
+        ));
     }
     for name in &env_names {
         let Some((_, value)) = secrets.iter().find(|(n, _)| n == name) else {
@@ -451,10 +454,9 @@ async fn run_executor(
                 "secret {name} contains a NUL byte and cannot be an environment variable; use it as a file"
             )));
         }
-        use std::os::unix::ffi::OsStringExt;
         secret_env.push((
             name.clone(),
-            std::ffi::OsString::from_vec(value.expose_secret().to_vec()),
+            zeroize::Zeroizing::new(value.expose_secret().to_vec()),
         ));
     }
 
@@ -469,7 +471,25 @@ async fn run_executor(
         command: &executor.command,
         secret_fds: &secret_fds,
     };
-    let mut cmd = sandbox::command(&spec, &secret_env);
+    // The environment travels as bubblewrap arguments through a pipe (see `sandbox::env_args`).
+    let env_bytes = zeroize::Zeroizing::new(sandbox::env_args(
+        spec.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .chain(secret_env.iter().map(|(k, v)| (k.as_str(), v.as_slice()))),
+    ));
+    let env_writer = if env_bytes.is_empty() {
+        None
+    } else {
+        let (reader, writer) =
+            std::io::pipe().map_err(|e| SandboxFailure::System(format!("creating a pipe: {e}")))?;
+        mappings.push(command_fds::FdMapping {
+            parent_fd: std::os::fd::OwnedFd::from(reader),
+            child_fd: sandbox::ENV_ARGS_FD,
+        });
+        Some(writer)
+    };
+    let mut cmd = sandbox::command(&spec, env_writer.is_some());
     {
         use command_fds::CommandFdExt;
         cmd.fd_mappings(mappings)
@@ -486,6 +506,13 @@ async fn run_executor(
         ))
     })?;
     drop(cmd);
+    if let Some(mut writer) = env_writer {
+        let bytes = env_bytes.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let _ = writer.write_all(&bytes);
+        });
+    }
     for (mut writer, value) in writers {
         // A pipe holds 64 KiB, the largest secret; still, never block the runtime on it.
         tokio::task::spawn_blocking(move || {

@@ -149,3 +149,50 @@ async fn a_task_cannot_redirect_the_worker_through_symlinks() {
     );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
 }
+
+#[tokio::test]
+async fn bubblewrap_itself_runs_with_an_empty_environment() {
+    // Were the executor's env bubblewrap's own, LD_PRELOAD and friends would run code on the
+    // host before any namespace exists.
+    let server = TestServer::start().await;
+    let task = TesTask {
+        executors: vec![TesExecutor {
+            env: Some(BTreeMap::from([
+                ("LD_PRELOAD".into(), "/nonexistent/evil.so".into()),
+                ("MARKER".into(), "marker-4711".into()),
+            ])),
+            ..executor(&["sleep", "47.11"])
+        }],
+        ..TesTask::default()
+    };
+    let id = server.client.create_task(&task).await.unwrap();
+    wait_state(&server.client, &id, TesState::Running).await;
+    let mut seen = Vec::new();
+    for _ in 0..300 {
+        seen = processes_with("47.11");
+        if seen.iter().any(|p| p.contains(": sleep")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut checked_bwrap = false;
+    for line in &seen {
+        let pid = line.split(':').next().unwrap();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&environ).replace('\0', " ");
+        if line.contains("bwrap") {
+            assert!(
+                text.trim().is_empty(),
+                "bubblewrap's environment must be empty: {text}"
+            );
+            checked_bwrap = true;
+        } else if line.contains(": sleep") {
+            assert!(
+                text.contains("MARKER=marker-4711") && text.contains("LD_PRELOAD="),
+                "{text}"
+            );
+        }
+    }
+    assert!(checked_bwrap, "{seen:?}");
+    server.client.cancel_task(&id).await.unwrap();
+}
