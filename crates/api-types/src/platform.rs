@@ -116,13 +116,20 @@ pub struct Secret {
 }
 
 /// The body of `PUT …/secrets/{name}`: exactly one of `value` (text) or `value_base64` (any bytes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// `Debug` never shows either.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PutSecret {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_base64: Option<String>,
+}
+
+impl std::fmt::Debug for PutSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PutSecret(***)")
+    }
 }
 
 /// What a successful put returns (also as the `ETag` header).

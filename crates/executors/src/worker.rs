@@ -241,6 +241,15 @@ fn file_url_path(url: &str) -> Result<PathBuf, SystemError> {
         .ok()
         .filter(|u| u.scheme() == "file")
         .and_then(|u| u.to_file_path().ok())
+        // Decoded `..` or `.` segments could step out of the allowed directories.
+        .filter(|p| {
+            p.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            })
+        })
         .ok_or_else(|| SystemError(format!("{url} is not a valid file:// URL")))
 }
 
@@ -719,12 +728,26 @@ fn copy_out(source: &Path, dest: &Path, allowed: &[PathBuf]) -> std::io::Result<
     let name = dest
         .file_name()
         .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let tmp = real_parent.join(format!(".{}.tresor-partial", name.to_string_lossy()));
+    let mut nonce = [0u8; 8];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut nonce)
+    })?;
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = real_parent.join(format!(
+        ".{}.{nonce}.tresor-partial",
+        name.to_string_lossy()
+    ));
     let mut reader = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(source)?;
-    let mut writer = std::fs::File::create(&tmp)?;
+    // A fresh, unguessable name, created exclusively and never through a symlink.
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&tmp)?;
     let size = std::io::copy(&mut reader, &mut writer)?;
     writer.sync_all()?;
     std::fs::rename(&tmp, real_parent.join(name))?;

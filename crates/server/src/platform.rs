@@ -178,6 +178,7 @@ pub(crate) async fn delete_workspace(
     CallerOf(caller): CallerOf,
 ) -> Result<StatusCode, ApiError> {
     state.platform.delete_workspace(&caller).await?;
+    state.secrets.forget_workspace(&caller.workspace).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

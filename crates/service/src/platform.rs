@@ -49,6 +49,8 @@ pub struct PlatformService {
     touched: Arc<Mutex<HashMap<String, Instant>>>,
     /// Recently verified access tokens (their hashes, never the tokens).
     verified: Arc<Mutex<HashMap<String, VerifiedToken>>>,
+    /// Bumped after every revocation, so a verification that raced one is not cached.
+    revocations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn event(
@@ -90,6 +92,7 @@ impl PlatformService {
             oidc: Arc::new(oidc),
             touched: Arc::new(Mutex::new(HashMap::new())),
             verified: Arc::new(Mutex::new(HashMap::new())),
+            revocations: Arc::default(),
         }
     }
 
@@ -203,7 +206,9 @@ impl PlatformService {
                 tracing::warn!(%workspace, "an OIDC role mapping names a workspace that does not exist");
                 continue;
             }
-            if self.store.membership(&workspace, &principal.user).await? == Some(role) {
+            let current = self.store.membership(&workspace, &principal.user).await?;
+            // Owners are made and unmade by owners only, never by an identity provider's claim.
+            if current == Some(role) || current == Some(Role::Owner) || role == Role::Owner {
                 continue;
             }
             let audit = event(
@@ -253,6 +258,7 @@ impl PlatformService {
                 ..hit.principal
             });
         }
+        let revocations = self.revocations.load(std::sync::atomic::Ordering::SeqCst);
         let record = self
             .store
             .get_token(&presented.id)
@@ -276,7 +282,9 @@ impl PlatformService {
             is_admin: user.is_admin,
             source: None,
         };
-        if let Ok(mut cache) = self.verified.lock() {
+        if let Ok(mut cache) = self.verified.lock()
+            && self.revocations.load(std::sync::atomic::Ordering::SeqCst) == revocations
+        {
             cache.insert(
                 record.id.clone(),
                 VerifiedToken {
@@ -556,10 +564,10 @@ impl PlatformService {
                 "give the token a name of 1 to 128 characters",
             ));
         }
-        if expires_in_days == Some(0) {
+        if expires_in_days.is_some_and(|d| d == 0 || d > 3650) {
             return Err(ServiceError::invalid(
                 "expires_in_days",
-                "must be at least 1, or left out for no expiry",
+                "must be 1 to 3650, or left out for no expiry",
             ));
         }
         let user = match for_user {
@@ -589,7 +597,10 @@ impl PlatformService {
     pub async fn revoke_token(&self, principal: &Principal, id: &str) -> Result<(), ServiceError> {
         let audit = event(principal, "token.revoke", format!("token:{id}"), None, "ok");
         if self.store.revoke_token(id, &principal.user, &audit).await? {
-            // After the commit, so no request can re-cache the token as still valid.
+            // After the commit: requests that read the token before it see the bumped counter and
+            // do not cache it; anything cached earlier is evicted here.
+            self.revocations
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if let Ok(mut cache) = self.verified.lock() {
                 cache.remove(id);
             }

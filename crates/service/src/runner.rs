@@ -237,7 +237,7 @@ fn mint_credential(inner: &Inner, id: &TaskId) -> Result<String, ServiceError> {
     Ok(credential)
 }
 
-/// Hands a starting task its secrets, once: the credential is consumed whether or not it matches.
+/// Hands a starting task its secrets, once: a matching credential is consumed by its first use.
 pub(crate) async fn deliver_secrets(
     inner: &Inner,
     id: &str,
@@ -248,14 +248,18 @@ pub(crate) async fn deliver_secrets(
         ServiceError::Unauthenticated("the task credential is invalid, used or expired".to_owned())
     };
     let id = TaskId::parse(id).map_err(|_| refused())?;
-    let stored = inner
-        .credentials
-        .lock()
-        .ok()
-        .and_then(|mut c| c.remove(&id))
-        .ok_or_else(refused)?;
     let presented = ring::digest::digest(&ring::digest::SHA256, credential.as_bytes());
-    if !bool::from(presented.as_ref().ct_eq(&stored)) {
+    // Consumed only when it matches: a wrong guess must not burn the worker's credential.
+    let matched = match inner.credentials.lock() {
+        Ok(mut credentials) => match credentials.get(&id) {
+            Some(stored) if bool::from(presented.as_ref().ct_eq(stored)) => {
+                credentials.remove(&id).is_some()
+            }
+            _ => false,
+        },
+        Err(_) => false,
+    };
+    if !matched {
         return Err(refused());
     }
     let record = inner
@@ -265,6 +269,19 @@ pub(crate) async fn deliver_secrets(
         .ok_or_else(refused)?;
     if record.state.is_terminal() {
         return Err(refused());
+    }
+    // The submitter must still be allowed to submit there: a removed or demoted member's queued
+    // work gets nothing.
+    let role = inner
+        .store
+        .membership(&record.workspace, &record.created_by)
+        .await?;
+    if !role
+        .is_some_and(|r| tresor_domain::permissions::allows(r, tresor_domain::Action::SubmitTask))
+    {
+        return Err(ServiceError::Forbidden(
+            "the task's submitter may no longer launch in this workspace".to_owned(),
+        ));
     }
     let spec: TesTask =
         serde_json::from_str(&record.spec_json).map_err(|e| ServiceError::Internal(e.into()))?;

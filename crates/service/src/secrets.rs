@@ -162,6 +162,14 @@ impl SecretService {
         Ok(())
     }
 
+    /// Drops a deleted workspace's values from memory (the store already soft-deleted them).
+    pub async fn forget_workspace(&self, workspace: &tresor_domain::WorkspaceId) {
+        if let Ok(mut live) = self.live.lock() {
+            live.retain(|(ws, _, _), _| ws != workspace.as_str());
+        }
+        self.rebuild();
+    }
+
     /// Rebuilds the log redactor from the live values and invalidates cached launch guards.
     fn rebuild(&self) {
         self.generation

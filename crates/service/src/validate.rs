@@ -50,6 +50,19 @@ fn allowed_file_url(field: &str, raw: &str, limits: &Limits) -> Result<(), Servi
             format!("{raw:?} is not a local file URL (file:///absolute/path)"),
         )
     })?;
+    // Percent-decoding can turn %2F.. into a real `..`, which could step out of the allowed dir.
+    let plain = path.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::RootDir | std::path::Component::Normal(_)
+        )
+    });
+    if !plain {
+        return Err(invalid(
+            field,
+            format!("{raw:?} must not contain . or .. segments"),
+        ));
+    }
     if !paths::is_within(Path::new(&path), &limits.allowed_dirs) {
         let allowed: Vec<String> = limits
             .allowed_dirs
@@ -372,6 +385,14 @@ mod tests {
             ..TesOutput::default()
         }]);
         assert!(reason(t).contains("outside the storage this server allows"));
+
+        let mut t = task();
+        t.outputs = Some(vec![TesOutput {
+            path: "/data/out".into(),
+            url: "file:///srv/data/x%2F..%2F..%2Fetc%2Fcron.d/job".into(),
+            ..TesOutput::default()
+        }]);
+        assert!(reason(t).contains("must not contain . or .. segments"));
 
         let mut t = task();
         t.outputs = Some(vec![TesOutput {

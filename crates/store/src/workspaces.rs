@@ -222,6 +222,14 @@ impl Store {
                 "the workspace still has queued or running tasks; cancel them first",
             ));
         }
+        // Its secrets go too (soft-deleted, purged after the retention period), so a workspace
+        // created later with the same id inherits nothing.
+        sqlx::query("UPDATE secrets SET deleted_at = ? WHERE workspace = ? AND deleted_at IS NULL")
+            .bind(format_time(OffsetDateTime::now_utc()))
+            .bind(workspace.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::Database)?;
         for sql in [
             "DELETE FROM tasks WHERE workspace = ?",
             "DELETE FROM members WHERE workspace = ?",

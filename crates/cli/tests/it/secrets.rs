@@ -704,3 +704,58 @@ async fn a_killed_worker_takes_its_secrets_tmpfs_with_it() {
     );
     assert_eq!(files_with_canary(&server.data), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_deleted_workspace_takes_its_secrets_and_a_demoted_member_gets_none() {
+    let server = TestServer::start_with(|s| s.local.slots = 1).await;
+    let tes = genomics_with(&server, &[("A", CANARY)]).await;
+    let bob = server.user("bob").await;
+    server
+        .admin
+        .set_member("genomics", &bob.id, "launch")
+        .await
+        .unwrap();
+
+    // Bob's task waits behind a blocker; bob is demoted before it starts: it gets no secret.
+    let blocker = tes.create_task(&sh_task("sleep 30")).await.unwrap();
+    wait_state(&tes, &blocker, tresor_api_types::tes::TesState::Running).await;
+    let queued = bob
+        .tes_in("genomics")
+        .create_task(&with_secrets(sh_task("true"), "A", ""))
+        .await
+        .unwrap();
+    server
+        .admin
+        .set_member("genomics", &bob.id, "view")
+        .await
+        .unwrap();
+    tes.cancel_task(&blocker).await.unwrap();
+    let done = wait_terminal(&tes, &queued).await;
+    assert_eq!(
+        done.state,
+        Some(tresor_api_types::tes::TesState::SystemError),
+        "{done:#?}"
+    );
+    assert!(
+        system_logs(&done).contains("could not fetch the task's secrets"),
+        "{}",
+        system_logs(&done)
+    );
+
+    // Deleting the workspace deletes its secrets: whoever re-creates the id inherits nothing.
+    server.admin.delete_workspace("genomics").await.unwrap();
+    bob.platform.create_workspace("genomics").await.unwrap();
+    assert!(
+        bob.platform
+            .list_secrets("genomics", false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let err = bob
+        .tes_in("genomics")
+        .create_task(&with_secrets(sh_task("true"), "A", ""))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("secret A is not defined"), "{err}");
+}
