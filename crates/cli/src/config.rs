@@ -96,6 +96,8 @@ struct LocalSection {
     allowed_dirs: Option<Vec<PathBuf>>,
     /// Whether a task may ask for network access.
     allow_network: Option<bool>,
+    /// Whether http(s) inputs may come from loopback, private or link-local addresses (default false).
+    allow_private_http_inputs: Option<bool>,
     /// Bytes of each executor's stdout and stderr kept in the task log.
     log_tail_bytes: Option<usize>,
     /// The bubblewrap program (default: `bwrap` on PATH).
@@ -539,6 +541,10 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                     log_tail_bytes,
                     slots: slots.value,
                     allow_network: allow_network.value,
+                    allow_private_http_inputs: file
+                        .local
+                        .allow_private_http_inputs
+                        .unwrap_or(false),
                 },
                 service: ServiceSettings {
                     default_page_size,

@@ -28,6 +28,8 @@ pub struct LocalSettings {
     pub slots: u32,
     /// Whether a task may ask for network access (`backend_parameters.network`).
     pub allow_network: bool,
+    /// Whether http(s) inputs may come from loopback, private or link-local addresses.
+    pub allow_private_http_inputs: bool,
 }
 
 /// Resolves once the worker process is gone; carries how it ended, for system logs.

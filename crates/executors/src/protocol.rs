@@ -24,6 +24,10 @@ pub struct WorkerTask {
     pub allowed_dirs: Vec<PathBuf>,
     /// How many bytes of each executor's stdout and stderr the task log keeps.
     pub log_tail_bytes: usize,
+    /// Whether http(s) inputs may come from loopback, private or link-local addresses (the
+    /// worker fetches on the host's network, outside the sandbox).
+    #[serde(default)]
+    pub allow_private_http_inputs: bool,
     /// The secrets the task declared, and how to fetch them when it starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<SecretDelivery>,

@@ -275,7 +275,7 @@ async fn stage_input(task: &WorkerTask, root: &Path, input: &TesInput) -> Result
         return Ok(());
     }
     if url.starts_with("http://") || url.starts_with("https://") {
-        return download(url, &dest).await;
+        return download(url, &dest, task.allow_private_http_inputs).await;
     }
     Err(SystemError(format!("input {url}: unsupported URL scheme")))
 }
@@ -297,16 +297,78 @@ fn copy_dir(source: &Path, dest: &Path) -> Result<(), SystemError> {
     Ok(())
 }
 
-async fn download(url: &str, dest: &Path) -> Result<(), SystemError> {
+/// Whether an address is one a task must not reach through the worker: the worker fetches on
+/// the host's network, where loopback and private services (and cloud metadata) live.
+fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_private(std::net::IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Refuses a URL whose host resolves to a private address (blocking lookup: the worker runs one
+/// task and this happens once per input or redirect).
+fn check_public(url: &reqwest::Url) -> Result<(), String> {
+    let host = url.host_str().ok_or("the URL has no host")?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host.trim_matches(['[', ']']), port))
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    for addr in addrs {
+        if is_private(addr.ip()) {
+            return Err(format!(
+                "{host} is a loopback, private or link-local address, which tasks may not fetch from"
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn download(url: &str, dest: &Path, allow_private: bool) -> Result<(), SystemError> {
+    let policy = if allow_private {
+        reqwest::redirect::Policy::limited(10)
+    } else {
+        reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() >= 10 {
+                return attempt.error("too many redirects");
+            }
+            match check_public(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(why) => attempt.error(why),
+            }
+        })
+    };
+    if !allow_private {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| SystemError(format!("input {url}: {e}")))?;
+        check_public(&parsed).map_err(|why| SystemError(format!("input {url}: {why}")))?;
+    }
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(30))
+        .redirect(policy)
         .build()
         .map_err(|e| SystemError(format!("input {url}: {e}")))?;
-    let mut response = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| SystemError(format!("input {url}: {}", e.without_url())))?;
+    let mut response = client.get(url).send().await.map_err(|e| {
+        // A refused redirect carries the reason as its source.
+        let why = std::error::Error::source(&e)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        SystemError(format!("input {url}: {} {why}", e.without_url()))
+    })?;
     if !response.status().is_success() {
         return Err(SystemError(format!(
             "input {url}: the server answered {}",

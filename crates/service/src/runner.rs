@@ -152,6 +152,7 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord) {
         sandbox: settings.sandbox.clone(),
         allowed_dirs: settings.allowed_dirs.clone(),
         log_tail_bytes: settings.log_tail_bytes,
+        allow_private_http_inputs: settings.allow_private_http_inputs,
     };
     tracing::debug!(task = %id, "starting worker");
     let (pid, exit) = match inner.executor.start(&id, &worker_task).await {

@@ -62,6 +62,8 @@ pub fn settings_for(dir: &Path) -> AppSettings {
             log_tail_bytes: 64 * 1024,
             slots: 4,
             allow_network: false,
+            // The tests' http fixtures listen on loopback.
+            allow_private_http_inputs: true,
         },
         service: ServiceSettings {
             default_page_size: 256,

@@ -570,3 +570,24 @@ async fn unsupported_backend_parameters_are_dropped_or_refused() {
     assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
     assert!(err.to_string().contains("VmSize"), "{err}");
 }
+
+#[tokio::test]
+async fn http_inputs_from_private_addresses_are_refused_by_default() {
+    // The worker downloads on the host's network, outside the sandbox: without this rule a task
+    // could read loopback-only services or cloud metadata into its inputs.
+    let server = TestServer::start_with(|s| s.local.allow_private_http_inputs = false).await;
+    let http = http_fixture("internal only").await;
+    let mut task = sh_task("cat /data/in");
+    task.inputs = Some(vec![TesInput {
+        path: "/data/in".into(),
+        url: Some(format!("{http}/secret")),
+        ..TesInput::default()
+    }]);
+    let done = server.run(&task).await;
+    assert_eq!(done.state, Some(TesState::SystemError));
+    assert!(
+        system_logs(&done).contains("loopback, private or link-local"),
+        "{}",
+        system_logs(&done)
+    );
+}
