@@ -145,31 +145,28 @@ impl OidcVerifier {
         self.issuers.is_empty()
     }
 
-    async fn fetch_keys(&self, issuer: &str) -> Result<Vec<Jwk>, OidcError> {
+    /// GETs a JSON document from the identity provider.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, OidcError> {
         let provider = |e: reqwest::Error| OidcError::Provider(e.without_url().to_string());
+        self.http
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(provider)?
+            .json()
+            .await
+            .map_err(provider)
+    }
+
+    async fn fetch_keys(&self, issuer: &str) -> Result<Vec<Jwk>, OidcError> {
         let discovery: Discovery = self
-            .http
-            .get(format!(
+            .get_json(&format!(
                 "{}/.well-known/openid-configuration",
                 issuer.trim_end_matches('/')
             ))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(provider)?
-            .json()
-            .await
-            .map_err(provider)?;
-        let set: serde_json::Value = self
-            .http
-            .get(&discovery.jwks_uri)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(provider)?
-            .json()
-            .await
-            .map_err(provider)?;
+            .await?;
+        let set: serde_json::Value = self.get_json(&discovery.jwks_uri).await?;
         // Keys we cannot use (encryption keys, other algorithms) are skipped, not fatal.
         Ok(set
             .get("keys")

@@ -17,7 +17,7 @@ use tresor_api_types::tes::{
 };
 use tresor_domain::{Action, Caller, TaskId};
 use tresor_executors::LocalExecutor;
-use tresor_store::{AuditEvent, NewTask, Store, TagFilter, TaskFilter};
+use tresor_store::{NewTask, Store, TagFilter, TaskFilter};
 
 pub use error::{Entity, ServiceError};
 pub use platform::{Credential, PlatformService};
@@ -184,15 +184,7 @@ impl TaskService {
                 tags: accepted.spec.tags.clone().unwrap_or_default(),
                 notes: accepted.notes,
                 created_by: caller.principal.user.clone(),
-                audit: AuditEvent {
-                    actor: caller.principal.user.to_string(),
-                    action: "task.create".to_owned(),
-                    object: format!("task:{id}"),
-                    workspace: Some(caller.workspace.to_string()),
-                    source: caller.principal.source.clone(),
-                    result: "ok".to_owned(),
-                    detail: None,
-                },
+                audit: platform::caller_event(caller, "task.create", format!("task:{id}")),
             })
             .await?;
         tracing::debug!(task = %id, "task created");

@@ -53,7 +53,7 @@ pub struct PlatformService {
     revocations: Arc<std::sync::atomic::AtomicU64>,
 }
 
-fn event(
+pub(crate) fn event(
     actor: &Principal,
     action: &str,
     object: String,
@@ -69,6 +69,17 @@ fn event(
         result: result.to_owned(),
         detail: None,
     }
+}
+
+/// A successful action of `caller` in their workspace.
+pub(crate) fn caller_event(caller: &Caller, action: &str, object: String) -> AuditEvent {
+    event(
+        &caller.principal,
+        action,
+        object,
+        Some(&caller.workspace),
+        "ok",
+    )
 }
 
 fn new_user_id() -> Result<UserId, ServiceError> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tresor_api_types::tes::{TesTask, TesTaskLog};
 use tresor_domain::{Caller, TaskId, TaskState};
 use tresor_executors::{Attach, SecretDelivery, WorkerExit, WorkerPhase, WorkerStatus, WorkerTask};
-use tresor_store::{AuditEvent, TaskRecord};
+use tresor_store::TaskRecord;
 
 use crate::{Inner, ServiceError};
 
@@ -432,15 +432,7 @@ pub(crate) async fn cancel(
         last.end_time = Some(now());
     }
     let logs = serde_json::to_string(&logs).map_err(|e| ServiceError::Internal(e.into()))?;
-    let audit = AuditEvent {
-        actor: caller.principal.user.to_string(),
-        action: "task.cancel".to_owned(),
-        object: format!("task:{id}"),
-        workspace: Some(caller.workspace.to_string()),
-        source: caller.principal.source.clone(),
-        result: "ok".to_owned(),
-        detail: None,
-    };
+    let audit = crate::platform::caller_event(caller, "task.cancel", format!("task:{id}"));
     if !inner.store.cancel_task(&id, &logs, &audit).await? {
         // It moved meanwhile: report what it became.
         let now = inner

@@ -8,6 +8,7 @@ use tresor_crypto::{KeyProvider, KeyRing, Sealed, SecretValue, envelope};
 use tresor_domain::{Action, Caller, Principal};
 use tresor_store::{AuditEvent, SealedRow, SecretKey, SecretMeta, Store, StoredVersion};
 
+use crate::platform::{caller_event, event};
 use crate::{Entity, PlatformService, ServiceError};
 
 /// Largest secret value.
@@ -247,16 +248,11 @@ impl SecretService {
             "secret.create"
         };
         let event = AuditEvent {
-            actor: caller.principal.user.to_string(),
-            action: action.to_owned(),
-            object: format!("secret:{}:{name}", key.scope()),
-            workspace: Some(caller.workspace.to_string()),
-            source: caller.principal.source.clone(),
-            result: "ok".to_owned(),
             detail: Some(format!(
                 "version {version}, fingerprint {}",
                 fingerprint(&self.fingerprint_key, &value)
             )),
+            ..caller_event(caller, action, format!("secret:{}:{name}", key.scope()))
         };
         self.store
             .put_secret_version(
@@ -301,15 +297,11 @@ impl SecretService {
         check_name(name)?;
         self.require(caller, scope, "delete", name).await?;
         let key = Self::key(caller, scope, name);
-        let event = AuditEvent {
-            actor: caller.principal.user.to_string(),
-            action: "secret.delete".to_owned(),
-            object: format!("secret:{}:{name}", key.scope()),
-            workspace: Some(caller.workspace.to_string()),
-            source: caller.principal.source.clone(),
-            result: "ok".to_owned(),
-            detail: None,
-        };
+        let event = caller_event(
+            caller,
+            "secret.delete",
+            format!("secret:{}:{name}", key.scope()),
+        );
         if self.store.delete_secret(&key, &event).await? {
             if let Ok(mut live) = self.live.lock() {
                 live.remove(&live_key(&key));
@@ -350,13 +342,8 @@ impl SecretService {
             });
         }
         let event = AuditEvent {
-            actor: actor.user.to_string(),
-            action: "kek.rotate".to_owned(),
-            object: format!("kek:{new_id}"),
-            workspace: None,
-            source: actor.source.clone(),
-            result: "ok".to_owned(),
             detail: Some(format!("{} data keys re-wrapped", rewrapped.len())),
+            ..event(actor, "kek.rotate", format!("kek:{new_id}"), None, "ok")
         };
         self.store.replace_wrapped_keys(&rewrapped, &event).await?;
         self.keys
