@@ -216,6 +216,7 @@ fn bare_bwrap(runs: usize) -> Result<Duration> {
         env: &env,
         command: &command,
         secret_fds: &[],
+        ro_binds: &[],
     };
     let argv = bwrap_args(&spec);
     let mut samples = Vec::new();

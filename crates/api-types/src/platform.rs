@@ -140,3 +140,34 @@ pub struct SecretVersion {
     pub scope: String,
     pub version: i64,
 }
+
+/// A workspace's object storage location.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageLocation {
+    pub bucket: String,
+    pub prefix: String,
+    /// `s3://bucket/prefix` (answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// One preflight probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightCheck {
+    pub name: String,
+    pub ok: bool,
+    /// What the probe found, or what to fix.
+    pub message: String,
+}
+
+/// The answer of `POST /api/v1/compute-envs/{id}/check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightReport {
+    pub compute_env: String,
+    pub workspace: String,
+    pub ok: bool,
+    pub checks: Vec<PreflightCheck>,
+}

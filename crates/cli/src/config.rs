@@ -56,6 +56,95 @@ struct ConfigFile {
     tes: TesSection,
     #[serde(default)]
     oidc: OidcSection,
+    #[serde(default)]
+    identity: IdentitySection,
+    s3: Option<S3Section>,
+    outbound: Option<OutboundSection>,
+}
+
+/// tresor as an OIDC issuer for its tasks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentitySection {
+    /// The `iss` of task tokens: the https URL relying parties reach tresor at (default: the
+    /// listening address, fine on one machine only).
+    issuer: Option<String>,
+    /// Lifetime of each token in seconds (default 600, at most 900).
+    token_ttl_seconds: Option<u64>,
+    /// Audiences tasks may ask for; the first is in the token file (default ["tresor"]).
+    audiences: Option<Vec<String>>,
+    /// Days before the signing key is replaced (default 30).
+    rotation_days: Option<u32>,
+    /// Variables pointed at the token file: "aws", "azure", or any variable name.
+    sdk_env: Option<Vec<String>>,
+}
+
+/// Object storage the server presigns URLs for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3Section {
+    /// An S3-compatible server such as http://127.0.0.1:9000 (default: AWS).
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: String,
+    /// A file (mode 0600) holding the secret access key.
+    secret_access_key_file: PathBuf,
+    /// The bucket of workspaces without a location of their own.
+    default_bucket: Option<String>,
+    /// Their prefix; `{workspace}` becomes the workspace id (default "workspaces/{workspace}/").
+    prefix_template: Option<String>,
+    /// Lifetime of each presigned URL in seconds (default 600).
+    presign_ttl_seconds: Option<u64>,
+}
+
+/// OAuth2 client credentials for the server's own outbound calls.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboundSection {
+    token_url: String,
+    client_id: String,
+    /// `client_secret_post`: a file (mode 0600) holding the secret.
+    client_secret_file: Option<PathBuf>,
+    /// `private_key_jwt`: a PEM file (mode 0600) with an RSA or EC P-256 key.
+    private_key_file: Option<PathBuf>,
+    key_id: Option<String>,
+    scope: Option<String>,
+    /// RFC 8707 resource indicator.
+    resource: Option<String>,
+}
+
+/// Reads a credential file, refusing one that group or others can read.
+fn read_private_file(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by group or others; chmod 600 it",
+            path.display()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn loopback_or_https(url: &str) -> bool {
+    url.starts_with("https://")
+        || url.starts_with("http://127.0.0.1")
+        || url.starts_with("http://localhost")
+        || url.starts_with("http://[::1]")
+}
+
+fn sdk_variable(name: &str) -> Option<String> {
+    match name {
+        "aws" => Some("AWS_WEB_IDENTITY_TOKEN_FILE".to_owned()),
+        "azure" => Some("AZURE_FEDERATED_TOKEN_FILE".to_owned()),
+        n if !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            && !n.starts_with(|c: char| c.is_ascii_digit()) =>
+        {
+            Some(n.to_owned())
+        }
+        _ => None,
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +196,8 @@ struct LocalSection {
     sandbox_gid: Option<u32>,
     /// The binary that runs `worker` (default: this executable).
     worker_program: Option<PathBuf>,
+    /// A tmpfs where workers keep each task's identity token (default /dev/shm).
+    runtime_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -519,6 +610,31 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         });
     }
 
+    let identity = resolve_identity(&file.identity, &file_name, &mut layers.problems);
+    let s3 = file
+        .s3
+        .as_ref()
+        .and_then(|section| resolve_s3(section, &file_name, &mut layers.problems));
+    let outbound = file
+        .outbound
+        .as_ref()
+        .and_then(|section| resolve_outbound(section, &file_name, &mut layers.problems));
+    let runtime_dir = file
+        .local
+        .runtime_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/dev/shm"));
+    if !runtime_dir.is_dir() {
+        layers.problems.add(
+            "local.runtime_dir",
+            &file_name,
+            format!(
+                "{} is not a directory; point it at a tmpfs such as /dev/shm",
+                runtime_dir.display()
+            ),
+        );
+    }
+
     let data_dir_path = data_dir.value.clone();
     if let Err(e) = prepare_data_dir(&data_dir_path) {
         layers.problems.add("data_dir", &data_dir.source, e);
@@ -545,6 +661,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                         .local
                         .allow_private_http_inputs
                         .unwrap_or(false),
+                    runtime_dir,
                 },
                 service: ServiceSettings {
                     default_page_size,
@@ -568,9 +685,188 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                 kek_file: kek_file.value,
                 secret_retention,
                 log_redactor: Default::default(),
+                identity,
+                s3: s3.map(std::sync::Arc::new),
+                outbound: outbound.map(std::sync::Arc::new),
             },
         }),
         _ => Err(layers.problems.0),
+    }
+}
+
+fn resolve_identity(
+    section: &IdentitySection,
+    file_name: &str,
+    problems: &mut Problems,
+) -> tresor_service::IdentitySettings {
+    let issuer = section
+        .issuer
+        .clone()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_owned();
+    if !issuer.is_empty() && (!loopback_or_https(&issuer) || issuer.contains('?')) {
+        problems.add(
+            "identity.issuer",
+            file_name,
+            "must be an https:// URL without a query (plain http only on loopback)",
+        );
+    }
+    let ttl = section.token_ttl_seconds.unwrap_or(600);
+    if !(5..=900).contains(&ttl) {
+        problems.add(
+            "identity.token_ttl_seconds",
+            file_name,
+            "must be between 5 and 900 (tokens live at most 15 minutes)",
+        );
+    }
+    let audiences = section
+        .audiences
+        .clone()
+        .unwrap_or_else(|| vec!["tresor".to_owned()]);
+    if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+        problems.add(
+            "identity.audiences",
+            file_name,
+            "must list at least one non-empty audience",
+        );
+    }
+    let mut sdk_env = Vec::new();
+    for name in section.sdk_env.iter().flatten() {
+        match sdk_variable(name) {
+            Some(var) => sdk_env.push(var),
+            None => problems.add(
+                "identity.sdk_env",
+                file_name,
+                format!("{name:?} is not \"aws\", \"azure\" or an environment variable name"),
+            ),
+        }
+    }
+    let rotation_days = section.rotation_days.unwrap_or(30);
+    if rotation_days == 0 {
+        problems.add("identity.rotation_days", file_name, "must be at least 1");
+    }
+    tresor_service::IdentitySettings {
+        issuer,
+        token_ttl: std::time::Duration::from_secs(ttl.clamp(5, 900)),
+        audiences,
+        rotation_period: std::time::Duration::from_secs(u64::from(rotation_days.max(1)) * 86_400),
+        sdk_env,
+    }
+}
+
+fn resolve_s3(
+    section: &S3Section,
+    file_name: &str,
+    problems: &mut Problems,
+) -> Option<tresor_service::S3Settings> {
+    let secret = match read_private_file(&section.secret_access_key_file) {
+        Ok(bytes) => {
+            let text = String::from_utf8(bytes).unwrap_or_default();
+            tresor_crypto::SecretValue::new(text.trim().as_bytes().to_vec())
+        }
+        Err(e) => {
+            problems.add("s3.secret_access_key_file", file_name, e);
+            return None;
+        }
+    };
+    if let Some(endpoint) = &section.endpoint
+        && !loopback_or_https(endpoint)
+    {
+        problems.add(
+            "s3.endpoint",
+            file_name,
+            "must be an https:// URL (plain http only on loopback)",
+        );
+    }
+    let template = section
+        .prefix_template
+        .clone()
+        .unwrap_or_else(|| "workspaces/{workspace}/".to_owned());
+    if !template.contains("{workspace}") || !template.ends_with('/') {
+        problems.add(
+            "s3.prefix_template",
+            file_name,
+            "must contain {workspace} and end with '/', so each workspace gets its own prefix",
+        );
+    }
+    let ttl = section.presign_ttl_seconds.unwrap_or(600);
+    if !(1..=604_800).contains(&ttl) {
+        problems.add(
+            "s3.presign_ttl_seconds",
+            file_name,
+            "must be between 1 and 604800 (S3's limit of 7 days)",
+        );
+    }
+    Some(tresor_service::S3Settings {
+        allow_http: section
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://")),
+        endpoint: section.endpoint.clone(),
+        region: section
+            .region
+            .clone()
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+        access_key_id: section.access_key_id.clone(),
+        secret_access_key: secret,
+        default_bucket: section.default_bucket.clone(),
+        prefix_template: template,
+        presign_ttl: std::time::Duration::from_secs(ttl),
+    })
+}
+
+fn resolve_outbound(
+    section: &OutboundSection,
+    file_name: &str,
+    problems: &mut Problems,
+) -> Option<tresor_auth::client_credentials::ClientCredentials> {
+    use tresor_auth::client_credentials::{ClientAuth, ClientCredentials};
+    if !loopback_or_https(&section.token_url) {
+        problems.add(
+            "outbound.token_url",
+            file_name,
+            "must be an https:// URL (plain http only on loopback)",
+        );
+    }
+    let auth = match (&section.client_secret_file, &section.private_key_file) {
+        (Some(secret), None) => match read_private_file(secret) {
+            Ok(bytes) => ClientAuth::Secret(String::from_utf8_lossy(&bytes).trim().to_owned()),
+            Err(e) => {
+                problems.add("outbound.client_secret_file", file_name, e);
+                return None;
+            }
+        },
+        (None, Some(key)) => match read_private_file(key).and_then(|pem| {
+            ClientAuth::private_key_pem(&pem, section.key_id.clone()).map_err(|e| e.to_string())
+        }) {
+            Ok(auth) => auth,
+            Err(e) => {
+                problems.add("outbound.private_key_file", file_name, e);
+                return None;
+            }
+        },
+        _ => {
+            problems.add(
+                "outbound",
+                file_name,
+                "set exactly one of client_secret_file and private_key_file",
+            );
+            return None;
+        }
+    };
+    match ClientCredentials::new(
+        section.token_url.clone(),
+        section.client_id.clone(),
+        auth,
+        section.scope.clone(),
+        section.resource.clone(),
+    ) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems.add("outbound", file_name, e);
+            None
+        }
     }
 }
 

@@ -83,6 +83,18 @@ enum Command {
     },
     /// Submit, inspect, list and cancel tasks on a running server.
     Task(task_cmd::TaskArgs),
+    /// Preflight: probe a compute environment on a running server (platform administrators):
+    /// the token issuer, storage reads, writes and isolation, the sandbox and the clock.
+    Check {
+        #[command(flatten)]
+        client: session::ClientArgs,
+        /// The compute environment.
+        #[arg(long, default_value = "local")]
+        compute_env: String,
+        /// The workspace whose storage the probe uses (default: your personal workspace).
+        #[arg(long, short = 'w')]
+        workspace: Option<String>,
+    },
     /// Check the audit trail's hash chain.
     Audit {
         #[command(subcommand)]
@@ -94,6 +106,15 @@ enum Command {
 enum AdminCommand {
     /// Re-wrap every secret's data key under a new key-encryption key; safe while the server runs.
     RotateKek {
+        #[arg(long, default_value = "tresor-data")]
+        data_dir: PathBuf,
+        /// The key file (default: TRESOR_KEK_FILE, else <data-dir>/kek).
+        #[arg(long, env = "TRESOR_KEK_FILE")]
+        kek_file: Option<PathBuf>,
+    },
+    /// Start signing task identity tokens with a new key; the old key stays published until
+    /// the tokens it signed have expired. Safe while the server runs.
+    RotateSigningKey {
         #[arg(long, default_value = "tresor-data")]
         data_dir: PathBuf,
         /// The key file (default: TRESOR_KEK_FILE, else <data-dir>/kek).
@@ -194,28 +215,28 @@ fn main() -> ExitCode {
         Command::Admin {
             command: AdminCommand::RotateKek { data_dir, kek_file },
         } => runtime.block_on(rotate_kek(&data_dir, kek_file)),
+        Command::Admin {
+            command: AdminCommand::RotateSigningKey { data_dir, kek_file },
+        } => runtime.block_on(rotate_signing_key(&data_dir, kek_file)),
+        Command::Check {
+            client,
+            compute_env,
+            workspace,
+        } => {
+            let session = session::resolve(&client);
+            runtime.block_on(platform_cmd::check(
+                &client,
+                session,
+                &compute_env,
+                workspace.as_deref(),
+            ))
+        }
     }
 }
 
 async fn rotate_kek(data_dir: &std::path::Path, kek_file: Option<PathBuf>) -> ExitCode {
     let result = async {
-        use anyhow::Context;
-        let path = data_dir.join("tresor.db");
-        anyhow::ensure!(path.is_file(), "no database at {}", path.display());
-        let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
-            path,
-            durability: tresor_store::Durability::Full,
-        })
-        .await?;
-        let kek_file = kek_file.unwrap_or_else(|| data_dir.join("kek"));
-        anyhow::ensure!(kek_file.is_file(), "no key file at {}", kek_file.display());
-        let keys =
-            tresor_crypto::KeyRing::open_or_create(&kek_file).context("opening the key file")?;
-        let platform = tresor_service::PlatformService::new(
-            store.clone(),
-            tresor_auth::oidc::OidcVerifier::new(Vec::new())?,
-        );
-        let secrets = tresor_service::SecretService::new(store, platform, keys).await?;
+        let (_, secrets) = open_offline(data_dir, kek_file).await?;
         let operator = tresor_domain::Principal {
             user: tresor_domain::UserId::parse("local-operator")?,
             name: "local operator".to_owned(),
@@ -240,6 +261,64 @@ async fn rotate_kek(data_dir: &std::path::Path, kek_file: Option<PathBuf>) -> Ex
             ExitCode::FAILURE
         }
     }
+}
+
+async fn rotate_signing_key(data_dir: &std::path::Path, kek_file: Option<PathBuf>) -> ExitCode {
+    let result = async {
+        let (store, secrets) = open_offline(data_dir, kek_file).await?;
+        let identity = tresor_service::IdentityService::new(
+            store,
+            secrets,
+            tresor_service::IdentitySettings {
+                issuer: String::new(),
+                token_ttl: tresor_service::identity::MAX_TOKEN_TTL,
+                audiences: Vec::new(),
+                rotation_period: std::time::Duration::MAX,
+                sdk_env: Vec::new(),
+            },
+        );
+        identity
+            .rotate("local-operator", "signing_key.rotate")
+            .await
+            .map_err(anyhow::Error::from)
+    }
+    .await;
+    match result {
+        Ok(kid) => {
+            output::line(&format!(
+                "new signing key {kid}; the previous key stays published until its tokens expire"
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The store and secret service of a data directory, for admin commands run beside the server.
+async fn open_offline(
+    data_dir: &std::path::Path,
+    kek_file: Option<PathBuf>,
+) -> anyhow::Result<(tresor_store::Store, tresor_service::SecretService)> {
+    use anyhow::Context;
+    let path = data_dir.join("tresor.db");
+    anyhow::ensure!(path.is_file(), "no database at {}", path.display());
+    let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
+        path,
+        durability: tresor_store::Durability::Full,
+    })
+    .await?;
+    let kek_file = kek_file.unwrap_or_else(|| data_dir.join("kek"));
+    anyhow::ensure!(kek_file.is_file(), "no key file at {}", kek_file.display());
+    let keys = tresor_crypto::KeyRing::open_or_create(&kek_file).context("opening the key file")?;
+    let platform = tresor_service::PlatformService::new(
+        store.clone(),
+        tresor_auth::oidc::OidcVerifier::new(Vec::new())?,
+    );
+    let secrets = tresor_service::SecretService::new(store.clone(), platform, keys).await?;
+    Ok((store, secrets))
 }
 
 async fn verify_audit(data_dir: &std::path::Path) -> ExitCode {

@@ -364,3 +364,39 @@ pub async fn secret(
         .await,
     )
 }
+
+/// `tresor check`: runs the server's preflight probes and prints one line per probe; the exit
+/// code is 1 when any failed.
+pub async fn check(
+    args: &ClientArgs,
+    session: Session,
+    compute_env: &str,
+    workspace: Option<&str>,
+) -> ExitCode {
+    let result = async {
+        let report = client(&session)?.check(compute_env, workspace).await?;
+        match args.output {
+            Format::Json => output::json(&report),
+            Format::Text => {
+                for check in &report.checks {
+                    output::line(&format!(
+                        "{:<4} {}: {}",
+                        if check.ok { "ok" } else { "FAIL" },
+                        check.name,
+                        check.message
+                    ));
+                }
+            }
+        }
+        anyhow::Ok(report.ok)
+    }
+    .await;
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -7,6 +7,7 @@ use tresor_api_types::platform::{
     CreateToken, CreateUser, CreateWorkspace, CreatedToken, Me, Member, PutSecret, Secret,
     SecretVersion, SetMember, Token, User, Workspace,
 };
+use tresor_api_types::platform::{PreflightReport, StorageLocation};
 
 use crate::{ClientError, RawResponse, base_url, decode, http_client};
 
@@ -227,5 +228,48 @@ impl PlatformClient {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Sets a workspace's bucket and prefix (platform administrators).
+    pub async fn set_storage(
+        &self,
+        workspace: &str,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            &format!("workspaces/{workspace}/storage"),
+            Some(&StorageLocation {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+                url: None,
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn storage(&self, workspace: &str) -> Result<StorageLocation, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("workspaces/{workspace}/storage"),
+            None,
+        )
+        .await
+    }
+
+    /// Runs the preflight probes of a compute environment, using `workspace`'s storage.
+    pub async fn check(
+        &self,
+        compute_env: &str,
+        workspace: Option<&str>,
+    ) -> Result<PreflightReport, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("compute-envs/{compute_env}/check"),
+            Some(&serde_json::json!({ "workspace": workspace })),
+        )
+        .await
     }
 }

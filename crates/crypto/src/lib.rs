@@ -4,6 +4,7 @@ pub mod envelope;
 pub mod fingerprint;
 pub mod keyring;
 pub mod redact;
+pub mod signing;
 mod value;
 
 pub use envelope::{Sealed, open, seal};

@@ -320,14 +320,16 @@ impl SharedRedactor {
         }
     }
 
+    /// Masks every secret value, then every credential of a known shape (`mask_credentials`).
     pub fn redact(&self, input: &[u8]) -> Vec<u8> {
-        match self.0.read() {
+        let values_masked = match self.0.read() {
             Ok(current) => match current.as_ref() {
                 Some(r) => r.redact(input),
                 None => input.to_vec(),
             },
             Err(_) => input.to_vec(),
-        }
+        };
+        mask_credentials(&values_masked).into_owned()
     }
 }
 
@@ -352,5 +354,69 @@ impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Credentials tresor itself hands out, recognised by shape rather than by value: the
+/// signature, key id and session token of a presigned URL, JWTs (task identity tokens), bearer
+/// and basic credentials in headers, and access tokens (`trp_…`). They are masked wherever
+/// secret values are: in the server's log, and in a task's logs.
+static CREDENTIAL_SHAPES: std::sync::LazyLock<Option<regex::bytes::Regex>> =
+    std::sync::LazyLock::new(|| {
+        regex::bytes::Regex::new(concat!(
+            r"(?-u)(?i:(x-amz-(?:signature|credential|security-token)=)[^&[:space:]'\x22<>]+)",
+            r"|(?i:(authorization:[[:space:]]*(?:bearer|basic)[[:space:]]+)[^[:space:]'\x22]+)",
+            r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
+            r"|trp_[A-Za-z0-9_]{16,}",
+        ))
+        .ok()
+    });
+
+/// `input` with every credential of a known shape (see `CREDENTIAL_SHAPES`) masked; the
+/// parameter or header name stays, so the log still says what was there.
+pub fn mask_credentials(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let Some(shapes) = CREDENTIAL_SHAPES.as_ref() else {
+        return std::borrow::Cow::Borrowed(input);
+    };
+    shapes.replace_all(input, |caps: &regex::bytes::Captures<'_>| {
+        let mut out = caps
+            .get(1)
+            .or_else(|| caps.get(2))
+            .map(|name| name.as_bytes().to_vec())
+            .unwrap_or_default();
+        out.extend_from_slice(MASK);
+        out
+    })
+}
+
+/// `mask_credentials` for text.
+pub fn mask_credentials_str(input: &str) -> String {
+    String::from_utf8_lossy(&mask_credentials(input.as_bytes())).into_owned()
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    #[test]
+    fn presigned_signatures_tokens_and_headers_are_masked_by_shape() {
+        let line = "GET http://s3/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKID%2F2026&X-Amz-Signature=abcdef0123 ok";
+        let masked = mask_credentials_str(line);
+        assert!(
+            !masked.contains("abcdef0123") && !masked.contains("AKID"),
+            "{masked}"
+        );
+        assert!(masked.contains("X-Amz-Signature=***"), "{masked}");
+        assert!(
+            masked.contains("X-Amz-Algorithm=AWS4-HMAC-SHA256"),
+            "{masked}"
+        );
+        let jwt = "token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ3b3Jrc3BhY2UifQ.c2lnbmF0dXJlLWJ5dGVz end";
+        assert_eq!(mask_credentials_str(jwt), "token *** end");
+        let header = "authorization: Bearer abc.def-ghi";
+        assert_eq!(mask_credentials_str(header), "authorization: Bearer ***");
+        let pat = "used trp_0123456789abcdef0123456789abcdef now";
+        assert_eq!(mask_credentials_str(pat), "used *** now");
+        assert_eq!(mask_credentials_str("nothing here"), "nothing here");
     }
 }

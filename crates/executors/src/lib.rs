@@ -4,11 +4,14 @@ pub mod local;
 pub mod paths;
 pub mod protocol;
 pub mod sandbox;
+mod session;
 pub mod worker;
 
 pub use local::{Attach, LocalExecutor, LocalSettings, WorkerExit};
 pub use protocol::{
-    DeliveredSecret, DeliveredSecrets, SecretDelivery, WorkerPhase, WorkerStatus, WorkerTask,
+    DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken, PresignedInputs,
+    PresignedObject, PresignedUploads, SecretDelivery, TokenRequest, UploadRequest, WorkerPhase,
+    WorkerSession, WorkerStatus, WorkerTask,
 };
 pub use sandbox::SandboxSettings;
 

@@ -30,6 +30,8 @@ pub struct LocalSettings {
     pub allow_network: bool,
     /// Whether http(s) inputs may come from loopback, private or link-local addresses.
     pub allow_private_http_inputs: bool,
+    /// A tmpfs on the host where workers keep each task's identity token (default /dev/shm).
+    pub runtime_dir: PathBuf,
 }
 
 /// Resolves once the worker process is gone; carries how it ended, for system logs.
@@ -212,7 +214,17 @@ impl LocalExecutor {
     }
 
     /// Removes the task's directory and everything in it.
+    /// Removes the task's directory and its identity token directory, which a worker killed
+    /// before its own cleanup leaves behind.
     pub fn remove(&self, id: &TaskId) -> Result<(), Error> {
+        let prefix = crate::session::identity_dir_prefix(id.as_str());
+        if let Ok(entries) = std::fs::read_dir(&self.settings.runtime_dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    remove_dir(&entry.path())?;
+                }
+            }
+        }
         remove_dir(&self.task_dir(id))
     }
 }

@@ -28,35 +28,115 @@ pub struct WorkerTask {
     /// worker fetches on the host's network, outside the sandbox).
     #[serde(default)]
     pub allow_private_http_inputs: bool,
-    /// The secrets the task declared, and how to fetch them when it starts.
+    /// How the worker reaches the server for this task (secrets, tokens, presigned URLs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<WorkerSession>,
+    /// The secrets the task declared; their values are fetched once, when it starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<SecretDelivery>,
+    /// The task's identity token: where the worker keeps it, and which variables point at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityDelivery>,
 }
 
-/// Where a worker fetches its task's secrets, once, when the task starts. The values themselves
-/// never appear in this file.
+/// The worker's line to the server: the task's internal endpoints and a credential bound to the
+/// task, valid only while it is active. It never enters the sandbox.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SecretDelivery {
-    /// The server's internal endpoint for this task.
-    pub url: String,
-    /// A single-use credential bound to this task, valid only while it is active.
+pub struct WorkerSession {
+    /// `…/internal/v1/tasks/{id}`.
+    pub base_url: String,
     pub credential: String,
+}
+
+impl std::fmt::Debug for WorkerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerSession")
+            .field("base_url", &self.base_url)
+            .field("credential", &"***")
+            .finish()
+    }
+}
+
+/// The names of the secrets a task declared. The values themselves never appear in this file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDelivery {
     /// Names delivered as files in `$TRESOR_SECRETS_DIR` (mode 0400, on a private tmpfs).
     pub files: Vec<String>,
     /// Names also exported as environment variables of the executors.
     pub env: Vec<String>,
 }
 
-impl std::fmt::Debug for SecretDelivery {
+/// How a task gets its identity token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityDelivery {
+    /// A tmpfs on the host (such as /dev/shm) where the worker makes the task's private token
+    /// directory, shown read-only in the sandbox at `IDENTITY_DIR`.
+    pub runtime_dir: PathBuf,
+    /// Standard variables set to the token file's path (`AWS_WEB_IDENTITY_TOKEN_FILE`, …).
+    pub sdk_env: Vec<String>,
+}
+
+/// Where the identity token directory appears inside the sandbox.
+pub const IDENTITY_DIR: &str = "/run/tresor/identity";
+/// The token file (default audience) and the socket for other audiences, in `IDENTITY_DIR`.
+pub const TOKEN_FILE: &str = "token";
+pub const TOKEN_SOCKET: &str = "token.sock";
+
+/// A token as the server hands it to a worker.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuedToken {
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// The body of a token request.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// Presigned downloads for a task's `s3://` inputs.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresignedInputs {
+    pub inputs: Vec<PresignedObject>,
+}
+
+/// One object: where it goes in (or comes from) the task, and its presigned URL.
+#[derive(Serialize, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PresignedObject {
+    pub path: String,
+    pub url: String,
+}
+
+impl std::fmt::Debug for PresignedObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretDelivery")
-            .field("url", &self.url)
-            .field("credential", &"***")
-            .field("files", &self.files)
-            .field("env", &self.env)
+        f.debug_struct("PresignedObject")
+            .field("path", &self.path)
+            .field("url", &"***")
             .finish()
     }
+}
+
+/// A request for presigned uploads, one per `s3://` URL, and the answer in the same order.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadRequest {
+    pub urls: Vec<String>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresignedUploads {
+    pub urls: Vec<String>,
 }
 
 /// One secret as the server hands it to a worker.

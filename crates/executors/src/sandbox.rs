@@ -39,6 +39,8 @@ pub struct SandboxSpec<'a> {
     pub command: &'a [String],
     /// Secret files: name, and the descriptor in the child that bubblewrap reads the value from.
     pub secret_fds: &'a [(String, i32)],
+    /// Host directories shown read-only at a sandbox path (the identity token directory).
+    pub ro_binds: &'a [(PathBuf, String)],
 }
 
 /// Where secret files appear inside the sandbox.
@@ -82,6 +84,13 @@ pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
             "--bind".to_owned(),
             host.to_string_lossy().into_owned(),
             mount.clone(),
+        ]);
+    }
+    for (host, dest) in spec.ro_binds {
+        args.extend([
+            "--ro-bind".to_owned(),
+            host.to_string_lossy().into_owned(),
+            dest.clone(),
         ]);
     }
     if !spec.secret_fds.is_empty() {

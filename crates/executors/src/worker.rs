@@ -18,7 +18,10 @@ use base64::Engine;
 use tresor_crypto::SecretValue;
 use tresor_crypto::redact::Redactor;
 
-use crate::protocol::{DeliveredSecrets, SecretDelivery};
+use crate::protocol::{
+    DeliveredSecrets, IDENTITY_DIR, PresignedInputs, PresignedUploads, UploadRequest,
+};
+use crate::session::{self, Identity, Session};
 use crate::{WorkerPhase, WorkerStatus, WorkerTask};
 
 /// File names inside a task directory.
@@ -114,6 +117,7 @@ impl Reporter {
             Some(r) => r.redact_str(&line),
             None => line,
         };
+        let line = tresor_crypto::redact::mask_credentials_str(&line);
         self.status
             .log
             .system_logs
@@ -146,20 +150,57 @@ async fn execute(
 ) -> Result<WorkerPhase, SystemError> {
     let (dirs, mounts) = paths::task_dirs(task);
     prepare_tree(root, &dirs)?;
+    let session = task
+        .session
+        .as_ref()
+        .map(Session::new)
+        .transpose()
+        .map_err(|e| SystemError(format!("preparing the task session: {e}")))?;
     for input in &task.inputs {
         stage_input(task, root, input).await?;
+    }
+    if task.inputs.iter().any(is_s3_input) {
+        stage_s3_inputs(session.as_ref(), root).await?;
     }
     if let Some(owner) = task.sandbox.run_as {
         chown_tree(root, owner)?;
     }
-    let secrets = match &task.secrets {
-        Some(delivery) => fetch_secrets(delivery).await?,
-        None => Vec::new(),
+    let secrets = match (&task.secrets, &session) {
+        (Some(_), Some(session)) => fetch_secrets(session).await?,
+        (Some(_), None) => {
+            return Err(SystemError(
+                "the task declares secrets but has no session to fetch them".to_owned(),
+            ));
+        }
+        _ => Vec::new(),
     };
     report.redactor = Some(Redactor::new(secrets.iter().map(|(_, v)| v)));
+    // Held until the executors are done: dropping it stops the token's refresh and removes it.
+    let identity = match (&task.identity, &session) {
+        (Some(delivery), Some(session)) => Some(
+            Identity::start(&task.task_id, delivery, session, task.sandbox.run_as)
+                .await
+                .map_err(SystemError)?,
+        ),
+        _ => None,
+    };
+    let identity_binds: Vec<(PathBuf, String)> = identity
+        .iter()
+        .map(|i| (i.dir().to_owned(), IDENTITY_DIR.to_owned()))
+        .collect();
+    let identity_env = task
+        .identity
+        .as_ref()
+        .filter(|_| identity.is_some())
+        .map(Identity::env)
+        .unwrap_or_default();
 
     report.status.phase = WorkerPhase::Running;
     report.publish().map_err(SystemError)?;
+    let sandbox_extras = SandboxExtras {
+        ro_binds: &identity_binds,
+        env: &identity_env,
+    };
     for (index, executor) in task.executors.iter().enumerate() {
         let log = run_executor(
             task,
@@ -168,6 +209,7 @@ async fn execute(
             executor,
             &secrets,
             report.redactor.as_ref(),
+            &sandbox_extras,
         )
         .await;
         let log = match log {
@@ -191,8 +233,18 @@ async fn execute(
         }
     }
 
+    drop(identity);
+    let mut s3_files = Vec::new();
     for output in &task.outputs {
-        let delivered = deliver_output(task, root, output)?;
+        if output.url.starts_with("s3://") {
+            s3_files.extend(s3_output_files(root, output)?);
+        } else {
+            let delivered = deliver_output(task, root, output)?;
+            report.status.log.outputs.extend(delivered);
+        }
+    }
+    if !s3_files.is_empty() {
+        let delivered = deliver_s3_outputs(session.as_ref(), s3_files).await?;
         report.status.log.outputs.extend(delivered);
     }
     Ok(WorkerPhase::Complete)
@@ -264,6 +316,10 @@ async fn stage_input(task: &WorkerTask, root: &Path, input: &TesInput) -> Result
             .map_err(sys(format!("writing input {}", input.path)));
     }
     let url = input.url.as_deref().unwrap_or_default();
+    if url.starts_with("s3://") {
+        // Staged with presigned URLs by `stage_s3_inputs`.
+        return Ok(());
+    }
     if url.starts_with("file://") {
         let source = allowed_source(task, url)?;
         match input.file_type.unwrap_or_default() {
@@ -420,28 +476,13 @@ fn open_stdio(
     Ok(file)
 }
 
-/// Fetches the declared secrets from the server with the task's single-use credential.
-async fn fetch_secrets(
-    delivery: &SecretDelivery,
-) -> Result<Vec<(String, SecretValue)>, SystemError> {
+/// Fetches the declared secrets from the server, once, with the task's credential.
+async fn fetch_secrets(session: &Session) -> Result<Vec<(String, SecretValue)>, SystemError> {
     let failed = |why: String| SystemError(format!("could not fetch the task's secrets: {why}"));
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .map_err(|e| failed(e.to_string()))?;
-    let response = client
-        .get(&delivery.url)
-        .bearer_auth(&delivery.credential)
-        .send()
+    let body: DeliveredSecrets = session
+        .call("secrets", None::<&()>)
         .await
-        .map_err(|e| failed(e.without_url().to_string()))?;
-    if !response.status().is_success() {
-        return Err(failed(format!("the server answered {}", response.status())));
-    }
-    let body: DeliveredSecrets = response
-        .json()
-        .await
-        .map_err(|e| failed(e.without_url().to_string()))?;
+        .map_err(|e| failed(e.message))?;
     body.secrets
         .into_iter()
         .map(|s| {
@@ -453,6 +494,150 @@ async fn fetch_secrets(
         .collect()
 }
 
+fn is_s3_input(input: &TesInput) -> bool {
+    input.content.as_deref().is_none_or(str::is_empty)
+        && input.url.as_deref().is_some_and(|u| u.starts_with("s3://"))
+}
+
+/// Downloads every `s3://` input through the presigned URLs the server hands out now, at start.
+async fn stage_s3_inputs(session: Option<&Session>, root: &Path) -> Result<(), SystemError> {
+    let session = session.ok_or_else(|| {
+        SystemError("the task has s3:// inputs but no session to fetch them".to_owned())
+    })?;
+    let presigned: PresignedInputs = session
+        .call("inputs", None::<&()>)
+        .await
+        .map_err(|e| SystemError(format!("could not get the task's input URLs: {e}")))?;
+    for object in presigned.inputs {
+        let dest = paths::resolve_in_root(root, &object.path)?;
+        session::download_presigned(session.http(), &object.url, &dest, &object.path)
+            .await
+            .map_err(SystemError)?;
+    }
+    Ok(())
+}
+
+/// One file an `s3://` output delivers: its path in the task, on the host, and its URL.
+struct S3File {
+    container_path: String,
+    host: PathBuf,
+    url: String,
+}
+
+/// The files an `s3://` output names: the file, every regular file under a directory, or every
+/// wildcard match. Links and special files are refused, as for file:// outputs.
+fn s3_output_files(root: &Path, output: &TesOutput) -> Result<Vec<S3File>, SystemError> {
+    let mut files = Vec::new();
+    if paths::has_wildcard(&output.path) {
+        let prefix = output.path_prefix.as_deref().unwrap_or_default();
+        for matched in paths::expand_wildcard(root, &output.path)? {
+            let relative = matched
+                .strip_prefix(prefix)
+                .unwrap_or(&matched)
+                .trim_start_matches('/');
+            let url = format!("{}/{relative}", output.url.trim_end_matches('/'));
+            collect_s3(root, &matched, &url, &mut files)?;
+        }
+        return Ok(files);
+    }
+    let host = paths::resolve_in_root(root, &output.path)?;
+    let meta = std::fs::symlink_metadata(&host)
+        .map_err(|e| SystemError(format!("output {}: {e}", output.path)))?;
+    match output.file_type.unwrap_or_default() {
+        TesFileType::File if !meta.is_file() => Err(SystemError(format!(
+            "output {} is not a regular file",
+            output.path
+        ))),
+        TesFileType::Directory if !meta.is_dir() => Err(SystemError(format!(
+            "output {} is not a directory",
+            output.path
+        ))),
+        _ => {
+            collect_s3(root, &output.path, &output.url, &mut files)?;
+            Ok(files)
+        }
+    }
+}
+
+fn collect_s3(
+    root: &Path,
+    container_path: &str,
+    url: &str,
+    files: &mut Vec<S3File>,
+) -> Result<(), SystemError> {
+    let host = paths::resolve_in_root(root, container_path)?;
+    let meta = std::fs::symlink_metadata(&host)
+        .map_err(|e| SystemError(format!("output {container_path}: {e}")))?;
+    if meta.is_dir() {
+        let mut names: Vec<String> = std::fs::read_dir(&host)
+            .map_err(sys(format!("listing output {container_path}")))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        for name in names {
+            collect_s3(
+                root,
+                &format!("{container_path}/{name}"),
+                &format!("{}/{name}", url.trim_end_matches('/')),
+                files,
+            )?;
+        }
+        return Ok(());
+    }
+    if !meta.is_file() {
+        return Err(SystemError(format!(
+            "output {container_path} is not a regular file or directory"
+        )));
+    }
+    files.push(S3File {
+        container_path: container_path.to_owned(),
+        host,
+        url: url.to_owned(),
+    });
+    Ok(())
+}
+
+/// Asks the server for one presigned PUT per file, now that the names are known, and uploads.
+async fn deliver_s3_outputs(
+    session: Option<&Session>,
+    files: Vec<S3File>,
+) -> Result<Vec<TesOutputFileLog>, SystemError> {
+    let session = session.ok_or_else(|| {
+        SystemError("the task has s3:// outputs but no session to deliver them".to_owned())
+    })?;
+    let request = UploadRequest {
+        urls: files.iter().map(|f| f.url.clone()).collect(),
+    };
+    let presigned: PresignedUploads = session
+        .call("uploads", Some(&request))
+        .await
+        .map_err(|e| SystemError(format!("could not get the task's output URLs: {e}")))?;
+    if presigned.urls.len() != files.len() {
+        return Err(SystemError(
+            "the server answered a different number of output URLs".to_owned(),
+        ));
+    }
+    let mut delivered = Vec::with_capacity(files.len());
+    for (file, url) in files.into_iter().zip(presigned.urls) {
+        let size = session::upload_presigned(session.http(), &url, &file.host, &file.url)
+            .await
+            .map_err(SystemError)?;
+        delivered.push(TesOutputFileLog {
+            url: file.url,
+            path: file.container_path,
+            size_bytes: size.to_string(),
+        });
+    }
+    Ok(delivered)
+}
+
+/// What an executor's sandbox gets beyond its own spec: the identity directory and variables.
+struct SandboxExtras<'a> {
+    ro_binds: &'a [(PathBuf, String)],
+    env: &'a [(String, String)],
+}
+
 async fn run_executor(
     task: &WorkerTask,
     root: &Path,
@@ -460,6 +645,7 @@ async fn run_executor(
     executor: &TesExecutor,
     secrets: &[(String, SecretValue)],
     redactor: Option<&Redactor>,
+    extras: &SandboxExtras<'_>,
 ) -> Result<TesExecutorLog, SandboxFailure> {
     let owner = task.sandbox.run_as;
     let stdin = executor
@@ -541,12 +727,14 @@ async fn run_executor(
         env: executor.env.as_ref().unwrap_or(&empty),
         command: &executor.command,
         secret_fds: &secret_fds,
+        ro_binds: extras.ro_binds,
     };
     // The environment travels as bubblewrap arguments through a pipe (see `sandbox::env_args`).
     let env_bytes = zeroize::Zeroizing::new(sandbox::env_args(
         spec.env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .chain(extras.env.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
             .chain(secret_env.iter().map(|(k, v)| (k.as_str(), v.as_slice()))),
     ));
     let env_writer = if env_bytes.is_empty() {
@@ -678,7 +866,8 @@ async fn capture(
     if kept.len() > tail {
         kept.drain(..kept.len() - tail);
     }
-    kept
+    // Tokens and presigned URLs a task prints are masked by shape, like its secrets by value.
+    tresor_crypto::redact::mask_credentials(&kept).into_owned()
 }
 
 /// Delivers one output declaration; returns a log entry per delivered file.

@@ -129,6 +129,12 @@ impl ParamName for TokenParam {
     const NAME: &'static str = "token";
 }
 
+/// `{workspace}`: a workspace id.
+pub(crate) struct WorkspaceParam;
+impl ParamName for WorkspaceParam {
+    const NAME: &'static str = "workspace";
+}
+
 /// `{name}`: a secret's name.
 pub(crate) struct NameParam;
 impl ParamName for NameParam {

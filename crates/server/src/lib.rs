@@ -2,6 +2,7 @@
 
 mod error;
 mod extract;
+mod identity;
 mod platform;
 pub mod routes;
 mod secrets;
@@ -17,7 +18,11 @@ use tokio::net::TcpListener;
 use tresor_auth::oidc::{OidcVerifier, TrustedIssuer};
 use tresor_crypto::KeyRing;
 use tresor_executors::{LocalExecutor, LocalSettings};
-use tresor_service::{PlatformService, SecretService, ServiceSettings, TaskService};
+use tresor_service::preflight::Preflight;
+use tresor_service::{
+    IdentityService, IdentitySettings, PlatformService, S3Settings, SecretService, ServiceSettings,
+    StorageService, TaskService,
+};
 use tresor_store::{Store, StoreSettings};
 
 pub use error::ApiError;
@@ -41,6 +46,12 @@ pub struct AppSettings {
     pub secret_retention: std::time::Duration,
     /// The redactor the process's log writer applies; kept loaded with every secret.
     pub log_redactor: tresor_crypto::redact::SharedRedactor,
+    /// tresor as an OIDC issuer for its tasks.
+    pub identity: IdentitySettings,
+    /// Object storage (S3 or compatible), if configured.
+    pub s3: Option<std::sync::Arc<S3Settings>>,
+    /// The server's own client credentials for outbound calls, if configured.
+    pub outbound: Option<std::sync::Arc<tresor_auth::client_credentials::ClientCredentials>>,
 }
 
 /// The services every handler reaches through axum state.
@@ -49,6 +60,9 @@ pub(crate) struct AppState {
     pub tasks: TaskService,
     pub platform: PlatformService,
     pub secrets: SecretService,
+    pub identity: IdentityService,
+    pub storage: StorageService,
+    pub preflight: Preflight,
 }
 
 /// A built application: its router and the services behind it.
@@ -80,11 +94,33 @@ impl App {
             store.clone(),
             settings.secret_retention,
         ));
+        let mut identity_settings = settings.identity;
+        if identity_settings.issuer.is_empty() {
+            identity_settings.issuer = settings
+                .service
+                .callback_url
+                .trim_end_matches('/')
+                .to_owned();
+        }
+        let identity = IdentityService::new(store.clone(), secrets.clone(), identity_settings);
+        identity.ensure_current_key().await?;
+        tokio::spawn(tresor_service::identity::rotate_on_schedule(
+            identity.clone(),
+        ));
+        let storage = StorageService::new(store.clone(), settings.s3);
+        let preflight = Preflight::new(
+            identity.clone(),
+            storage.clone(),
+            settings.local.clone(),
+            settings.outbound,
+        );
         let executor = LocalExecutor::new(settings.local)?;
         let tasks = TaskService::new(
             store.clone(),
             platform.clone(),
             secrets.clone(),
+            identity.clone(),
+            storage.clone(),
             executor,
             settings.service,
         )
@@ -95,6 +131,9 @@ impl App {
                 tasks,
                 platform,
                 secrets,
+                identity,
+                storage,
+                preflight,
             },
             settings.max_body_bytes,
         );

@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::routing::MethodRouter;
 use tresor_domain::Action;
 
-use crate::{AppState, platform, secrets, tes};
+use crate::{AppState, identity, platform, secrets, tes};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +262,96 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "A starting task's declared secrets, once, for its worker",
             ),
             get(secrets::deliver),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/internal/v1/tasks/{id}/token",
+                Access::TaskCredential,
+                "A running task's identity token, for its default or another allowed audience",
+            ),
+            post(identity::task_token),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/internal/v1/tasks/{id}/inputs",
+                Access::TaskCredential,
+                "Presigned GETs for a starting task's s3:// inputs",
+            ),
+            get(identity::task_inputs),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/internal/v1/tasks/{id}/uploads",
+                Access::TaskCredential,
+                "Presigned PUTs for the files a task delivers to its s3:// outputs",
+            ),
+            post(identity::task_uploads),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/.well-known/openid-configuration",
+                Access::Open,
+                "OIDC discovery for the identity tokens tresor issues to tasks",
+            ),
+            get(identity::discovery),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/.well-known/jwks.json",
+                Access::Open,
+                "The keys that sign task identity tokens (retired keys until their tokens expire)",
+            ),
+            get(identity::jwks),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/oauth2/authorize",
+                Access::Open,
+                "Required by strict relying parties; tresor has no interactive login, so always 400",
+            ),
+            get(identity::authorize),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/workspaces/{workspace}/storage",
+                Access::Workspace(Action::Read),
+                "The workspace's object storage location (bucket and prefix)",
+            ),
+            get(identity::get_storage),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/api/v1/workspaces/{workspace}/storage",
+                Access::Admin,
+                "Set the workspace's bucket and prefix (locations may not overlap)",
+            ),
+            put(identity::put_storage),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/api/v1/workspaces/{workspace}/storage",
+                Access::Admin,
+                "Return the workspace to the default location",
+            ),
+            delete(identity::delete_storage),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/api/v1/compute-envs/{id}/check",
+                Access::Admin,
+                "Preflight: probe the issuer, storage, isolation, sandbox and clock; each failure says what to fix",
+            ),
+            post(identity::check),
         ),
     ]);
     routes

@@ -1,11 +1,14 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+pub mod identity;
 mod page_token;
 pub mod platform;
+pub mod preflight;
 mod render;
 mod runner;
 pub mod secrets;
+pub mod storage;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -20,10 +23,12 @@ use tresor_executors::LocalExecutor;
 use tresor_store::{NewTask, Store, TagFilter, TaskFilter};
 
 pub use error::{Entity, ServiceError};
+pub use identity::{IdentityService, IdentitySettings, IssuedToken, TaskSubject};
 pub use platform::{Credential, PlatformService};
 pub use render::tes_state;
 pub use runner::DeclaredSecrets;
 pub use secrets::{Scope, SecretService};
+pub use storage::{Location, S3Settings, StorageService};
 
 /// The service's slice of the settings.
 #[derive(Debug, Clone)]
@@ -68,8 +73,11 @@ struct Inner {
     /// Tasks holding slots, with the cores they hold and their worker's pid once known.
     running: Mutex<HashMap<TaskId, runner::Slot>>,
     secrets: SecretService,
-    /// SHA-256 of each starting task's single-use secrets credential.
-    credentials: Mutex<HashMap<TaskId, [u8; 32]>>,
+    identity: IdentityService,
+    storage: StorageService,
+    /// Each active task's worker session: the SHA-256 of its credential, and whether its
+    /// secrets were already delivered (they are, at most once).
+    credentials: Mutex<HashMap<TaskId, runner::WorkerSessionState>>,
 }
 
 impl TaskService {
@@ -78,6 +86,8 @@ impl TaskService {
         store: Store,
         platform: PlatformService,
         secrets: SecretService,
+        identity: IdentityService,
+        storage: StorageService,
         executor: LocalExecutor,
         settings: ServiceSettings,
     ) -> Result<TaskService, ServiceError> {
@@ -92,6 +102,8 @@ impl TaskService {
                 wake: Notify::new(),
                 running: Mutex::new(HashMap::new()),
                 secrets,
+                identity,
+                storage,
                 credentials: Mutex::new(HashMap::new()),
             }),
         })
@@ -168,6 +180,10 @@ impl TaskService {
             .await?;
         let accepted = validate::accept_task(task, &self.limits())?;
         self.check_secrets(caller, &accepted.spec).await?;
+        self.inner
+            .storage
+            .check_task(&caller.workspace, &accepted.spec)
+            .await?;
         let id = TaskId::parse(&uuid::Uuid::now_v7().to_string())
             .map_err(|e| ServiceError::Internal(e.into()))?;
         let spec_json =
@@ -230,13 +246,64 @@ impl TaskService {
         Ok(())
     }
 
-    /// The secrets a starting task's worker asks for, once, with its single-use credential.
+    /// The secrets a starting task's worker asks for, once, with its task credential.
     pub async fn deliver_secrets(
         &self,
         id: &str,
         credential: &str,
     ) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
         runner::deliver_secrets(&self.inner, id, credential).await
+    }
+
+    /// A running task's identity token for one of the allowed audiences.
+    pub async fn task_token(
+        &self,
+        id: &str,
+        credential: &str,
+        audience: Option<&str>,
+    ) -> Result<IssuedToken, ServiceError> {
+        let record = runner::authorize_worker(&self.inner, id, credential)?;
+        let record = runner::active_task(&self.inner, &record).await?;
+        let subject = TaskSubject {
+            workspace: record.workspace.to_string(),
+            user: record.created_by.to_string(),
+            task: record.id.to_string(),
+            run: record.id.to_string(),
+        };
+        self.inner.identity.mint(&subject, audience).await
+    }
+
+    /// Presigned GETs for a starting task's `s3://` inputs.
+    pub async fn task_inputs(
+        &self,
+        id: &str,
+        credential: &str,
+    ) -> Result<Vec<storage::PresignedInput>, ServiceError> {
+        let id = runner::authorize_worker(&self.inner, id, credential)?;
+        let record = runner::active_task(&self.inner, &id).await?;
+        let spec: TesTask = serde_json::from_str(&record.spec_json)
+            .map_err(|e| ServiceError::Internal(e.into()))?;
+        self.inner
+            .storage
+            .presign_inputs(&record.workspace, &spec)
+            .await
+    }
+
+    /// Presigned PUTs for the files a finishing task delivers to its `s3://` outputs.
+    pub async fn task_uploads(
+        &self,
+        id: &str,
+        credential: &str,
+        urls: &[String],
+    ) -> Result<Vec<String>, ServiceError> {
+        let id = runner::authorize_worker(&self.inner, id, credential)?;
+        let record = runner::active_task(&self.inner, &id).await?;
+        let spec: TesTask = serde_json::from_str(&record.spec_json)
+            .map_err(|e| ServiceError::Internal(e.into()))?;
+        self.inner
+            .storage
+            .presign_uploads(&record.workspace, &spec, urls)
+            .await
     }
 
     /// The task with this id in the caller's workspace; a malformed id, a missing task and

@@ -357,6 +357,19 @@ impl PlatformService {
         })
     }
 
+    /// Whether a workspace exists (for administrators acting on any workspace).
+    pub async fn workspace_exists(&self, workspace: &WorkspaceId) -> Result<bool, ServiceError> {
+        Ok(self.store.workspace_exists(workspace).await?)
+    }
+
+    /// The principal's personal workspace, created on first use.
+    pub async fn personal_workspace_of(
+        &self,
+        principal: &Principal,
+    ) -> Result<WorkspaceId, ServiceError> {
+        self.ensure_personal_workspace(principal).await
+    }
+
     async fn ensure_personal_workspace(
         &self,
         principal: &Principal,

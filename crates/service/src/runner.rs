@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use tresor_api_types::tes::{TesTask, TesTaskLog};
 use tresor_domain::{Caller, TaskId, TaskState};
-use tresor_executors::{Attach, SecretDelivery, WorkerExit, WorkerPhase, WorkerStatus, WorkerTask};
+use tresor_executors::{
+    Attach, IdentityDelivery, SecretDelivery, WorkerExit, WorkerPhase, WorkerSession, WorkerStatus,
+    WorkerTask,
+};
 use tresor_store::TaskRecord;
 
 use crate::{Inner, ServiceError};
@@ -120,29 +123,34 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord) {
             return;
         }
     };
-    let secrets = if declared.files.is_empty() {
-        None
-    } else {
-        match mint_credential(inner, &id) {
-            Ok(credential) => Some(SecretDelivery {
-                url: format!(
-                    "{}/internal/v1/tasks/{id}/secrets",
-                    inner.settings.callback_url.trim_end_matches('/')
-                ),
-                credential,
-                files: declared.files,
-                env: declared.env,
-            }),
-            Err(e) => {
-                fail_task(inner, &id, None, e.to_string()).await;
-                release_slot(inner, &id);
-                return;
-            }
+    // Every task gets a session: its identity token is renewed through it while it runs.
+    let credential = match mint_credential(inner, &id) {
+        Ok(credential) => credential,
+        Err(e) => {
+            fail_task(inner, &id, None, e.to_string()).await;
+            release_slot(inner, &id);
+            return;
         }
     };
+    let session = Some(WorkerSession {
+        base_url: format!(
+            "{}/internal/v1/tasks/{id}",
+            inner.settings.callback_url.trim_end_matches('/')
+        ),
+        credential,
+    });
+    let secrets = (!declared.files.is_empty()).then_some(SecretDelivery {
+        files: declared.files,
+        env: declared.env,
+    });
     let settings = inner.executor.settings();
     let worker_task = WorkerTask {
+        session,
         secrets,
+        identity: Some(IdentityDelivery {
+            runtime_dir: settings.runtime_dir.clone(),
+            sdk_env: inner.identity.settings().sdk_env.clone(),
+        }),
         task_id: id.to_string(),
         network: network_requested(&spec) && settings.allow_network,
         inputs: spec.inputs.unwrap_or_default(),
@@ -233,9 +241,81 @@ fn mint_credential(inner: &Inner, id: &TaskId) -> Result<String, ServiceError> {
     let mut stored = [0u8; 32];
     stored.copy_from_slice(hash.as_ref());
     if let Ok(mut credentials) = inner.credentials.lock() {
-        credentials.insert(id.clone(), stored);
+        credentials.insert(
+            id.clone(),
+            WorkerSessionState {
+                hash: stored,
+                secrets_delivered: false,
+            },
+        );
     }
     Ok(credential)
+}
+
+/// An active task's worker session, kept in memory only: a restarted server knows none, and a
+/// re-attached worker then finishes without renewing its token.
+#[derive(Debug)]
+pub(crate) struct WorkerSessionState {
+    hash: [u8; 32],
+    secrets_delivered: bool,
+}
+
+fn refused() -> ServiceError {
+    ServiceError::Unauthenticated("the task credential is invalid or the task has ended".to_owned())
+}
+
+/// Checks a worker's credential against its task's session (in constant time), and, when
+/// `take_secrets` is set, marks the secrets delivered so a second fetch is refused.
+fn check_session(
+    inner: &Inner,
+    id: &str,
+    credential: &str,
+    take_secrets: bool,
+) -> Result<TaskId, ServiceError> {
+    use subtle::ConstantTimeEq;
+    let id = TaskId::parse(id).map_err(|_| refused())?;
+    let presented = ring::digest::digest(&ring::digest::SHA256, credential.as_bytes());
+    let mut credentials = inner
+        .credentials
+        .lock()
+        .map_err(|_| ServiceError::Internal(anyhow::anyhow!("credential table poisoned")))?;
+    match credentials.get_mut(&id) {
+        Some(state) if bool::from(presented.as_ref().ct_eq(&state.hash)) => {
+            if take_secrets {
+                if state.secrets_delivered {
+                    return Err(ServiceError::Conflict(
+                        "this task's secrets were already delivered; they are handed out once"
+                            .to_owned(),
+                    ));
+                }
+                state.secrets_delivered = true;
+            }
+            Ok(id)
+        }
+        _ => Err(refused()),
+    }
+}
+
+/// The task a worker's credential belongs to.
+pub(crate) fn authorize_worker(
+    inner: &Inner,
+    id: &str,
+    credential: &str,
+) -> Result<TaskId, ServiceError> {
+    check_session(inner, id, credential, false)
+}
+
+/// The task's record, if it has not ended.
+pub(crate) async fn active_task(inner: &Inner, id: &TaskId) -> Result<TaskRecord, ServiceError> {
+    let record = inner
+        .store
+        .get_task_for_system(id)
+        .await?
+        .ok_or_else(refused)?;
+    if record.state.is_terminal() {
+        return Err(refused());
+    }
+    Ok(record)
 }
 
 /// Hands a starting task its secrets, once: a matching credential is consumed by its first use.
@@ -244,33 +324,8 @@ pub(crate) async fn deliver_secrets(
     id: &str,
     credential: &str,
 ) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
-    use subtle::ConstantTimeEq;
-    let refused = || {
-        ServiceError::Unauthenticated("the task credential is invalid, used or expired".to_owned())
-    };
-    let id = TaskId::parse(id).map_err(|_| refused())?;
-    let presented = ring::digest::digest(&ring::digest::SHA256, credential.as_bytes());
-    // Consumed only when it matches: a wrong guess must not burn the worker's credential.
-    let matched = match inner.credentials.lock() {
-        Ok(mut credentials) => match credentials.get(&id) {
-            Some(stored) if bool::from(presented.as_ref().ct_eq(stored)) => {
-                credentials.remove(&id).is_some()
-            }
-            _ => false,
-        },
-        Err(_) => false,
-    };
-    if !matched {
-        return Err(refused());
-    }
-    let record = inner
-        .store
-        .get_task_for_system(&id)
-        .await?
-        .ok_or_else(refused)?;
-    if record.state.is_terminal() {
-        return Err(refused());
-    }
+    let id = check_session(inner, id, credential, true)?;
+    let record = active_task(inner, &id).await?;
     // The submitter must still be allowed to submit there: a removed or demoted member's queued
     // work gets nothing.
     let role = inner

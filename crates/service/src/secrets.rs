@@ -346,6 +346,7 @@ impl SecretService {
             ..event(actor, "kek.rotate", format!("kek:{new_id}"), None, "ok")
         };
         self.store.replace_wrapped_keys(&rewrapped, &event).await?;
+        crate::identity::rewrap_signing_keys(&self.store, self.keys.as_ref()).await?;
         self.keys
             .retire_old()
             .map_err(|e| ServiceError::Internal(e.into()))?;

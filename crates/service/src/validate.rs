@@ -171,10 +171,15 @@ pub fn accept_task(mut task: TesTask, limits: &Limits) -> Result<AcceptedTask, S
                 }
                 url::Url::parse(url).map_err(|e| invalid(field("url"), format!("{url:?}: {e}")))?;
             }
+            (_, Some(url)) if url.starts_with("s3://") => {
+                crate::storage::check_s3_url(&field("url"), url)?;
+            }
             (_, Some(url)) => {
                 return Err(invalid(
                     field("url"),
-                    format!("{url:?} uses an unsupported scheme; use file://, http:// or https://"),
+                    format!(
+                        "{url:?} uses an unsupported scheme; use file://, s3://, http:// or https://"
+                    ),
                 ));
             }
             (_, None) => return Err(invalid(field("url"), "either url or content is required")),
@@ -201,16 +206,19 @@ pub fn accept_task(mut task: TesTask, limits: &Limits) -> Result<AcceptedTask, S
         } else {
             check_path(&field("path"), &output.path, is_dir)?;
         }
-        if !output.url.starts_with("file://") {
+        if output.url.starts_with("s3://") {
+            crate::storage::check_s3_url(&field("url"), &output.url)?;
+        } else if output.url.starts_with("file://") {
+            allowed_file_url(&field("url"), &output.url, limits)?;
+        } else {
             return Err(invalid(
                 field("url"),
                 format!(
-                    "{:?} uses an unsupported scheme; outputs go to file:// locations",
+                    "{:?} uses an unsupported scheme; outputs go to file:// or s3:// locations",
                     output.url
                 ),
             ));
         }
-        allowed_file_url(&field("url"), &output.url, limits)?;
     }
     for (i, volume) in task.volumes.iter().flatten().enumerate() {
         check_path(&format!("volumes[{i}]"), volume, true)?;

@@ -5,6 +5,8 @@ mod error;
 mod identity;
 mod migrations;
 mod secrets;
+mod signing_keys;
+mod storage;
 mod tasks;
 mod workspaces;
 
@@ -19,6 +21,8 @@ pub use audit::{AuditBreak, AuditEvent};
 pub use error::Error;
 pub use identity::{TokenRecord, UserRecord};
 pub use secrets::{SealedRow, SecretKey, SecretMeta, StoredVersion};
+pub use signing_keys::SigningKeyRow;
+pub use storage::StorageRow;
 pub use tasks::{NewTask, TagFilter, TaskFilter, TaskRecord};
 pub use workspaces::WorkspaceRecord;
 

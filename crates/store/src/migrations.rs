@@ -26,6 +26,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "secrets",
         include_str!("../migrations/sqlite/0003_secrets.sql"),
     ),
+    (
+        4,
+        "identity_storage",
+        include_str!("../migrations/sqlite/0004_identity_storage.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -352,7 +352,7 @@ async fn audit_verify_catches_edits_deletions_and_reordering() {
 
     let (ok, why) = verify_after(
         &server.data,
-        "UPDATE audit_events SET body = replace(body, 'user.create', 'user.delete') WHERE seq = 3",
+        "UPDATE audit_events SET body = replace(body, '\"result\":\"ok\"', '\"result\":\"denied\"') WHERE seq = 3",
     )
     .await;
     assert!(!ok && why.contains("edited"), "edit: {why}");

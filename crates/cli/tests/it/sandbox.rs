@@ -20,7 +20,21 @@ async fn the_environment_holds_only_the_executors_env() {
         ..TesTask::default()
     };
     let done = server.run(&task).await;
-    assert_eq!(stdout(&done, 0), "AND=that\nONLY=this\n");
+    // The executor's env, plus the variables that point at the task's identity token.
+    let token = "/run/tresor/identity/token";
+    let mut seen: Vec<String> = stdout(&done, 0).lines().map(str::to_owned).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "AND=that".to_owned(),
+            format!("AWS_WEB_IDENTITY_TOKEN_FILE={token}"),
+            format!("AZURE_FEDERATED_TOKEN_FILE={token}"),
+            "ONLY=this".to_owned(),
+            "TRESOR_IDENTITY_SOCKET=/run/tresor/identity/token.sock".to_owned(),
+            format!("TRESOR_IDENTITY_TOKEN_FILE={token}"),
+        ]
+    );
 
     // PID 1 in the sandbox is bubblewrap itself; its environment must be as clean.
     let done = server

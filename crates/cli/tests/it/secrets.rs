@@ -562,7 +562,7 @@ async fn secrets_in_plain_sight_are_refused_and_printed_ones_are_redacted() {
 }
 
 #[tokio::test]
-async fn the_task_credential_is_single_use_and_nothing_is_left_behind() {
+async fn secrets_are_delivered_once_per_task_and_nothing_is_left_behind() {
     let server = TestServer::start().await;
     let tes = genomics_with(&server, &[("A", CANARY), ("B", b"b-env-value-1234")]).await;
 
@@ -578,18 +578,25 @@ async fn the_task_credential_is_single_use_and_nothing_is_left_behind() {
         !canary_finder().finds_in(&std::fs::read(&task_file).unwrap()),
         "the task file holds no value"
     );
-    let (url, credential) = (
-        spec["secrets"]["url"].as_str().unwrap().to_owned(),
-        spec["secrets"]["credential"].as_str().unwrap().to_owned(),
-    );
-    // The worker already used it: a replay gets nothing.
+    let url = format!("{}/secrets", spec["session"]["base_url"].as_str().unwrap());
+    let credential = spec["session"]["credential"].as_str().unwrap().to_owned();
+    // The worker already fetched them: a replay with the right credential gets nothing, and a
+    // guessed credential is refused outright.
     let replay = reqwest::Client::new()
         .get(&url)
         .bearer_auth(&credential)
         .send()
         .await
         .unwrap();
-    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(replay.status(), StatusCode::CONFLICT);
+    assert!(!canary_finder().finds_in(&replay.bytes().await.unwrap()));
+    let guessed = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth("not-the-credential")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(guessed.status(), StatusCode::UNAUTHORIZED);
 
     // While it runs: no process's command line holds a value, and the env secret is only in the
     // environment of the task's own sandbox (bubblewrap and the command it runs).

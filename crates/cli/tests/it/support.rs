@@ -39,6 +39,22 @@ pub fn bwrap() -> PathBuf {
         .expect("bubblewrap is required: run scripts/test.sh, which installs it")
 }
 
+/// S3 settings for an S3-compatible server at `endpoint`, default bucket `tresor`.
+pub fn s3_settings(endpoint: &str, secret: &str) -> tresor_service::S3Settings {
+    tresor_service::S3Settings {
+        endpoint: Some(endpoint.to_owned()),
+        region: "us-east-1".to_owned(),
+        access_key_id: S3_ACCESS_KEY.to_owned(),
+        secret_access_key: tresor_crypto::SecretValue::new(secret.as_bytes().to_vec()),
+        allow_http: true,
+        default_bucket: Some("tresor".to_owned()),
+        prefix_template: "workspaces/{workspace}/".to_owned(),
+        presign_ttl: Duration::from_secs(300),
+    }
+}
+
+pub const S3_ACCESS_KEY: &str = "AKIDTRESORTEST";
+
 /// The settings a test server runs with; `dir` holds its data and storage.
 pub fn settings_for(dir: &Path) -> AppSettings {
     let data = dir.join("data");
@@ -64,6 +80,7 @@ pub fn settings_for(dir: &Path) -> AppSettings {
             allow_network: false,
             // The tests' http fixtures listen on loopback.
             allow_private_http_inputs: true,
+            runtime_dir: PathBuf::from("/dev/shm"),
         },
         service: ServiceSettings {
             default_page_size: 256,
@@ -78,6 +95,18 @@ pub fn settings_for(dir: &Path) -> AppSettings {
         kek_file: data.join("kek"),
         secret_retention: std::time::Duration::from_secs(30 * 24 * 3600),
         log_redactor: Default::default(),
+        identity: tresor_service::IdentitySettings {
+            issuer: String::new(),
+            token_ttl: Duration::from_secs(600),
+            audiences: vec!["tresor".to_owned(), "vault".to_owned()],
+            rotation_period: Duration::from_secs(30 * 86_400),
+            sdk_env: vec![
+                "AWS_WEB_IDENTITY_TOKEN_FILE".to_owned(),
+                "AZURE_FEDERATED_TOKEN_FILE".to_owned(),
+            ],
+        },
+        s3: None,
+        outbound: None,
     }
 }
 

@@ -1,0 +1,421 @@
+//! Object storage through presigned URLs. The server alone holds the S3 credentials; a task's
+//! worker gets, when the task starts, one URL per object and method, valid for minutes, and only
+//! for the objects its task declared, inside its workspace's bucket and prefix.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
+use serde::{Deserialize, Serialize};
+use tresor_api_types::tes::{TesFileType, TesTask};
+use tresor_crypto::SecretValue;
+use tresor_domain::{Principal, WorkspaceId};
+use tresor_store::Store;
+
+use crate::ServiceError;
+
+pub use object_store::signer::Method;
+
+/// How the server reaches S3 (or an S3-compatible server).
+pub struct S3Settings {
+    /// `http(s)://host:port` of an S3-compatible server; `None` is AWS itself.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: SecretValue,
+    /// Whether a plain-http endpoint is allowed (a server on loopback, in tests).
+    pub allow_http: bool,
+    /// The bucket of workspaces that an administrator gave no location of their own.
+    pub default_bucket: Option<String>,
+    /// Their prefix in it; `{workspace}` is replaced by the workspace id.
+    pub prefix_template: String,
+    /// How long each presigned URL is valid.
+    pub presign_ttl: Duration,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A workspace's place in object storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub bucket: String,
+    /// Ends with `/` (or is empty: the whole bucket).
+    pub prefix: String,
+}
+
+impl Location {
+    pub fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    /// Whether an object key in a bucket lies inside this location.
+    pub fn contains(&self, bucket: &str, key: &str) -> bool {
+        bucket == self.bucket && key.starts_with(&self.prefix)
+    }
+
+    fn overlaps(&self, other: &Location) -> bool {
+        self.bucket == other.bucket
+            && (self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix))
+    }
+}
+
+/// One input the worker downloads: where it goes in the task, and a presigned GET.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresignedInput {
+    pub path: String,
+    pub url: String,
+}
+
+/// `s3://bucket/key` → (bucket, key); the key may be empty.
+pub fn parse_s3(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    (!bucket.is_empty()).then_some((bucket, key))
+}
+
+/// Syntax of an `s3://` URL in a task document.
+pub(crate) fn check_s3_url(field: &str, url: &str) -> Result<(), ServiceError> {
+    let bad = |why: &str| ServiceError::invalid(field, format!("{url:?} {why}"));
+    let (_, key) = parse_s3(url).ok_or_else(|| bad("has no bucket; write s3://bucket/key"))?;
+    let key = key.trim_end_matches('/');
+    if key.is_empty() {
+        return Err(bad("names no object; write s3://bucket/key"));
+    }
+    if key
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err(bad("has an empty, '.' or '..' segment in its key"));
+    }
+    Ok(())
+}
+
+fn join_key(prefix: &str, relative: &str) -> String {
+    format!(
+        "{}/{}",
+        prefix.trim_end_matches('/'),
+        relative.trim_start_matches('/')
+    )
+}
+
+/// Storage locations and presigning; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct StorageService {
+    store: Store,
+    s3: Option<Arc<S3Settings>>,
+    clients: Arc<Mutex<HashMap<String, Arc<AmazonS3>>>>,
+}
+
+fn unavailable(e: impl Into<anyhow::Error>) -> ServiceError {
+    ServiceError::Unavailable(e.into())
+}
+
+impl StorageService {
+    pub fn new(store: Store, s3: Option<Arc<S3Settings>>) -> StorageService {
+        StorageService {
+            store,
+            s3,
+            clients: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn s3(&self) -> Option<&S3Settings> {
+        self.s3.as_deref()
+    }
+
+    fn settings(&self) -> Result<&S3Settings, ServiceError> {
+        self.s3.as_deref().ok_or_else(|| {
+            ServiceError::invalid(
+                "url",
+                "this server has no S3 storage configured ([s3] in its configuration); use file:// or http(s):// URLs",
+            )
+        })
+    }
+
+    /// The client for one bucket, built once.
+    fn client(&self, bucket: &str) -> Result<Arc<AmazonS3>, ServiceError> {
+        let s3 = self.settings()?;
+        let mut clients = self.clients.lock().map_err(|_| {
+            ServiceError::Internal(anyhow::anyhow!("storage client cache poisoned"))
+        })?;
+        if let Some(c) = clients.get(bucket) {
+            return Ok(c.clone());
+        }
+        let secret = std::str::from_utf8(s3.secret_access_key.expose_secret())
+            .map_err(|_| ServiceError::Internal(anyhow::anyhow!("the S3 secret is not UTF-8")))?;
+        let mut builder = AmazonS3Builder::new()
+            .with_region(&s3.region)
+            .with_bucket_name(bucket)
+            .with_access_key_id(&s3.access_key_id)
+            .with_secret_access_key(secret)
+            .with_allow_http(s3.allow_http);
+        if let Some(endpoint) = &s3.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false);
+        }
+        let client = Arc::new(builder.build().map_err(unavailable)?);
+        clients.insert(bucket.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// A workspace's location: the one an administrator set, or the default bucket and prefix.
+    pub async fn location(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<Location>, ServiceError> {
+        if let Some(row) = self.store.workspace_storage(workspace).await? {
+            return Ok(Some(Location {
+                bucket: row.bucket,
+                prefix: row.prefix,
+            }));
+        }
+        Ok(self.s3.as_deref().and_then(|s3| {
+            s3.default_bucket.as_ref().map(|bucket| Location {
+                bucket: bucket.clone(),
+                prefix: s3
+                    .prefix_template
+                    .replace("{workspace}", workspace.as_str()),
+            })
+        }))
+    }
+
+    /// Sets (or with `None` clears) a workspace's location. Locations of two workspaces may not
+    /// overlap: each workspace's prefix is its boundary.
+    pub async fn set_location(
+        &self,
+        actor: &Principal,
+        workspace: &WorkspaceId,
+        location: Option<Location>,
+    ) -> Result<(), ServiceError> {
+        self.settings()?;
+        if let Some(loc) = &location {
+            if loc.bucket.is_empty()
+                || !loc
+                    .bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            {
+                return Err(ServiceError::invalid(
+                    "bucket",
+                    "must be an S3 bucket name (lowercase letters, digits, '-' and '.')",
+                ));
+            }
+            if loc.prefix.is_empty() || !loc.prefix.ends_with('/') || loc.prefix.starts_with('/') {
+                return Err(ServiceError::invalid(
+                    "prefix",
+                    "must be a key prefix such as \"projects/alpha/\": not empty, no leading '/', ending with '/'",
+                ));
+            }
+            for row in self.store.all_workspace_storage().await? {
+                let other = Location {
+                    bucket: row.bucket,
+                    prefix: row.prefix,
+                };
+                if row.workspace != workspace.as_str() && loc.overlaps(&other) {
+                    return Err(ServiceError::Conflict(format!(
+                        "{} overlaps the storage of another workspace ({}); choose a prefix of its own",
+                        loc.url(),
+                        other.url()
+                    )));
+                }
+            }
+        }
+        let event = crate::platform::event(
+            actor,
+            "storage.set",
+            format!(
+                "storage:{}",
+                location.as_ref().map(Location::url).unwrap_or_default()
+            ),
+            Some(workspace),
+            "ok",
+        );
+        self.store
+            .set_workspace_storage(
+                workspace,
+                location
+                    .as_ref()
+                    .map(|l| (l.bucket.as_str(), l.prefix.as_str())),
+                actor.user.as_str(),
+                &event,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// At CreateTask: every `s3://` URL must lie in the workspace's location.
+    pub async fn check_task(
+        &self,
+        workspace: &WorkspaceId,
+        spec: &TesTask,
+    ) -> Result<(), ServiceError> {
+        let urls: Vec<(String, &str)> = spec
+            .inputs
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, input)| {
+                input
+                    .url
+                    .as_deref()
+                    .filter(|u| u.starts_with("s3://"))
+                    .map(|u| (format!("inputs[{i}].url"), u))
+            })
+            .chain(
+                spec.outputs
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .filter(|(_, o)| o.url.starts_with("s3://"))
+                    .map(|(i, o)| (format!("outputs[{i}].url"), o.url.as_str())),
+            )
+            .collect();
+        let Some(first) = urls.first() else {
+            return Ok(());
+        };
+        if self.s3.is_none() {
+            return Err(ServiceError::invalid(
+                &first.0,
+                format!(
+                    "{:?}: this server has no S3 storage configured ([s3] in its configuration); use file:// or http(s):// URLs",
+                    first.1
+                ),
+            ));
+        }
+        let location = self.location(workspace).await?.ok_or_else(|| {
+            ServiceError::invalid(
+                &first.0,
+                format!("workspace {workspace} has no storage location; an administrator sets one (PUT /api/v1/workspaces/{workspace}/storage)"),
+            )
+        })?;
+        for (field, url) in urls {
+            let inside = parse_s3(url).is_some_and(|(b, k)| location.contains(b, k));
+            if !inside {
+                return Err(ServiceError::invalid(
+                    field,
+                    format!(
+                        "{url:?} is outside this workspace's storage {}; tasks reach only their own workspace's objects",
+                        location.url()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A presigned URL for one request on one object.
+    pub async fn presign(
+        &self,
+        method: Method,
+        bucket: &str,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<String, ServiceError> {
+        let client = self.client(bucket)?;
+        let url = client
+            .signed_url(method, &ObjectPath::from(key), ttl)
+            .await
+            .map_err(unavailable)?;
+        Ok(url.to_string())
+    }
+
+    /// Object keys under a prefix.
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, ServiceError> {
+        let client = self.client(bucket)?;
+        let prefix = ObjectPath::from(prefix.trim_end_matches('/'));
+        let objects: Vec<_> = client
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        Ok(objects
+            .into_iter()
+            .map(|o| o.location.to_string())
+            .collect())
+    }
+
+    /// Presigned GETs for a task's `s3://` inputs, one per object (a DIRECTORY input is listed
+    /// now, at start). Each is re-checked against the workspace's location.
+    pub async fn presign_inputs(
+        &self,
+        workspace: &WorkspaceId,
+        spec: &TesTask,
+    ) -> Result<Vec<PresignedInput>, ServiceError> {
+        self.check_task(workspace, spec).await?;
+        let ttl = self.settings()?.presign_ttl;
+        let mut out = Vec::new();
+        for input in spec.inputs.iter().flatten() {
+            let Some((bucket, key)) = input.url.as_deref().and_then(parse_s3) else {
+                continue;
+            };
+            if input.file_type == Some(TesFileType::Directory) {
+                let dir = key.trim_end_matches('/');
+                for object in self.list(bucket, dir).await? {
+                    let relative = object
+                        .strip_prefix(dir)
+                        .unwrap_or(&object)
+                        .trim_start_matches('/');
+                    out.push(PresignedInput {
+                        path: join_key(&input.path, relative),
+                        url: self.presign(Method::GET, bucket, &object, ttl).await?,
+                    });
+                }
+            } else {
+                out.push(PresignedInput {
+                    path: input.path.clone(),
+                    url: self.presign(Method::GET, bucket, key, ttl).await?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Presigned PUTs for files a finishing task delivers: each URL must be one of the task's
+    /// `s3://` outputs, or lie under a DIRECTORY or wildcard output's URL.
+    pub async fn presign_uploads(
+        &self,
+        workspace: &WorkspaceId,
+        spec: &TesTask,
+        urls: &[String],
+    ) -> Result<Vec<String>, ServiceError> {
+        self.check_task(workspace, spec).await?;
+        let ttl = self.settings()?.presign_ttl;
+        let mut out = Vec::with_capacity(urls.len());
+        for (i, url) in urls.iter().enumerate() {
+            let declared = spec.outputs.iter().flatten().any(|o| {
+                let is_tree = o.file_type == Some(TesFileType::Directory)
+                    || tresor_executors::paths::has_wildcard(&o.path);
+                url == &o.url
+                    || (is_tree
+                        && url
+                            .strip_prefix(o.url.trim_end_matches('/'))
+                            .is_some_and(|rest| rest.starts_with('/') && !rest.contains("/../")))
+            });
+            let parsed = parse_s3(url).filter(|_| declared && check_s3_url("url", url).is_ok());
+            let Some((bucket, key)) = parsed else {
+                return Err(ServiceError::invalid(
+                    format!("urls[{i}]"),
+                    "is not one of the task's declared s3:// outputs",
+                ));
+            };
+            out.push(self.presign(Method::PUT, bucket, key, ttl).await?);
+        }
+        Ok(out)
+    }
+}
