@@ -8,11 +8,11 @@ say() { printf '==> %s\n' "$*"; }
 
 . scripts/lib/ensure-bubblewrap.sh
 
-# A Python venv with the stock py-tes client, for the end-to-end test.
+# A Python venv with the stock py-tes client and pyjwt (an independent relying party).
 venv=.venv
-if ! "$venv/bin/python" -c 'import tes' >/dev/null 2>&1; then
-    say "creating $venv with py-tes"
-    python3 -m venv "$venv"
+if ! "$venv/bin/python" -c 'import tes, jwt, cryptography' >/dev/null 2>&1; then
+    say "installing py-tes and pyjwt into $venv"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 export TRESOR_TEST_PYTHON="$PWD/$venv/bin/python"

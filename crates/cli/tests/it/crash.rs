@@ -11,13 +11,18 @@ use tresor_client::TesClient;
 use crate::support::*;
 
 /// `tresor serve` as a child process on a free port.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
-    client: TesClient,
+    pub(crate) client: TesClient,
     url: String,
 }
 
 fn spawn_server(dir: &Path) -> ServerProcess {
+    spawn_server_with(dir, None)
+}
+
+/// `tresor serve` logging at TRACE into `dir/server.log`, with an optional config file.
+pub(crate) fn spawn_server_with(dir: &Path, config: Option<&Path>) -> ServerProcess {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let storage = dir.join("storage");
     std::fs::create_dir_all(&storage).unwrap();
@@ -32,6 +37,7 @@ fn spawn_server(dir: &Path) -> ServerProcess {
         .arg(dir.join("data"))
         .arg("--allowed-dir")
         .arg(&storage)
+        .args(config.iter().flat_map(|c| [Path::new("--config"), c]))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("TRESOR_LOG", "trace")
@@ -68,7 +74,7 @@ fn listening_url(child: &mut Child, dir: &Path) -> String {
 }
 
 impl ServerProcess {
-    fn client_url(&self) -> String {
+    pub(crate) fn client_url(&self) -> String {
         self.url.clone()
     }
 

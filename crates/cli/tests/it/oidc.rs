@@ -292,53 +292,6 @@ async fn a_rotated_signing_key_is_picked_up_without_a_restart() {
 }
 
 /// The npm `oidc-provider` server from `tests/oidc-provider`, on a free port.
-struct RealProvider {
-    child: std::process::Child,
-    issuer: String,
-}
-
-impl Drop for RealProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_real_provider() -> RealProvider {
-    use std::io::{BufRead, BufReader};
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider");
-    assert!(
-        dir.join("node_modules/oidc-provider").is_dir(),
-        "oidc-provider is not installed: run scripts/test.sh (it runs npm ci in {})",
-        dir.display()
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new("node")
-        .arg("server.mjs")
-        .current_dir(&dir)
-        .env("PORT", port.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("node is required: Node 20 is part of the machine image");
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let issuer = loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "oidc-provider exited before listening"
-        );
-        if let Some(issuer) = line.trim().strip_prefix("oidc-provider listening on ") {
-            break issuer.to_owned();
-        }
-    };
-    RealProvider { child, issuer }
-}
-
 #[tokio::test]
 async fn a_token_from_a_real_openid_provider_reaches_the_api() {
     let provider = tokio::task::spawn_blocking(start_real_provider)

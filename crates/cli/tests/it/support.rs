@@ -317,3 +317,125 @@ pub fn entries(dir: &Path) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The npm `oidc-provider` (tests/oidc-provider/server.mjs) on a free port; killed on drop.
+pub struct RealProvider {
+    child: std::process::Child,
+    pub issuer: String,
+}
+
+impl Drop for RealProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_real_provider() -> RealProvider {
+    use std::io::{BufRead, BufReader};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider");
+    assert!(
+        dir.join("node_modules/oidc-provider").is_dir(),
+        "oidc-provider is not installed: run scripts/test.sh (it runs npm ci in {})",
+        dir.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new("node")
+        .arg("server.mjs")
+        .current_dir(&dir)
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node is required: Node 20 is part of the machine image");
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let issuer = loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "oidc-provider exited before listening"
+        );
+        if let Some(issuer) = line.trim().strip_prefix("oidc-provider listening on ") {
+            break issuer.to_owned();
+        }
+    };
+    RealProvider { child, issuer }
+}
+
+pub const S3_SECRET: &str = "tresor-test-s3-secret-key";
+
+/// A real S3 server (s3s-fs, in-process): SigV4 and presigned signatures are checked, expiry
+/// included. Objects live as files under `root/<bucket>/<key>`; bucket `tresor` exists.
+pub struct S3Server {
+    pub endpoint: String,
+    pub root: TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("tresor")).unwrap();
+        let mut builder =
+            s3s::service::S3ServiceBuilder::new(s3s_fs::FileSystem::new(root.path()).unwrap());
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET));
+        let service = builder.build();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+                });
+            }
+        });
+        S3Server {
+            endpoint,
+            root,
+            task,
+        }
+    }
+
+    /// Settings for a tresor server that uses this S3 server.
+    pub fn settings(&self) -> tresor_service::S3Settings {
+        s3_settings(&self.endpoint, S3_SECRET)
+    }
+
+    /// Uploads an object over the S3 protocol, with the server's own credentials.
+    pub async fn put(&self, key: &str, body: &[u8]) {
+        use object_store::ObjectStoreExt;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_bucket_name("tresor")
+            .with_access_key_id(S3_ACCESS_KEY)
+            .with_secret_access_key(S3_SECRET)
+            .build()
+            .unwrap();
+        store
+            .put(&object_store::path::Path::from(key), body.to_vec().into())
+            .await
+            .unwrap();
+    }
+
+    /// An object's bytes, read from the server's disk.
+    pub fn object(&self, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.root.path().join("tresor").join(key)).ok()
+    }
+}
