@@ -165,25 +165,31 @@ async fn execute(
     if let Some(owner) = task.sandbox.run_as {
         chown_tree(root, owner)?;
     }
-    let secrets = match (&task.secrets, &session) {
-        (Some(_), Some(session)) => fetch_secrets(session).await?,
-        (Some(_), None) => {
-            return Err(SystemError(
+    // The secrets and the first identity token are two round trips to the server: in parallel.
+    let secrets = async {
+        match (&task.secrets, &session) {
+            (Some(_), Some(session)) => fetch_secrets(session).await,
+            (Some(_), None) => Err(SystemError(
                 "the task declares secrets but has no session to fetch them".to_owned(),
-            ));
+            )),
+            _ => Ok(Vec::new()),
         }
-        _ => Vec::new(),
     };
-    report.redactor = Some(Redactor::new(secrets.iter().map(|(_, v)| v)));
     // Held until the executors are done: dropping it stops the token's refresh and removes it.
-    let identity = match (&task.identity, &session) {
-        (Some(delivery), Some(session)) => Some(
-            Identity::start(&task.task_id, delivery, session, task.sandbox.run_as)
-                .await
-                .map_err(SystemError)?,
-        ),
-        _ => None,
+    let identity = async {
+        match (&task.identity, &session) {
+            (Some(delivery), Some(session)) => {
+                Identity::start(&task.task_id, delivery, session, task.sandbox.run_as)
+                    .await
+                    .map(Some)
+                    .map_err(SystemError)
+            }
+            _ => Ok(None),
+        }
     };
+    let (secrets, identity) = tokio::join!(secrets, identity);
+    let (secrets, identity) = (secrets?, identity?);
+    report.redactor = Some(Redactor::new(secrets.iter().map(|(_, v)| v)));
     let identity_binds: Vec<(PathBuf, String)> = identity
         .iter()
         .map(|i| (i.dir().to_owned(), IDENTITY_DIR.to_owned()))
@@ -510,7 +516,8 @@ async fn stage_s3_inputs(session: Option<&Session>, root: &Path) -> Result<(), S
         .map_err(|e| SystemError(format!("could not get the task's input URLs: {e}")))?;
     for object in presigned.inputs {
         let dest = paths::resolve_in_root(root, &object.path)?;
-        session::download_presigned(session.http(), &object.url, &dest, &object.path)
+        let http = session.storage_http().map_err(SystemError)?;
+        session::download_presigned(http, &object.url, &dest, &object.path)
             .await
             .map_err(SystemError)?;
     }
@@ -620,7 +627,8 @@ async fn deliver_s3_outputs(
     }
     let mut delivered = Vec::with_capacity(files.len());
     for (file, url) in files.into_iter().zip(presigned.urls) {
-        let size = session::upload_presigned(session.http(), &url, &file.host, &file.url)
+        let http = session.storage_http().map_err(SystemError)?;
+        let size = session::upload_presigned(http, &url, &file.host, &file.url)
             .await
             .map_err(SystemError)?;
         delivered.push(TesOutputFileLog {

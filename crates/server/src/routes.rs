@@ -20,7 +20,8 @@ pub enum Access {
     /// Members of the workspace (named in the path, or the caller's personal one) whose role
     /// allows the action.
     Workspace(Action),
-    /// A task's own worker, with the single-use credential it was started with; no user token works.
+    /// A task's own worker, with the credential its task was started with (valid while the task
+    /// is active); no user token works.
     TaskCredential,
 }
 
