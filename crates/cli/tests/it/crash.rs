@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tresor_api_types::tes::{TesOutput, TesState, TesView};
+use tresor_api_types::tes::{TesOutput, TesState, TesTask, TesView};
 use tresor_client::TesClient;
 
 use crate::support::*;
@@ -323,4 +323,57 @@ async fn no_log_line_of_the_server_ever_holds_a_secret_even_at_trace_level() {
         crate::secrets::files_with_canary(&work),
         Vec::<String>::new()
     );
+}
+
+/// Signing keys are sealed under the KEK like secrets: after `rotate-kek` retires the old KEK
+/// and the server restarts (so nothing is cached), the signing key still decrypts and tasks
+/// still get tokens, and the JWKS still publishes the same key.
+#[tokio::test]
+async fn signing_keys_survive_a_kek_rotation_and_a_restart() {
+    let dir = traversable_tempdir();
+    let mut first = spawn_server(dir.path());
+    let jwks = |url: String| async move {
+        reqwest::get(format!("{url}/.well-known/jwks.json"))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let before = jwks(first.client_url()).await;
+    let rotate = Command::new(TRESOR)
+        .args(["admin", "rotate-kek", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(rotate.status.success(), "{rotate:?}");
+    first.kill_9();
+    let second = spawn_server(dir.path());
+    assert_eq!(jwks(second.client_url()).await, before);
+    let task = TesTask {
+        outputs: Some(vec![TesOutput {
+            url: storage_url(dir.path(), "token"),
+            path: "/out/token".to_owned(),
+            ..TesOutput::default()
+        }]),
+        ..sh_task(r#"mkdir -p /out && cp "$TRESOR_IDENTITY_TOKEN_FILE" /out/token"#)
+    };
+    let id = second.client.create_task(&task).await.unwrap();
+    let done = wait_terminal(&second.client, &id).await;
+    assert_eq!(
+        done.state,
+        Some(TesState::Complete),
+        "{}",
+        system_logs(&done)
+    );
+    let token = std::fs::read_to_string(dir.path().join("storage/token")).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["kid"], before["keys"][0]["kid"]);
 }
