@@ -305,7 +305,8 @@ pub(crate) fn authorize_worker(
     check_session(inner, id, credential, false)
 }
 
-/// The task's record, if it has not ended.
+/// The task's record, if it has not ended and its submitter may still launch in its workspace:
+/// a removed or demoted member's work gets no secrets, tokens or storage URLs.
 pub(crate) async fn active_task(inner: &Inner, id: &TaskId) -> Result<TaskRecord, ServiceError> {
     let record = inner
         .store
@@ -314,6 +315,17 @@ pub(crate) async fn active_task(inner: &Inner, id: &TaskId) -> Result<TaskRecord
         .ok_or_else(refused)?;
     if record.state.is_terminal() {
         return Err(refused());
+    }
+    let role = inner
+        .store
+        .membership(&record.workspace, &record.created_by)
+        .await?;
+    if !role
+        .is_some_and(|r| tresor_domain::permissions::allows(r, tresor_domain::Action::SubmitTask))
+    {
+        return Err(ServiceError::Forbidden(
+            "the task's submitter may no longer launch in this workspace".to_owned(),
+        ));
     }
     Ok(record)
 }
@@ -326,19 +338,6 @@ pub(crate) async fn deliver_secrets(
 ) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
     let id = check_session(inner, id, credential, true)?;
     let record = active_task(inner, &id).await?;
-    // The submitter must still be allowed to submit there: a removed or demoted member's queued
-    // work gets nothing.
-    let role = inner
-        .store
-        .membership(&record.workspace, &record.created_by)
-        .await?;
-    if !role
-        .is_some_and(|r| tresor_domain::permissions::allows(r, tresor_domain::Action::SubmitTask))
-    {
-        return Err(ServiceError::Forbidden(
-            "the task's submitter may no longer launch in this workspace".to_owned(),
-        ));
-    }
     let spec: TesTask =
         serde_json::from_str(&record.spec_json).map_err(|e| ServiceError::Internal(e.into()))?;
     let declared = declared_secrets(&spec)?;
