@@ -56,8 +56,18 @@ impl Drop for Server {
 }
 
 fn start_server(tresor: &Path, slots: u32) -> Result<Server> {
+    start_server_with(tresor, slots, |_| Ok(Vec::new()))
+}
+
+/// Starts a server; `extra` gets its directory and returns more `serve` arguments.
+fn start_server_with(
+    tresor: &Path,
+    slots: u32,
+    extra: impl FnOnce(&Path) -> Result<Vec<String>>,
+) -> Result<Server> {
     let dir = tempfile::Builder::new().prefix("tresor-bench-").tempdir()?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    let extra = extra(dir.path())?;
     let mut child = Command::new(tresor)
         .args([
             "serve",
@@ -68,6 +78,7 @@ fn start_server(tresor: &Path, slots: u32) -> Result<Server> {
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
+        .args(extra)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("TRESOR_LOG", "warn")
@@ -367,6 +378,118 @@ async fn secret_fetch(tresor: &Path, args: &Args) -> Result<(Duration, Duration)
     Ok((percentile(&timings[0], 0.5), percentile(&timings[1], 0.5)))
 }
 
+const S3_KEY: &str = "AKIDBENCH";
+const S3_SECRET: &str = "bench-s3-secret-key";
+
+/// An S3 server (s3s-fs, in this process, checking every signature) with bucket `tresor`.
+async fn start_s3(root: &Path) -> Result<String> {
+    std::fs::create_dir_all(root.join("tresor"))?;
+    let mut builder = s3s::service::S3ServiceBuilder::new(
+        s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?,
+    );
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(S3_KEY, S3_SECRET));
+    let service = builder.build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                .await;
+            });
+        }
+    });
+    Ok(endpoint)
+}
+
+/// submit->COMPLETE of a task copying a 1 MiB input to an output, through presigned S3 URLs
+/// and through file:// in an allowed directory, alternating.
+async fn storage_paths(tresor: &Path, args: &Args) -> Result<(Duration, Duration)> {
+    let s3_root = tempfile::tempdir()?;
+    let endpoint = start_s3(s3_root.path()).await?;
+    let object = s3_root.path().join("tresor/workspaces");
+    let files = tempfile::tempdir()?;
+    std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o777))?;
+    let payload = vec![b'x'; 1 << 20];
+    std::fs::write(files.path().join("in.bin"), &payload)?;
+    let files_dir = std::fs::canonicalize(files.path())?;
+    let server = start_server_with(tresor, 2, |dir| {
+        let secret = dir.join("s3-secret");
+        std::fs::write(&secret, S3_SECRET)?;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
+        let config = dir.join("tresor.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[s3]\nendpoint = \"{endpoint}\"\naccess_key_id = \"{S3_KEY}\"\nsecret_access_key_file = \"{}\"\ndefault_bucket = \"tresor\"\n",
+                secret.display()
+            ),
+        )?;
+        Ok(vec![
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--allowed-dir".to_owned(),
+            files_dir.display().to_string(),
+        ])
+    })?;
+    let platform = tresor_client::PlatformClient::new(&server.url, Some(&server.token))?;
+    let ws = platform.me().await?.personal_workspace;
+    std::fs::create_dir_all(object.join(&ws))?;
+    // Uploaded over S3 with a presigned URL from nobody: written where s3s-fs reads it.
+    std::fs::write(object.join(&ws).join("in.bin"), &payload)?;
+    let io_task = |input: String, output: String| {
+        let mut t = task(&["cp", "/data/in.bin", "/data/out.bin"], 1);
+        t.inputs = Some(vec![tresor_api_types::tes::TesInput {
+            url: Some(input),
+            path: "/data/in.bin".into(),
+            ..Default::default()
+        }]);
+        t.outputs = Some(vec![tresor_api_types::tes::TesOutput {
+            url: output,
+            path: "/data/out.bin".into(),
+            ..Default::default()
+        }]);
+        t
+    };
+    let s3 = io_task(
+        format!("s3://tresor/workspaces/{ws}/in.bin"),
+        format!("s3://tresor/workspaces/{ws}/out.bin"),
+    );
+    let file = io_task(
+        format!("file://{}/in.bin", files_dir.display()),
+        format!("file://{}/out.bin", files_dir.display()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let mut timings = [Vec::new(), Vec::new()];
+    for i in 0..=args.latency_runs.min(30) {
+        for (k, body) in [&s3, &file].into_iter().enumerate() {
+            let start = Instant::now();
+            let id = server.client.create_task(body).await?;
+            loop {
+                match server.client.get_task(&id, TesView::Minimal).await?.state {
+                    Some(TesState::Complete) => break,
+                    Some(s) if s.is_terminal() => bail!("storage task ended {s:?}"),
+                    _ => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+                if Instant::now() > deadline {
+                    bail!("storage run exceeded --max-seconds");
+                }
+            }
+            if i > 0 {
+                timings[k].push(start.elapsed());
+            }
+        }
+    }
+    for t in &mut timings {
+        t.sort();
+    }
+    Ok((percentile(&timings[0], 0.5), percentile(&timings[1], 0.5)))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -384,6 +507,7 @@ async fn main() -> Result<()> {
     let cancel = cancels(&tresor, &args).await?;
     let (redact_gbs, copy_gbs) = redaction(&args)?;
     let (with_secrets, without_secrets) = secret_fetch(&tresor, &args).await?;
+    let (via_s3, via_file) = storage_paths(&tresor, &args).await?;
     let ratio = p50.as_secs_f64() / bare.as_secs_f64().max(f64::EPSILON);
     println!("| measure | result | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
@@ -414,7 +538,15 @@ async fn main() -> Result<()> {
         ms(without_secrets),
         ms(with_secrets.saturating_sub(without_secrets))
     );
+    println!(
+        "| submit->COMPLETE, 1 MiB in and out through presigned S3 URLs (p50) | {:.1} ms | same through file:// {:.1} ms | +{:.1} ms | - |",
+        ms(via_s3),
+        ms(via_file),
+        ms(via_s3.saturating_sub(via_file))
+    );
     let summary = serde_json::json!({
+        "via_s3_p50_ms": ms(via_s3),
+        "via_file_p50_ms": ms(via_file),
         "redaction_gb_per_second": redact_gbs,
         "copy_gb_per_second": copy_gbs,
         "with_10_secrets_p50_ms": ms(with_secrets),
