@@ -685,6 +685,12 @@ async fn a_killed_worker_takes_its_secrets_tmpfs_with_it() {
         server.data.join("work").join(&id).display()
     ));
     assert_eq!(worker.len(), 1, "{worker:?}");
+    assert!(
+        entries(std::path::Path::new("/dev/shm"))
+            .iter()
+            .any(|e| e.contains(&id)),
+        "the running task has its identity directory"
+    );
     let pid = worker[0].split(':').next().unwrap().to_owned();
     // Only the worker, not its group: bubblewrap must notice and take the sandbox down.
     assert!(
@@ -710,6 +716,12 @@ async fn a_killed_worker_takes_its_secrets_tmpfs_with_it() {
         "the sandbox outlived its worker"
     );
     assert_eq!(files_with_canary(&server.data), Vec::<String>::new());
+    // The killed worker could not remove its identity token directory; the server did.
+    let tokens: Vec<String> = entries(std::path::Path::new("/dev/shm"))
+        .into_iter()
+        .filter(|e| e.contains(&id))
+        .collect();
+    assert!(tokens.is_empty(), "{tokens:?}");
 }
 
 #[tokio::test]
