@@ -75,9 +75,6 @@ struct Inner {
     secrets: SecretService,
     identity: IdentityService,
     storage: StorageService,
-    /// Each active task's worker session: the SHA-256 of its credential, and whether its
-    /// secrets were already delivered (they are, at most once).
-    credentials: Mutex<HashMap<TaskId, runner::WorkerSessionState>>,
 }
 
 impl TaskService {
@@ -104,7 +101,6 @@ impl TaskService {
                 secrets,
                 identity,
                 storage,
-                credentials: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -262,7 +258,7 @@ impl TaskService {
         credential: &str,
         audience: Option<&str>,
     ) -> Result<IssuedToken, ServiceError> {
-        let record = runner::authorize_worker(&self.inner, id, credential)?;
+        let record = runner::authorize_worker(&self.inner, id, credential).await?;
         let record = runner::active_task(&self.inner, &record).await?;
         let subject = TaskSubject {
             workspace: record.workspace.to_string(),
@@ -279,7 +275,7 @@ impl TaskService {
         id: &str,
         credential: &str,
     ) -> Result<Vec<storage::PresignedInput>, ServiceError> {
-        let id = runner::authorize_worker(&self.inner, id, credential)?;
+        let id = runner::authorize_worker(&self.inner, id, credential).await?;
         let record = runner::active_task(&self.inner, &id).await?;
         let spec: TesTask = serde_json::from_str(&record.spec_json)
             .map_err(|e| ServiceError::Internal(e.into()))?;
@@ -296,7 +292,7 @@ impl TaskService {
         credential: &str,
         urls: &[String],
     ) -> Result<Vec<String>, ServiceError> {
-        let id = runner::authorize_worker(&self.inner, id, credential)?;
+        let id = runner::authorize_worker(&self.inner, id, credential).await?;
         let record = runner::active_task(&self.inner, &id).await?;
         let spec: TesTask = serde_json::from_str(&record.spec_json)
             .map_err(|e| ServiceError::Internal(e.into()))?;

@@ -46,10 +46,6 @@ fn release_slot(inner: &Inner, id: &TaskId) {
     if let Ok(mut running) = inner.running.lock() {
         running.remove(id);
     }
-    // A task that ended can fetch nothing any more.
-    if let Ok(mut credentials) = inner.credentials.lock() {
-        credentials.remove(id);
-    }
     inner.wake.notify_one();
 }
 
@@ -73,7 +69,9 @@ async fn fill_slots(inner: &Arc<Inner>) -> Result<(), ServiceError> {
         if free == 0 {
             return Ok(());
         }
-        let Some(record) = inner.store.claim_next_task(free).await? else {
+        // The task's worker session is fixed in the same statement that claims it.
+        let (credential, hash) = new_credential()?;
+        let Some(record) = inner.store.claim_next_task(free, &hash).await? else {
             return Ok(());
         };
         if let Ok(mut running) = inner.running.lock() {
@@ -86,7 +84,7 @@ async fn fill_slots(inner: &Arc<Inner>) -> Result<(), ServiceError> {
                 },
             );
         }
-        start_worker(inner, record).await;
+        start_worker(inner, record, credential).await;
     }
 }
 
@@ -99,7 +97,7 @@ fn network_requested(spec: &TesTask) -> bool {
         .any(|(k, v)| k.eq_ignore_ascii_case("network") && v.eq_ignore_ascii_case("true"))
 }
 
-async fn start_worker(inner: &Arc<Inner>, record: TaskRecord) {
+async fn start_worker(inner: &Arc<Inner>, record: TaskRecord, credential: String) {
     let id = record.id.clone();
     let spec: TesTask = match serde_json::from_str(&record.spec_json) {
         Ok(spec) => spec,
@@ -124,14 +122,6 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord) {
         }
     };
     // Every task gets a session: its identity token is renewed through it while it runs.
-    let credential = match mint_credential(inner, &id) {
-        Ok(credential) => credential,
-        Err(e) => {
-            fail_task(inner, &id, None, e.to_string()).await;
-            release_slot(inner, &id);
-            return;
-        }
-    };
     let session = Some(WorkerSession {
         base_url: format!(
             "{}/internal/v1/tasks/{id}",
@@ -227,7 +217,8 @@ pub(crate) fn declared_secrets(spec: &TesTask) -> Result<DeclaredSecrets, Servic
     Ok(DeclaredSecrets { files, env })
 }
 
-fn mint_credential(inner: &Inner, id: &TaskId) -> Result<String, ServiceError> {
+/// A new worker session credential and the SHA-256 that the store keeps of it.
+fn new_credential() -> Result<(String, [u8; 32]), ServiceError> {
     use base64::Engine;
     use ring::rand::SecureRandom;
     let mut raw = [0u8; 32];
@@ -237,72 +228,37 @@ fn mint_credential(inner: &Inner, id: &TaskId) -> Result<String, ServiceError> {
             ServiceError::Internal(anyhow::anyhow!("the system random number generator failed"))
         })?;
     let credential = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-    let hash = ring::digest::digest(&ring::digest::SHA256, credential.as_bytes());
-    let mut stored = [0u8; 32];
-    stored.copy_from_slice(hash.as_ref());
-    if let Ok(mut credentials) = inner.credentials.lock() {
-        credentials.insert(
-            id.clone(),
-            WorkerSessionState {
-                hash: stored,
-                secrets_delivered: false,
-            },
-        );
-    }
-    Ok(credential)
-}
-
-/// An active task's worker session, kept in memory only: a restarted server knows none, and a
-/// re-attached worker then finishes without renewing its token.
-#[derive(Debug)]
-pub(crate) struct WorkerSessionState {
-    hash: [u8; 32],
-    secrets_delivered: bool,
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(
+        ring::digest::digest(&ring::digest::SHA256, credential.as_bytes()).as_ref(),
+    );
+    Ok((credential, hash))
 }
 
 fn refused() -> ServiceError {
     ServiceError::Unauthenticated("the task credential is invalid or the task has ended".to_owned())
 }
 
-/// Checks a worker's credential against its task's session (in constant time), and, when
-/// `take_secrets` is set, marks the secrets delivered so a second fetch is refused.
-fn check_session(
-    inner: &Inner,
-    id: &str,
-    credential: &str,
-    take_secrets: bool,
-) -> Result<TaskId, ServiceError> {
+/// Checks a worker's credential against its task's session, in constant time. The session is in
+/// the store, so a worker re-attached after a server restart keeps it; it is cleared when the
+/// task ends.
+async fn check_session(inner: &Inner, id: &str, credential: &str) -> Result<TaskId, ServiceError> {
     use subtle::ConstantTimeEq;
     let id = TaskId::parse(id).map_err(|_| refused())?;
     let presented = ring::digest::digest(&ring::digest::SHA256, credential.as_bytes());
-    let mut credentials = inner
-        .credentials
-        .lock()
-        .map_err(|_| ServiceError::Internal(anyhow::anyhow!("credential table poisoned")))?;
-    match credentials.get_mut(&id) {
-        Some(state) if bool::from(presented.as_ref().ct_eq(&state.hash)) => {
-            if take_secrets {
-                if state.secrets_delivered {
-                    return Err(ServiceError::Conflict(
-                        "this task's secrets were already delivered; they are handed out once"
-                            .to_owned(),
-                    ));
-                }
-                state.secrets_delivered = true;
-            }
-            Ok(id)
-        }
+    match inner.store.task_session(&id).await? {
+        Some(stored) if bool::from(presented.as_ref().ct_eq(stored.as_slice())) => Ok(id),
         _ => Err(refused()),
     }
 }
 
 /// The task a worker's credential belongs to.
-pub(crate) fn authorize_worker(
+pub(crate) async fn authorize_worker(
     inner: &Inner,
     id: &str,
     credential: &str,
 ) -> Result<TaskId, ServiceError> {
-    check_session(inner, id, credential, false)
+    check_session(inner, id, credential).await
 }
 
 /// The task's record, if it has not ended and its submitter may still launch in its workspace:
@@ -336,8 +292,13 @@ pub(crate) async fn deliver_secrets(
     id: &str,
     credential: &str,
 ) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
-    let id = check_session(inner, id, credential, true)?;
+    let id = check_session(inner, id, credential).await?;
     let record = active_task(inner, &id).await?;
+    if !inner.store.claim_secret_delivery(&id).await? {
+        return Err(ServiceError::Conflict(
+            "this task's secrets were already delivered; they are handed out once".to_owned(),
+        ));
+    }
     let spec: TesTask =
         serde_json::from_str(&record.spec_json).map_err(|e| ServiceError::Internal(e.into()))?;
     let declared = declared_secrets(&spec)?;

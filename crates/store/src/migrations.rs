@@ -31,6 +31,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "identity_storage",
         include_str!("../migrations/sqlite/0004_identity_storage.sql"),
     ),
+    (
+        5,
+        "task_sessions",
+        include_str!("../migrations/sqlite/0005_task_sessions.sql"),
+    ),
 ];
 
 #[derive(Debug)]

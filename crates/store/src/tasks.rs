@@ -275,6 +275,10 @@ impl Store {
             .push_bind(logs_json.map(str::to_owned))
             .push(", logs), updated_at = ")
             .push_bind(format_time(OffsetDateTime::now_utc()));
+        if to.is_terminal() {
+            // An ended task's worker session dies with it.
+            q.push(", session_hash = NULL");
+        }
         q.push(" WHERE id = ").push_bind(id.as_str());
         q.push(" AND state IN ");
         push_state_list(&mut q, &TaskState::predecessors(to));
@@ -295,7 +299,9 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<bool, Error> {
         let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        let mut q = QueryBuilder::<Sqlite>::new("UPDATE tasks SET state = 'CANCELED', logs = ");
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "UPDATE tasks SET state = 'CANCELED', session_hash = NULL, logs = ",
+        );
         q.push_bind(logs_json.to_owned());
         q.push(", updated_at = ")
             .push_bind(format_time(OffsetDateTime::now_utc()));
@@ -334,20 +340,50 @@ impl Store {
     /// `max_cores`. `None` when the queue is empty or its head does not fit: first come, first
     /// served, so a large task at the head is never overtaken. One statement, so two schedulers
     /// could never claim the same task.
-    pub async fn claim_next_task(&self, max_cores: u32) -> Result<Option<TaskRecord>, Error> {
+    /// `session_hash` becomes the task's worker session (see `task_session`).
+    pub async fn claim_next_task(
+        &self,
+        max_cores: u32,
+        session_hash: &[u8],
+    ) -> Result<Option<TaskRecord>, Error> {
         let sql = format!(
-            "UPDATE tasks SET state = 'INITIALIZING', updated_at = ?
+            "UPDATE tasks SET state = 'INITIALIZING', updated_at = ?, session_hash = ?,
+               secrets_delivered = 0
              WHERE seq = (SELECT seq FROM tasks WHERE state = 'QUEUED' ORDER BY seq LIMIT 1)
                AND cpu_cores <= ?
              RETURNING {COLUMNS}"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(format_time(OffsetDateTime::now_utc()))
+            .bind(session_hash)
             .bind(i64::from(max_cores))
             .fetch_optional(&self.writer)
             .await
             .map_err(Error::Database)?;
         row.as_ref().map(task_from_row).transpose()
+    }
+
+    /// An active task's worker session hash (None once the task ended or before it started).
+    pub async fn task_session(&self, id: &TaskId) -> Result<Option<Vec<u8>>, Error> {
+        let hash: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT session_hash FROM tasks WHERE id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(Error::Database)?;
+        Ok(hash.flatten())
+    }
+
+    /// Marks a task's secrets delivered; false if they already were (they go out at most once).
+    pub async fn claim_secret_delivery(&self, id: &TaskId) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE tasks SET secrets_delivered = 1 WHERE id = ? AND secrets_delivered = 0",
+        )
+        .bind(id.as_str())
+        .execute(&self.writer)
+        .await
+        .map_err(Error::Database)?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Tasks in any of `states`, oldest first, across workspaces; for the scheduler and reconciler.
@@ -504,21 +540,33 @@ mod tests {
             .insert_task(new_task("small", "ws", "n", &[]))
             .await
             .unwrap();
-        let claimed = store.claim_next_task(2).await.unwrap().unwrap();
+        let claimed = store.claim_next_task(2, b"h").await.unwrap().unwrap();
         assert_eq!(
             (claimed.id.as_str(), claimed.state),
             ("first", TaskState::Initializing)
         );
         assert!(
-            store.claim_next_task(2).await.unwrap().is_none(),
+            store.claim_next_task(2, b"h").await.unwrap().is_none(),
             "the 4-core head waits"
         );
         assert_eq!(
-            store.claim_next_task(4).await.unwrap().unwrap().id.as_str(),
+            store
+                .claim_next_task(4, b"h")
+                .await
+                .unwrap()
+                .unwrap()
+                .id
+                .as_str(),
             "big"
         );
         assert_eq!(
-            store.claim_next_task(1).await.unwrap().unwrap().id.as_str(),
+            store
+                .claim_next_task(1, b"h")
+                .await
+                .unwrap()
+                .unwrap()
+                .id
+                .as_str(),
             "small"
         );
     }

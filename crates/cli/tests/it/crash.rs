@@ -21,8 +21,17 @@ fn spawn_server(dir: &Path) -> ServerProcess {
     spawn_server_with(dir, None)
 }
 
+/// `spawn_server_with` on a fixed address, so a restarted server is where its workers left it.
+fn spawn_server_at(dir: &Path, config: Option<&Path>, listen: &str) -> ServerProcess {
+    spawn_server_listening(dir, config, listen)
+}
+
 /// `tresor serve` logging at TRACE into `dir/server.log`, with an optional config file.
 pub(crate) fn spawn_server_with(dir: &Path, config: Option<&Path>) -> ServerProcess {
+    spawn_server_listening(dir, config, "127.0.0.1:0")
+}
+
+fn spawn_server_listening(dir: &Path, config: Option<&Path>, listen: &str) -> ServerProcess {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let storage = dir.join("storage");
     std::fs::create_dir_all(&storage).unwrap();
@@ -32,7 +41,7 @@ pub(crate) fn spawn_server_with(dir: &Path, config: Option<&Path>) -> ServerProc
         .open(dir.join("server.log"))
         .unwrap();
     let mut child = Command::new(TRESOR)
-        .args(["serve", "--listen", "127.0.0.1:0", "--slots", "2"])
+        .args(["serve", "--listen", listen, "--slots", "2"])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--allowed-dir")
@@ -376,4 +385,60 @@ async fn signing_keys_survive_a_kek_rotation_and_a_restart() {
     )
     .unwrap();
     assert_eq!(header["kid"], before["keys"][0]["kid"]);
+}
+
+/// The worker session is in the store: after a `kill -9` of the server and a restart, a
+/// re-attached worker keeps renewing its task's identity token.
+#[tokio::test]
+async fn a_reattached_worker_keeps_renewing_its_token_after_a_restart() {
+    let dir = traversable_tempdir();
+    let config = dir.path().join("tresor.toml");
+    std::fs::write(&config, "[identity]\ntoken_ttl_seconds = 6\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut first = spawn_server_at(dir.path(), Some(&config), &listen);
+    let task = TesTask {
+        outputs: Some(vec![TesOutput {
+            url: storage_url(dir.path(), "tokens"),
+            path: "/out".to_owned(),
+            file_type: Some(tresor_api_types::tes::TesFileType::Directory),
+            ..TesOutput::default()
+        }]),
+        ..sh_task(
+            r#"cp "$TRESOR_IDENTITY_TOKEN_FILE" /out/t1; sleep 10; cp "$TRESOR_IDENTITY_TOKEN_FILE" /out/t2"#,
+        )
+    };
+    let id = first.client.create_task(&task).await.unwrap();
+    wait_state(&first.client, &id, TesState::Running).await;
+    first.kill_9();
+    let second = spawn_server_at(dir.path(), Some(&config), &listen);
+    let done = wait_terminal(&second.client, &id).await;
+    assert_eq!(
+        done.state,
+        Some(TesState::Complete),
+        "{}",
+        system_logs(&done)
+    );
+    let claims = |name: &str| -> serde_json::Value {
+        let token = std::fs::read_to_string(dir.path().join("storage/tokens").join(name)).unwrap();
+        serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                token.trim().split('.').nth(1).unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let (t1, t2) = (claims("t1"), claims("t2"));
+    assert!(
+        // The first renewal is due 4 s after the start, well after the kill: any renewal at
+        // all came from the restarted server.
+        t2["exp"].as_i64().unwrap() > t1["exp"].as_i64().unwrap(),
+        "renewed after the restart: {t1} then {t2}"
+    );
 }
