@@ -351,3 +351,78 @@ pub async fn rotate_on_schedule(identity: IdentityService) {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn issuer(dir: &std::path::Path, rotation: Duration) -> IdentityService {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = Store::connect(&tresor_store::StoreSettings {
+            path: dir.join("db"),
+            durability: tresor_store::Durability::Normal,
+        })
+        .await
+        .unwrap();
+        let keys = tresor_crypto::KeyRing::open_or_create(&dir.join("kek")).unwrap();
+        let platform = crate::PlatformService::new(
+            store.clone(),
+            tresor_auth::oidc::OidcVerifier::new(Vec::new()).unwrap(),
+        );
+        let secrets = SecretService::new(store.clone(), platform, keys)
+            .await
+            .unwrap();
+        IdentityService::new(
+            store,
+            secrets,
+            IdentitySettings {
+                issuer: "https://tresor.test".to_owned(),
+                token_ttl: Duration::from_secs(60),
+                audiences: vec!["tresor".to_owned()],
+                rotation_period: rotation,
+                sdk_env: Vec::new(),
+            },
+        )
+    }
+
+    fn kid_of(token: &str) -> String {
+        jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_older_than_the_rotation_period_is_replaced_and_stays_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = issuer(dir.path(), Duration::from_secs(1)).await;
+        let subject = TaskSubject {
+            workspace: "ws".to_owned(),
+            user: "u".to_owned(),
+            task: "t".to_owned(),
+            run: "t".to_owned(),
+        };
+        identity.ensure_current_key().await.unwrap();
+        let first = identity.mint(&subject, None).await.unwrap();
+        identity.ensure_current_key().await.unwrap();
+        assert_eq!(
+            kid_of(&identity.mint(&subject, None).await.unwrap().token),
+            kid_of(&first.token),
+            "a young key keeps signing"
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        identity.ensure_current_key().await.unwrap();
+        let second = identity.mint(&subject, None).await.unwrap();
+        assert_ne!(kid_of(&second.token), kid_of(&first.token), "rotated");
+        let jwks = identity.jwks().await.unwrap();
+        let published: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        assert!(published.contains(&kid_of(&first.token).as_str()), "{jwks}");
+        assert!(
+            published.contains(&kid_of(&second.token).as_str()),
+            "{jwks}"
+        );
+        assert!(identity.mint(&subject, Some("elsewhere")).await.is_err());
+    }
+}
