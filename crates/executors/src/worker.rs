@@ -243,7 +243,7 @@ async fn execute(
     let mut s3_files = Vec::new();
     for output in &task.outputs {
         if output.url.starts_with("s3://") {
-            s3_files.extend(s3_output_files(root, output)?);
+            s3_files.extend(output_files(root, output)?);
         } else {
             let delivered = deliver_output(task, root, output)?;
             report.status.log.outputs.extend(delivered);
@@ -524,16 +524,17 @@ async fn stage_s3_inputs(session: Option<&Session>, root: &Path) -> Result<(), S
     Ok(())
 }
 
-/// One file an `s3://` output delivers: its path in the task, on the host, and its URL.
-struct S3File {
+/// One file an output delivers: its path in the task, on the host, and its URL.
+struct OutputFile {
     container_path: String,
     host: PathBuf,
     url: String,
 }
 
-/// The files an `s3://` output names: the file, every regular file under a directory, or every
-/// wildcard match. Links and special files are refused, as for file:// outputs.
-fn s3_output_files(root: &Path, output: &TesOutput) -> Result<Vec<S3File>, SystemError> {
+/// The files an output names: the file, every regular file under a directory, or every wildcard
+/// match, each with its URL. Symbolic links and special files are refused: a link could point
+/// anywhere.
+fn output_files(root: &Path, output: &TesOutput) -> Result<Vec<OutputFile>, SystemError> {
     let mut files = Vec::new();
     if paths::has_wildcard(&output.path) {
         let prefix = output.path_prefix.as_deref().unwrap_or_default();
@@ -543,7 +544,7 @@ fn s3_output_files(root: &Path, output: &TesOutput) -> Result<Vec<S3File>, Syste
                 .unwrap_or(&matched)
                 .trim_start_matches('/');
             let url = format!("{}/{relative}", output.url.trim_end_matches('/'));
-            collect_s3(root, &matched, &url, &mut files)?;
+            collect_output(root, &matched, &url, &mut files)?;
         }
         return Ok(files);
     }
@@ -560,17 +561,17 @@ fn s3_output_files(root: &Path, output: &TesOutput) -> Result<Vec<S3File>, Syste
             output.path
         ))),
         _ => {
-            collect_s3(root, &output.path, &output.url, &mut files)?;
+            collect_output(root, &output.path, &output.url, &mut files)?;
             Ok(files)
         }
     }
 }
 
-fn collect_s3(
+fn collect_output(
     root: &Path,
     container_path: &str,
     url: &str,
-    files: &mut Vec<S3File>,
+    files: &mut Vec<OutputFile>,
 ) -> Result<(), SystemError> {
     let host = paths::resolve_in_root(root, container_path)?;
     let meta = std::fs::symlink_metadata(&host)
@@ -583,7 +584,7 @@ fn collect_s3(
             .collect();
         names.sort();
         for name in names {
-            collect_s3(
+            collect_output(
                 root,
                 &format!("{container_path}/{name}"),
                 &format!("{}/{name}", url.trim_end_matches('/')),
@@ -597,7 +598,7 @@ fn collect_s3(
             "output {container_path} is not a regular file or directory"
         )));
     }
-    files.push(S3File {
+    files.push(OutputFile {
         container_path: container_path.to_owned(),
         host,
         url: url.to_owned(),
@@ -608,7 +609,7 @@ fn collect_s3(
 /// Asks the server for one presigned PUT per file, now that the names are known, and uploads.
 async fn deliver_s3_outputs(
     session: Option<&Session>,
-    files: Vec<S3File>,
+    files: Vec<OutputFile>,
 ) -> Result<Vec<TesOutputFileLog>, SystemError> {
     let session = session.ok_or_else(|| {
         SystemError("the task has s3:// outputs but no session to deliver them".to_owned())
@@ -878,95 +879,32 @@ async fn capture(
     tresor_crypto::redact::mask_credentials(&kept).into_owned()
 }
 
-/// Delivers one output declaration; returns a log entry per delivered file.
+/// Delivers one `file://` output declaration; returns a log entry per delivered file.
 fn deliver_output(
     task: &WorkerTask,
     root: &Path,
     output: &TesOutput,
 ) -> Result<Vec<TesOutputFileLog>, SystemError> {
     let mut delivered = Vec::new();
-    if paths::has_wildcard(&output.path) {
-        let prefix = output.path_prefix.as_deref().unwrap_or_default();
-        for matched in paths::expand_wildcard(root, &output.path)? {
-            let relative = matched
-                .strip_prefix(prefix)
-                .unwrap_or(&matched)
-                .trim_start_matches('/');
-            let url = format!("{}/{relative}", output.url.trim_end_matches('/'));
-            deliver_path(task, root, &matched, &url, &mut delivered)?;
-        }
-        return Ok(delivered);
-    }
-    let host = paths::resolve_in_root(root, &output.path)?;
-    let meta = std::fs::symlink_metadata(&host)
-        .map_err(|e| SystemError(format!("output {}: {e}", output.path)))?;
-    match output.file_type.unwrap_or_default() {
-        TesFileType::File if !meta.is_file() => {
+    for file in output_files(root, output)? {
+        let dest = file_url_path(&file.url)?;
+        if !paths::is_within(&dest, &task.allowed_dirs) {
             return Err(SystemError(format!(
-                "output {} is not a regular file",
-                output.path
+                "output {} is outside the directories this server allows",
+                file.url
             )));
         }
-        TesFileType::Directory if !meta.is_dir() => {
-            return Err(SystemError(format!(
-                "output {} is not a directory",
-                output.path
-            )));
-        }
-        _ => {}
+        let size = copy_out(&file.host, &dest, &task.allowed_dirs).map_err(sys(format!(
+            "delivering {} to {}",
+            file.container_path, file.url
+        )))?;
+        delivered.push(TesOutputFileLog {
+            url: file.url,
+            path: file.container_path,
+            size_bytes: size.to_string(),
+        });
     }
-    deliver_path(task, root, &output.path, &output.url, &mut delivered)?;
     Ok(delivered)
-}
-
-fn deliver_path(
-    task: &WorkerTask,
-    root: &Path,
-    container_path: &str,
-    url: &str,
-    delivered: &mut Vec<TesOutputFileLog>,
-) -> Result<(), SystemError> {
-    let host = paths::resolve_in_root(root, container_path)?;
-    let meta = std::fs::symlink_metadata(&host)
-        .map_err(|e| SystemError(format!("output {container_path}: {e}")))?;
-    if meta.is_dir() {
-        let mut names: Vec<String> = std::fs::read_dir(&host)
-            .map_err(sys(format!("listing output {container_path}")))?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .collect();
-        names.sort();
-        for name in names {
-            deliver_path(
-                task,
-                root,
-                &format!("{container_path}/{name}"),
-                &format!("{}/{name}", url.trim_end_matches('/')),
-                delivered,
-            )?;
-        }
-        return Ok(());
-    }
-    if !meta.is_file() {
-        // Symbolic links and special files are never delivered: a link could point anywhere.
-        return Err(SystemError(format!(
-            "output {container_path} is not a regular file or directory"
-        )));
-    }
-    let dest = file_url_path(url)?;
-    if !paths::is_within(&dest, &task.allowed_dirs) {
-        return Err(SystemError(format!(
-            "output {url} is outside the directories this server allows"
-        )));
-    }
-    let size = copy_out(&host, &dest, &task.allowed_dirs)
-        .map_err(sys(format!("delivering {container_path} to {url}")))?;
-    delivered.push(TesOutputFileLog {
-        url: url.to_owned(),
-        path: container_path.to_owned(),
-        size_bytes: size.to_string(),
-    });
-    Ok(())
 }
 
 /// Copies to a temporary name beside `dest`, then renames, so readers never see half a file.
