@@ -24,6 +24,10 @@ if [ ! -d "$oidc/node_modules/oidc-provider" ]; then
     npm ci --prefix "$oidc" --no-audit --no-fund --loglevel=error
 fi
 
+# A real single-node SLURM cluster for the SLURM executor's tests.
+say "starting SLURM"
+bash scripts/lib/slurm-up.sh
+
 if [ "${CI:-}" = "true" ]; then
     export CARGO_INCREMENTAL=0
 fi

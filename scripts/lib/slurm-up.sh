@@ -15,7 +15,8 @@ wait_for() {
     done
 }
 
-if timeout 2 sinfo -h -o %T 2>/dev/null | grep -q idle; then
+# Up already (idle, or running jobs): nothing to do.
+if timeout 2 sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
     exit 0
 fi
 
@@ -59,7 +60,11 @@ SlurmdLogFile=/var/log/slurm/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+# Jobs that ask for no memory get this much, so they do not each take the whole node.
+DefMemPerCPU=256
+# The node declares more CPUs than the machine has, so short test jobs run side by side.
+SlurmdParameters=config_overrides
 SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
@@ -70,10 +75,13 @@ SlurmdTimeout=30
 InactiveLimit=0
 Waittime=0
 AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
+# No cgroups here: memory limits are enforced by sampling each job's processes every second.
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 JobCompType=jobcomp/filetxt
 JobCompLoc=/var/log/slurm/jobcomp.log
-NodeName=localnode NodeAddr=127.0.0.1 NodeHostname=localnode CPUs=$(nproc) RealMemory=1024 State=UNKNOWN
+NodeName=localnode NodeAddr=127.0.0.1 NodeHostname=localnode CPUs=8 RealMemory=4096 TmpDisk=10240 State=UNKNOWN
 PartitionName=debug Nodes=localnode Default=YES MaxTime=INFINITE State=UP
 CONF
 
@@ -91,4 +99,4 @@ if ! wait_for 30 bash -c "sinfo -h -o %T | grep -q idle"; then
     tail -5 /var/log/slurm/slurmctld.out /var/log/slurm/slurmd.out >&2 || true
     exit 1
 fi
-echo "==> slurm is up (partition debug, $(nproc) CPUs)"
+echo "==> slurm is up (partition debug, 8 declared CPUs on $(nproc) cores)"

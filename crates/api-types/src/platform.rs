@@ -171,3 +171,27 @@ pub struct PreflightReport {
     pub ok: bool,
     pub checks: Vec<PreflightCheck>,
 }
+
+/// A compute environment of the server (`GET /api/v1/compute-envs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeEnv {
+    pub id: String,
+    /// `local` or `slurm`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Whether workspaces that chose nothing use it.
+    pub default: bool,
+}
+
+/// `GET /api/v1/compute-envs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComputeEnvList {
+    pub compute_envs: Vec<ComputeEnv>,
+}
+
+/// A workspace's choice of compute environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeEnvChoice {
+    pub compute_env: String,
+}

@@ -60,6 +60,40 @@ struct ConfigFile {
     identity: IdentitySection,
     s3: Option<S3Section>,
     outbound: Option<OutboundSection>,
+    /// More compute environments, by id (workspaces choose one; `local` is always there).
+    #[serde(default)]
+    compute_envs: std::collections::BTreeMap<String, ComputeEnvSection>,
+}
+
+/// A compute environment of type `slurm`: tasks become batch jobs on a SLURM cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComputeEnvSection {
+    /// Only `slurm` for now.
+    #[serde(rename = "type")]
+    kind: String,
+    partition: Option<String>,
+    account: Option<String>,
+    qos: Option<String>,
+    /// More `sbatch` arguments, as given.
+    #[serde(default)]
+    sbatch_args: Vec<String>,
+    /// The `tresor` binary on the nodes (default: this one).
+    worker_program: Option<PathBuf>,
+    /// A directory shared by the server and the nodes.
+    work_dir: PathBuf,
+    /// A tmpfs on the nodes for identity tokens (default /dev/shm).
+    runtime_dir: Option<PathBuf>,
+    /// The URL at which jobs reach this server (default: the listen address).
+    server_url: Option<String>,
+    /// Seconds between polls of SLURM (default 5).
+    poll_interval_seconds: Option<f64>,
+    /// How long after a job starts its bootstrap token may be spent (default 300 s).
+    bootstrap_ttl_seconds: Option<u64>,
+    /// Jobs in SLURM at once, at most (default 1000).
+    max_jobs: Option<u32>,
+    /// Where sbatch, squeue and scancel are (default: found through PATH).
+    bin_dir: Option<PathBuf>,
 }
 
 /// tresor as an OIDC issuer for its tasks.
@@ -619,6 +653,12 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         .outbound
         .as_ref()
         .and_then(|section| resolve_outbound(section, &file_name, &mut layers.problems));
+    let slurm = resolve_compute_envs(
+        &file.compute_envs,
+        &file_name,
+        &mut layers.problems,
+        worker_program.as_deref(),
+    );
     let runtime_dir = file
         .local
         .runtime_dir
@@ -688,6 +728,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                 identity,
                 s3: s3.map(std::sync::Arc::new),
                 outbound: outbound.map(std::sync::Arc::new),
+                slurm,
             },
         }),
         _ => Err(layers.problems.0),
@@ -753,6 +794,101 @@ fn resolve_identity(
         rotation_period: std::time::Duration::from_secs(u64::from(rotation_days.max(1)) * 86_400),
         sdk_env,
     }
+}
+
+fn resolve_compute_envs(
+    sections: &std::collections::BTreeMap<String, ComputeEnvSection>,
+    file_name: &str,
+    problems: &mut Problems,
+    default_worker: Option<&std::path::Path>,
+) -> Vec<tresor_executors::SlurmSettings> {
+    let mut envs = Vec::new();
+    for (id, section) in sections {
+        let key = format!("compute_envs.{id}");
+        let valid_id = !id.is_empty()
+            && id.len() <= 40
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid_id || id == "local" {
+            problems.add(
+                &key,
+                file_name,
+                "the id must be 1 to 40 of a-z, 0-9 and '-', and not \"local\"",
+            );
+        }
+        if section.kind != "slurm" {
+            problems.add(
+                &format!("{key}.type"),
+                file_name,
+                format!(
+                    "{:?} is not a compute environment type; use \"slurm\"",
+                    section.kind
+                ),
+            );
+        }
+        if !section.work_dir.is_absolute() {
+            problems.add(
+                &format!("{key}.work_dir"),
+                file_name,
+                "must be an absolute path to a directory shared with the nodes",
+            );
+        }
+        let poll = section.poll_interval_seconds.unwrap_or(5.0);
+        if !(0.1..=300.0).contains(&poll) {
+            problems.add(
+                &format!("{key}.poll_interval_seconds"),
+                file_name,
+                "must be between 0.1 and 300",
+            );
+        }
+        let ttl = section.bootstrap_ttl_seconds.unwrap_or(300);
+        if !(1..=3600).contains(&ttl) {
+            problems.add(
+                &format!("{key}.bootstrap_ttl_seconds"),
+                file_name,
+                "must be between 1 and 3600 (the token is spent within seconds of the job's start)",
+            );
+        }
+        if let Some(url) = &section.server_url
+            && !loopback_or_https(url)
+        {
+            problems.add(
+                &format!("{key}.server_url"),
+                file_name,
+                "must be an https:// URL (plain http only on loopback)",
+            );
+        }
+        let Some(worker_program) = section
+            .worker_program
+            .clone()
+            .or_else(|| default_worker.map(std::path::Path::to_path_buf))
+        else {
+            continue;
+        };
+        envs.push(tresor_executors::SlurmSettings {
+            name: id.clone(),
+            partition: section.partition.clone(),
+            account: section.account.clone(),
+            qos: section.qos.clone(),
+            extra_args: section.sbatch_args.clone(),
+            worker_program,
+            work_dir: section.work_dir.clone(),
+            runtime_dir: section
+                .runtime_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/dev/shm")),
+            server_url: section
+                .server_url
+                .as_deref()
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            poll_interval: std::time::Duration::from_secs_f64(poll.clamp(0.1, 300.0)),
+            bootstrap_ttl: std::time::Duration::from_secs(ttl),
+            max_jobs: section.max_jobs.unwrap_or(1000).max(1),
+            bin_dir: section.bin_dir.clone(),
+        });
+    }
+    envs
 }
 
 fn resolve_s3(

@@ -27,11 +27,19 @@ struct Cli {
 enum Command {
     /// Run the server (embedded defaults: SQLite and the local executor under ./tresor-data).
     Serve(config::ServeArgs),
-    /// Run one task from its directory; the server starts this, people do not.
+    /// Run one task; the server (or a batch job it submitted) starts this, people do not.
     Worker {
-        /// The task directory the server prepared.
+        /// The task directory the server prepared (local executor).
+        #[arg(
+            long,
+            required_unless_present = "bootstrap",
+            conflicts_with = "bootstrap"
+        )]
+        task_dir: Option<PathBuf>,
+        /// Run as a batch job: exchange the job's one-time bootstrap token (from the environment
+        /// its script sets) for the task, and run it in the current directory.
         #[arg(long)]
-        task_dir: PathBuf,
+        bootstrap: bool,
     },
     /// Store a server URL and access token (read from standard input or TRESOR_TOKEN) in a 0600 file.
     Login {
@@ -166,9 +174,15 @@ fn main() -> ExitCode {
             init_tracing(redactor.clone());
             runtime.block_on(serve(args, redactor))
         }
-        Command::Worker { task_dir } => {
+        Command::Worker {
+            task_dir,
+            bootstrap,
+        } => {
             init_tracing(Default::default());
-            let result = runtime.block_on(tresor_executors::worker::run(&task_dir));
+            let result = match task_dir {
+                Some(dir) if !bootstrap => runtime.block_on(tresor_executors::worker::run(&dir)),
+                _ => runtime.block_on(tresor_executors::worker::run_bootstrapped()),
+            };
             // Everything is reported and cleaned up by now; skip the runtime's orderly teardown,
             // which would only delay the exit the server is waiting for.
             runtime.shutdown_background();

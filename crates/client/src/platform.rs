@@ -259,6 +259,43 @@ impl PlatformClient {
         .await
     }
 
+    /// The server's compute environments.
+    pub async fn compute_envs(
+        &self,
+    ) -> Result<Vec<tresor_api_types::platform::ComputeEnv>, ClientError> {
+        self.call::<(), tresor_api_types::platform::ComputeEnvList>(
+            Method::GET,
+            "compute-envs",
+            None,
+        )
+        .await
+        .map(|l| l.compute_envs)
+    }
+
+    /// The compute environment a workspace's new tasks run in.
+    pub async fn compute_env(&self, workspace: &str) -> Result<String, ClientError> {
+        self.call::<(), tresor_api_types::platform::ComputeEnvChoice>(
+            Method::GET,
+            &format!("workspaces/{workspace}/compute-env"),
+            None,
+        )
+        .await
+        .map(|c| c.compute_env)
+    }
+
+    /// Chooses the compute environment a workspace's new tasks run in (workspace admins).
+    pub async fn set_compute_env(&self, workspace: &str, env: &str) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            &format!("workspaces/{workspace}/compute-env"),
+            Some(&tresor_api_types::platform::ComputeEnvChoice {
+                compute_env: env.to_owned(),
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Runs the preflight probes of a compute environment, using `workspace`'s storage.
     pub async fn check(
         &self,

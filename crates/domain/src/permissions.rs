@@ -60,6 +60,8 @@ pub enum Action {
     ManageOwnSecrets,
     /// Create, update and delete the workspace's secrets.
     ManageWorkspaceSecrets,
+    /// Choose the compute environment the workspace's tasks run in.
+    ChooseComputeEnv,
     /// Delete the workspace.
     DeleteWorkspace,
 }
@@ -96,6 +98,11 @@ pub const MATRIX: &[(Action, Role, &str)] = &[
         Action::ManageWorkspaceSecrets,
         Role::Admin,
         "create, update and delete workspace secrets",
+    ),
+    (
+        Action::ChooseComputeEnv,
+        Role::Admin,
+        "choose the compute environment tasks run in",
     ),
     (Action::DeleteWorkspace, Role::Owner, "delete the workspace"),
 ];
@@ -152,6 +159,7 @@ mod tests {
             Action::ManageMembers,
             Action::ManageOwnSecrets,
             Action::ManageWorkspaceSecrets,
+            Action::ChooseComputeEnv,
             Action::DeleteWorkspace,
         ] {
             assert_eq!(

@@ -5,15 +5,17 @@ pub mod paths;
 pub mod protocol;
 pub mod sandbox;
 mod session;
+pub mod slurm;
 pub mod worker;
 
 pub use local::{Attach, LocalExecutor, LocalSettings, WorkerExit};
 pub use protocol::{
-    DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken, PresignedInputs,
-    PresignedObject, PresignedUploads, SecretDelivery, TokenRequest, UploadRequest, WorkerPhase,
-    WorkerSession, WorkerStatus, WorkerTask,
+    BootstrapRequest, DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken,
+    PresignedInputs, PresignedObject, PresignedUploads, SecretDelivery, StatusAck, TokenRequest,
+    UploadRequest, WorkerPhase, WorkerSession, WorkerStatus, WorkerTask,
 };
 pub use sandbox::SandboxSettings;
+pub use slurm::{JobBootstrap, JobInfo, JobResources, SlurmExecutor, SlurmSettings};
 
 /// The local executor's failures.
 #[derive(Debug, thiserror::Error)]

@@ -188,3 +188,26 @@ pub struct WorkerStatus {
     pub phase: WorkerPhase,
     pub log: TesTaskLog,
 }
+
+/// The environment of a SLURM job's worker (see `slurm::SlurmExecutor::job_script`): all it gets.
+pub const ENV_TASK_ID: &str = "TRESOR_TASK_ID";
+pub const ENV_SERVER_URL: &str = "TRESOR_SERVER_URL";
+pub const ENV_BOOTSTRAP_TOKEN: &str = "TRESOR_BOOTSTRAP_TOKEN";
+
+/// What a batch job's worker sends with its bootstrap token; the answer is its `WorkerTask`,
+/// session included.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapRequest {
+    /// `SLURM_JOB_ID`: the server checks it is the job it submitted for the task.
+    #[serde(default)]
+    pub job_id: Option<String>,
+}
+
+/// The server's answer to a status report: the task's state as the server now sees it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusAck {
+    /// `QUEUED`, `RUNNING`, `CANCELED`, …
+    pub state: String,
+}

@@ -63,12 +63,74 @@ pub async fn run(task_dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("reading {}: {e}", task_dir.join(TASK_FILE).display()))?;
     let task: WorkerTask =
         serde_json::from_slice(&raw).map_err(|e| format!("parsing the task file: {e}"))?;
-    let mut report = Reporter::new(task_dir);
+    run_task(task_dir, &task, None).await
+}
+
+/// Runs a batch job's task: exchanges the job's one-time bootstrap token (from the environment
+/// the job script set) for the task and its session, then runs it in the current directory,
+/// reporting to the server as well as to `status.json`.
+pub async fn run_bootstrapped() -> Result<(), String> {
+    use crate::protocol::{
+        BootstrapRequest, ENV_BOOTSTRAP_TOKEN, ENV_SERVER_URL, ENV_TASK_ID, WorkerSession,
+    };
+    let var = |name: &str| {
+        std::env::var(name).map_err(|_| format!("{name} is not set; the job script sets it"))
+    };
+    let (task_id, server_url, token) = (
+        var(ENV_TASK_ID)?,
+        var(ENV_SERVER_URL)?,
+        zeroize::Zeroizing::new(var(ENV_BOOTSTRAP_TOKEN)?),
+    );
+    let bootstrap = Session::new(&WorkerSession {
+        base_url: format!(
+            "{}/internal/v1/tasks/{task_id}",
+            server_url.trim_end_matches('/')
+        ),
+        credential: token.to_string(),
+    })?;
+    let request = BootstrapRequest {
+        job_id: std::env::var("SLURM_JOB_ID").ok(),
+    };
+    // The server may be restarting when the job starts: an unreachable server (or a 5xx) is
+    // retried for two minutes, well inside the token's validity after the job's start.
+    let mut attempt = 0;
+    let task: WorkerTask = loop {
+        attempt += 1;
+        match bootstrap.call("bootstrap", Some(&request)).await {
+            Ok(task) => break task,
+            Err(e) if attempt < 60 && e.status.is_none_or(|s| s >= 500) => {
+                tracing::warn!(error = %e, attempt, "the server is not answering; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(format!("exchanging the bootstrap token: {e}")),
+        }
+    };
+    drop(bootstrap);
+    let remote = task.session.as_ref().map(Session::new).transpose()?;
+    let task_dir =
+        std::env::current_dir().map_err(|e| format!("reading the job's directory: {e}"))?;
+    // SLURM ends a job (cancel, time or memory limit) with SIGTERM and kills it `KillWait`
+    // seconds later. Stopping at once drops the run, which removes the identity directory from
+    // the node's tmpfs; the server learns why from SLURM.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("watching for SIGTERM: {e}"))?;
+    tokio::select! {
+        result = run_task(&task_dir, &task, remote) => result,
+        _ = terminate.recv() => Err("SLURM is ending the job (SIGTERM); stopped".to_owned()),
+    }
+}
+
+async fn run_task(
+    task_dir: &Path,
+    task: &WorkerTask,
+    remote: Option<Session>,
+) -> Result<(), String> {
+    let mut report = Reporter::new(task_dir, remote);
     report.status.log.system_logs = Some(vec![RUNTIME_NOTE.to_owned()]);
-    report.publish()?;
+    report.publish().await?;
 
     let root = task_dir.join(ROOT_DIR);
-    let phase = match execute(&task, &root, &mut report).await {
+    let phase = match execute(task, &root, &mut report).await {
         Ok(phase) => phase,
         Err(SystemError(message)) => {
             report.system_log(message);
@@ -82,24 +144,27 @@ pub async fn run(task_dir: &Path) -> Result<(), String> {
     }
     report.status.phase = phase;
     report.status.log.end_time = Some(now());
-    report.publish()
+    report.publish().await
 }
 
 /// Keeps the current status and writes it atomically.
 struct Reporter {
     dir: PathBuf,
+    /// A batch job's worker also reports to the server: its reports are the primary signal.
+    remote: Option<Session>,
     status: WorkerStatus,
     /// Set once the task's secrets are known: every log line is redacted with it.
     redactor: Option<Redactor>,
 }
 
 impl Reporter {
-    fn new(dir: &Path) -> Reporter {
+    fn new(dir: &Path, remote: Option<Session>) -> Reporter {
         let mut metadata = BTreeMap::new();
         metadata.insert("runtime".to_owned(), "host".to_owned());
         metadata.insert("sandbox".to_owned(), "bubblewrap".to_owned());
         Reporter {
             dir: dir.to_owned(),
+            remote,
             status: WorkerStatus {
                 phase: WorkerPhase::Initializing,
                 log: TesTaskLog {
@@ -125,9 +190,18 @@ impl Reporter {
             .push(line);
     }
 
-    /// Replaces `status.json` atomically. No fsync: the rename survives a killed process, and
-    /// after a machine crash the reconciler treats a task without a final status as failed.
-    fn publish(&self) -> Result<(), String> {
+    /// Replaces `status.json` atomically, then tells the server if this worker reports to it.
+    /// No fsync: the rename survives a killed process, and after a machine crash the reconciler
+    /// treats a task without a final status as failed.
+    async fn publish(&self) -> Result<(), String> {
+        self.write_file()?;
+        if let Some(remote) = &self.remote {
+            self.send(remote).await;
+        }
+        Ok(())
+    }
+
+    fn write_file(&self) -> Result<(), String> {
         let tmp = self.dir.join(format!("{STATUS_FILE}.tmp"));
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::OpenOptions::new()
@@ -140,6 +214,32 @@ impl Reporter {
             std::fs::rename(&tmp, self.dir.join(STATUS_FILE))
         };
         write().map_err(|e| format!("writing {STATUS_FILE}: {e}"))
+    }
+
+    /// Sends the status to the server. Progress is sent once; the final report is retried for a
+    /// minute (the server may be restarting). If it never arrives, the server reads the same
+    /// status from the shared work dir when SLURM reports the job ended.
+    async fn send(&self, remote: &Session) {
+        let attempts = if self.status.phase.is_final() { 30 } else { 1 };
+        for attempt in 1..=attempts {
+            match remote
+                .call::<crate::StatusAck>("status", Some(&self.status))
+                .await
+            {
+                Ok(_) => return,
+                // The server refused it (the task ended, or was canceled): nothing to retry.
+                Err(e) if e.status.is_some_and(|s| s < 500) => {
+                    tracing::warn!(error = %e, "the server refused a status report");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "reporting the status failed");
+                    if attempt < attempts {
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -202,7 +302,7 @@ async fn execute(
         .unwrap_or_default();
 
     report.status.phase = WorkerPhase::Running;
-    report.publish().map_err(SystemError)?;
+    report.publish().await.map_err(SystemError)?;
     let sandbox_extras = SandboxExtras {
         ro_binds: &identity_binds,
         env: &identity_env,
@@ -226,7 +326,7 @@ async fn execute(
         };
         let exit_code = log.exit_code;
         report.status.log.logs.push(log);
-        report.publish().map_err(SystemError)?;
+        report.publish().await.map_err(SystemError)?;
         if exit_code != 0 {
             if executor.ignore_error.unwrap_or(false) {
                 report.system_log(format!(

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod compute;
 mod error;
 mod extract;
 mod identity;
@@ -52,6 +53,8 @@ pub struct AppSettings {
     pub s3: Option<std::sync::Arc<S3Settings>>,
     /// The server's own client credentials for outbound calls, if configured.
     pub outbound: Option<std::sync::Arc<tresor_auth::client_credentials::ClientCredentials>>,
+    /// Compute environments of type `slurm`.
+    pub slurm: Vec<tresor_executors::SlurmSettings>,
 }
 
 /// The services every handler reaches through axum state.
@@ -115,13 +118,21 @@ impl App {
             settings.outbound,
         );
         let executor = LocalExecutor::new(settings.local)?;
+        let slurm = settings
+            .slurm
+            .into_iter()
+            .map(tresor_executors::SlurmExecutor::new)
+            .collect::<Result<Vec<_>, _>>()?;
         let tasks = TaskService::new(
             store.clone(),
             platform.clone(),
             secrets.clone(),
             identity.clone(),
             storage.clone(),
-            executor,
+            tresor_service::Executors {
+                local: executor,
+                slurm,
+            },
             settings.service,
         )
         .await?;

@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::routing::MethodRouter;
 use tresor_domain::Action;
 
-use crate::{AppState, identity, platform, secrets, tes};
+use crate::{AppState, compute, identity, platform, secrets, tes};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +344,51 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Return the workspace to the default location",
             ),
             delete(identity::delete_storage),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/compute-envs",
+                Access::Authenticated,
+                "The server's compute environments (local, and any SLURM clusters)",
+            ),
+            get(compute::list),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/workspaces/{workspace}/compute-env",
+                Access::Workspace(Action::Read),
+                "The compute environment the workspace's new tasks run in",
+            ),
+            get(compute::get_choice),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/api/v1/workspaces/{workspace}/compute-env",
+                Access::Workspace(Action::ChooseComputeEnv),
+                "Choose the compute environment the workspace's new tasks run in",
+            ),
+            put(compute::put_choice),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/internal/v1/tasks/{id}/bootstrap",
+                Access::TaskCredential,
+                "A batch job's worker spends its one-time bootstrap token for its task and session",
+            ),
+            post(compute::bootstrap),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/internal/v1/tasks/{id}/status",
+                Access::TaskCredential,
+                "A batch job's worker reports its task's status",
+            ),
+            post(compute::report_status),
         ),
         (
             spec(

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod batch;
 mod error;
 pub mod identity;
 mod page_token;
@@ -11,7 +12,7 @@ pub mod secrets;
 pub mod storage;
 pub mod validate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -19,7 +20,7 @@ use tresor_api_types::tes::{
     Organization, ServiceType, TesListTasksResponse, TesServiceInfo, TesState, TesTask, TesView,
 };
 use tresor_domain::{Action, Caller, TaskId};
-use tresor_executors::LocalExecutor;
+use tresor_executors::{LocalExecutor, SlurmExecutor};
 use tresor_store::{NewTask, Store, TagFilter, TaskFilter};
 
 pub use error::{Entity, ServiceError};
@@ -29,6 +30,11 @@ pub use render::tes_state;
 pub use runner::DeclaredSecrets;
 pub use secrets::{Scope, SecretService};
 pub use storage::{Location, S3Settings, StorageService};
+
+/// The compute environment every workspace uses until it chooses another.
+pub const LOCAL_ENV: &str = "local";
+
+pub use batch::TIME_LIMIT;
 
 /// The service's slice of the settings.
 #[derive(Debug, Clone)]
@@ -75,6 +81,29 @@ struct Inner {
     secrets: SecretService,
     identity: IdentityService,
     storage: StorageService,
+    /// Compute environments of type `slurm`, by id.
+    slurm: BTreeMap<String, Arc<SlurmExecutor>>,
+    /// Batch jobs submitted and not yet seen ended, by task.
+    batch_jobs: Mutex<HashMap<TaskId, batch::BatchJob>>,
+}
+
+/// Where tasks run: the local executor, always there, and one executor per SLURM compute
+/// environment.
+#[derive(Debug)]
+pub struct Executors {
+    pub local: LocalExecutor,
+    pub slurm: Vec<SlurmExecutor>,
+}
+
+/// A compute environment as users see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ComputeEnvInfo {
+    pub id: String,
+    /// `local` or `slurm`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Whether workspaces that chose nothing use it.
+    pub default: bool,
 }
 
 impl TaskService {
@@ -85,9 +114,13 @@ impl TaskService {
         secrets: SecretService,
         identity: IdentityService,
         storage: StorageService,
-        executor: LocalExecutor,
+        executors: Executors,
         settings: ServiceSettings,
     ) -> Result<TaskService, ServiceError> {
+        let Executors {
+            local: executor,
+            slurm,
+        } = executors;
         let secret = store.server_secret("page_token_key").await?;
         Ok(TaskService {
             inner: Arc::new(Inner {
@@ -101,6 +134,11 @@ impl TaskService {
                 secrets,
                 identity,
                 storage,
+                slurm: slurm
+                    .into_iter()
+                    .map(|e| (e.settings().name.clone(), Arc::new(e)))
+                    .collect(),
+                batch_jobs: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -108,6 +146,9 @@ impl TaskService {
     /// Settles what a previous server left behind, then starts the scheduler loop.
     pub async fn start(&self) -> Result<(), ServiceError> {
         runner::reconcile(&self.inner).await?;
+        for env in self.inner.slurm.keys() {
+            tokio::spawn(batch::poll_loop(self.inner.clone(), env.clone()));
+        }
         tokio::spawn(runner::schedule(self.inner.clone()));
         Ok(())
     }
@@ -143,20 +184,121 @@ impl TaskService {
                 .iter()
                 .map(|d| format!("file://{}", d.display()))
                 .collect(),
-            tes_resources_backend_parameters: validate::BACKEND_PARAMETERS
+            // Every key some compute environment of this server honours.
+            tes_resources_backend_parameters: validate::LOCAL_BACKEND_PARAMETERS
                 .iter()
+                .chain(if self.inner.slurm.is_empty() {
+                    [].iter()
+                } else {
+                    validate::SLURM_BACKEND_PARAMETERS.iter()
+                })
                 .map(|s| (*s).to_owned())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
                 .collect(),
         }
     }
 
-    fn limits(&self) -> validate::Limits {
+    /// What validation knows about the compute environment `env`.
+    fn limits(&self, env: &str) -> validate::Limits {
         let executor = self.inner.executor.settings();
+        let slurm = env != LOCAL_ENV;
         validate::Limits {
-            max_cpu_cores: executor.slots,
+            // SLURM decides what fits its nodes, and says so when the job is submitted.
+            max_cpu_cores: if slurm { u32::MAX } else { executor.slots },
             allow_network: executor.allow_network,
             allowed_dirs: executor.allowed_dirs.clone(),
+            compute_env: env.to_owned(),
+            backend_parameters: if slurm {
+                validate::SLURM_BACKEND_PARAMETERS
+            } else {
+                validate::LOCAL_BACKEND_PARAMETERS
+            },
         }
+    }
+
+    /// The compute environments of this server.
+    pub fn compute_envs(&self) -> Vec<ComputeEnvInfo> {
+        std::iter::once(ComputeEnvInfo {
+            id: LOCAL_ENV.to_owned(),
+            kind: "local".to_owned(),
+            default: true,
+        })
+        .chain(self.inner.slurm.keys().map(|id| ComputeEnvInfo {
+            id: id.clone(),
+            kind: "slurm".to_owned(),
+            default: false,
+        }))
+        .collect()
+    }
+
+    /// The compute environment the caller's workspace runs new tasks in.
+    pub async fn workspace_compute_env(&self, caller: &Caller) -> Result<String, ServiceError> {
+        caller
+            .require(Action::Read)
+            .map_err(|d| ServiceError::Forbidden(format!("this needs the {} role", d.needed)))?;
+        Ok(self
+            .inner
+            .store
+            .workspace_compute_env(&caller.workspace)
+            .await?
+            .unwrap_or_else(|| LOCAL_ENV.to_owned()))
+    }
+
+    /// Chooses where the caller's workspace runs its new tasks (tasks already submitted stay
+    /// where they are).
+    pub async fn set_workspace_compute_env(
+        &self,
+        caller: &Caller,
+        env: &str,
+    ) -> Result<(), ServiceError> {
+        self.inner
+            .platform
+            .require(
+                caller,
+                Action::ChooseComputeEnv,
+                "workspace.compute_env",
+                format!("workspace:{}", caller.workspace),
+            )
+            .await?;
+        if env != LOCAL_ENV && !self.inner.slurm.contains_key(env) {
+            let known: Vec<String> = self.compute_envs().into_iter().map(|e| e.id).collect();
+            return Err(ServiceError::invalid(
+                "compute_env",
+                format!("{env:?} is not a compute environment of this server; known: {known:?}"),
+            ));
+        }
+        let mut event = platform::caller_event(
+            caller,
+            "workspace.compute_env",
+            format!("compute_env:{env}"),
+        );
+        event.detail = Some(format!("compute_env={env}"));
+        self.inner
+            .store
+            .set_workspace_compute_env(&caller.workspace, (env != LOCAL_ENV).then_some(env), &event)
+            .await?;
+        Ok(())
+    }
+
+    /// A batch job's worker spends its one-time bootstrap token for its task and session.
+    pub async fn bootstrap_task(
+        &self,
+        id: &str,
+        token: &str,
+        request: tresor_executors::BootstrapRequest,
+    ) -> Result<tresor_executors::WorkerTask, ServiceError> {
+        batch::bootstrap(&self.inner, id, token, request).await
+    }
+
+    /// A batch job's worker reports its status; the answer is the task's state now.
+    pub async fn report_status(
+        &self,
+        id: &str,
+        credential: &str,
+        status: tresor_executors::WorkerStatus,
+    ) -> Result<tresor_domain::TaskState, ServiceError> {
+        batch::report(&self.inner, id, credential, status).await
     }
 
     /// CreateTask: validates, stores durably as QUEUED, wakes the scheduler.
@@ -174,7 +316,19 @@ impl TaskService {
                 format!("workspace:{}", caller.workspace),
             )
             .await?;
-        let accepted = validate::accept_task(task, &self.limits())?;
+        let env = self
+            .inner
+            .store
+            .workspace_compute_env(&caller.workspace)
+            .await?
+            .unwrap_or_else(|| LOCAL_ENV.to_owned());
+        if env != LOCAL_ENV && !self.inner.slurm.contains_key(&env) {
+            return Err(ServiceError::Conflict(format!(
+                "workspace {} runs its tasks in compute environment {env:?}, which this server no longer has; a workspace admin chooses another (PUT /api/v1/workspaces/{}/compute-env)",
+                caller.workspace, caller.workspace
+            )));
+        }
+        let accepted = validate::accept_task(task, &self.limits(&env))?;
         self.check_secrets(caller, &accepted.spec).await?;
         self.inner
             .storage
@@ -196,6 +350,7 @@ impl TaskService {
                 tags: accepted.spec.tags.clone().unwrap_or_default(),
                 notes: accepted.notes,
                 created_by: caller.principal.user.clone(),
+                compute_env: env,
                 audit: platform::caller_event(caller, "task.create", format!("task:{id}")),
             })
             .await?;

@@ -28,7 +28,7 @@ pub(crate) struct Slot {
     cancel_requested: bool,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -42,7 +42,7 @@ fn used_cores(inner: &Inner) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-fn release_slot(inner: &Inner, id: &TaskId) {
+pub(crate) fn release_slot(inner: &Inner, id: &TaskId) {
     if let Ok(mut running) = inner.running.lock() {
         running.remove(id);
     }
@@ -63,6 +63,9 @@ pub(crate) async fn schedule(inner: Arc<Inner>) {
 }
 
 async fn fill_slots(inner: &Arc<Inner>) -> Result<(), ServiceError> {
+    for env in inner.slurm.keys() {
+        crate::batch::submit_queued(inner, env).await?;
+    }
     let slots = inner.executor.settings().slots;
     loop {
         let free = slots.saturating_sub(used_cores(inner));
@@ -71,7 +74,11 @@ async fn fill_slots(inner: &Arc<Inner>) -> Result<(), ServiceError> {
         }
         // The task's worker session is fixed in the same statement that claims it.
         let (credential, hash) = new_credential()?;
-        let Some(record) = inner.store.claim_next_task(free, &hash).await? else {
+        let Some(record) = inner
+            .store
+            .claim_next_task(crate::LOCAL_ENV, free, &hash)
+            .await?
+        else {
             return Ok(());
         };
         if let Ok(mut running) = inner.running.lock() {
@@ -88,7 +95,7 @@ async fn fill_slots(inner: &Arc<Inner>) -> Result<(), ServiceError> {
     }
 }
 
-fn network_requested(spec: &TesTask) -> bool {
+pub(crate) fn network_requested(spec: &TesTask) -> bool {
     spec.resources
         .as_ref()
         .and_then(|r| r.backend_parameters.as_ref())
@@ -121,37 +128,16 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord, credential: String
             return;
         }
     };
-    // Every task gets a session: its identity token is renewed through it while it runs.
-    let session = Some(WorkerSession {
-        base_url: format!(
-            "{}/internal/v1/tasks/{id}",
-            inner.settings.callback_url.trim_end_matches('/')
-        ),
-        credential,
-    });
-    let secrets = (!declared.files.is_empty()).then_some(SecretDelivery {
-        files: declared.files,
-        env: declared.env,
-    });
     let settings = inner.executor.settings();
-    let worker_task = WorkerTask {
-        session,
-        secrets,
-        identity: Some(IdentityDelivery {
-            runtime_dir: settings.runtime_dir.clone(),
-            sdk_env: inner.identity.settings().sdk_env.clone(),
-        }),
-        task_id: id.to_string(),
-        network: network_requested(&spec) && settings.allow_network,
-        inputs: spec.inputs.unwrap_or_default(),
-        outputs: spec.outputs.unwrap_or_default(),
-        executors: spec.executors,
-        volumes: spec.volumes.unwrap_or_default(),
-        sandbox: settings.sandbox.clone(),
-        allowed_dirs: settings.allowed_dirs.clone(),
-        log_tail_bytes: settings.log_tail_bytes,
-        allow_private_http_inputs: settings.allow_private_http_inputs,
-    };
+    let worker_task = worker_task(
+        inner,
+        &id,
+        spec,
+        declared,
+        credential,
+        &inner.settings.callback_url,
+        settings.runtime_dir.clone(),
+    );
     tracing::debug!(task = %id, "starting worker");
     let (pid, exit) = match inner.executor.start(&id, &worker_task).await {
         Ok(started) => started,
@@ -173,6 +159,50 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord, credential: String
         inner.executor.kill(&id, pid);
     }
     tokio::spawn(watch(inner.clone(), id, exit));
+}
+
+/// Everything a worker needs for a task; `server_url` is where the worker reaches the server,
+/// `runtime_dir` the tmpfs, on the machine the worker runs on, for the task's identity directory.
+pub(crate) fn worker_task(
+    inner: &Inner,
+    id: &TaskId,
+    spec: TesTask,
+    declared: DeclaredSecrets,
+    credential: String,
+    server_url: &str,
+    runtime_dir: std::path::PathBuf,
+) -> WorkerTask {
+    // Every task gets a session: its identity token is renewed through it while it runs.
+    let session = Some(WorkerSession {
+        base_url: format!(
+            "{}/internal/v1/tasks/{id}",
+            server_url.trim_end_matches('/')
+        ),
+        credential,
+    });
+    let secrets = (!declared.files.is_empty()).then_some(SecretDelivery {
+        files: declared.files,
+        env: declared.env,
+    });
+    let settings = inner.executor.settings();
+    WorkerTask {
+        session,
+        secrets,
+        identity: Some(IdentityDelivery {
+            runtime_dir,
+            sdk_env: inner.identity.settings().sdk_env.clone(),
+        }),
+        task_id: id.to_string(),
+        network: network_requested(&spec) && settings.allow_network,
+        inputs: spec.inputs.unwrap_or_default(),
+        outputs: spec.outputs.unwrap_or_default(),
+        executors: spec.executors,
+        volumes: spec.volumes.unwrap_or_default(),
+        sandbox: settings.sandbox.clone(),
+        allowed_dirs: settings.allowed_dirs.clone(),
+        log_tail_bytes: settings.log_tail_bytes,
+        allow_private_http_inputs: settings.allow_private_http_inputs,
+    }
 }
 
 /// The secrets a task declared in its tags: `tresor.secrets` as files, `tresor.secrets.env`
@@ -218,7 +248,7 @@ pub(crate) fn declared_secrets(spec: &TesTask) -> Result<DeclaredSecrets, Servic
 }
 
 /// A new worker session credential and the SHA-256 that the store keeps of it.
-fn new_credential() -> Result<(String, [u8; 32]), ServiceError> {
+pub(crate) fn new_credential() -> Result<(String, [u8; 32]), ServiceError> {
     use base64::Engine;
     use ring::rand::SecureRandom;
     let mut raw = [0u8; 32];
@@ -242,7 +272,11 @@ fn refused() -> ServiceError {
 /// Checks a worker's credential against its task's session, in constant time. The session is in
 /// the store, so a worker re-attached after a server restart keeps it; it is cleared when the
 /// task ends.
-async fn check_session(inner: &Inner, id: &str, credential: &str) -> Result<TaskId, ServiceError> {
+pub(crate) async fn check_session(
+    inner: &Inner,
+    id: &str,
+    credential: &str,
+) -> Result<TaskId, ServiceError> {
     use subtle::ConstantTimeEq;
     let id = TaskId::parse(id).map_err(|_| refused())?;
     let presented = ring::digest::digest(&ring::digest::SHA256, credential.as_bytes());
@@ -375,11 +409,11 @@ async fn settle(inner: &Arc<Inner>, id: &TaskId, how: &str) {
     }
 }
 
-fn logs_json(log: TesTaskLog) -> Option<String> {
+pub(crate) fn logs_json(log: TesTaskLog) -> Option<String> {
     serde_json::to_string(&vec![log]).ok()
 }
 
-async fn apply_status(inner: &Inner, id: &TaskId, status: &WorkerStatus) {
+pub(crate) async fn apply_status(inner: &Inner, id: &TaskId, status: &WorkerStatus) {
     let state = status.phase.task_state();
     let Some(logs) = logs_json(status.log.clone()) else {
         return;
@@ -397,16 +431,24 @@ async fn apply_status(inner: &Inner, id: &TaskId, status: &WorkerStatus) {
 }
 
 /// Ends a task as SYSTEM_ERROR with `reason` in its system logs (unless it already ended).
-async fn fail_task(inner: &Inner, id: &TaskId, log: Option<TesTaskLog>, reason: String) {
+pub(crate) async fn fail_task(inner: &Inner, id: &TaskId, log: Option<TesTaskLog>, reason: String) {
+    end_task(inner, id, log, TaskState::SystemError, reason).await;
+}
+
+/// Ends a task in `state` with `reason` in its system logs (unless it already ended).
+pub(crate) async fn end_task(
+    inner: &Inner,
+    id: &TaskId,
+    log: Option<TesTaskLog>,
+    state: TaskState,
+    reason: String,
+) {
     tracing::warn!(task = %id, %reason, "task failed");
     let mut log = log.unwrap_or_default();
     log.system_logs.get_or_insert_with(Vec::new).push(reason);
     log.end_time = Some(now());
     if let Some(logs) = logs_json(log)
-        && let Err(e) = inner
-            .store
-            .transition(id, TaskState::SystemError, Some(&logs))
-            .await
+        && let Err(e) = inner.store.transition(id, state, Some(&logs)).await
     {
         tracing::error!(task = %id, error = %e, "recording a task failure");
     }
@@ -462,6 +504,10 @@ pub(crate) async fn cancel(
             Err(conflict(now))
         };
     }
+    if record.compute_env != crate::LOCAL_ENV {
+        crate::batch::cancel_job(inner, &record).await;
+        return Ok(());
+    }
     // The pid is known unless the scheduler is still starting the worker; then it is asked to
     // kill the worker as soon as it has one.
     let pid = match inner.running.lock() {
@@ -497,6 +543,10 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<(), ServiceError> {
         .tasks_in_states(&TaskState::ACTIVE, u32::MAX)
         .await?;
     for record in active {
+        if record.compute_env != crate::LOCAL_ENV {
+            crate::batch::adopt(inner, record).await;
+            continue;
+        }
         let id = record.id.clone();
         let attach = inner
             .executor
@@ -520,7 +570,8 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<(), ServiceError> {
             Attach::Gone => settle_orphan(inner, &record).await?,
         }
     }
-    remove_stray_dirs(inner).await
+    remove_stray_dirs(inner).await?;
+    crate::batch::remove_stray_dirs(inner).await
 }
 
 /// A task whose worker is gone: keep its result, requeue it if it provably never ran, or fail it.

@@ -8,7 +8,9 @@ use tresor_executors::paths::{self, check_task_path, has_wildcard};
 use crate::ServiceError;
 
 /// Backend parameters the local executor honours (keys are case-insensitive).
-pub const BACKEND_PARAMETERS: &[&str] = &["network"];
+pub const LOCAL_BACKEND_PARAMETERS: &[&str] = &["network"];
+/// The same on a SLURM compute environment: `time_limit` becomes the job's `--time`.
+pub const SLURM_BACKEND_PARAMETERS: &[&str] = &["network", crate::batch::TIME_LIMIT];
 
 /// Largest inline input `content`; the spec asks servers to accept at least 128 KiB.
 pub const MAX_INPUT_CONTENT: usize = 1024 * 1024;
@@ -19,6 +21,10 @@ pub struct Limits {
     pub max_cpu_cores: u32,
     pub allow_network: bool,
     pub allowed_dirs: Vec<PathBuf>,
+    /// The compute environment the task will run in, for messages.
+    pub compute_env: String,
+    /// The backend parameters that environment honours (lowercase).
+    pub backend_parameters: &'static [&'static str],
 }
 
 /// A task that passed validation.
@@ -278,7 +284,11 @@ fn check_resources(
     if let Some(params) = resources.backend_parameters.as_mut() {
         let unsupported: Vec<String> = params
             .keys()
-            .filter(|k| !BACKEND_PARAMETERS.contains(&k.to_ascii_lowercase().as_str()))
+            .filter(|k| {
+                !limits
+                    .backend_parameters
+                    .contains(&k.to_ascii_lowercase().as_str())
+            })
             .cloned()
             .collect();
         if !unsupported.is_empty() {
@@ -286,7 +296,8 @@ fn check_resources(
                 return Err(invalid(
                     "resources.backend_parameters",
                     format!(
-                        "unsupported keys {unsupported:?} with backend_parameters_strict; supported: {BACKEND_PARAMETERS:?}"
+                        "unsupported keys {unsupported:?} with backend_parameters_strict; compute environment {} supports {:?}",
+                        limits.compute_env, limits.backend_parameters
                     ),
                 ));
             }
@@ -294,10 +305,19 @@ fn check_resources(
                 params.remove(key);
             }
             notes.push(format!(
-                "warning: ignored unsupported backend_parameters {unsupported:?}; supported: {BACKEND_PARAMETERS:?}"
+                "warning: ignored unsupported backend_parameters {unsupported:?}; compute environment {} supports {:?}",
+                limits.compute_env, limits.backend_parameters
             ));
         }
         for (key, value) in params.iter() {
+            if key.eq_ignore_ascii_case(crate::batch::TIME_LIMIT)
+                && !tresor_executors::slurm::valid_time_limit(value)
+            {
+                return Err(invalid(
+                    format!("resources.backend_parameters.{key}"),
+                    "must be a SLURM time limit: minutes, minutes:seconds, hours:minutes:seconds or days-hours[:minutes[:seconds]]",
+                ));
+            }
             if key.eq_ignore_ascii_case("network") {
                 network = match value.to_ascii_lowercase().as_str() {
                     "true" => true,
@@ -331,6 +351,8 @@ mod tests {
             max_cpu_cores: 2,
             allow_network: false,
             allowed_dirs: vec![PathBuf::from("/srv/data")],
+            compute_env: "local".to_owned(),
+            backend_parameters: LOCAL_BACKEND_PARAMETERS,
         }
     }
 
@@ -421,6 +443,39 @@ mod tests {
         assert_eq!(
             reason(t),
             "resources.cpu_cores: 64 is more than this server's 2 slots"
+        );
+    }
+
+    #[test]
+    fn time_limits_are_honoured_only_where_slurm_runs_the_task() {
+        let with_time = |value: &str| {
+            let mut t = task();
+            t.resources = Some(TesResources {
+                backend_parameters: Some([("time_limit".to_owned(), value.to_owned())].into()),
+                backend_parameters_strict: Some(true),
+                ..TesResources::default()
+            });
+            t
+        };
+        assert!(
+            reason(with_time("10:00")).contains("compute environment local supports [\"network\"]")
+        );
+        let slurm = Limits {
+            compute_env: "hpc".to_owned(),
+            backend_parameters: SLURM_BACKEND_PARAMETERS,
+            ..limits()
+        };
+        let accepted = accept_task(with_time("10:00"), &slurm).unwrap();
+        assert_eq!(
+            accepted.spec.resources.unwrap().backend_parameters.unwrap()["time_limit"],
+            "10:00"
+        );
+        let refused = accept_task(with_time("ten minutes"), &slurm).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("resources.backend_parameters.time_limit: must be a SLURM time limit"),
+            "{refused}"
         );
     }
 

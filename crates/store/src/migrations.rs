@@ -36,6 +36,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "task_sessions",
         include_str!("../migrations/sqlite/0005_task_sessions.sql"),
     ),
+    (
+        6,
+        "compute_envs",
+        include_str!("../migrations/sqlite/0006_compute_envs.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -25,6 +25,8 @@ pub struct NewTask {
     /// Server notes (such as ignored backend parameters), shown first in `system_logs`.
     pub notes: Vec<String>,
     pub created_by: UserId,
+    /// The compute environment the task runs in (the workspace's choice when it was created).
+    pub compute_env: String,
     /// Recorded in the same transaction as the task.
     pub audit: AuditEvent,
 }
@@ -46,6 +48,10 @@ pub struct TaskRecord {
     pub created_by: UserId,
     /// Position in the stable listing order (newest first); the page-token cursor.
     pub seq: i64,
+    /// The compute environment the task runs in.
+    pub compute_env: String,
+    /// The executor's handle for the task's work once submitted (a SLURM job id).
+    pub executor_ref: Option<String>,
 }
 
 /// One `tag_key`/`tag_value` pair of a ListTasks filter.
@@ -99,8 +105,8 @@ async fn insert_batch(pool: &SqlitePool, batch: &[InsertRequest]) -> Result<(), 
         let tags = serde_json::to_string(&task.tags).unwrap_or_else(|_| "{}".to_owned());
         let notes = serde_json::to_string(&task.notes).unwrap_or_else(|_| "[]".to_owned());
         sqlx::query(
-            "INSERT INTO tasks (id, workspace, name, state, cpu_cores, creation_time, spec, tags, notes, created_by, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tasks (id, workspace, name, state, cpu_cores, creation_time, spec, tags, notes, created_by, updated_at, compute_env)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(task.id.as_str())
         .bind(task.workspace.as_str())
@@ -113,6 +119,7 @@ async fn insert_batch(pool: &SqlitePool, batch: &[InsertRequest]) -> Result<(), 
         .bind(notes)
         .bind(task.created_by.as_str())
         .bind(now)
+        .bind(task.compute_env.as_str())
         .execute(&mut *tx)
         .await?;
         audit::append(&mut tx, &task.audit)
@@ -125,7 +132,7 @@ async fn insert_batch(pool: &SqlitePool, batch: &[InsertRequest]) -> Result<(), 
     tx.commit().await
 }
 
-const COLUMNS: &str = "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes, created_by";
+const COLUMNS: &str = "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes, created_by, compute_env, executor_ref";
 
 fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
     let id: String = row.try_get("id").map_err(Error::Database)?;
@@ -162,6 +169,8 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
         created_by: UserId::parse(&get_str("created_by")?)
             .map_err(|e| corrupt("created_by", e.to_string()))?,
         seq: row.try_get("seq").map_err(Error::Database)?,
+        compute_env: get_str("compute_env")?,
+        executor_ref: row.try_get("executor_ref").map_err(Error::Database)?,
     })
 }
 
@@ -276,8 +285,8 @@ impl Store {
             .push(", logs), updated_at = ")
             .push_bind(format_time(OffsetDateTime::now_utc()));
         if to.is_terminal() {
-            // An ended task's worker session dies with it.
-            q.push(", session_hash = NULL");
+            // An ended task's worker session and bootstrap token die with it.
+            q.push(", session_hash = NULL, bootstrap_hash = NULL");
         }
         q.push(" WHERE id = ").push_bind(id.as_str());
         q.push(" AND state IN ");
@@ -300,7 +309,7 @@ impl Store {
     ) -> Result<bool, Error> {
         let mut tx = self.writer.begin().await.map_err(Error::Database)?;
         let mut q = QueryBuilder::<Sqlite>::new(
-            "UPDATE tasks SET state = 'CANCELED', session_hash = NULL, logs = ",
+            "UPDATE tasks SET state = 'CANCELED', session_hash = NULL, bootstrap_hash = NULL, logs = ",
         );
         q.push_bind(logs_json.to_owned());
         q.push(", updated_at = ")
@@ -343,19 +352,22 @@ impl Store {
     /// `session_hash` becomes the task's worker session (see `task_session`).
     pub async fn claim_next_task(
         &self,
+        compute_env: &str,
         max_cores: u32,
         session_hash: &[u8],
     ) -> Result<Option<TaskRecord>, Error> {
         let sql = format!(
             "UPDATE tasks SET state = 'INITIALIZING', updated_at = ?, session_hash = ?,
-               secrets_delivered = 0
-             WHERE seq = (SELECT seq FROM tasks WHERE state = 'QUEUED' ORDER BY seq LIMIT 1)
+               secrets_delivered = 0, bootstrap_hash = NULL, executor_ref = NULL
+             WHERE seq = (SELECT seq FROM tasks WHERE state = 'QUEUED' AND compute_env = ?
+                          ORDER BY seq LIMIT 1)
                AND cpu_cores <= ?
              RETURNING {COLUMNS}"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(format_time(OffsetDateTime::now_utc()))
             .bind(session_hash)
+            .bind(compute_env)
             .bind(i64::from(max_cores))
             .fetch_optional(&self.writer)
             .await
@@ -384,6 +396,63 @@ impl Store {
         .await
         .map_err(Error::Database)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Arms a claimed task's one-time bootstrap token (its SHA-256) before its batch job exists.
+    pub async fn set_bootstrap(&self, id: &TaskId, hash: &[u8]) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE tasks SET bootstrap_hash = ? WHERE id = ? AND state IN ('INITIALIZING', 'RUNNING')",
+        )
+        .bind(hash)
+        .bind(id.as_str())
+        .execute(&self.writer)
+        .await
+        .map_err(Error::Database)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The armed bootstrap token hash of an active task, if it has not been used.
+    pub async fn task_bootstrap(&self, id: &TaskId) -> Result<Option<Vec<u8>>, Error> {
+        let hash: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT bootstrap_hash FROM tasks WHERE id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(Error::Database)?;
+        Ok(hash.flatten())
+    }
+
+    /// Spends a bootstrap token: if `presented` (already compared by the caller) is still the
+    /// armed hash, clears it and installs `session_hash` in one statement. False if it was spent
+    /// meanwhile, so two exchanges of one token can never both succeed.
+    pub async fn spend_bootstrap(
+        &self,
+        id: &TaskId,
+        presented: &[u8],
+        session_hash: &[u8],
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE tasks SET bootstrap_hash = NULL, session_hash = ?
+             WHERE id = ? AND bootstrap_hash = ? AND state IN ('INITIALIZING', 'RUNNING')",
+        )
+        .bind(session_hash)
+        .bind(id.as_str())
+        .bind(presented)
+        .execute(&self.writer)
+        .await
+        .map_err(Error::Database)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records the executor's handle for a task's work (a SLURM job id).
+    pub async fn set_executor_ref(&self, id: &TaskId, executor_ref: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE tasks SET executor_ref = ? WHERE id = ?")
+            .bind(executor_ref)
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await
+            .map_err(Error::Database)?;
+        Ok(())
     }
 
     /// Tasks in any of `states`, oldest first, across workspaces; for the scheduler and reconciler.
@@ -436,6 +505,7 @@ mod tests {
                 .collect(),
             notes: Vec::new(),
             created_by: UserId::parse("u1").unwrap(),
+            compute_env: "local".to_owned(),
             audit: AuditEvent {
                 actor: "u1".to_owned(),
                 action: "task.create".to_owned(),
@@ -540,18 +610,26 @@ mod tests {
             .insert_task(new_task("small", "ws", "n", &[]))
             .await
             .unwrap();
-        let claimed = store.claim_next_task(2, b"h").await.unwrap().unwrap();
+        let claimed = store
+            .claim_next_task("local", 2, b"h")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (claimed.id.as_str(), claimed.state),
             ("first", TaskState::Initializing)
         );
         assert!(
-            store.claim_next_task(2, b"h").await.unwrap().is_none(),
+            store
+                .claim_next_task("local", 2, b"h")
+                .await
+                .unwrap()
+                .is_none(),
             "the 4-core head waits"
         );
         assert_eq!(
             store
-                .claim_next_task(4, b"h")
+                .claim_next_task("local", 4, b"h")
                 .await
                 .unwrap()
                 .unwrap()
@@ -561,7 +639,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .claim_next_task(1, b"h")
+                .claim_next_task("local", 1, b"h")
                 .await
                 .unwrap()
                 .unwrap()

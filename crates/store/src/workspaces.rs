@@ -83,6 +83,39 @@ impl Store {
         Ok(found.is_some())
     }
 
+    /// The compute environment a workspace's new tasks go to (None: the default, `local`).
+    pub async fn workspace_compute_env(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<String>, Error> {
+        let env: Option<Option<String>> =
+            sqlx::query_scalar("SELECT compute_env FROM workspaces WHERE id = ?")
+                .bind(workspace.as_str())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(Error::Database)?;
+        Ok(env.flatten())
+    }
+
+    /// Chooses the compute environment for a workspace's new tasks (None: back to `local`),
+    /// recording `event` in the same transaction.
+    pub async fn set_workspace_compute_env(
+        &self,
+        workspace: &WorkspaceId,
+        compute_env: Option<&str>,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        sqlx::query("UPDATE workspaces SET compute_env = ? WHERE id = ?")
+            .bind(compute_env)
+            .bind(workspace.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::Database)?;
+        audit::append(&mut tx, event).await?;
+        tx.commit().await.map_err(Error::Database)
+    }
+
     pub async fn personal_workspace(
         &self,
         user: &UserId,

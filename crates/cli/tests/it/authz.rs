@@ -130,6 +130,23 @@ fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<se
             fill(path),
             Some(serde_json::json!({ "bucket": "matrix", "prefix": format!("case-{n}/") })),
         ),
+        (Method::GET, "/api/v1/compute-envs") => (path.to_owned(), None),
+        (Method::GET, "/api/v1/workspaces/{workspace}/compute-env") => (fill(path), None),
+        (Method::PUT, "/api/v1/workspaces/{workspace}/compute-env") => (
+            fill(path),
+            Some(serde_json::json!({ "compute_env": "local" })),
+        ),
+        (Method::POST, "/internal/v1/tasks/{id}/bootstrap") => (
+            path.replace("{id}", &f.task),
+            Some(serde_json::json!({ "job_id": "1" })),
+        ),
+        (Method::POST, "/internal/v1/tasks/{id}/status") => (
+            path.replace("{id}", &f.task),
+            Some(serde_json::json!({
+                "phase": "RUNNING",
+                "log": { "logs": [], "outputs": [] },
+            })),
+        ),
         (Method::POST, "/api/v1/compute-envs/{id}/check") => (
             path.replace("{id}", "local"),
             Some(serde_json::json!({ "workspace": f.workspace })),

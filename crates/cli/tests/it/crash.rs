@@ -442,3 +442,71 @@ async fn a_reattached_worker_keeps_renewing_its_token_after_a_restart() {
         "renewed after the restart: {t1} then {t2}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slurm_jobs_survive_a_kill_9_of_the_server_none_lost_none_duplicated() {
+    ensure_slurm();
+    let dir = traversable_tempdir();
+    let config = dir.path().join("tresor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[compute_envs.hpc]\ntype = \"slurm\"\npartition = \"debug\"\nwork_dir = \"{}\"\npoll_interval_seconds = 0.5\n",
+            dir.path().join("slurm-work").display()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut first = spawn_server_at(dir.path(), Some(&config), &listen);
+    let token = std::fs::read_to_string(dir.path().join("data/bootstrap-admin-token")).unwrap();
+    let admin = tresor_client::PlatformClient::new(&first.url, Some(token.trim())).unwrap();
+    admin.create_workspace("crashy").await.unwrap();
+    admin.set_compute_env("crashy", "hpc").await.unwrap();
+    let tes = TesClient::for_workspace(&first.url, "crashy", token.trim()).unwrap();
+    // One ends while the server is down, one runs across the restart, one is still queued in
+    // SLURM or about to start.
+    let scripts = ["sleep 2; echo a", "sleep 8; echo b", "echo c"];
+    let mut ids = Vec::new();
+    for script in scripts {
+        ids.push(tes.create_task(&sh_task(script)).await.unwrap());
+    }
+    wait_state(&tes, &ids[1], TesState::Running).await;
+    first.kill_9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = spawn_server_at(dir.path(), Some(&config), &listen);
+    let tes = TesClient::for_workspace(&second.url, "crashy", token.trim()).unwrap();
+    for (id, want) in ids.iter().zip(["a\n", "b\n", "c\n"]) {
+        let done = wait_terminal(&tes, id).await;
+        assert_eq!(
+            done.state,
+            Some(TesState::Complete),
+            "{}",
+            system_logs(&done)
+        );
+        assert_eq!(stdout(&done, 0), want);
+        let jobs = command_output(
+            "squeue",
+            &[
+                "-h",
+                "-t",
+                "all",
+                "--name",
+                &format!("tresor-{id}"),
+                "-o",
+                "%i",
+            ],
+        );
+        assert_eq!(jobs.lines().count(), 1, "exactly one job for {id}: {jobs}");
+    }
+    wait_until("the shared work dir is empty", || {
+        std::fs::read_dir(dir.path().join("slurm-work"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(false)
+    })
+    .await;
+}

@@ -14,6 +14,7 @@ mod preflight;
 mod pytes;
 mod sandbox;
 mod secrets;
+mod slurm;
 mod storage;
 mod support;
 mod tes;

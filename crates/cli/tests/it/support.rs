@@ -107,6 +107,7 @@ pub fn settings_for(dir: &Path) -> AppSettings {
         },
         s3: None,
         outbound: None,
+        slurm: Vec::new(),
     }
 }
 
@@ -438,4 +439,78 @@ impl S3Server {
     pub fn object(&self, key: &str) -> Option<Vec<u8>> {
         std::fs::read(self.root.path().join("tresor").join(key)).ok()
     }
+}
+
+/// Starts the single-node SLURM cluster of `scripts/lib/slurm-up.sh` (idempotent: returns at
+/// once when it is up), once per test process.
+pub fn ensure_slurm() {
+    static UP: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    UP.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib/slurm-up.sh");
+        let output = std::process::Command::new("bash")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "SLURM did not start (scripts/lib/slurm-up.sh): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+}
+
+/// A compute environment `hpc` on the test cluster, its shared work dir under `dir`.
+pub fn slurm_settings(dir: &Path) -> tresor_executors::SlurmSettings {
+    ensure_slurm();
+    tresor_executors::SlurmSettings {
+        name: "hpc".to_owned(),
+        partition: Some("debug".to_owned()),
+        account: None,
+        qos: None,
+        extra_args: Vec::new(),
+        worker_program: PathBuf::from(TRESOR),
+        work_dir: dir.join("slurm-work"),
+        runtime_dir: PathBuf::from("/dev/shm"),
+        server_url: None,
+        poll_interval: Duration::from_millis(500),
+        bootstrap_ttl: Duration::from_secs(120),
+        max_jobs: 100,
+        bin_dir: None,
+    }
+}
+
+/// Runs a command (SLURM's tools) and returns its stdout; panics with its stderr on failure.
+pub fn command_output(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Every file under `root` (recursively) whose bytes contain `needle`.
+pub fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.is_file()
+            && let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            found.push(path);
+        }
+    }
+    found
 }
