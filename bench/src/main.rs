@@ -35,6 +35,9 @@ struct Args {
     /// MiB of log text redacted in the redaction run.
     #[arg(long, default_value_t = 256)]
     redact_mib: usize,
+    /// Tasks timed on SLURM against as many raw `sbatch --wrap true` jobs (0 skips the SLURM row).
+    #[arg(long, default_value_t = 5)]
+    slurm_runs: usize,
     /// The tresor binary (default: `tresor` beside this program).
     #[arg(long)]
     tresor: Option<PathBuf>,
@@ -490,6 +493,96 @@ async fn storage_paths(tresor: &Path, args: &Args) -> Result<(Duration, Duration
     Ok((percentile(&timings[0], 0.5), percentile(&timings[1], 0.5)))
 }
 
+fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Median seconds from submission to COMPLETE: tresor tasks on a SLURM compute environment,
+/// against raw `sbatch --wrap true` jobs to COMPLETED on the same cluster, alternated. Also the
+/// median cost of one poll (`squeue --me -t all`) with 50 held jobs queued.
+async fn slurm(tresor: &Path, args: &Args) -> Result<(Duration, Duration, Duration)> {
+    let server = start_server_with(tresor, 2, |dir| {
+        let config = dir.join("tresor.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[compute_envs.hpc]\ntype = \"slurm\"\nwork_dir = \"{}\"\npoll_interval_seconds = 0.5\n",
+                dir.join("slurm-work").display()
+            ),
+        )?;
+        Ok(vec!["--config".into(), config.display().to_string()])
+    })?;
+    let admin = tresor_client::PlatformClient::new(&server.url, Some(&server.token))?;
+    admin.create_workspace("bench-slurm").await?;
+    admin.set_compute_env("bench-slurm", "hpc").await?;
+    let tes = TesClient::for_workspace(&server.url, "bench-slurm", &server.token)?;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..args.slurm_runs {
+        let start = Instant::now();
+        let job = run(
+            "sbatch",
+            &["--parsable", "-o", "/dev/null", "--wrap", "true"],
+        )?;
+        let job = job.trim().to_owned();
+        while run("squeue", &["-h", "-t", "all", "-j", &job, "-o", "%T"])?.trim() != "COMPLETED" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        raw.push(start.elapsed());
+        let start = Instant::now();
+        let id = tes.create_task(&task(&["true"], 1)).await?;
+        loop {
+            let state = tes.get_task(&id, TesView::Minimal).await?.state;
+            if state == Some(TesState::Complete) {
+                break;
+            }
+            if state.is_some_and(|s| s.is_terminal()) {
+                bail!("the SLURM task ended {state:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ours.push(start.elapsed());
+    }
+    ours.sort();
+    raw.sort();
+    for _ in 0..50 {
+        run(
+            "sbatch",
+            &[
+                "--hold",
+                "-J",
+                "tresor-bench-held",
+                "-o",
+                "/dev/null",
+                "--wrap",
+                "true",
+            ],
+        )?;
+    }
+    let mut polls = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        run(
+            "squeue",
+            &["--me", "-h", "-t", "all", "-o", "%i|%j|%T|%r|%M"],
+        )?;
+        polls.push(start.elapsed());
+    }
+    run("scancel", &["--me", "--name", "tresor-bench-held"])?;
+    polls.sort();
+    Ok((
+        percentile(&ours, 0.5),
+        percentile(&raw, 0.5),
+        percentile(&polls, 0.5),
+    ))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -508,6 +601,11 @@ async fn main() -> Result<()> {
     let (redact_gbs, copy_gbs) = redaction(&args)?;
     let (with_secrets, without_secrets) = secret_fetch(&tresor, &args).await?;
     let (via_s3, via_file) = storage_paths(&tresor, &args).await?;
+    let slurm_row = if args.slurm_runs > 0 {
+        Some(slurm(&tresor, &args).await?)
+    } else {
+        None
+    };
     let ratio = p50.as_secs_f64() / bare.as_secs_f64().max(f64::EPSILON);
     println!("| measure | result | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
@@ -544,6 +642,19 @@ async fn main() -> Result<()> {
         ms(via_file),
         ms(via_s3.saturating_sub(via_file))
     );
+    if let Some((ours, raw, poll)) = slurm_row {
+        println!(
+            "| SLURM: submit->COMPLETE, `true` (p50 of {}) | {:.0} ms | raw `sbatch --wrap true` to COMPLETED {:.0} ms | +{:.0} ms overhead | <= 500 ms |",
+            args.slurm_runs,
+            ms(ours),
+            ms(raw),
+            ms(ours.saturating_sub(raw))
+        );
+        println!(
+            "| SLURM: one poll (`squeue --me -t all`) with 50 jobs queued (p50) | {:.1} ms | - | - | one call per interval |",
+            ms(poll)
+        );
+    }
     let summary = serde_json::json!({
         "via_s3_p50_ms": ms(via_s3),
         "via_file_p50_ms": ms(via_file),
