@@ -101,18 +101,8 @@ async fn submit(
 ) -> Result<(), ServiceError> {
     let id = record.id.clone();
     let env = executor.settings().name.clone();
-    let spec: TesTask = match serde_json::from_str(&record.spec_json) {
-        Ok(spec) => spec,
-        Err(e) => {
-            fail_task(
-                inner,
-                &id,
-                None,
-                format!("the stored task does not parse: {e}"),
-            )
-            .await;
-            return Ok(());
-        }
+    let Some(spec) = runner::stored_spec(inner, &record).await else {
+        return Ok(());
     };
     let (token, hash) = runner::new_credential()?;
     let token = zeroize::Zeroizing::new(token);

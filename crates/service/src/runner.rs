@@ -104,21 +104,28 @@ pub(crate) fn network_requested(spec: &TesTask) -> bool {
         .any(|(k, v)| k.eq_ignore_ascii_case("network") && v.eq_ignore_ascii_case("true"))
 }
 
-async fn start_worker(inner: &Arc<Inner>, record: TaskRecord, credential: String) {
-    let id = record.id.clone();
-    let spec: TesTask = match serde_json::from_str(&record.spec_json) {
-        Ok(spec) => spec,
+/// The claimed task's stored document; a document that no longer parses fails the task.
+pub(crate) async fn stored_spec(inner: &Inner, record: &TaskRecord) -> Option<TesTask> {
+    match serde_json::from_str(&record.spec_json) {
+        Ok(spec) => Some(spec),
         Err(e) => {
             fail_task(
                 inner,
-                &id,
+                &record.id,
                 None,
                 format!("the stored task does not parse: {e}"),
             )
             .await;
-            release_slot(inner, &id);
-            return;
+            None
         }
+    }
+}
+
+async fn start_worker(inner: &Arc<Inner>, record: TaskRecord, credential: String) {
+    let id = record.id.clone();
+    let Some(spec) = stored_spec(inner, &record).await else {
+        release_slot(inner, &id);
+        return;
     };
     let declared = match declared_secrets(&spec) {
         Ok(d) => d,
