@@ -418,8 +418,7 @@ async fn storage_paths(tresor: &Path, args: &Args) -> Result<(Duration, Duration
     let files = tempfile::tempdir()?;
     std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o777))?;
     let payload = vec![b'x'; 1 << 20];
-    std::fs::write(files.path().join("in.bin"), &payload)?;
-    let files_dir = std::fs::canonicalize(files.path())?;
+    let files_area = std::fs::canonicalize(files.path())?;
     let server = start_server_with(tresor, 2, |dir| {
         let secret = dir.join("s3-secret");
         std::fs::write(&secret, S3_SECRET)?;
@@ -436,11 +435,15 @@ async fn storage_paths(tresor: &Path, args: &Args) -> Result<(Duration, Duration
             "--config".to_owned(),
             config.display().to_string(),
             "--allowed-dir".to_owned(),
-            files_dir.display().to_string(),
+            files_area.display().to_string(),
         ])
     })?;
     let platform = tresor_client::PlatformClient::new(&server.url, Some(&server.token))?;
     let ws = platform.me().await?.personal_workspace;
+    // Each workspace's file:// storage is its own directory inside the allowed one.
+    let files_dir = files_area.join(&ws);
+    std::fs::create_dir_all(&files_dir)?;
+    std::fs::write(files_dir.join("in.bin"), &payload)?;
     std::fs::create_dir_all(object.join(&ws))?;
     // Uploaded over S3 with a presigned URL from nobody: written where s3s-fs reads it.
     std::fs::write(object.join(&ws).join("in.bin"), &payload)?;

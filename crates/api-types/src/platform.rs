@@ -152,6 +152,19 @@ pub struct StorageLocation {
     pub url: Option<String>,
 }
 
+/// A workspace's host directory for `file://` inputs and outputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStorageLocation {
+    pub dir: String,
+    /// `file://dir/` (answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Whether an administrator gave it, rather than the default (answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<bool>,
+}
+
 /// One preflight probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -679,6 +679,38 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     if let Err(e) = prepare_data_dir(&data_dir_path) {
         layers.problems.add("data_dir", &data_dir.source, e);
     }
+    for (key, source, path) in [
+        ("data_dir", &data_dir.source, Some(&data_dir_path)),
+        ("kek_file", &kek_file.source, Some(&kek_file.value)),
+        ("config", &file_name, config_path.as_ref()),
+    ] {
+        let Some(real) = path.and_then(|p| canonical_even_if_missing(p)) else {
+            continue;
+        };
+        if let Some(dir) = allowed_dirs.iter().find(|d| real.starts_with(d)) {
+            layers.problems.add(
+                key,
+                source,
+                format!(
+                    "{} lies inside the storage directory {}, so tasks could read or overwrite it through file:// URLs; move it, or allow a directory that does not contain it",
+                    real.display(),
+                    dir.display()
+                ),
+            );
+        }
+        if key != "config"
+            && let Some(dir) = tresor_executors::sandbox::visible_in_sandbox(&real)
+        {
+            layers.problems.add(
+                key,
+                source,
+                format!(
+                    "{} lies inside {dir}, which every task's sandbox shows read-only; put it elsewhere, such as /var/lib/tresor",
+                    real.display()
+                ),
+            );
+        }
+    }
 
     match (layers.problems.0.is_empty(), listen, bwrap, worker_program) {
         (true, Some(listen), Some(bwrap), Some(worker_program)) => Ok(Settings {
@@ -1019,6 +1051,19 @@ fn prepare_data_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
 }
 
+/// The canonical form of a path whose last component may not exist yet (a key file made at
+/// first start).
+fn canonical_even_if_missing(path: &Path) -> Option<PathBuf> {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return Some(real);
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(parent).ok()?.join(path.file_name()?))
+}
+
 fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
@@ -1069,6 +1114,36 @@ mod tests {
             "{text}"
         );
         assert!(problems.len() >= 4, "{problems:?}");
+    }
+
+    #[test]
+    fn storage_that_exposes_the_data_dir_or_keys_and_a_data_dir_tasks_can_see_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tresor.toml");
+        std::fs::write(&file, "kek_file = \"/etc/tresor-test-kek\"\n").unwrap();
+        // The allowed directory holds the data dir, the key file and this config file.
+        let args = ServeArgs {
+            config: Some(file),
+            data_dir: Some(dir.path().join("data")),
+            allowed_dirs: vec![dir.path().to_path_buf()],
+            ..ServeArgs::default()
+        };
+        let text = resolve(&args, &BTreeMap::new()).unwrap_err().join("\n");
+        assert!(
+            text.contains("data_dir (from --data-dir)")
+                && text.contains("lies inside the storage directory"),
+            "{text}"
+        );
+        assert!(
+            text.contains("config (from") && text.contains("tresor.toml lies inside the storage"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kek_file")
+                && text.contains("lies inside /etc, which every task's sandbox shows"),
+            "{text}"
+        );
+        assert!(!Path::new("/etc/tresor-test-kek").exists());
     }
 
     #[test]

@@ -259,6 +259,44 @@ impl PlatformClient {
         .await
     }
 
+    /// Gives a workspace a host directory for `file://` storage (platform administrators);
+    /// `None` returns it to the default.
+    pub async fn set_file_storage(
+        &self,
+        workspace: &str,
+        dir: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let path = format!("workspaces/{workspace}/file-storage");
+        match dir {
+            Some(dir) => {
+                self.call::<_, serde_json::Value>(
+                    Method::PUT,
+                    &path,
+                    Some(&serde_json::json!({ "dir": dir })),
+                )
+                .await
+            }
+            None => {
+                self.call::<(), serde_json::Value>(Method::DELETE, &path, None)
+                    .await
+            }
+        }
+        .map(|_| ())
+    }
+
+    /// A workspace's host directory for `file://` storage.
+    pub async fn file_storage(
+        &self,
+        workspace: &str,
+    ) -> Result<tresor_api_types::platform::FileStorageLocation, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("workspaces/{workspace}/file-storage"),
+            None,
+        )
+        .await
+    }
+
     /// The server's compute environments.
     pub async fn compute_envs(
         &self,

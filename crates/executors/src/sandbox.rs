@@ -24,6 +24,16 @@ const READ_ONLY_DIRS: &[&str] = &["/usr", "/etc", "/opt"];
 /// Top-level entries that are symbolic links on merged-/usr systems and directories elsewhere.
 const LINK_OR_DIRS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64"];
 
+/// Whether a host path (canonical) is visible inside every sandbox, so nothing private (the
+/// data dir, keys) may live there.
+pub fn visible_in_sandbox(path: &std::path::Path) -> Option<&'static str> {
+    READ_ONLY_DIRS
+        .iter()
+        .chain(LINK_OR_DIRS)
+        .find(|dir| path.starts_with(dir))
+        .copied()
+}
+
 /// One executor's sandbox.
 #[derive(Debug)]
 pub struct SandboxSpec<'a> {

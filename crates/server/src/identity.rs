@@ -187,6 +187,58 @@ pub(crate) async fn delete_storage(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A workspace's host directory for `file://` storage.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileStorageBody {
+    pub dir: String,
+}
+
+pub(crate) async fn get_file_storage(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+) -> Result<Json<Value>, ApiError> {
+    let root = state
+        .storage
+        .file_root(&caller.workspace)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("this server allows no file:// storage".to_owned()))?;
+    Ok(Json(json!({
+        "dir": root.dir.display().to_string(),
+        "url": format!("file://{}/", root.dir.display()),
+        "assigned": root.assigned,
+    })))
+}
+
+pub(crate) async fn put_file_storage(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    PathParam(workspace, _): PathParam<crate::extract::WorkspaceParam>,
+    StrictJson(body): StrictJson<FileStorageBody>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&principal)?;
+    let workspace = workspace_of(&state, &workspace).await?;
+    state
+        .storage
+        .set_file_root(&principal, &workspace, Some(&body.dir))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn delete_file_storage(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    PathParam(workspace, _): PathParam<crate::extract::WorkspaceParam>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&principal)?;
+    let workspace = workspace_of(&state, &workspace).await?;
+    state
+        .storage
+        .set_file_root(&principal, &workspace, None)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The body of a preflight request.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

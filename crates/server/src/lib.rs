@@ -110,7 +110,11 @@ impl App {
         tokio::spawn(tresor_service::identity::rotate_on_schedule(
             identity.clone(),
         ));
-        let storage = StorageService::new(store.clone(), settings.s3);
+        let storage = StorageService::new(
+            store.clone(),
+            settings.s3,
+            settings.local.allowed_dirs.clone(),
+        );
         let preflight = Preflight::new(
             identity.clone(),
             storage.clone(),

@@ -348,6 +348,33 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         (
             spec(
                 Method::GET,
+                "/api/v1/workspaces/{workspace}/file-storage",
+                Access::Workspace(Action::Read),
+                "The workspace's host directory for file:// inputs and outputs",
+            ),
+            get(identity::get_file_storage),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/api/v1/workspaces/{workspace}/file-storage",
+                Access::Admin,
+                "Give the workspace a host directory of its own (directories may not overlap)",
+            ),
+            put(identity::put_file_storage),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/api/v1/workspaces/{workspace}/file-storage",
+                Access::Admin,
+                "Return the workspace to its default directory, <first allowed dir>/<workspace>",
+            ),
+            delete(identity::delete_file_storage),
+        ),
+        (
+            spec(
+                Method::GET,
                 "/api/v1/compute-envs",
                 Access::Authenticated,
                 "The server's compute environments (local, and any SLURM clusters)",

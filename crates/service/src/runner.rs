@@ -135,6 +135,14 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord, credential: String
             return;
         }
     };
+    let file_dirs = match task_file_dirs(inner, &record).await {
+        Ok(dirs) => dirs,
+        Err(e) => {
+            fail_task(inner, &id, None, e.to_string()).await;
+            release_slot(inner, &id);
+            return;
+        }
+    };
     let settings = inner.executor.settings();
     let worker_task = worker_task(
         inner,
@@ -144,6 +152,7 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord, credential: String
         credential,
         &inner.settings.callback_url,
         settings.runtime_dir.clone(),
+        file_dirs,
     );
     tracing::debug!(task = %id, "starting worker");
     let (pid, exit) = match inner.executor.start(&id, &worker_task).await {
@@ -168,8 +177,24 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord, credential: String
     tokio::spawn(watch(inner.clone(), id, exit));
 }
 
+/// The host directories a task's worker may read and write for `file://` URLs: its workspace's
+/// file directory alone, so the worker itself enforces the boundary again after resolving links.
+pub(crate) async fn task_file_dirs(
+    inner: &Inner,
+    record: &TaskRecord,
+) -> Result<Vec<std::path::PathBuf>, ServiceError> {
+    Ok(inner
+        .storage
+        .file_root(&record.workspace)
+        .await?
+        .map(|root| root.dir)
+        .into_iter()
+        .collect())
+}
+
 /// Everything a worker needs for a task; `server_url` is where the worker reaches the server,
 /// `runtime_dir` the tmpfs, on the machine the worker runs on, for the task's identity directory.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn worker_task(
     inner: &Inner,
     id: &TaskId,
@@ -178,6 +203,7 @@ pub(crate) fn worker_task(
     credential: String,
     server_url: &str,
     runtime_dir: std::path::PathBuf,
+    file_dirs: Vec<std::path::PathBuf>,
 ) -> WorkerTask {
     // Every task gets a session: its identity token is renewed through it while it runs.
     let session = Some(WorkerSession {
@@ -206,7 +232,7 @@ pub(crate) fn worker_task(
         executors: spec.executors,
         volumes: spec.volumes.unwrap_or_default(),
         sandbox: settings.sandbox.clone(),
-        allowed_dirs: settings.allowed_dirs.clone(),
+        allowed_dirs: file_dirs,
         log_tail_bytes: settings.log_tail_bytes,
         allow_private_http_inputs: settings.allow_private_http_inputs,
     }

@@ -3,6 +3,7 @@
 //! for the objects its task declared, inside its workspace's bucket and prefix.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,6 +74,14 @@ impl Location {
     }
 }
 
+/// A workspace's directory for `file://` storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRoot {
+    pub dir: PathBuf,
+    /// Given by an administrator, rather than the default `<first allowed dir>/<workspace>`.
+    pub assigned: bool,
+}
+
 /// One input the worker downloads: where it goes in the task, and a presigned GET.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,7 +127,61 @@ fn join_key(prefix: &str, relative: &str) -> String {
 pub struct StorageService {
     store: Store,
     s3: Option<Arc<S3Settings>>,
+    /// The host directories `file://` storage may use (canonical). The first holds each
+    /// workspace's default directory, `<first>/<workspace>`; the others hold only directories an
+    /// administrator gives a workspace.
+    file_dirs: Arc<Vec<PathBuf>>,
     clients: Arc<Mutex<HashMap<String, Arc<AmazonS3>>>>,
+}
+
+/// The `(field, url)` of every input and output URL of a task with this scheme prefix.
+fn task_urls<'a>(spec: &'a TesTask, scheme: &str) -> Vec<(String, &'a str)> {
+    spec.inputs
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, input)| {
+            input
+                .url
+                .as_deref()
+                .filter(|u| u.starts_with(scheme))
+                .map(|u| (format!("inputs[{i}].url"), u))
+        })
+        .chain(
+            spec.outputs
+                .iter()
+                .flatten()
+                .enumerate()
+                .filter(|(_, o)| o.url.starts_with(scheme))
+                .map(|(i, o)| (format!("outputs[{i}].url"), o.url.as_str())),
+        )
+        .collect()
+}
+
+/// The host path of a `file://` URL, if it is absolute and has no `.` or `..` segment (after
+/// percent-decoding, which could otherwise make one).
+pub fn file_url_path(url: &str) -> Option<PathBuf> {
+    url::Url::parse(url)
+        .ok()
+        .filter(|u| u.scheme() == "file")
+        .and_then(|u| u.to_file_path().ok())
+        .filter(|p| is_plain(p))
+}
+
+/// Absolute, and made of normal components only.
+fn is_plain(path: &Path) -> bool {
+    path.is_absolute()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        })
+}
+
+/// Whether one directory contains the other (or they are the same).
+fn dirs_overlap(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
 }
 
 fn unavailable(e: impl Into<anyhow::Error>) -> ServiceError {
@@ -126,10 +189,15 @@ fn unavailable(e: impl Into<anyhow::Error>) -> ServiceError {
 }
 
 impl StorageService {
-    pub fn new(store: Store, s3: Option<Arc<S3Settings>>) -> StorageService {
+    pub fn new(
+        store: Store,
+        s3: Option<Arc<S3Settings>>,
+        file_dirs: Vec<PathBuf>,
+    ) -> StorageService {
         StorageService {
             store,
             s3,
+            file_dirs: Arc::new(file_dirs),
             clients: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -174,7 +242,9 @@ impl StorageService {
         Ok(client)
     }
 
-    /// A workspace's location: the one an administrator set, or the default bucket and prefix.
+    /// A workspace's location: the one an administrator set, or the default bucket and prefix
+    /// unless that overlaps a location an administrator gave another workspace (a whole bucket,
+    /// say), in which case it has none until an administrator sets one.
     pub async fn location(
         &self,
         workspace: &WorkspaceId,
@@ -185,14 +255,34 @@ impl StorageService {
                 prefix: row.prefix,
             }));
         }
-        Ok(self.s3.as_deref().and_then(|s3| {
+        let Some(default) = self.default_location(workspace.as_str()) else {
+            return Ok(None);
+        };
+        for row in self.store.all_workspace_storage().await? {
+            let given = Location {
+                bucket: row.bucket,
+                prefix: row.prefix,
+            };
+            if default.overlaps(&given) {
+                tracing::warn!(
+                    workspace = %workspace,
+                    other = %row.workspace,
+                    "the workspace's default storage lies inside another workspace's; it has none until an administrator sets one"
+                );
+                return Ok(None);
+            }
+        }
+        Ok(Some(default))
+    }
+
+    /// Where a workspace's objects go when no administrator chose.
+    fn default_location(&self, workspace: &str) -> Option<Location> {
+        self.s3.as_deref().and_then(|s3| {
             s3.default_bucket.as_ref().map(|bucket| Location {
                 bucket: bucket.clone(),
-                prefix: s3
-                    .prefix_template
-                    .replace("{workspace}", workspace.as_str()),
+                prefix: s3.prefix_template.replace("{workspace}", workspace),
             })
-        }))
+        })
     }
 
     /// Sets (or with `None` clears) a workspace's location. Locations of two workspaces may not
@@ -216,11 +306,35 @@ impl StorageService {
                     "must be an S3 bucket name (lowercase letters, digits, '-' and '.')",
                 ));
             }
-            if loc.prefix.is_empty() || !loc.prefix.ends_with('/') || loc.prefix.starts_with('/') {
+            // An empty prefix gives the workspace the whole bucket, as sites with one bucket
+            // per project do.
+            if loc.prefix.starts_with('/') || !(loc.prefix.is_empty() || loc.prefix.ends_with('/'))
+            {
                 return Err(ServiceError::invalid(
                     "prefix",
-                    "must be a key prefix such as \"projects/alpha/\": not empty, no leading '/', ending with '/'",
+                    "must be a key prefix such as \"projects/alpha/\" (no leading '/', ending with '/'), or \"\" for the whole bucket",
                 ));
+            }
+            let given: Vec<String> = self
+                .store
+                .all_workspace_storage()
+                .await?
+                .into_iter()
+                .map(|row| row.workspace)
+                .collect();
+            for other in self.store.workspace_ids().await? {
+                if other == workspace.as_str() || given.contains(&other) {
+                    continue;
+                }
+                if let Some(default) = self.default_location(&other)
+                    && loc.overlaps(&default)
+                {
+                    return Err(ServiceError::Conflict(format!(
+                        "{} overlaps the default storage of workspace {other} ({}); choose a location of its own",
+                        loc.url(),
+                        default.url()
+                    )));
+                }
             }
             for row in self.store.all_workspace_storage().await? {
                 let other = Location {
@@ -259,33 +373,15 @@ impl StorageService {
         Ok(())
     }
 
-    /// At CreateTask: every `s3://` URL must lie in the workspace's location.
+    /// At CreateTask (and again when the task starts): every `s3://` URL must lie in the
+    /// workspace's location, and every `file://` URL in its file directory.
     pub async fn check_task(
         &self,
         workspace: &WorkspaceId,
         spec: &TesTask,
     ) -> Result<(), ServiceError> {
-        let urls: Vec<(String, &str)> = spec
-            .inputs
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter_map(|(i, input)| {
-                input
-                    .url
-                    .as_deref()
-                    .filter(|u| u.starts_with("s3://"))
-                    .map(|u| (format!("inputs[{i}].url"), u))
-            })
-            .chain(
-                spec.outputs
-                    .iter()
-                    .flatten()
-                    .enumerate()
-                    .filter(|(_, o)| o.url.starts_with("s3://"))
-                    .map(|(i, o)| (format!("outputs[{i}].url"), o.url.as_str())),
-            )
-            .collect();
+        self.check_file_urls(workspace, spec).await?;
+        let urls = task_urls(spec, "s3://");
         let Some(first) = urls.first() else {
             return Ok(());
         };
@@ -316,6 +412,126 @@ impl StorageService {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// A workspace's directory for `file://` inputs and outputs: the one an administrator gave
+    /// it, or `<first allowed dir>/<workspace>`; `None` when the server allows no local storage.
+    pub async fn file_root(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<FileRoot>, ServiceError> {
+        if let Some(dir) = self.store.workspace_file_dir(workspace).await? {
+            return Ok(Some(FileRoot {
+                dir: PathBuf::from(dir),
+                assigned: true,
+            }));
+        }
+        Ok(self.file_dirs.first().map(|d| FileRoot {
+            dir: d.join(workspace.as_str()),
+            assigned: false,
+        }))
+    }
+
+    async fn check_file_urls(
+        &self,
+        workspace: &WorkspaceId,
+        spec: &TesTask,
+    ) -> Result<(), ServiceError> {
+        let urls = task_urls(spec, "file://");
+        let Some(first) = urls.first() else {
+            return Ok(());
+        };
+        let root = self.file_root(workspace).await?.ok_or_else(|| {
+            ServiceError::invalid(
+                &first.0,
+                format!(
+                    "{:?}: this server allows no file:// storage (local.allowed_dirs); use s3:// or http(s):// URLs",
+                    first.1
+                ),
+            )
+        })?;
+        for (field, url) in urls {
+            if !file_url_path(url).is_some_and(|p| p.starts_with(&root.dir)) {
+                return Err(ServiceError::invalid(
+                    field,
+                    format!(
+                        "{url:?} is outside this workspace's file storage file://{}/; tasks reach only their own workspace's files",
+                        root.dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a workspace a host directory of its own for `file://` storage (`None`: back to the
+    /// default). The directory must exist, lie in one of the allowed directories other than the
+    /// first (which holds the default directories), and overlap no other workspace's.
+    pub async fn set_file_root(
+        &self,
+        actor: &Principal,
+        workspace: &WorkspaceId,
+        dir: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let Some(default_area) = self.file_dirs.first() else {
+            return Err(ServiceError::invalid(
+                "dir",
+                "this server allows no file:// storage; list host directories in local.allowed_dirs",
+            ));
+        };
+        let chosen = match dir {
+            None => None,
+            Some(raw) => {
+                let path = Path::new(raw);
+                if !is_plain(path) {
+                    return Err(ServiceError::invalid(
+                        "dir",
+                        format!("{raw:?} must be an absolute host path without '.' or '..'"),
+                    ));
+                }
+                let real = std::fs::canonicalize(path).map_err(|e| {
+                    ServiceError::invalid(
+                        "dir",
+                        format!("{raw:?}: {e}; create the directory first"),
+                    )
+                })?;
+                let candidates = &self.file_dirs[1..];
+                if !real.is_dir()
+                    || dirs_overlap(&real, default_area)
+                    || !candidates.iter().any(|d| real.starts_with(d))
+                {
+                    let listed: Vec<String> =
+                        candidates.iter().map(|d| d.display().to_string()).collect();
+                    return Err(ServiceError::invalid(
+                        "dir",
+                        format!(
+                            "{raw:?} must be a directory inside one of the allowed directories {listed:?}, outside {} (which holds every workspace's default directory)",
+                            default_area.display()
+                        ),
+                    ));
+                }
+                for (other, other_dir) in self.store.all_workspace_file_dirs().await? {
+                    if other != workspace.as_str() && dirs_overlap(&real, Path::new(&other_dir)) {
+                        return Err(ServiceError::Conflict(format!(
+                            "{} overlaps the file storage of another workspace ({other_dir}); choose a directory of its own",
+                            real.display()
+                        )));
+                    }
+                }
+                Some(real.display().to_string())
+            }
+        };
+        let event = crate::platform::event(
+            actor,
+            "storage.file.set",
+            format!("storage:file://{}", chosen.as_deref().unwrap_or_default()),
+            Some(workspace),
+            "ok",
+        );
+        self.store
+            .set_workspace_file_dir(workspace, chosen.as_deref(), actor.user.as_str(), &event)
+            .await?;
         Ok(())
     }
 

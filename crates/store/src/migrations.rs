@@ -41,6 +41,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "compute_envs",
         include_str!("../migrations/sqlite/0006_compute_envs.sql"),
     ),
+    (
+        7,
+        "file_storage",
+        include_str!("../migrations/sqlite/0007_file_storage.sql"),
+    ),
 ];
 
 #[derive(Debug)]

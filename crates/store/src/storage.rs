@@ -92,4 +92,70 @@ impl Store {
         audit::append(&mut tx, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
+
+    /// The host directory an administrator gave a workspace for `file://` storage, if any.
+    pub async fn workspace_file_dir(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<String>, Error> {
+        sqlx::query_scalar("SELECT dir FROM workspace_file_storage WHERE workspace = ?")
+            .bind(workspace.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(Error::Database)
+    }
+
+    /// Every administrator-given `file://` directory, as `(workspace, dir)`.
+    pub async fn all_workspace_file_dirs(&self) -> Result<Vec<(String, String)>, Error> {
+        sqlx::query_as("SELECT workspace, dir FROM workspace_file_storage")
+            .fetch_all(&self.writer)
+            .await
+            .map_err(Error::Database)
+    }
+
+    /// Sets (`Some`) or clears (`None`) a workspace's `file://` directory, audited in the same
+    /// transaction.
+    pub async fn set_workspace_file_dir(
+        &self,
+        workspace: &WorkspaceId,
+        dir: Option<&str>,
+        actor: &str,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        match dir {
+            Some(dir) => {
+                sqlx::query(
+                    "INSERT INTO workspace_file_storage (workspace, dir, updated_by, updated_at)
+                     VALUES (?, ?, ?, ?)
+                     ON CONFLICT (workspace) DO UPDATE SET dir = excluded.dir,
+                       updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+                )
+                .bind(workspace.as_str())
+                .bind(dir)
+                .bind(actor)
+                .bind(format_time(OffsetDateTime::now_utc()))
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::Database)?;
+            }
+            None => {
+                sqlx::query("DELETE FROM workspace_file_storage WHERE workspace = ?")
+                    .bind(workspace.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::Database)?;
+            }
+        }
+        audit::append(&mut tx, event).await?;
+        tx.commit().await.map_err(Error::Database)
+    }
+
+    /// Every workspace id, to check a new storage location against their default locations.
+    pub async fn workspace_ids(&self) -> Result<Vec<String>, Error> {
+        sqlx::query_scalar("SELECT id FROM workspaces ORDER BY id")
+            .fetch_all(&self.writer)
+            .await
+            .map_err(Error::Database)
+    }
 }

@@ -266,6 +266,9 @@ impl Store {
         for sql in [
             "DELETE FROM tasks WHERE workspace = ?",
             "DELETE FROM members WHERE workspace = ?",
+            // Its storage locations are freed, so they can be given to another workspace.
+            "DELETE FROM workspace_storage WHERE workspace = ?",
+            "DELETE FROM workspace_file_storage WHERE workspace = ?",
             "DELETE FROM workspaces WHERE id = ?",
         ] {
             sqlx::query(sql)

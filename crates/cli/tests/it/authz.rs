@@ -36,6 +36,8 @@ struct Fixture {
     target: String,
     /// A token of the requester's own (absent for anonymous requests).
     own_token: Option<String>,
+    /// An allowed directory an administrator may give workspaces for file:// storage.
+    files: std::path::PathBuf,
 }
 
 /// The request for a route: the concrete path and body. `None` for a route this test does not
@@ -123,8 +125,15 @@ fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<se
             Method::GET,
             "/.well-known/openid-configuration" | "/.well-known/jwks.json" | "/oauth2/authorize",
         ) => (path.to_owned(), None),
-        (Method::GET | Method::DELETE, "/api/v1/workspaces/{workspace}/storage") => {
-            (fill(path), None)
+        (
+            Method::GET | Method::DELETE,
+            "/api/v1/workspaces/{workspace}/storage"
+            | "/api/v1/workspaces/{workspace}/file-storage",
+        ) => (fill(path), None),
+        (Method::PUT, "/api/v1/workspaces/{workspace}/file-storage") => {
+            let dir = f.files.join(format!("case-{n}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            (fill(path), Some(serde_json::json!({ "dir": dir })))
         }
         (Method::PUT, "/api/v1/workspaces/{workspace}/storage") => (
             fill(path),
@@ -211,11 +220,14 @@ fn status_matches(spec: &RouteSpec, expect: Expect, status: StatusCode) -> bool 
 async fn every_route_times_every_kind_of_caller_gets_the_matrix_status() {
     // Storage is configured (nothing listens at the endpoint: these calls only authorize and
     // record, and preflight reports the unreachable endpoint in its body).
+    let files = traversable_tempdir();
+    let files_dir = std::fs::canonicalize(files.path()).unwrap();
     let server = TestServer::start_with(|s| {
         s.s3 = Some(std::sync::Arc::new(s3_settings(
             "http://127.0.0.1:9",
             "unused",
         )));
+        s.local.allowed_dirs.push(files_dir.clone());
     })
     .await;
     let http = reqwest::Client::new();
@@ -287,6 +299,7 @@ async fn every_route_times_every_kind_of_caller_gets_the_matrix_status() {
                 task,
                 target: target.id.clone(),
                 own_token,
+                files: files_dir.clone(),
             };
             let Some((path, body)) = request(spec, &fixture, case) else {
                 panic!(

@@ -110,31 +110,55 @@ async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-fn storage_url(dir: &Path, rel: &str) -> String {
-    format!(
-        "file://{}/{rel}",
-        std::fs::canonicalize(dir.join("storage"))
+/// The bootstrap admin's personal workspace's `file://` directory under `dir/storage`, created.
+fn personal_storage(server: &ServerProcess, dir: &Path) -> PathBuf {
+    let token = std::fs::read_to_string(dir.join("data/bootstrap-admin-token")).unwrap();
+    let url = server.url.clone();
+    // The callers are sync; ask the running server on a thread of its own.
+    let personal = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .unwrap()
-            .display()
-    )
+            .block_on(async {
+                tresor_client::PlatformClient::new(&url, Some(token.trim()))
+                    .unwrap()
+                    .me()
+                    .await
+                    .unwrap()
+                    .personal_workspace
+            })
+    })
+    .join()
+    .unwrap();
+    let storage = std::fs::canonicalize(dir.join("storage"))
+        .unwrap()
+        .join(personal);
+    std::fs::create_dir_all(&storage).unwrap();
+    storage
+}
+
+fn storage_url(storage: &Path, rel: &str) -> String {
+    format!("file://{}/{rel}", storage.display())
 }
 
 #[tokio::test]
 async fn kill_9_loses_no_accepted_task_and_reattaches_running_work() {
     let dir = traversable_tempdir();
     let mut first = spawn_server(dir.path());
+    let storage = personal_storage(&first, dir.path());
 
     // One task that finishes while the server is down, one that outlives the restart.
     let mut short = sh_task("sleep 0.3; echo short > /data/out.txt");
     short.outputs = Some(vec![TesOutput {
         path: "/data/out.txt".into(),
-        url: storage_url(dir.path(), "short.txt"),
+        url: storage_url(&storage, "short.txt"),
         ..Default::default()
     }]);
     let mut long = sh_task("sleep 4; echo long > /data/out.txt");
     long.outputs = Some(vec![TesOutput {
         path: "/data/out.txt".into(),
-        url: storage_url(dir.path(), "long.txt"),
+        url: storage_url(&storage, "long.txt"),
         ..Default::default()
     }]);
     let short_id = first.client.create_task(&short).await.unwrap();
@@ -196,11 +220,11 @@ async fn kill_9_loses_no_accepted_task_and_reattaches_running_work() {
     let long_done = wait_terminal(&second.client, &long_id).await;
     assert_eq!(long_done.state, Some(TesState::Complete), "{long_done:#?}");
     assert_eq!(
-        std::fs::read_to_string(dir.path().join("storage/short.txt")).unwrap(),
+        std::fs::read_to_string(storage.join("short.txt")).unwrap(),
         "short\n"
     );
     assert_eq!(
-        std::fs::read_to_string(dir.path().join("storage/long.txt")).unwrap(),
+        std::fs::read_to_string(storage.join("long.txt")).unwrap(),
         "long\n"
     );
 
@@ -359,9 +383,10 @@ async fn signing_keys_survive_a_kek_rotation_and_a_restart() {
     first.kill_9();
     let second = spawn_server(dir.path());
     assert_eq!(jwks(second.client_url()).await, before);
+    let storage = personal_storage(&second, dir.path());
     let task = TesTask {
         outputs: Some(vec![TesOutput {
-            url: storage_url(dir.path(), "token"),
+            url: storage_url(&storage, "token"),
             path: "/out/token".to_owned(),
             ..TesOutput::default()
         }]),
@@ -375,7 +400,7 @@ async fn signing_keys_survive_a_kek_rotation_and_a_restart() {
         "{}",
         system_logs(&done)
     );
-    let token = std::fs::read_to_string(dir.path().join("storage/token")).unwrap();
+    let token = std::fs::read_to_string(storage.join("token")).unwrap();
     let header: serde_json::Value = serde_json::from_slice(
         &base64::Engine::decode(
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,
@@ -401,9 +426,10 @@ async fn a_reattached_worker_keeps_renewing_its_token_after_a_restart() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let mut first = spawn_server_at(dir.path(), Some(&config), &listen);
+    let storage = personal_storage(&first, dir.path());
     let task = TesTask {
         outputs: Some(vec![TesOutput {
-            url: storage_url(dir.path(), "tokens"),
+            url: storage_url(&storage, "tokens"),
             path: "/out".to_owned(),
             file_type: Some(tresor_api_types::tes::TesFileType::Directory),
             ..TesOutput::default()
@@ -424,7 +450,7 @@ async fn a_reattached_worker_keeps_renewing_its_token_after_a_restart() {
         system_logs(&done)
     );
     let claims = |name: &str| -> serde_json::Value {
-        let token = std::fs::read_to_string(dir.path().join("storage/tokens").join(name)).unwrap();
+        let token = std::fs::read_to_string(storage.join("tokens").join(name)).unwrap();
         serde_json::from_slice(
             &base64::Engine::decode(
                 &base64::engine::general_purpose::URL_SAFE_NO_PAD,

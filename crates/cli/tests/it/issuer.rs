@@ -37,11 +37,11 @@ async fn verify_with_pyjwt(issuer: &str, audience: &str, files: &[&Path]) -> Val
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// A task whose script runs with `/out` delivered to `dest` in the test storage.
-fn task_with_out(server: &TestServer, dest: &str, script: &str) -> TesTask {
+/// A task whose script runs with `/out` delivered to `dest` in the workspace directory `storage`.
+fn task_with_out(storage: &std::path::Path, dest: &str, script: &str) -> TesTask {
     TesTask {
         outputs: Some(vec![TesOutput {
-            url: server.storage_url(dest),
+            url: format!("file://{}/{dest}", storage.display()),
             path: "/out".to_owned(),
             file_type: Some(TesFileType::Directory),
             ..TesOutput::default()
@@ -66,11 +66,12 @@ async fn task_tokens_verify_with_pyjwt_and_outlive_a_key_rotation() {
     let alice = server.user("alice").await;
     alice.platform.create_workspace("lab").await.unwrap();
     let tes = alice.tes_in("lab");
+    let lab = server.storage_of("lab");
     let script = r#"test "$AWS_WEB_IDENTITY_TOKEN_FILE" = "$TRESOR_IDENTITY_TOKEN_FILE" &&
         test "$AZURE_FEDERATED_TOKEN_FILE" = "$TRESOR_IDENTITY_TOKEN_FILE" &&
         cp "$TRESOR_IDENTITY_TOKEN_FILE" /out/token"#;
     let a = tes
-        .create_task(&task_with_out(&server, "a", script))
+        .create_task(&task_with_out(&lab, "a", script))
         .await
         .unwrap();
     let done = wait_terminal(&tes, &a).await;
@@ -89,7 +90,7 @@ async fn task_tokens_verify_with_pyjwt_and_outlive_a_key_rotation() {
     assert!(rotate.status.success(), "{rotate:?}");
 
     let b = tes
-        .create_task(&task_with_out(&server, "b", script))
+        .create_task(&task_with_out(&lab, "b", script))
         .await
         .unwrap();
     let done = wait_terminal(&tes, &b).await;
@@ -100,10 +101,7 @@ async fn task_tokens_verify_with_pyjwt_and_outlive_a_key_rotation() {
         system_logs(&done)
     );
 
-    let (token_a, token_b) = (
-        server.storage.join("a/token"),
-        server.storage.join("b/token"),
-    );
+    let (token_a, token_b) = (lab.join("a/token"), lab.join("b/token"));
     let verified = verify_with_pyjwt(&server.url, "tresor", &[&token_a, &token_b]).await;
     assert_eq!(
         verified["discovery"]["authorization_endpoint"],
@@ -176,7 +174,7 @@ print(json.dumps({
 PY"#;
     let id = server
         .client
-        .create_task(&task_with_out(&server, "run", script))
+        .create_task(&task_with_out(&server.storage, "run", script))
         .await
         .unwrap();
     let done = wait_terminal(&server.client, &id).await;
@@ -228,6 +226,7 @@ PY"#;
 async fn a_tasks_token_opens_nothing_of_another_task() {
     let server = TestServer::start().await;
     server.admin.create_workspace("lab").await.unwrap();
+    let lab = server.storage_of("lab");
     server
         .admin
         .put_secret("lab", false, "B_SECRET", b"b-secret-value-1234", None)
@@ -241,7 +240,7 @@ async fn a_tasks_token_opens_nothing_of_another_task() {
     wait_state(&tes, &b, TesState::Running).await;
     let a = tes
         .create_task(&task_with_out(
-            &server,
+            &lab,
             "a",
             r#"cp "$TRESOR_IDENTITY_TOKEN_FILE" /out/token"#,
         ))
@@ -254,7 +253,7 @@ async fn a_tasks_token_opens_nothing_of_another_task() {
         "{}",
         system_logs(&done)
     );
-    let jwt = std::fs::read_to_string(server.storage.join("a/token")).unwrap();
+    let jwt = std::fs::read_to_string(lab.join("a/token")).unwrap();
     let jwt = jwt.trim();
     let http = reqwest::Client::new();
     for id in [&b, &a] {

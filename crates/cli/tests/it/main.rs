@@ -5,6 +5,7 @@
 
 mod authz;
 mod bad_input;
+mod boundary;
 mod cli;
 mod crash;
 mod identity;

@@ -220,8 +220,11 @@ async fn an_expired_or_altered_presigned_url_is_refused_by_the_storage_server() 
     })
     .await
     .unwrap();
-    let storage =
-        tresor_service::StorageService::new(store, Some(std::sync::Arc::new(s3.settings())));
+    let storage = tresor_service::StorageService::new(
+        store,
+        Some(std::sync::Arc::new(s3.settings())),
+        Vec::new(),
+    );
     let http = reqwest::Client::new();
     let url = storage
         .presign(

@@ -119,7 +119,8 @@ pub struct TestServer {
     /// The platform API as the bootstrap admin.
     pub admin: PlatformClient,
     pub admin_token: String,
-    /// The allowed storage directory (canonical).
+    /// The bootstrap admin's personal workspace's `file://` directory (canonical), inside
+    /// `storage_area`.
     pub storage: PathBuf,
     pub data: PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -136,7 +137,7 @@ impl TestServer {
         let dir = traversable_tempdir();
         let mut settings = settings_for(dir.path());
         adjust(&mut settings);
-        let storage = settings.local.allowed_dirs[0].clone();
+        let storage_area = settings.local.allowed_dirs.first().cloned();
         let data = dir.path().join("data");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -154,9 +155,20 @@ impl TestServer {
         tokio::spawn(tresor_server::serve(listener, app, async {
             let _ = rx.await;
         }));
+        let admin = PlatformClient::new(&url, Some(&admin_token)).unwrap();
+        // The admin's personal workspace's own directory inside the storage area.
+        let storage = match storage_area {
+            Some(area) => {
+                let personal = admin.me().await.unwrap().personal_workspace;
+                let dir = area.join(personal);
+                std::fs::create_dir_all(&dir).unwrap();
+                dir
+            }
+            None => PathBuf::new(),
+        };
         TestServer {
             client: TesClient::with_token(&url, &admin_token).unwrap(),
-            admin: PlatformClient::new(&url, Some(&admin_token)).unwrap(),
+            admin,
             admin_token,
             url,
             storage,
@@ -184,7 +196,14 @@ impl TestServer {
         }
     }
 
-    /// A `file://` URL inside the allowed storage.
+    /// A workspace's default `file://` directory, created.
+    pub fn storage_of(&self, workspace: &str) -> PathBuf {
+        let dir = self.storage.parent().unwrap().join(workspace);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A `file://` URL inside the bootstrap admin's personal workspace's directory.
     pub fn storage_url(&self, rel: &str) -> String {
         format!("file://{}/{rel}", self.storage.display())
     }
