@@ -38,9 +38,22 @@ struct Args {
     /// Tasks timed on SLURM against as many raw `sbatch --wrap true` jobs (0 skips the SLURM row).
     #[arg(long, default_value_t = 5)]
     slurm_runs: usize,
+    /// Secrets of 64 KiB stored in the secrets-at-scale run, spread over 50 workspaces.
+    #[arg(long, default_value_t = 1000)]
+    scale_secrets: usize,
+    /// Run only these measures (comma-separated): creations, latency, cancels, redaction,
+    /// secret-delivery, storage, slurm, secrets-at-scale. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// The tresor binary (default: `tresor` beside this program).
     #[arg(long)]
     tresor: Option<PathBuf>,
+}
+
+impl Args {
+    fn runs(&self, measure: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|m| m == measure)
+    }
 }
 
 struct Server {
@@ -48,7 +61,7 @@ struct Server {
     client: TesClient,
     url: String,
     token: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -71,6 +84,14 @@ fn start_server_with(
     let dir = tempfile::Builder::new().prefix("tresor-bench-").tempdir()?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
     let extra = extra(dir.path())?;
+    let mut server = start_server_in(tresor, slots, dir.path(), extra)?;
+    server._dir = Some(dir);
+    Ok(server)
+}
+
+/// Starts a server whose data lives in `dir` (kept by the caller, so it can be restarted).
+fn start_server_in(tresor: &Path, slots: u32, dir: &Path, extra: Vec<String>) -> Result<Server> {
+    let dir = dir.to_path_buf();
     let mut child = Command::new(tresor)
         .args([
             "serve",
@@ -80,7 +101,7 @@ fn start_server_with(
             &slots.to_string(),
         ])
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
+        .arg(dir.join("data"))
         .args(extra)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -99,13 +120,13 @@ fn start_server_with(
             break url.to_owned();
         }
     };
-    let token = std::fs::read_to_string(dir.path().join("data/bootstrap-admin-token"))?;
+    let token = std::fs::read_to_string(dir.join("data/bootstrap-admin-token"))?;
     Ok(Server {
         child,
         client: TesClient::with_token(&url, token.trim())?,
         url,
         token: token.trim().to_owned(),
-        _dir: dir,
+        _dir: None,
     })
 }
 
@@ -292,10 +313,17 @@ async fn cancels(tresor: &Path, args: &Args) -> Result<Vec<Duration>> {
 fn redaction(args: &Args) -> Result<(f64, f64)> {
     use tresor_crypto::SecretValue;
     use tresor_crypto::redact::Redactor;
+    // Random printable secrets of 24 bytes: unlike values sharing a prefix, they give a matcher
+    // no common start to skip on.
+    let mut seed: u64 = 0x5EED;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed >> 33
+    };
     let secrets: Vec<SecretValue> = (0..100)
-        .map(|i| {
-            SecretValue::new(format!("s3cr3t-{i:03}-{}", "x".repeat(20 + i % 13)).into_bytes())
-        })
+        .map(|_| SecretValue::new((0..24).map(|_| b'!' + (next() % 94) as u8).collect()))
         .collect();
     let redactor = Redactor::new(secrets.iter());
     // Log-like text: lines of words and numbers, with one secret every ~64 KiB.
@@ -318,15 +346,28 @@ fn redaction(args: &Args) -> Result<(f64, f64)> {
             text.extend_from_slice(secrets[(n as usize / 1000) % 100].expose_secret());
         }
     }
+    // As task logs are redacted: streamed in 64 KiB chunks, each answered with a new buffer;
+    // the baseline copies each chunk into a new buffer the same way. Best of three each.
     let gb = text.len() as f64 / 1e9;
-    let start = Instant::now();
-    let copy = text.to_vec();
-    let copy_secs = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    let redacted = redactor.redact(&text);
-    let redact_secs = start.elapsed().as_secs_f64();
-    if redacted.len() >= text.len() || copy.len() != text.len() {
-        bail!("redaction changed nothing");
+    let (mut copy_secs, mut redact_secs) = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut copied = 0usize;
+        for chunk in text.chunks(64 * 1024) {
+            copied += std::hint::black_box(chunk.to_vec()).len();
+        }
+        copy_secs = copy_secs.min(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        let mut stream = redactor.stream();
+        let mut redacted = 0usize;
+        for chunk in text.chunks(64 * 1024) {
+            redacted += std::hint::black_box(stream.push(chunk)).len();
+        }
+        redacted += stream.finish().len();
+        redact_secs = redact_secs.min(start.elapsed().as_secs_f64());
+        if redacted >= text.len() || copied != text.len() {
+            bail!("redaction changed nothing");
+        }
     }
     Ok((gb / redact_secs, gb / copy_secs))
 }
@@ -586,6 +627,107 @@ async fn slurm(tresor: &Path, args: &Args) -> Result<(Duration, Duration, Durati
     ))
 }
 
+/// What the secrets-at-scale run measured.
+struct Scale {
+    rss_empty_mib: f64,
+    rss_full_mib: f64,
+    put_p50: Duration,
+    put_p99: Duration,
+    submit_p50: Duration,
+    submit_p99: Duration,
+    restart_empty: Duration,
+    restart_full: Duration,
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("VmRSS")?
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+/// 1,000 secrets of 64 KiB across 50 workspaces: the server's memory, PUT and submit latency
+/// (each submit runs the launch guard over the workspace's values), and a restart (which
+/// decrypts every value and rebuilds every redactor), against the same server empty.
+async fn secrets_at_scale(tresor: &Path, args: &Args) -> Result<Scale> {
+    let dir = tempfile::Builder::new().prefix("tresor-bench-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    let started = Instant::now();
+    let mut server = start_server_in(tresor, 2, dir.path(), Vec::new())?;
+    let restart_empty_first = started.elapsed();
+    let settle = || tokio::time::sleep(Duration::from_millis(500));
+    settle().await;
+    let rss_empty_mib = rss_mib(server.child.id())?;
+    let platform = tresor_client::PlatformClient::new(&server.url, Some(&server.token))?;
+    let workspaces: Vec<String> = (0..50).map(|i| format!("scale-{i:02}")).collect();
+    for ws in &workspaces {
+        platform.create_workspace(ws).await?;
+    }
+    let mut seed: u64 = 42;
+    let mut puts = Vec::with_capacity(args.scale_secrets);
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    for i in 0..args.scale_secrets {
+        let value: Vec<u8> = (0..64 * 1024)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                b'!' + ((seed >> 33) % 94) as u8
+            })
+            .collect();
+        let ws = &workspaces[i % workspaces.len()];
+        let start = Instant::now();
+        platform
+            .put_secret(ws, false, &format!("S{i}"), &value, None)
+            .await?;
+        puts.push(start.elapsed());
+        if Instant::now() > deadline {
+            bail!("secrets at scale: {i} puts took longer than --max-seconds");
+        }
+    }
+    settle().await;
+    let rss_full_mib = rss_mib(server.child.id())?;
+    // Submits, each checked against every value of its workspace (a cold guard on the first).
+    let mut submits = Vec::new();
+    for (i, ws) in workspaces.iter().cycle().take(200).enumerate() {
+        let client = TesClient::for_workspace(&server.url, ws, &server.token)?;
+        let mut t = task(&["true"], 1);
+        t.name = Some(format!("scale-{i}"));
+        let start = Instant::now();
+        client.create_task(&t).await?;
+        submits.push(start.elapsed());
+    }
+    drop(server);
+    let started = Instant::now();
+    server = start_server_in(tresor, 2, dir.path(), Vec::new())?;
+    let restart_full = started.elapsed();
+    drop(server);
+    // The empty baseline's restart, measured the same way.
+    let empty = tempfile::Builder::new().prefix("tresor-bench-").tempdir()?;
+    std::fs::set_permissions(empty.path(), std::fs::Permissions::from_mode(0o711))?;
+    drop(start_server_in(tresor, 2, empty.path(), Vec::new())?);
+    let started = Instant::now();
+    drop(start_server_in(tresor, 2, empty.path(), Vec::new())?);
+    let restart_empty = started.elapsed().min(restart_empty_first);
+    puts.sort();
+    submits.sort();
+    Ok(Scale {
+        rss_empty_mib,
+        rss_full_mib,
+        put_p50: percentile(&puts, 0.5),
+        put_p99: percentile(&puts, 0.99),
+        submit_p50: percentile(&submits, 0.5),
+        submit_p99: percentile(&submits, 0.99),
+        restart_empty,
+        restart_full,
+    })
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -598,54 +740,109 @@ async fn main() -> Result<()> {
             .join("tresor"),
     };
 
-    let rate = creations(&tresor, &args).await?;
-    let (p50, bare) = latency(&tresor, &args).await?;
-    let cancel = cancels(&tresor, &args).await?;
-    let (redact_gbs, copy_gbs) = redaction(&args)?;
-    let (with_secrets, without_secrets) = secret_fetch(&tresor, &args).await?;
-    let (via_s3, via_file) = storage_paths(&tresor, &args).await?;
-    let slurm_row = if args.slurm_runs > 0 {
-        Some(slurm(&tresor, &args).await?)
-    } else {
-        None
+    let mut summary = serde_json::Map::new();
+    let mut record = |key: &str, value: f64| {
+        summary.insert(key.to_owned(), serde_json::json!(value));
     };
-    let ratio = p50.as_secs_f64() / bare.as_secs_f64().max(f64::EPSILON);
     println!("| measure | result | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
-    println!(
-        "| task creations/s ({} calls, {} clients, durable) | {rate:.0}/s | - | - | >= 2000/s |",
-        args.creations, args.concurrency
-    );
-    println!(
-        "| submit->COMPLETE p50, `true` ({} runs) | {:.1} ms | bare bwrap `true` p50 {:.1} ms | {ratio:.2}x | <= 2x |",
-        args.latency_runs,
-        ms(p50),
-        ms(bare)
-    );
-    println!(
-        "| cancel->CANCELED ({} runs) | p50 {:.1} ms, max {:.1} ms | - | - | <= 1000 ms |",
-        cancel.len(),
-        ms(percentile(&cancel, 0.5)),
-        ms(cancel.last().copied().unwrap_or_default())
-    );
-    println!(
-        "| redaction, 100 secrets with their encodings, {} MiB of log text | {redact_gbs:.2} GB/s | plain copy {copy_gbs:.2} GB/s | {:.2}x of copy | >= 1 GB/s per core |",
-        args.redact_mib,
-        redact_gbs / copy_gbs
-    );
-    println!(
-        "| submit->COMPLETE with 10 secrets delivered (p50) | {:.1} ms | same task without secrets {:.1} ms | +{:.1} ms | - |",
-        ms(with_secrets),
-        ms(without_secrets),
-        ms(with_secrets.saturating_sub(without_secrets))
-    );
-    println!(
-        "| submit->COMPLETE, 1 MiB in and out through presigned S3 URLs (p50) | {:.1} ms | same through file:// {:.1} ms | +{:.1} ms | - |",
-        ms(via_s3),
-        ms(via_file),
-        ms(via_s3.saturating_sub(via_file))
-    );
-    if let Some((ours, raw, poll)) = slurm_row {
+    if args.runs("creations") {
+        let rate = creations(&tresor, &args).await?;
+        println!(
+            "| task creations/s ({} calls, {} clients, durable) | {rate:.0}/s | - | - | >= 2000/s |",
+            args.creations, args.concurrency
+        );
+        record("creations_per_second", rate);
+    }
+    if args.runs("latency") {
+        let (p50, bare) = latency(&tresor, &args).await?;
+        let ratio = p50.as_secs_f64() / bare.as_secs_f64().max(f64::EPSILON);
+        println!(
+            "| submit->COMPLETE p50, `true` ({} runs) | {:.1} ms | bare bwrap `true` p50 {:.1} ms | {ratio:.2}x | <= 2x |",
+            args.latency_runs,
+            ms(p50),
+            ms(bare)
+        );
+        record("submit_to_complete_p50_ms", ms(p50));
+        record("bare_bwrap_p50_ms", ms(bare));
+        record("submit_to_complete_ratio", ratio);
+    }
+    if args.runs("cancels") {
+        let cancel = cancels(&tresor, &args).await?;
+        println!(
+            "| cancel->CANCELED ({} runs) | p50 {:.1} ms, max {:.1} ms | - | - | <= 1000 ms |",
+            cancel.len(),
+            ms(percentile(&cancel, 0.5)),
+            ms(cancel.last().copied().unwrap_or_default())
+        );
+        record("cancel_p50_ms", ms(percentile(&cancel, 0.5)));
+        record(
+            "cancel_max_ms",
+            ms(cancel.last().copied().unwrap_or_default()),
+        );
+    }
+    if args.runs("redaction") {
+        let (redact_gbs, copy_gbs) = redaction(&args)?;
+        println!(
+            "| redaction, 100 random 24-byte secrets with their encodings, {} MiB of log text streamed in 64 KiB chunks | {redact_gbs:.2} GB/s | the same chunks copied {copy_gbs:.2} GB/s | {:.2}x of copy | >= 1 GB/s per core |",
+            args.redact_mib,
+            redact_gbs / copy_gbs
+        );
+        record("redaction_gb_per_second", redact_gbs);
+        record("copy_gb_per_second", copy_gbs);
+    }
+    if args.runs("secret-delivery") {
+        let (with_secrets, without_secrets) = secret_fetch(&tresor, &args).await?;
+        println!(
+            "| submit->COMPLETE with 10 secrets delivered (p50) | {:.1} ms | same task without secrets {:.1} ms | +{:.1} ms | - |",
+            ms(with_secrets),
+            ms(without_secrets),
+            ms(with_secrets.saturating_sub(without_secrets))
+        );
+        record("with_10_secrets_p50_ms", ms(with_secrets));
+        record("without_secrets_p50_ms", ms(without_secrets));
+    }
+    if args.runs("storage") {
+        let (via_s3, via_file) = storage_paths(&tresor, &args).await?;
+        println!(
+            "| submit->COMPLETE, 1 MiB in and out through presigned S3 URLs (p50) | {:.1} ms | same through file:// {:.1} ms | +{:.1} ms | - |",
+            ms(via_s3),
+            ms(via_file),
+            ms(via_s3.saturating_sub(via_file))
+        );
+        record("via_s3_p50_ms", ms(via_s3));
+        record("via_file_p50_ms", ms(via_file));
+    }
+    if args.runs("secrets-at-scale") {
+        let scale = secrets_at_scale(&tresor, &args).await?;
+        println!(
+            "| secrets at scale: RSS with {} secrets of 64 KiB in 50 workspaces | {:.0} MiB | empty server {:.0} MiB | +{:.0} MiB | <= +200 MiB |",
+            args.scale_secrets,
+            scale.rss_full_mib,
+            scale.rss_empty_mib,
+            scale.rss_full_mib - scale.rss_empty_mib
+        );
+        println!(
+            "| secrets at scale: PUT p99 / submit p99 (with the guard) | {:.1} ms / {:.1} ms | p50 {:.1} ms / {:.1} ms | - | <= 50 ms each |",
+            ms(scale.put_p99),
+            ms(scale.submit_p99),
+            ms(scale.put_p50),
+            ms(scale.submit_p50)
+        );
+        println!(
+            "| secrets at scale: restart to listening | {:.0} ms | empty server {:.0} ms | +{:.0} ms | - |",
+            ms(scale.restart_full),
+            ms(scale.restart_empty),
+            ms(scale.restart_full.saturating_sub(scale.restart_empty))
+        );
+        record("scale_rss_empty_mib", scale.rss_empty_mib);
+        record("scale_rss_full_mib", scale.rss_full_mib);
+        record("scale_put_p99_ms", ms(scale.put_p99));
+        record("scale_submit_p99_ms", ms(scale.submit_p99));
+        record("scale_restart_ms", ms(scale.restart_full));
+    }
+    if args.runs("slurm") && args.slurm_runs > 0 {
+        let (ours, raw, poll) = slurm(&tresor, &args).await?;
         println!(
             "| SLURM: submit->COMPLETE, `true` (p50 of {}) | {:.0} ms | raw `sbatch --wrap true` to COMPLETED {:.0} ms | +{:.0} ms overhead | <= 500 ms |",
             args.slurm_runs,
@@ -658,20 +855,7 @@ async fn main() -> Result<()> {
             ms(poll)
         );
     }
-    let summary = serde_json::json!({
-        "via_s3_p50_ms": ms(via_s3),
-        "via_file_p50_ms": ms(via_file),
-        "redaction_gb_per_second": redact_gbs,
-        "copy_gb_per_second": copy_gbs,
-        "with_10_secrets_p50_ms": ms(with_secrets),
-        "without_secrets_p50_ms": ms(without_secrets),
-        "creations_per_second": rate,
-        "submit_to_complete_p50_ms": ms(p50),
-        "bare_bwrap_p50_ms": ms(bare),
-        "submit_to_complete_ratio": ratio,
-        "cancel_p50_ms": ms(percentile(&cancel, 0.5)),
-        "cancel_max_ms": ms(cancel.last().copied().unwrap_or_default()),
-    });
+    let summary = serde_json::Value::Object(summary);
     println!("{summary}");
     Ok(())
 }

@@ -51,6 +51,8 @@ struct ConfigFile {
     /// Days a deleted secret is kept before it is purged (default 30).
     secret_retention_days: Option<u32>,
     #[serde(default)]
+    secrets: SecretsSection,
+    #[serde(default)]
     local: LocalSection,
     #[serde(default)]
     tes: TesSection,
@@ -94,6 +96,21 @@ struct ComputeEnvSection {
     max_jobs: Option<u32>,
     /// Where sbatch, squeue and scancel are (default: found through PATH).
     bin_dir: Option<PathBuf>,
+}
+
+/// How much secret material a workspace and a user may keep (every live value is held in
+/// memory for redaction, so these bound the server's memory).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsSection {
+    /// Live secrets per workspace, both scopes (default 200).
+    max_per_workspace: Option<usize>,
+    /// Their bytes (default 4 MiB).
+    max_bytes_per_workspace: Option<usize>,
+    /// One user's own secrets across workspaces (default 100).
+    max_per_user: Option<usize>,
+    /// Their bytes (default 1 MiB).
+    max_bytes_per_user: Option<usize>,
 }
 
 /// tresor as an OIDC issuer for its tasks.
@@ -598,6 +615,22 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         file.kek_file.clone(),
         || data_dir.value.join("kek"),
     );
+    let defaults = tresor_service::SecretLimits::default();
+    let secret_limits = tresor_service::SecretLimits {
+        workspace_count: file
+            .secrets
+            .max_per_workspace
+            .unwrap_or(defaults.workspace_count),
+        workspace_bytes: file
+            .secrets
+            .max_bytes_per_workspace
+            .unwrap_or(defaults.workspace_bytes),
+        user_count: file.secrets.max_per_user.unwrap_or(defaults.user_count),
+        user_bytes: file
+            .secrets
+            .max_bytes_per_user
+            .unwrap_or(defaults.user_bytes),
+    };
     let secret_retention = std::time::Duration::from_secs(
         u64::from(file.secret_retention_days.unwrap_or(30)) * 24 * 3600,
     );
@@ -757,6 +790,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                 kek_file: kek_file.value,
                 secret_retention,
                 log_redactor: Default::default(),
+                secret_limits,
                 identity,
                 s3: s3.map(std::sync::Arc::new),
                 outbound: outbound.map(std::sync::Arc::new),

@@ -1,7 +1,18 @@
 //! Redaction: every secret value, and the encodings a task is likely to print it in, becomes
 //! `***`, in whole buffers and in streams whose chunks may split a value anywhere.
+//!
+//! The matcher indexes each form of each value by its first 8 bytes. Since every form is at least
+//! that long, any occurrence covers a 4-byte window starting at a multiple of 5 of the text: a
+//! bit filter of every 4-byte piece of every key answers for those windows only, so the text is
+//! read in steps of 5, and a hit is confirmed against the whole form, computed from the value
+//! only then. A redactor holds the values (shared, never copied) and about 100 bytes per form,
+//! whatever the values' sizes: its memory grows linearly with the bytes stored, by about 2 KiB
+//! per secret plus 100 bytes per line of a multi-line value.
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 
@@ -9,25 +20,29 @@ use crate::SecretValue;
 
 /// What a redacted value becomes.
 pub const MASK: &[u8] = b"***";
-/// Shorter values are refused at creation: they cannot be redacted without masking noise.
-pub const MIN_SECRET_LEN: usize = 4;
+/// Shorter values are refused at creation: a member's value as short as a common word (`task`,
+/// `WARN`) would mask the words of every log line and refuse ordinary task documents. Every form
+/// that is redacted (the value, each of its lines, each encoding) is at least this long too.
+pub const MIN_SECRET_LEN: usize = 8;
+/// Every form is indexed by its first `KEY_LEN` bytes.
+const KEY_LEN: usize = MIN_SECRET_LEN;
+/// The filter's pieces of a key, and the step between the text windows it is asked about: a
+/// key of `KEY_LEN` bytes holds a `GRAM`-byte piece at every offset up to `STRIDE - 1`.
+const GRAM: usize = 4;
+const STRIDE: usize = KEY_LEN - GRAM + 1;
+/// How much of a value the index keys are computed from.
+const KEY_SOURCE: usize = 64;
 
-/// The parts of base64 that depend only on `value`, when it starts at each of the three
-/// possible offsets within a base64 group.
-fn base64_forms(value: &[u8], engine: &impl Engine) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for offset in 0..3usize {
-        let mut input = vec![0u8; offset];
-        input.extend_from_slice(value);
-        let encoded = engine.encode(&input);
-        // Characters mixing prefix bits, and the last one mixing bits of whatever follows, vary.
-        let skip = [0, 2, 3][offset];
-        let stable_end = (8 * input.len()) / 6;
-        if stable_end > skip {
-            out.push(encoded.as_bytes()[skip..stable_end].to_vec());
-        }
-    }
-    out
+/// The parts of base64 that depend only on `value`, when it starts at `offset` (0 to 2) within a
+/// base64 group.
+fn base64_form(value: &[u8], engine: &impl Engine, offset: usize) -> Option<Vec<u8>> {
+    let mut input = vec![0u8; offset];
+    input.extend_from_slice(value);
+    let encoded = engine.encode(&input);
+    // Characters mixing prefix bits, and the last one mixing bits of whatever follows, vary.
+    let skip = [0, 2, 3][offset];
+    let stable_end = (8 * input.len()) / 6;
+    (stable_end > skip).then(|| encoded.as_bytes()[skip..stable_end].to_vec())
 }
 
 fn url_encoded(value: &[u8]) -> Vec<u8> {
@@ -73,32 +88,319 @@ fn hex(value: &[u8], upper: bool) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Every form of `value` that is redacted.
-fn forms(value: &[u8]) -> Vec<Vec<u8>> {
-    let mut all = vec![value.to_vec()];
-    for line in value.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.len() >= MIN_SECRET_LEN {
-            all.push(line.to_vec());
-        }
-    }
-    all.extend(base64_forms(value, &STANDARD_NO_PAD));
-    all.extend(base64_forms(value, &URL_SAFE_NO_PAD));
-    all.push(url_encoded(value));
-    all.extend(json_escaped(value));
-    all.push(hex(value, false));
-    all.push(hex(value, true));
-    all.retain(|f| f.len() >= MIN_SECRET_LEN);
-    all.sort();
-    all.dedup();
-    all
+/// One form of a value that is redacted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Raw,
+    /// One line (without its `\r`), by byte range.
+    Line {
+        start: u32,
+        len: u32,
+    },
+    Base64 {
+        url_safe: bool,
+        offset: u8,
+    },
+    Url,
+    Json,
+    Hex {
+        upper: bool,
+    },
 }
 
-/// Redacts a fixed set of secret values.
-#[derive(Clone)]
-pub struct Redactor {
-    matcher: Option<AhoCorasick>,
+const ENCODINGS: [Form; 10] = [
+    Form::Base64 {
+        url_safe: false,
+        offset: 0,
+    },
+    Form::Base64 {
+        url_safe: false,
+        offset: 1,
+    },
+    Form::Base64 {
+        url_safe: false,
+        offset: 2,
+    },
+    Form::Base64 {
+        url_safe: true,
+        offset: 0,
+    },
+    Form::Base64 {
+        url_safe: true,
+        offset: 1,
+    },
+    Form::Base64 {
+        url_safe: true,
+        offset: 2,
+    },
+    Form::Url,
+    Form::Json,
+    Form::Hex { upper: false },
+    Form::Hex { upper: true },
+];
+
+/// The bytes of `form` of `value`; `None` when the value has no such form (JSON of non-UTF-8).
+fn materialize(value: &[u8], form: Form) -> Option<Cow<'_, [u8]>> {
+    Some(match form {
+        Form::Raw => Cow::Borrowed(value),
+        Form::Line { start, len } => {
+            Cow::Borrowed(value.get(start as usize..(start as usize + len as usize))?)
+        }
+        Form::Base64 { url_safe, offset } => Cow::Owned(if url_safe {
+            base64_form(value, &URL_SAFE_NO_PAD, offset.into())?
+        } else {
+            base64_form(value, &STANDARD_NO_PAD, offset.into())?
+        }),
+        Form::Url => Cow::Owned(url_encoded(value)),
+        Form::Json => Cow::Owned(json_escaped(value)?),
+        Form::Hex { upper } => Cow::Owned(hex(value, upper)),
+    })
+}
+
+/// A form's length, counted without building it.
+fn form_len(value: &[u8], form: Form) -> usize {
+    match form {
+        Form::Raw => value.len(),
+        Form::Line { len, .. } => len as usize,
+        Form::Base64 { offset, .. } => {
+            let skip = [0, 2, 3][usize::from(offset)];
+            ((8 * (value.len() + usize::from(offset))) / 6).saturating_sub(skip)
+        }
+        Form::Url => value
+            .iter()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(b) {
+                    1
+                } else {
+                    3
+                }
+            })
+            .sum(),
+        Form::Json => std::str::from_utf8(value).map_or(0, |text| {
+            text.chars()
+                .map(|c| match c {
+                    '"' | '\\' | '\n' | '\r' | '\t' => 2,
+                    c if (c as u32) < 0x20 => 6,
+                    c => c.len_utf8(),
+                })
+                .sum()
+        }),
+        Form::Hex { .. } => 2 * value.len(),
+    }
+}
+
+/// Every form of `value` that is redacted, with its index key. Keys come from the forms of a
+/// prefix of the value (every encoding maps a prefix to a prefix), so a large value is never
+/// encoded whole here.
+fn keyed_forms(value: &[u8]) -> Vec<(u64, Form)> {
+    let mut out = Vec::new();
+    let mut push = |bytes: &[u8], form: Form| {
+        if let Some(key) = bytes.get(..KEY_LEN) {
+            let mut word = [0u8; KEY_LEN];
+            word.copy_from_slice(key);
+            out.push((u64::from_le_bytes(word), form));
+        }
+    };
+    if value.len() < MIN_SECRET_LEN {
+        return out;
+    }
+    push(value, Form::Raw);
+    let mut start = 0usize;
+    for line in value.split(|b| *b == b'\n') {
+        let trimmed = line.strip_suffix(b"\r").unwrap_or(line);
+        if trimmed.len() >= MIN_SECRET_LEN
+            && trimmed.len() < value.len()
+            && let (Ok(start32), Ok(len32)) = (u32::try_from(start), u32::try_from(trimmed.len()))
+        {
+            push(
+                trimmed,
+                Form::Line {
+                    start: start32,
+                    len: len32,
+                },
+            );
+        }
+        start += line.len() + 1;
+    }
+    let utf8 = std::str::from_utf8(value).is_ok();
+    let mut prefix = &value[..value.len().min(KEY_SOURCE)];
+    if let Err(e) = std::str::from_utf8(prefix)
+        && utf8
+    {
+        prefix = &prefix[..e.valid_up_to()];
+    }
+    for form in ENCODINGS {
+        if form == Form::Json && !utf8 {
+            continue;
+        }
+        if form_len(value, form) < MIN_SECRET_LEN {
+            continue;
+        }
+        if let Some(bytes) = materialize(prefix, form) {
+            push(&bytes, form);
+        }
+    }
+    out
+}
+
+/// The multiplicative hash behind the filter.
+fn filter_slot(gram: u32, shift: u32) -> usize {
+    (u64::from(gram).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
+}
+
+fn gram_at(input: &[u8], at: usize) -> Option<u32> {
+    let bytes: [u8; GRAM] = input.get(at..at + GRAM)?.try_into().ok()?;
+    Some(u32::from_le_bytes(bytes))
+}
+
+fn key_at(input: &[u8], at: usize) -> Option<u64> {
+    let bytes: [u8; KEY_LEN] = input.get(at..at + KEY_LEN)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
+/// Hashes the 8-byte keys with one multiply: they are only looked up after the filter hit, on
+/// text the server does not choose, and a collision costs a comparison, never a wrong answer.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        self.0 ^= self.0 >> 32;
+    }
+}
+
+type KeyMap = HashMap<u64, Vec<(u32, Form)>, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// The index of one redactor's values.
+struct Index {
+    values: Vec<Arc<SecretValue>>,
+    /// One bit per hash slot; set where a `GRAM`-byte piece of some key falls.
+    filter: Vec<u64>,
+    shift: u32,
+    /// Key -> the forms that start with it, as (value, form).
+    forms: KeyMap,
+    /// The longest form: how much a stream holds back.
     longest: usize,
+}
+
+impl Index {
+    fn build(values: Vec<Arc<SecretValue>>) -> Option<Index> {
+        let mut forms = KeyMap::default();
+        let mut longest = 0;
+        let mut kept = Vec::new();
+        for value in values {
+            let bytes = value.expose_secret();
+            let keyed = keyed_forms(bytes);
+            if keyed.is_empty() {
+                continue;
+            }
+            let Ok(id) = u32::try_from(kept.len()) else {
+                break;
+            };
+            for (key, form) in keyed {
+                longest = longest.max(form_len(bytes, form));
+                forms.entry(key).or_default().push((id, form));
+            }
+            kept.push(value);
+        }
+        if forms.is_empty() {
+            return None;
+        }
+        // About 64 bits per piece keeps false hits near 1 in 64 windows.
+        let bits = (forms.len() * STRIDE * 64)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(12, 24);
+        let mut filter = vec![0u64; (1usize << bits) / 64];
+        let shift = 64 - bits;
+        for key in forms.keys() {
+            let key = key.to_le_bytes();
+            for offset in 0..STRIDE {
+                if let Some(gram) = gram_at(&key, offset) {
+                    let slot = filter_slot(gram, shift);
+                    filter[slot / 64] |= 1 << (slot % 64);
+                }
+            }
+        }
+        Some(Index {
+            values: kept,
+            filter,
+            shift,
+            forms,
+            longest,
+        })
+    }
+
+    /// The longest form that occurs at `at`.
+    fn longest_at(&self, input: &[u8], at: usize) -> Option<usize> {
+        let candidates = self.forms.get(&key_at(input, at)?)?;
+        let rest = &input[at..];
+        candidates
+            .iter()
+            .filter_map(|(id, form)| {
+                let value = self.values.get(*id as usize)?.expose_secret();
+                let bytes = materialize(value, *form)?;
+                rest.starts_with(&bytes).then_some(bytes.len())
+            })
+            .max()
+    }
+
+    /// The leftmost match starting at or after `from`, and of those the longest. A match
+    /// starting at `p` covers the window at the first anchor `from + k * STRIDE` at or after `p`,
+    /// and anchors are visited in order, so the first confirmed match is the leftmost.
+    fn next_match(&self, input: &[u8], from: usize) -> Option<(usize, usize)> {
+        let rest = input.get(from..)?;
+        let mut windows = rest.chunks_exact(STRIDE);
+        let mut anchor = from;
+        for window in windows.by_ref() {
+            let gram = u32::from_le_bytes([window[0], window[1], window[2], window[3]]);
+            if self.may_hold(gram)
+                && let Some(found) = self.confirm(input, from, anchor)
+            {
+                return Some(found);
+            }
+            anchor += STRIDE;
+        }
+        let tail = windows.remainder();
+        if tail.len() >= GRAM && self.may_hold(gram_at(tail, 0)?) {
+            return self.confirm(input, from, anchor);
+        }
+        None
+    }
+
+    /// Whether some key holds this piece.
+    fn may_hold(&self, gram: u32) -> bool {
+        let slot = filter_slot(gram, self.shift);
+        self.filter
+            .get(slot / 64)
+            .is_some_and(|bits| bits & (1 << (slot % 64)) != 0)
+    }
+
+    /// The first match starting between the previous anchor and `anchor`.
+    fn confirm(&self, input: &[u8], from: usize, anchor: usize) -> Option<(usize, usize)> {
+        let first = anchor.saturating_sub(STRIDE - 1).max(from);
+        (first..=anchor).find_map(|start| {
+            self.longest_at(input, start)
+                .map(|len| (start, start + len))
+        })
+    }
+}
+
+/// Redacts a fixed set of secret values; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    index: Option<Arc<Index>>,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -108,50 +410,40 @@ impl std::fmt::Debug for Redactor {
 }
 
 impl Redactor {
+    /// A redactor over copies of `values`.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a SecretValue>) -> Redactor {
-        let patterns: Vec<Vec<u8>> = values
-            .into_iter()
-            .filter(|v| v.len() >= MIN_SECRET_LEN)
-            .flat_map(|v| forms(v.expose_secret()))
-            .collect();
-        let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
-        // Up to a few thousand patterns (a task's secrets; the benchmark's 100), a DFA scans about
-        // twice as fast; beyond that its build time and memory outweigh the gain, so the library
-        // picks (the server-wide log redactor can hold every secret of every workspace).
-        let kind = (patterns.len() <= 2_000).then_some(AhoCorasickKind::DFA);
-        let matcher = if patterns.is_empty() {
-            None
-        } else {
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .kind(kind)
-                .build(&patterns)
-                .or_else(|_| {
-                    AhoCorasick::builder()
-                        .match_kind(MatchKind::LeftmostLongest)
-                        .build(&patterns)
-                })
-                .ok()
-        };
-        Redactor { matcher, longest }
+        Redactor::shared(
+            values
+                .into_iter()
+                .map(|v| Arc::new(SecretValue::new(v.expose_secret().to_vec()))),
+        )
+    }
+
+    /// A redactor over values shared with their owner, not copied.
+    pub fn shared(values: impl IntoIterator<Item = Arc<SecretValue>>) -> Redactor {
+        Redactor {
+            index: Index::build(values.into_iter().collect()).map(Arc::new),
+        }
     }
 
     /// Whether `input` holds any secret value or encoding.
     pub fn finds_in(&self, input: &[u8]) -> bool {
-        self.matcher.as_ref().is_some_and(|m| m.is_match(input))
+        self.index
+            .as_ref()
+            .is_some_and(|i| i.next_match(input, 0).is_some())
     }
 
     /// `input` with every secret value and encoding replaced by `***`.
     pub fn redact(&self, input: &[u8]) -> Vec<u8> {
-        let Some(matcher) = &self.matcher else {
+        let Some(index) = &self.index else {
             return input.to_vec();
         };
         let mut out = Vec::with_capacity(input.len());
         let mut last = 0;
-        for m in matcher.find_iter(input) {
-            out.extend_from_slice(&input[last..m.start()]);
+        while let Some((start, end)) = index.next_match(input, last) {
+            out.extend_from_slice(&input[last..start]);
             out.extend_from_slice(MASK);
-            last = m.end();
+            last = end;
         }
         out.extend_from_slice(&input[last..]);
         out
@@ -180,25 +472,23 @@ pub struct RedactStream<'a> {
 impl RedactStream<'_> {
     /// Feeds a chunk; returns what is safe to pass on.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let Some(matcher) = &self.redactor.matcher else {
+        let Some(index) = &self.redactor.index else {
             return chunk.to_vec();
         };
         self.carry.extend_from_slice(chunk);
         let buf = std::mem::take(&mut self.carry);
         // A match starting before `cut` lies wholly inside `buf`; later ones may continue in the
         // next chunk and wait in `carry`.
-        let cut = buf
-            .len()
-            .saturating_sub(self.redactor.longest.saturating_sub(1));
+        let cut = buf.len().saturating_sub(index.longest.saturating_sub(1));
         let mut out = Vec::with_capacity(buf.len());
         let mut last = 0;
-        for m in matcher.find_iter(&buf) {
-            if m.start() >= cut {
+        while let Some((start, end)) = index.next_match(&buf, last) {
+            if start >= cut {
                 break;
             }
-            out.extend_from_slice(&buf[last..m.start()]);
+            out.extend_from_slice(&buf[last..start]);
             out.extend_from_slice(MASK);
-            last = m.end();
+            last = end;
         }
         let emit_to = cut.max(last);
         out.extend_from_slice(&buf[last..emit_to]);
@@ -296,16 +586,82 @@ mod tests {
 
     #[test]
     fn short_values_and_no_values_change_nothing() {
-        let r = Redactor::new([&SecretValue::new(b"abc".to_vec())]);
-        assert_eq!(r.redact(b"abcabc"), b"abcabc");
+        let r = Redactor::new([&SecretValue::new(b"task".to_vec())]);
+        assert_eq!(r.redact(b"task WARN tasks"), b"task WARN tasks");
+        assert!(!r.finds_in(b"a task"));
         let none = Redactor::new(std::iter::empty());
         assert_eq!(none.redact(b"anything"), b"anything");
     }
+
+    #[test]
+    fn a_large_multi_line_value_is_masked_whole_and_line_by_line() {
+        // 64 KiB of PEM-like lines: every line and the whole value are masked; a prefix alone
+        // (the header every such key shares) is not, so ordinary text stays readable.
+        let mut value = b"-----BEGIN TEST KEY-----\n".to_vec();
+        let mut n: u64 = 7;
+        while value.len() < 64 * 1024 - 64 {
+            for _ in 0..64 {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                value.push(
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+                        [(n >> 58) as usize],
+                );
+            }
+            value.push(b'\n');
+        }
+        value.extend_from_slice(b"-----END TEST KEY-----");
+        let r = Redactor::new([&SecretValue::new(value.clone())]);
+        let text = [b"key: ".as_slice(), &value, b" done"].concat();
+        assert_eq!(r.redact(&text), b"key: *** done");
+        let third_line = value.split(|b| *b == b'\n').nth(2).unwrap().to_vec();
+        assert_eq!(
+            r.redact(&[b"x ".as_slice(), &third_line, b" y"].concat()),
+            b"x *** y"
+        );
+        let hexed = hex(&value, false);
+        assert_eq!(
+            r.redact(&[b"<".as_slice(), &hexed, b">"].concat()),
+            b"<***>"
+        );
+        assert_eq!(r.redact(b"-----BEGIN TES"), b"-----BEGIN TES");
+    }
+
+    #[test]
+    fn the_longest_of_overlapping_forms_wins_and_neighbours_survive() {
+        let r = Redactor::new([
+            &SecretValue::new(b"abcdefgh".to_vec()),
+            &SecretValue::new(b"abcdefghijkl".to_vec()),
+        ]);
+        assert_eq!(r.redact(b"1abcdefghijkl2abcdefgh3"), b"1***2***3");
+        assert_eq!(r.redact(b"abcdefg"), b"abcdefg");
+    }
+
+    #[test]
+    fn the_log_redactor_keeps_one_part_per_workspace() {
+        let shared = SharedRedactor::default();
+        shared.set_part(
+            "a",
+            Some(Redactor::new([&SecretValue::new(b"alpha-secret".to_vec())])),
+        );
+        shared.set_part(
+            "b",
+            Some(Redactor::new([&SecretValue::new(b"bravo-secret".to_vec())])),
+        );
+        assert_eq!(shared.redact(b"alpha-secret bravo-secret"), b"*** ***");
+        shared.set_part("a", None);
+        assert_eq!(
+            shared.redact(b"alpha-secret bravo-secret"),
+            b"alpha-secret ***"
+        );
+    }
 }
 
-/// A redactor shared by every writer of the server's log, replaced whenever secrets change.
+/// The redactors shared by every writer of the server's log: one part per workspace, so a
+/// change of secrets rebuilds one workspace's part, not every value of the server.
 #[derive(Clone, Default)]
-pub struct SharedRedactor(std::sync::Arc<std::sync::RwLock<Option<Redactor>>>);
+pub struct SharedRedactor(Arc<std::sync::RwLock<std::collections::BTreeMap<String, Redactor>>>);
 
 impl std::fmt::Debug for SharedRedactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -314,22 +670,35 @@ impl std::fmt::Debug for SharedRedactor {
 }
 
 impl SharedRedactor {
+    /// Replaces every part with one redactor.
     pub fn replace(&self, redactor: Redactor) {
-        if let Ok(mut current) = self.0.write() {
-            *current = Some(redactor);
+        if let Ok(mut parts) = self.0.write() {
+            parts.clear();
+            parts.insert(String::new(), redactor);
+        }
+    }
+
+    /// Sets (or with `None` removes) the redactor of one part.
+    pub fn set_part(&self, part: &str, redactor: Option<Redactor>) {
+        if let Ok(mut parts) = self.0.write() {
+            match redactor {
+                Some(r) => parts.insert(part.to_owned(), r),
+                None => parts.remove(part),
+            };
         }
     }
 
     /// Masks every secret value, then every credential of a known shape (`mask_credentials`).
     pub fn redact(&self, input: &[u8]) -> Vec<u8> {
-        let values_masked = match self.0.read() {
-            Ok(current) => match current.as_ref() {
-                Some(r) => r.redact(input),
-                None => input.to_vec(),
-            },
-            Err(_) => input.to_vec(),
-        };
-        mask_credentials(&values_masked).into_owned()
+        let mut text = Cow::Borrowed(input);
+        if let Ok(parts) = self.0.read() {
+            for redactor in parts.values() {
+                if redactor.finds_in(&text) {
+                    text = Cow::Owned(redactor.redact(&text));
+                }
+            }
+        }
+        mask_credentials(&text).into_owned()
     }
 }
 

@@ -47,6 +47,8 @@ pub struct AppSettings {
     pub secret_retention: std::time::Duration,
     /// The redactor the process's log writer applies; kept loaded with every secret.
     pub log_redactor: tresor_crypto::redact::SharedRedactor,
+    /// How much secret material a workspace and a user may keep.
+    pub secret_limits: tresor_service::SecretLimits,
     /// tresor as an OIDC issuer for its tasks.
     pub identity: IdentitySettings,
     /// Object storage (S3 or compatible), if configured.
@@ -91,6 +93,7 @@ impl App {
             platform.clone(),
             keys,
             settings.log_redactor.clone(),
+            settings.secret_limits,
         )
         .await?;
         tokio::spawn(purge_deleted_secrets(

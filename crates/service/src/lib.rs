@@ -28,7 +28,7 @@ pub use identity::{IdentityService, IdentitySettings, IssuedToken, TaskSubject};
 pub use platform::{Credential, PlatformService};
 pub use render::tes_state;
 pub use runner::DeclaredSecrets;
-pub use secrets::{Scope, SecretService};
+pub use secrets::{Scope, SecretLimits, SecretService};
 pub use storage::{Location, S3Settings, StorageService};
 
 /// The compute environment every workspace uses until it chooses another.
@@ -384,15 +384,12 @@ impl TaskService {
             .secrets
             .guard(&caller.workspace, &caller.principal.user)
             .await?
+            && holds_value(spec, &guard)
         {
-            let document =
-                serde_json::to_vec(spec).map_err(|e| ServiceError::Internal(e.into()))?;
-            if guard.finds_in(&document) {
-                return Err(ServiceError::invalid(
-                    "task",
-                    "the task document contains the value of a stored secret; remove it and reference the secret by name in tags[\"tresor.secrets\"] (files) or tags[\"tresor.secrets.env\"] (environment)",
-                ));
-            }
+            return Err(ServiceError::invalid(
+                "task",
+                "the task document contains the value of a stored secret; remove it and reference the secret by name in tags[\"tresor.secrets\"] (files) or tags[\"tresor.secrets.env\"] (environment)",
+            ));
         }
         Ok(())
     }
@@ -572,4 +569,63 @@ impl TaskService {
             .await?;
         runner::cancel(&self.inner, caller, record).await
     }
+}
+
+/// Whether any string the submitter wrote in a task document holds a stored value. Only those
+/// strings are searched, never the schema's field names nor the names in the `tresor.secrets`
+/// tags: a member's value may hide that value and nothing else, not the shape of every task.
+fn holds_value(spec: &TesTask, guard: &tresor_crypto::redact::Redactor) -> bool {
+    let mut strings: Vec<&str> = Vec::new();
+    strings.extend(spec.name.as_deref());
+    strings.extend(spec.description.as_deref());
+    for input in spec.inputs.iter().flatten() {
+        strings.extend(
+            [input.name.as_deref(), input.description.as_deref()]
+                .into_iter()
+                .flatten(),
+        );
+        strings.extend(
+            [input.url.as_deref(), input.content.as_deref()]
+                .into_iter()
+                .flatten(),
+        );
+        strings.push(&input.path);
+    }
+    for output in spec.outputs.iter().flatten() {
+        strings.extend(
+            [output.name.as_deref(), output.description.as_deref()]
+                .into_iter()
+                .flatten(),
+        );
+        strings.extend(output.path_prefix.as_deref());
+        strings.extend([output.url.as_str(), output.path.as_str()]);
+    }
+    for executor in &spec.executors {
+        strings.push(&executor.image);
+        strings.extend(executor.command.iter().map(String::as_str));
+        for field in [
+            &executor.workdir,
+            &executor.stdin,
+            &executor.stdout,
+            &executor.stderr,
+        ] {
+            strings.extend(field.as_deref());
+        }
+        for (k, v) in executor.env.iter().flatten() {
+            strings.extend([k.as_str(), v.as_str()]);
+        }
+    }
+    strings.extend(spec.volumes.iter().flatten().map(String::as_str));
+    if let Some(resources) = &spec.resources {
+        strings.extend(resources.zones.iter().flatten().map(String::as_str));
+        for (k, v) in resources.backend_parameters.iter().flatten() {
+            strings.extend([k.as_str(), v.as_str()]);
+        }
+    }
+    for (k, v) in spec.tags.iter().flatten() {
+        if k != runner::SECRETS_TAG && k != runner::SECRETS_ENV_TAG {
+            strings.extend([k.as_str(), v.as_str()]);
+        }
+    }
+    strings.iter().any(|s| guard.finds_in(s.as_bytes()))
 }

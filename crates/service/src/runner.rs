@@ -238,6 +238,11 @@ pub(crate) fn worker_task(
     }
 }
 
+/// The tag naming the secrets a task gets as files.
+pub(crate) const SECRETS_TAG: &str = "tresor.secrets";
+/// The tag naming the secrets a task also gets as environment variables.
+pub(crate) const SECRETS_ENV_TAG: &str = "tresor.secrets.env";
+
 /// The secrets a task declared in its tags: `tresor.secrets` as files, `tresor.secrets.env`
 /// also as environment variables (and as files).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -270,8 +275,8 @@ pub(crate) fn declared_secrets(spec: &TesTask) -> Result<DeclaredSecrets, Servic
         }
         Ok(names)
     };
-    let env = parse("tresor.secrets.env")?;
-    let mut files = parse("tresor.secrets")?;
+    let env = parse(SECRETS_ENV_TAG)?;
+    let mut files = parse(SECRETS_TAG)?;
     for name in &env {
         if !files.contains(name) {
             files.push(name.clone());

@@ -22,12 +22,39 @@ pub enum Scope {
     User,
 }
 
-/// (workspace, owner or "", name) -> value.
-type LiveValues = std::collections::HashMap<(String, String, String), SecretValue>;
+/// (workspace, owner or "", name) -> value, shared with the redactors built from it.
+type LiveValues = std::collections::HashMap<(String, String, String), Arc<SecretValue>>;
 
-/// Cached launch guards: (workspace, user) -> (generation, matcher).
+/// Cached launch guards: (workspace, user) -> matcher (`None`: no values). A change of secrets
+/// in a workspace drops that workspace's entries.
 type GuardCache =
-    std::collections::HashMap<(String, String), (u64, Option<tresor_crypto::redact::Redactor>)>;
+    std::collections::HashMap<(String, String), Option<tresor_crypto::redact::Redactor>>;
+
+/// How much secret material one workspace and one user may keep. Every live value is held in
+/// memory (for redaction), so these bound the server's memory: at most
+/// `workspaces * workspace_bytes`, plus about 1 KiB of index per secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretLimits {
+    /// Live secrets in one workspace, workspace and user secrets together.
+    pub workspace_count: usize,
+    /// Their values' bytes.
+    pub workspace_bytes: usize,
+    /// One user's own (user-scoped) secrets, across all workspaces.
+    pub user_count: usize,
+    /// Their values' bytes.
+    pub user_bytes: usize,
+}
+
+impl Default for SecretLimits {
+    fn default() -> Self {
+        SecretLimits {
+            workspace_count: 200,
+            workspace_bytes: 4 * 1024 * 1024,
+            user_count: 100,
+            user_bytes: 1024 * 1024,
+        }
+    }
+}
 
 /// Secrets; cheap to clone.
 #[derive(Clone)]
@@ -36,15 +63,16 @@ pub struct SecretService {
     platform: PlatformService,
     keys: Arc<KeyRing>,
     fingerprint_key: Arc<Vec<u8>>,
-    /// Redacts every secret from the server's own log lines.
+    /// Redacts every secret from the server's own log lines, one part per workspace.
     log_redactor: tresor_crypto::redact::SharedRedactor,
-    /// Launch-guard matchers per (workspace, user), valid while `generation` is unchanged.
+    /// Launch-guard matchers per (workspace, user).
     guards: Arc<std::sync::Mutex<GuardCache>>,
     /// Every live secret's value, decrypted once at start and kept current by put and delete:
     /// the source of the log redactor and the launch guards, so neither decrypts per request.
     live: Arc<std::sync::Mutex<LiveValues>>,
-    /// Bumped by every secret change.
-    generation: Arc<std::sync::atomic::AtomicU64>,
+    limits: SecretLimits,
+    /// Puts one at a time, so two cannot both pass a limit that only one fits.
+    put_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for SecretService {
@@ -116,15 +144,23 @@ impl SecretService {
         platform: PlatformService,
         keys: KeyRing,
     ) -> Result<SecretService, ServiceError> {
-        Self::with_log_redactor(store, platform, keys, Default::default()).await
+        Self::with_log_redactor(
+            store,
+            platform,
+            keys,
+            Default::default(),
+            SecretLimits::default(),
+        )
+        .await
     }
 
-    /// Like `new`, keeping `log_redactor` loaded with every live secret.
+    /// Like `new`, keeping `log_redactor` loaded with every live secret, within `limits`.
     pub async fn with_log_redactor(
         store: Store,
         platform: PlatformService,
         keys: KeyRing,
         log_redactor: tresor_crypto::redact::SharedRedactor,
+        limits: SecretLimits,
     ) -> Result<SecretService, ServiceError> {
         let fingerprint_key = store.server_secret("secret_fingerprint_key").await?;
         let service = SecretService {
@@ -135,19 +171,20 @@ impl SecretService {
             log_redactor,
             guards: Default::default(),
             live: Default::default(),
-            generation: Default::default(),
+            limits,
+            put_lock: Default::default(),
         };
         service.refresh_log_redactor().await?;
         Ok(service)
     }
 
-    /// Reloads the log redactor with every live secret, and invalidates cached launch guards.
+    /// Reloads every live secret and rebuilds the log redactor's part of each workspace.
     async fn refresh_log_redactor(&self) -> Result<(), ServiceError> {
         let mut loaded = LiveValues::new();
         for key in self.store.live_secret_keys().await? {
             match self.open(&key).await {
                 Ok(Some((_, value))) => {
-                    loaded.insert(live_key(&key), value);
+                    loaded.insert(live_key(&key), Arc::new(value));
                 }
                 Ok(None) => {}
                 // One unreadable secret must not stop the others from being redacted.
@@ -156,10 +193,14 @@ impl SecretService {
                 }
             }
         }
+        let workspaces: std::collections::BTreeSet<String> =
+            loaded.keys().map(|(ws, _, _)| ws.clone()).collect();
         if let Ok(mut live) = self.live.lock() {
             *live = loaded;
         }
-        self.rebuild();
+        for workspace in workspaces {
+            self.rebuild(&workspace);
+        }
         Ok(())
     }
 
@@ -168,17 +209,88 @@ impl SecretService {
         if let Ok(mut live) = self.live.lock() {
             live.retain(|(ws, _, _), _| ws != workspace.as_str());
         }
-        self.rebuild();
+        self.rebuild(workspace.as_str());
     }
 
-    /// Rebuilds the log redactor from the live values and invalidates cached launch guards.
-    fn rebuild(&self) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if let Ok(live) = self.live.lock() {
-            self.log_redactor
-                .replace(tresor_crypto::redact::Redactor::new(live.values()));
+    /// Rebuilds one workspace's part of the log redactor from its live values, and drops its
+    /// cached launch guards. Other workspaces' parts are untouched, so the cost of a change is
+    /// bounded by the workspace's limits, not by every secret of the server.
+    fn rebuild(&self, workspace: &str) {
+        let values: Vec<Arc<SecretValue>> = match self.live.lock() {
+            Ok(live) => live
+                .iter()
+                .filter(|((ws, _, _), _)| ws == workspace)
+                .map(|(_, v)| v.clone())
+                .collect(),
+            Err(_) => return,
+        };
+        self.log_redactor.set_part(
+            workspace,
+            (!values.is_empty()).then(|| tresor_crypto::redact::Redactor::shared(values)),
+        );
+        if let Ok(mut guards) = self.guards.lock() {
+            guards.retain(|(ws, _), _| ws != workspace);
         }
+    }
+
+    /// Refuses a put that would take the workspace or the user past a limit (the value it
+    /// replaces, if any, no longer counts).
+    fn check_limits(&self, key: &SecretKey, size: usize) -> Result<(), ServiceError> {
+        let live = self.live.lock().map_err(|_| {
+            ServiceError::Internal(anyhow::anyhow!("the secret cache lock is poisoned"))
+        })?;
+        let this = live_key(key);
+        let (mut ws_count, mut ws_bytes, mut user_count, mut user_bytes) = (1, size, 1, size);
+        for (k, v) in live.iter().filter(|(k, _)| **k != this) {
+            if k.0 == this.0 {
+                ws_count += 1;
+                ws_bytes += v.len();
+            }
+            if !this.1.is_empty() && k.1 == this.1 {
+                user_count += 1;
+                user_bytes += v.len();
+            }
+        }
+        let limits = self.limits;
+        let over = |what: &str, limit: usize, key_name: &str| {
+            ServiceError::invalid(
+                "value",
+                format!(
+                    "{what} would exceed the limit of {limit} (secrets.{key_name}); delete secrets you no longer need, or ask a platform administrator to raise it"
+                ),
+            )
+        };
+        if ws_count > limits.workspace_count {
+            return Err(over(
+                &format!("workspace {}'s secrets ({ws_count})", key.workspace),
+                limits.workspace_count,
+                "max_per_workspace",
+            ));
+        }
+        if ws_bytes > limits.workspace_bytes {
+            return Err(over(
+                &format!("workspace {}'s secret bytes ({ws_bytes})", key.workspace),
+                limits.workspace_bytes,
+                "max_bytes_per_workspace",
+            ));
+        }
+        if key.owner.is_some() {
+            if user_count > limits.user_count {
+                return Err(over(
+                    &format!("your user secrets ({user_count})"),
+                    limits.user_count,
+                    "max_per_user",
+                ));
+            }
+            if user_bytes > limits.user_bytes {
+                return Err(over(
+                    &format!("your user secrets' bytes ({user_bytes})"),
+                    limits.user_bytes,
+                    "max_bytes_per_user",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn key(caller: &Caller, scope: Scope, name: &str) -> SecretKey {
@@ -233,12 +345,14 @@ impl SecretService {
             return Err(ServiceError::invalid(
                 "value",
                 format!(
-                    "must be {MIN_SECRET_LEN} to {MAX_SECRET_BYTES} bytes (got {}); shorter values cannot be redacted safely",
+                    "must be {MIN_SECRET_LEN} to {MAX_SECRET_BYTES} bytes (got {}); a shorter value would mask ordinary words in logs and task documents",
                     value.len()
                 ),
             ));
         }
         let key = Self::key(caller, scope, name);
+        let _one_at_a_time = self.put_lock.lock().await;
+        self.check_limits(&key, value.len())?;
         let version = self.store.last_secret_version(&key).await? + 1;
         let sealed = envelope::seal(self.keys.as_ref(), &value, &aad(&key, version))
             .map_err(|e| ServiceError::Internal(e.into()))?;
@@ -265,9 +379,9 @@ impl SecretService {
             )
             .await?;
         if let Ok(mut live) = self.live.lock() {
-            live.insert(live_key(&key), value);
+            live.insert(live_key(&key), Arc::new(value));
         }
-        self.rebuild();
+        self.rebuild(key.workspace.as_str());
         Ok(version)
     }
 
@@ -306,7 +420,7 @@ impl SecretService {
             if let Ok(mut live) = self.live.lock() {
                 live.remove(&live_key(&key));
             }
-            self.rebuild();
+            self.rebuild(key.workspace.as_str());
             Ok(())
         } else {
             Err(ServiceError::NotFound(Entity::Secret))
@@ -417,37 +531,30 @@ impl SecretService {
         workspace: &tresor_domain::WorkspaceId,
         user: &tresor_domain::UserId,
     ) -> Result<Option<tresor_crypto::redact::Redactor>, ServiceError> {
-        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let cache_key = (workspace.to_string(), user.to_string());
         if let Ok(guards) = self.guards.lock()
-            && let Some((cached_at, guard)) = guards.get(&cache_key)
-            && *cached_at == generation
+            && let Some(guard) = guards.get(&cache_key)
         {
             return Ok(guard.clone());
         }
-        let guard = self.build_guard(workspace, user).await?;
+        let values: Vec<Arc<SecretValue>> = {
+            let live = self.live.lock().map_err(|_| {
+                ServiceError::Internal(anyhow::anyhow!("the secret cache lock is poisoned"))
+            })?;
+            live.iter()
+                .filter(|((ws, owner, _), _)| {
+                    ws == workspace.as_str() && (owner.is_empty() || owner == user.as_str())
+                })
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        let guard = (!values.is_empty()).then(|| tresor_crypto::redact::Redactor::shared(values));
+        // A put in this workspace between the read above and this insert drops the entry again
+        // only if it runs after; so build before caching only what the live set still holds.
         if let Ok(mut guards) = self.guards.lock() {
-            guards.insert(cache_key, (generation, guard.clone()));
+            guards.insert(cache_key, guard.clone());
         }
         Ok(guard)
-    }
-
-    async fn build_guard(
-        &self,
-        workspace: &tresor_domain::WorkspaceId,
-        user: &tresor_domain::UserId,
-    ) -> Result<Option<tresor_crypto::redact::Redactor>, ServiceError> {
-        let live = self.live.lock().map_err(|_| {
-            ServiceError::Internal(anyhow::anyhow!("the secret cache lock is poisoned"))
-        })?;
-        let values: Vec<&SecretValue> = live
-            .iter()
-            .filter(|((ws, owner, _), _)| {
-                ws == workspace.as_str() && (owner.is_empty() || owner == user.as_str())
-            })
-            .map(|(_, v)| v)
-            .collect();
-        Ok((!values.is_empty()).then(|| tresor_crypto::redact::Redactor::new(values)))
     }
 
     /// Audits the delivery of secret versions to a task and marks them used, in one transaction.

@@ -145,7 +145,7 @@ async fn secrets_are_write_only_versioned_and_guarded_by_if_match() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("4 to 65536 bytes (got 65537)"),
+        err.to_string().contains("8 to 65536 bytes (got 65537)"),
         "{err}"
     );
     let garbage = server
@@ -777,4 +777,131 @@ async fn a_deleted_workspace_takes_its_secrets_and_a_demoted_member_gets_none() 
         .await
         .unwrap_err();
     assert!(err.to_string().contains("secret A is not defined"), "{err}");
+}
+
+#[tokio::test]
+async fn a_members_value_hides_only_itself_never_words_of_every_task() {
+    let server = TestServer::start().await;
+    // Values as short as a common word are refused, saying the rule and never the value.
+    server.admin.create_workspace("genomics").await.unwrap();
+    for short in [&b"task"[..], b"WARN", b"secrets"] {
+        let err = server
+            .admin
+            .put_secret("genomics", false, "SHORT", short, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+        assert!(err.to_string().contains("8 to 65536 bytes"), "{err}");
+    }
+    // A value equal to the tag that declares secrets, and to a schema word, block nothing
+    // but themselves.
+    for (name, value) in [
+        ("TAG_NAME", &b"tresor.secrets"[..]),
+        ("FIELD", b"executors"),
+        ("DB_PASSWORD", b"hunter2-but-longer"),
+    ] {
+        server
+            .admin
+            .put_secret("genomics", false, name, value, None)
+            .await
+            .unwrap();
+    }
+    let tes = tresor_client::TesClient::for_workspace(&server.url, "genomics", &server.admin_token)
+        .unwrap();
+    let ordinary = with_secrets(sh_task("echo ok"), "DB_PASSWORD", "");
+    let done = server.run_in(&tes, &ordinary).await;
+    assert_eq!(
+        done.state,
+        Some(tresor_api_types::tes::TesState::Complete),
+        "{}",
+        system_logs(&done)
+    );
+    let pasted = with_secrets(sh_task("echo executors"), "DB_PASSWORD", "");
+    let resp = tes
+        .post_raw("tasks", serde_json::to_vec(&pasted).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.body);
+    assert!(
+        resp.body.contains("value of a stored secret"),
+        "{}",
+        resp.body
+    );
+}
+
+#[tokio::test]
+async fn secret_counts_and_bytes_are_limited_per_workspace_and_per_user() {
+    let server = TestServer::start_with(|s| {
+        s.secret_limits = tresor_service::SecretLimits {
+            workspace_count: 3,
+            workspace_bytes: 100,
+            user_count: 2,
+            user_bytes: 30,
+        };
+    })
+    .await;
+    server.admin.create_workspace("lab").await.unwrap();
+    server.admin.create_workspace("other").await.unwrap();
+    server.admin.create_workspace("third").await.unwrap();
+    let value = |i: u8| vec![b'a' + i; 20];
+    for i in 0..3 {
+        server
+            .admin
+            .put_secret("lab", false, &format!("S{i}"), &value(i), None)
+            .await
+            .unwrap();
+    }
+    let err = server
+        .admin
+        .put_secret("lab", false, "S3", &value(3), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST), "{err}");
+    assert!(
+        err.to_string().contains("secrets.max_per_workspace"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("limit of 3"), "{err}");
+    // A new version of an existing secret replaces its value, so it still fits.
+    server
+        .admin
+        .put_secret("lab", false, "S0", &value(9), Some(1))
+        .await
+        .unwrap();
+    // Bytes: one large value in a fresh workspace.
+    let err = server
+        .admin
+        .put_secret("other", false, "BIG", &[b'x'; 101], None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("secrets.max_bytes_per_workspace"),
+        "{err}"
+    );
+    // A user's own secrets count across every workspace they are in.
+    server
+        .admin
+        .put_secret("other", true, "MINE", &value(1), None)
+        .await
+        .unwrap();
+    let err = server
+        .admin
+        .put_secret("third", true, "MINE_TOO", &value(2), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("secrets.max_bytes_per_user"),
+        "{err}"
+    );
+    // Deleting frees room.
+    server
+        .admin
+        .delete_secret("lab", false, "S1")
+        .await
+        .unwrap();
+    server
+        .admin
+        .put_secret("lab", false, "S3", &value(3), None)
+        .await
+        .unwrap();
 }
