@@ -783,7 +783,9 @@ impl PlatformService {
         Ok(())
     }
 
-    /// Owners are managed by owners only, and a workspace always keeps one.
+    /// Owners are managed by owners only, and a workspace always keeps one. The owner count here
+    /// only gives the usual case its message early; the store re-checks inside the change's own
+    /// transaction, which is what holds when two owners step down at the same moment.
     async fn guard_owners(
         &self,
         caller: &Caller,
@@ -810,7 +812,7 @@ impl PlatformService {
                 .count();
             if owners <= 1 {
                 return Err(ServiceError::Conflict(
-                    "a workspace needs at least one owner; make someone else owner first"
+                    "a workspace must keep at least one owner; make another member owner first"
                         .to_owned(),
                 ));
             }

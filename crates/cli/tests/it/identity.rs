@@ -258,6 +258,59 @@ async fn workspaces_scope_tasks_and_roles_gate_actions() {
 }
 
 #[tokio::test]
+async fn two_owners_stepping_down_at_once_leave_the_workspace_one_owner() {
+    let server = TestServer::start().await;
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    for trial in 0..10 {
+        let ws = format!("duo-{trial}");
+        alice.platform.create_workspace(&ws).await.unwrap();
+        alice
+            .platform
+            .set_member(&ws, &bob.id, "owner")
+            .await
+            .unwrap();
+        // Both owners step down in the same moment: by demotion in even trials, by leaving in odd ones.
+        let (a, b) = if trial % 2 == 0 {
+            tokio::join!(
+                alice.platform.set_member(&ws, &alice.id, "admin"),
+                bob.platform.set_member(&ws, &bob.id, "admin"),
+            )
+        } else {
+            tokio::join!(
+                alice.platform.remove_member(&ws, &alice.id),
+                bob.platform.remove_member(&ws, &bob.id),
+            )
+        };
+        assert!(
+            a.is_ok() != b.is_ok(),
+            "trial {trial}: exactly one owner may step down: {a:?} {b:?}"
+        );
+        let (refused, still_owner) = match (a, b) {
+            (Err(e), Ok(())) => (e, &alice),
+            (Ok(()), Err(e)) => (e, &bob),
+            (a, b) => unreachable!("{a:?} {b:?}"),
+        };
+        assert_eq!(refused.status(), Some(StatusCode::CONFLICT), "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("a workspace must keep at least one owner"),
+            "{refused}"
+        );
+        let owners: Vec<_> = still_owner
+            .platform
+            .list_members(&ws)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.role == "owner")
+            .map(|m| m.user)
+            .collect();
+        assert_eq!(owners, [still_owner.id.clone()], "trial {trial}");
+    }
+}
+
+#[tokio::test]
 async fn the_audit_trail_records_actions_and_refusals_without_secrets() {
     let server = TestServer::start().await;
     let alice = server.user("alice").await;
