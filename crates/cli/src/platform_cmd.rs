@@ -46,7 +46,7 @@ pub enum TokenCommand {
     },
     /// List your tokens (metadata only).
     List,
-    /// Revoke one of your tokens.
+    /// Revoke one of your tokens (platform administrators: anyone's).
     Revoke { id: String },
 }
 

@@ -134,7 +134,7 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Method::DELETE,
                 "/api/v1/tokens/{token}",
                 Access::Authenticated,
-                "Revoke one of the caller's tokens",
+                "Revoke one of the caller's tokens (platform administrators: anyone's)",
             ),
             delete(platform::revoke_token),
         ),

@@ -617,10 +617,13 @@ impl PlatformService {
         Ok(self.store.list_tokens(&principal.user).await?)
     }
 
-    /// Revokes one of the caller's own tokens.
+    /// Revokes one of the caller's own tokens; a platform administrator may revoke anyone's, to
+    /// shut out a lost laptop or a departed user. Anyone else's token is `NotFound`, exactly like
+    /// one that does not exist.
     pub async fn revoke_token(&self, principal: &Principal, id: &str) -> Result<(), ServiceError> {
         let audit = event(principal, "token.revoke", format!("token:{id}"), None, "ok");
-        if self.store.revoke_token(id, &principal.user, &audit).await? {
+        let owner = (!principal.is_admin).then_some(&principal.user);
+        if self.store.revoke_token(id, owner, &audit).await? {
             // After the commit: requests that read the token before it see the bumped counter and
             // do not cache it; anything cached earlier is evicted here.
             self.revocations

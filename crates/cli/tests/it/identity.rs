@@ -109,6 +109,51 @@ async fn tokens_are_shown_once_stored_hashed_and_revocable() {
 }
 
 #[tokio::test]
+async fn a_platform_admin_revokes_any_users_token_and_others_cannot() {
+    let server = TestServer::start().await;
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let bobs = bob.platform.list_tokens().await.unwrap();
+    assert_eq!(bobs.len(), 1);
+    let bobs_token = &bobs[0].id;
+    bob.tes.list_tasks(&Default::default()).await.unwrap();
+
+    // A normal user cannot tell someone else's token from one that does not exist.
+    let err = alice.platform.revoke_token(bobs_token).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::NOT_FOUND), "{err}");
+    bob.tes.list_tasks(&Default::default()).await.unwrap();
+
+    // The platform administrator shuts bob's token off at once.
+    server.admin.revoke_token(bobs_token).await.unwrap();
+    let err = bob.tes.list_tasks(&Default::default()).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED));
+    assert!(err.to_string().contains("revoked"), "{err}");
+    // Revoking it again, or a token that does not exist, is still a 404.
+    for id in [bobs_token.as_str(), "0000000000000000"] {
+        let err = server.admin.revoke_token(id).await.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::NOT_FOUND), "{id}: {err}");
+    }
+
+    // The revocation is audited under the administrator's name.
+    let admin = server.admin.me().await.unwrap();
+    let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
+        path: server.data.join("tresor.db"),
+        durability: tresor_store::Durability::Normal,
+    })
+    .await
+    .unwrap();
+    let events = store.audit_events(1000).await.unwrap();
+    let revocations: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap())
+        .filter(|e| e["action"] == "token.revoke")
+        .collect();
+    assert_eq!(revocations.len(), 1, "{revocations:?}");
+    assert_eq!(revocations[0]["actor"], admin.id.as_str());
+    assert_eq!(revocations[0]["object"], format!("token:{bobs_token}"));
+    assert_eq!(revocations[0]["result"], "ok");
+}
+
+#[tokio::test]
 async fn workspaces_scope_tasks_and_roles_gate_actions() {
     let server = TestServer::start().await;
     let (alice, bob, carol) = (
