@@ -6,7 +6,10 @@ use time::OffsetDateTime;
 use tresor_domain::{UserId, WorkspaceId};
 
 use crate::audit::{self, AuditEvent};
-use crate::{Error, Store, format_time};
+use crate::{Error, Store, format_time, is_unique_violation};
+
+const SECRET_CHANGED: &str =
+    "the secret changed since you read it; fetch its current version and retry";
 
 /// Which secret: a workspace secret (`owner` None) or a member's user secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +107,8 @@ impl Store {
     }
 
     /// Stores `version` of a secret if its live version is still `expected` (None: no live
-    /// secret), so concurrent writers cannot lose an update. Audited in the same transaction.
+    /// secret), so concurrent writers cannot lose an update; `Error::Conflict` otherwise.
+    /// Audited in the same transaction.
     pub async fn put_secret_version(
         &self,
         key: &SecretKey,
@@ -126,9 +130,7 @@ impl Store {
         .await
         .map_err(Error::Database)?;
         if live != expected {
-            return Err(Error::Conflict(
-                "the secret changed since you read it; fetch its current version and retry",
-            ));
+            return Err(Error::Conflict(SECRET_CHANGED));
         }
         sqlx::query(
             "INSERT INTO secrets (workspace, scope, owner, name, version, kek_id, wrapped_key, ciphertext, created_by, created_at)
@@ -146,7 +148,15 @@ impl Store {
         .bind(format_time(OffsetDateTime::now_utc()))
         .execute(&mut *tx)
         .await
-        .map_err(Error::Database)?;
+        .map_err(|e| {
+            // Another write took this version number (and was deleted again) since the caller
+            // chose it: the same situation as a changed live version.
+            if is_unique_violation(&e) {
+                Error::Conflict(SECRET_CHANGED)
+            } else {
+                Error::Database(e)
+            }
+        })?;
         audit::append(&mut tx, event).await?;
         tx.commit().await.map_err(Error::Database)
     }

@@ -67,22 +67,45 @@ async fn secrets_are_write_only_versioned_and_guarded_by_if_match() {
         "a listing never holds the value"
     );
 
-    // Creating again, or updating from a stale version, is a 409; no update is lost.
-    let err = server
-        .admin
-        .put_secret("genomics", false, "DB_PASSWORD", b"other-value", None)
-        .await
-        .unwrap_err();
-    assert_eq!(err.status(), Some(StatusCode::CONFLICT));
-    let v2 = server
-        .admin
-        .put_secret("genomics", false, "DB_PASSWORD", b"second-value", Some(1))
+    // A plain PUT replaces the live value (200, where a create is 201).
+    let put_plain = |value: &'static str, precondition: Option<(&'static str, &'static str)>| {
+        let mut request = reqwest::Client::new()
+            .put(format!(
+                "{}/api/v1/workspaces/genomics/secrets/DB_PASSWORD",
+                server.url
+            ))
+            .bearer_auth(&server.admin_token)
+            .json(&serde_json::json!({ "value": value }));
+        if let Some((name, header)) = precondition {
+            request = request.header(name, header);
+        }
+        request.send()
+    };
+    let replaced = put_plain("other-value", None).await.unwrap();
+    assert_eq!(replaced.status(), StatusCode::OK);
+    assert_eq!(
+        replaced.headers().get("etag").and_then(|v| v.to_str().ok()),
+        Some("\"2\"")
+    );
+    // If-None-Match: * only creates; on a live secret it is a 409.
+    let refused = put_plain("other-value", Some(("if-none-match", "*")))
         .await
         .unwrap();
-    assert_eq!(v2.version, 2);
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    assert!(
+        refused.text().await.unwrap().contains("already exists"),
+        "create-only says why"
+    );
+    // If-Match updates only the version the caller read: a stale one is a 409, no update is lost.
+    let v3 = server
+        .admin
+        .put_secret("genomics", false, "DB_PASSWORD", b"second-value", Some(2))
+        .await
+        .unwrap();
+    assert_eq!(v3.version, 3);
     let err = server
         .admin
-        .put_secret("genomics", false, "DB_PASSWORD", b"third-value", Some(1))
+        .put_secret("genomics", false, "DB_PASSWORD", b"third-value", Some(2))
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::CONFLICT));
@@ -114,12 +137,12 @@ async fn secrets_are_write_only_versioned_and_guarded_by_if_match() {
             .status(),
         Some(StatusCode::NOT_FOUND)
     );
-    let v3 = server
+    let v4 = server
         .admin
         .put_secret("genomics", false, "DB_PASSWORD", CANARY, None)
         .await
         .unwrap();
-    assert_eq!(v3.version, 3);
+    assert_eq!(v4.version, 4);
 
     // Bad names and sizes are refused without echoing the value.
     for (name, value) in [
