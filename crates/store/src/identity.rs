@@ -120,7 +120,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| if is_unique_violation(&e) { Error::Conflict("a user with this name already exists") } else { Error::Database(e) })?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -173,7 +173,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(Error::Database)?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -223,7 +223,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)?;
         Ok(true)
     }

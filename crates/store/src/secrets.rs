@@ -157,7 +157,7 @@ impl Store {
                 Error::Database(e)
             }
         })?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -180,7 +180,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(Error::Database)?;
-            audit::append(&mut tx, event).await?;
+            audit::append(&mut tx, &self.audit_key, event).await?;
         }
         tx.commit().await.map_err(Error::Database)
     }
@@ -202,7 +202,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)?;
         Ok(true)
     }
@@ -341,7 +341,7 @@ impl Store {
             .await
             .map_err(Error::Database)?;
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 }
@@ -349,17 +349,13 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Durability, StoreSettings};
 
     #[tokio::test]
     async fn deleted_versions_are_kept_for_the_retention_period_then_purged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&StoreSettings {
-            path: dir.path().join("db"),
-            durability: Durability::Normal,
-        })
-        .await
-        .unwrap();
+        let store = Store::connect(&crate::test_settings(dir.path()))
+            .await
+            .unwrap();
         let key = SecretKey {
             workspace: WorkspaceId::parse("ws").unwrap(),
             owner: None,

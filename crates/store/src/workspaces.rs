@@ -96,7 +96,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(Error::Database)?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -138,7 +138,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(Error::Database)?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -246,7 +246,7 @@ impl Store {
         if previous.as_deref() == Some(Role::Owner.as_str()) && role != Role::Owner {
             ensure_an_owner_remains(&mut tx, workspace).await?;
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -273,7 +273,7 @@ impl Store {
         if removed == Role::Owner.as_str() {
             ensure_an_owner_remains(&mut tx, workspace).await?;
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)?;
         Ok(true)
     }
@@ -317,7 +317,7 @@ impl Store {
                 .await
                 .map_err(Error::Database)?;
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 }
@@ -325,7 +325,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Durability, StoreSettings};
 
     fn event(action: &str) -> AuditEvent {
         AuditEvent {
@@ -342,12 +341,9 @@ mod tests {
     /// A store with users u1 and u2, both owners of workspace `duo`.
     async fn two_owners() -> (tempfile::TempDir, Store, WorkspaceId, UserId, UserId) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&StoreSettings {
-            path: dir.path().join("db.sqlite"),
-            durability: Durability::Normal,
-        })
-        .await
-        .unwrap();
+        let store = Store::connect(&crate::test_settings(dir.path()))
+            .await
+            .unwrap();
         let (u1, u2) = (UserId::parse("u1").unwrap(), UserId::parse("u2").unwrap());
         for user in [&u1, &u2] {
             let record = UserRecord {

@@ -316,12 +316,7 @@ async fn secret_set_on_an_existing_secret_updates_it_and_if_match_still_guards()
     .unwrap();
 
     // Tasks get the newest value.
-    let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
-        path: server.data.join("tresor.db"),
-        durability: tresor_store::Durability::Normal,
-    })
-    .await
-    .unwrap();
+    let store = server.store().await;
     let keys = tresor_crypto::KeyRing::open_or_create(&server.data.join("kek")).unwrap();
     let platform = tresor_service::PlatformService::new(
         store.clone(),

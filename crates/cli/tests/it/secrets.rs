@@ -4,6 +4,7 @@ use reqwest::StatusCode;
 use tresor_crypto::SecretValue;
 use tresor_crypto::redact::Redactor;
 
+use crate::identity::{Rechain, verify_after};
 use crate::support::*;
 
 /// A value with every awkward byte: quotes, backticks, `$`, newlines, UTF-8.
@@ -332,12 +333,7 @@ async fn kek_rotation_keeps_every_value_and_a_tampered_ciphertext_is_an_error() 
         .put_secret("genomics", false, "A_SECRET", b"after-rotation", Some(1))
         .await
         .unwrap();
-    let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
-        path: server.data.join("tresor.db"),
-        durability: tresor_store::Durability::Normal,
-    })
-    .await
-    .unwrap();
+    let store = server.store().await;
     let keys = tresor_crypto::KeyRing::open_or_create(&server.data.join("kek")).unwrap();
     let platform = tresor_service::PlatformService::new(
         store.clone(),
@@ -482,6 +478,35 @@ async fn declared_secrets_reach_their_task_as_files_and_env_and_nothing_else() {
             .last_used_at
             .is_some()
     );
+
+    // The deliveries cannot be erased from the trail without the audit key: deleting their events
+    // breaks the chain, and re-chaining what is left, in plain SHA-256 or under another key,
+    // does not verify either. The intact trail does.
+    let events = server.store().await.audit_events(10_000).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("\"action\":\"secret.deliver\"")),
+        "{events:?}"
+    );
+    let (ok, why) = verify_after(&server.data, "SELECT 1", Rechain::No).await;
+    assert!(ok, "{why}");
+    for rechain in [
+        Rechain::No,
+        Rechain::PlainSha256,
+        Rechain::HmacUnder([7; 32]),
+    ] {
+        let (ok, why) = verify_after(
+            &server.data,
+            "DELETE FROM audit_events WHERE body LIKE '%\"action\":\"secret.deliver\"%'",
+            rechain,
+        )
+        .await;
+        assert!(
+            !ok && why.contains("audit trail broken at event"),
+            "{rechain:?}: {why}"
+        );
+    }
 }
 
 #[tokio::test]

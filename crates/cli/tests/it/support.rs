@@ -66,6 +66,7 @@ pub fn settings_for(dir: &Path) -> AppSettings {
         store: StoreSettings {
             path: data.join("tresor.db"),
             durability: Durability::Normal,
+            audit_key_file: data.join("audit-key"),
         },
         local: LocalSettings {
             work_root: data.join("work"),
@@ -182,6 +183,17 @@ impl TestServer {
             url: self.url.clone(),
             token,
         }
+    }
+
+    /// The server's database, opened beside it (with its audit key), for checks the API does not offer.
+    pub async fn store(&self) -> tresor_store::Store {
+        tresor_store::Store::connect(&StoreSettings {
+            path: self.data.join("tresor.db"),
+            durability: Durability::Normal,
+            audit_key_file: self.data.join("audit-key"),
+        })
+        .await
+        .unwrap()
     }
 
     /// A `file://` URL inside the allowed storage.
