@@ -48,6 +48,9 @@ struct ConfigFile {
     max_body_bytes: Option<usize>,
     /// The key-encryption key file (default `<data_dir>/kek`, created 0600 at first start).
     kek_file: Option<PathBuf>,
+    /// The audit trail's HMAC key file (default `<data_dir>/audit-key`, 32 bytes, created 0600 at
+    /// first start). Keep it out of the database's backups.
+    audit_key_file: Option<PathBuf>,
     /// Days a deleted secret is kept before it is purged (default 30).
     secret_retention_days: Option<u32>,
     #[serde(default)]
@@ -279,6 +282,7 @@ const ENV_KEYS: &[&str] = &[
     "TRESOR_ALLOW_NETWORK",
     "TRESOR_MAX_BODY_BYTES",
     "TRESOR_KEK_FILE",
+    "TRESOR_AUDIT_KEY_FILE",
     "TRESOR_LOG",
     // read by the client commands, harmless here
     "TRESOR_URL",
@@ -631,6 +635,14 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             .max_bytes_per_user
             .unwrap_or(defaults.user_bytes),
     };
+    let audit_key_file = layers.pick(
+        "audit_key_file",
+        None,
+        "TRESOR_AUDIT_KEY_FILE",
+        |s| Ok(PathBuf::from(s)),
+        file.audit_key_file.clone(),
+        || data_dir.value.join("audit-key"),
+    );
     let secret_retention = std::time::Duration::from_secs(
         u64::from(file.secret_retention_days.unwrap_or(30)) * 24 * 3600,
     );
@@ -753,6 +765,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                 store: StoreSettings {
                     path: data_dir_path.join("tresor.db"),
                     durability,
+                    audit_key_file: audit_key_file.value,
                 },
                 local: LocalSettings {
                     work_root: data_dir_path.join("work"),
@@ -1203,5 +1216,29 @@ mod tests {
         let settings = resolve(&args, &env).unwrap();
         assert_eq!(settings.app.local.slots, 3);
         assert_eq!(settings.listen.port(), 0);
+    }
+
+    #[test]
+    fn the_audit_key_file_defaults_to_the_data_dir_and_the_environment_moves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ServeArgs {
+            data_dir: Some(dir.path().join("data")),
+            listen: Some("127.0.0.1:0".to_owned()),
+            ..ServeArgs::default()
+        };
+        let settings = resolve(&args, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            settings.app.store.audit_key_file,
+            dir.path().join("data").join("audit-key")
+        );
+        let env = BTreeMap::from([(
+            "TRESOR_AUDIT_KEY_FILE".to_owned(),
+            "/etc/tresor/audit-key".to_owned(),
+        )]);
+        let settings = resolve(&args, &env).unwrap();
+        assert_eq!(
+            settings.app.store.audit_key_file,
+            PathBuf::from("/etc/tresor/audit-key")
+        );
     }
 }

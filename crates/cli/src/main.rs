@@ -103,7 +103,7 @@ enum Command {
         #[arg(long, short = 'w')]
         workspace: Option<String>,
     },
-    /// Check the audit trail's hash chain.
+    /// Check the audit trail's keyed hash chain.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -119,6 +119,10 @@ enum AdminCommand {
         /// The key file (default: TRESOR_KEK_FILE, else <data-dir>/kek).
         #[arg(long, env = "TRESOR_KEK_FILE")]
         kek_file: Option<PathBuf>,
+        /// The audit key file, for the audit event (default: TRESOR_AUDIT_KEY_FILE, else
+        /// <data-dir>/audit-key).
+        #[arg(long, env = "TRESOR_AUDIT_KEY_FILE")]
+        audit_key_file: Option<PathBuf>,
     },
     /// Start signing task identity tokens with a new key; the old key stays published until
     /// the tokens it signed have expired. Safe while the server runs.
@@ -128,16 +132,24 @@ enum AdminCommand {
         /// The key file (default: TRESOR_KEK_FILE, else <data-dir>/kek).
         #[arg(long, env = "TRESOR_KEK_FILE")]
         kek_file: Option<PathBuf>,
+        /// The audit key file, for the audit event (default: TRESOR_AUDIT_KEY_FILE, else
+        /// <data-dir>/audit-key).
+        #[arg(long, env = "TRESOR_AUDIT_KEY_FILE")]
+        audit_key_file: Option<PathBuf>,
     },
 }
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Recompute the hash chain and report the first edited, deleted or reordered event.
+    /// Recompute the keyed hash chain and report the first edited, deleted or reordered event.
     Verify {
         /// The server's data directory.
         #[arg(long, default_value = "tresor-data")]
         data_dir: PathBuf,
+        /// The audit key file the server uses (default: TRESOR_AUDIT_KEY_FILE, else
+        /// <data-dir>/audit-key).
+        #[arg(long, env = "TRESOR_AUDIT_KEY_FILE")]
+        audit_key_file: Option<PathBuf>,
     },
 }
 
@@ -216,8 +228,12 @@ fn main() -> ExitCode {
             runtime.block_on(platform_cmd::user(&client, session, command))
         }
         Command::Audit {
-            command: AuditCommand::Verify { data_dir },
-        } => runtime.block_on(verify_audit(&data_dir)),
+            command:
+                AuditCommand::Verify {
+                    data_dir,
+                    audit_key_file,
+                },
+        } => runtime.block_on(verify_audit(&data_dir, audit_key_file)),
         Command::Secret {
             client,
             workspace,
@@ -227,11 +243,21 @@ fn main() -> ExitCode {
             runtime.block_on(platform_cmd::secret(&client, session, workspace, command))
         }
         Command::Admin {
-            command: AdminCommand::RotateKek { data_dir, kek_file },
-        } => runtime.block_on(rotate_kek(&data_dir, kek_file)),
+            command:
+                AdminCommand::RotateKek {
+                    data_dir,
+                    kek_file,
+                    audit_key_file,
+                },
+        } => runtime.block_on(rotate_kek(&data_dir, kek_file, audit_key_file)),
         Command::Admin {
-            command: AdminCommand::RotateSigningKey { data_dir, kek_file },
-        } => runtime.block_on(rotate_signing_key(&data_dir, kek_file)),
+            command:
+                AdminCommand::RotateSigningKey {
+                    data_dir,
+                    kek_file,
+                    audit_key_file,
+                },
+        } => runtime.block_on(rotate_signing_key(&data_dir, kek_file, audit_key_file)),
         Command::Check {
             client,
             compute_env,
@@ -248,9 +274,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn rotate_kek(data_dir: &std::path::Path, kek_file: Option<PathBuf>) -> ExitCode {
+async fn rotate_kek(
+    data_dir: &std::path::Path,
+    kek_file: Option<PathBuf>,
+    audit_key_file: Option<PathBuf>,
+) -> ExitCode {
     let result = async {
-        let (_, secrets) = open_offline(data_dir, kek_file).await?;
+        let (_, secrets) = open_offline(data_dir, kek_file, audit_key_file).await?;
         let operator = tresor_domain::Principal {
             user: tresor_domain::UserId::parse("local-operator")?,
             name: "local operator".to_owned(),
@@ -277,9 +307,13 @@ async fn rotate_kek(data_dir: &std::path::Path, kek_file: Option<PathBuf>) -> Ex
     }
 }
 
-async fn rotate_signing_key(data_dir: &std::path::Path, kek_file: Option<PathBuf>) -> ExitCode {
+async fn rotate_signing_key(
+    data_dir: &std::path::Path,
+    kek_file: Option<PathBuf>,
+    audit_key_file: Option<PathBuf>,
+) -> ExitCode {
     let result = async {
-        let (store, secrets) = open_offline(data_dir, kek_file).await?;
+        let (store, secrets) = open_offline(data_dir, kek_file, audit_key_file).await?;
         let identity = tresor_service::IdentityService::new(
             store,
             secrets,
@@ -311,10 +345,26 @@ async fn rotate_signing_key(data_dir: &std::path::Path, kek_file: Option<PathBuf
     }
 }
 
+/// The audit key file: the flag or `TRESOR_AUDIT_KEY_FILE`, else `<data-dir>/audit-key`, which
+/// must exist: commands beside the server never create one (only `serve` does, with a new database).
+fn existing_audit_key_file(
+    data_dir: &std::path::Path,
+    audit_key_file: Option<PathBuf>,
+) -> anyhow::Result<PathBuf> {
+    let path = audit_key_file.unwrap_or_else(|| data_dir.join("audit-key"));
+    anyhow::ensure!(
+        path.is_file(),
+        "no audit key file at {}: without the key the audit trail can be neither verified nor extended; pass --audit-key-file (or TRESOR_AUDIT_KEY_FILE) if the server's key lives elsewhere",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// The store and secret service of a data directory, for admin commands run beside the server.
 async fn open_offline(
     data_dir: &std::path::Path,
     kek_file: Option<PathBuf>,
+    audit_key_file: Option<PathBuf>,
 ) -> anyhow::Result<(tresor_store::Store, tresor_service::SecretService)> {
     use anyhow::Context;
     let path = data_dir.join("tresor.db");
@@ -322,6 +372,7 @@ async fn open_offline(
     let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
         path,
         durability: tresor_store::Durability::Full,
+        audit_key_file: existing_audit_key_file(data_dir, audit_key_file)?,
     })
     .await?;
     let kek_file = kek_file.unwrap_or_else(|| data_dir.join("kek"));
@@ -335,15 +386,23 @@ async fn open_offline(
     Ok((store, secrets))
 }
 
-async fn verify_audit(data_dir: &std::path::Path) -> ExitCode {
+async fn verify_audit(data_dir: &std::path::Path, audit_key_file: Option<PathBuf>) -> ExitCode {
     let path = data_dir.join("tresor.db");
     if !path.is_file() {
         eprintln!("error: no database at {}", path.display());
         return ExitCode::from(2);
     }
+    let audit_key_file = match existing_audit_key_file(data_dir, audit_key_file) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let settings = tresor_store::StoreSettings {
         path,
         durability: tresor_store::Durability::Full,
+        audit_key_file,
     };
     let result = match tresor_store::Store::connect(&settings).await {
         Ok(store) => store.verify_audit().await,

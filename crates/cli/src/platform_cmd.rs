@@ -46,7 +46,7 @@ pub enum TokenCommand {
     },
     /// List your tokens (metadata only).
     List,
-    /// Revoke one of your tokens.
+    /// Revoke one of your tokens (platform administrators: anyone's).
     Revoke { id: String },
 }
 
@@ -279,7 +279,7 @@ pub enum SecretCommand {
         #[arg(long)]
         from_file: Option<std::path::PathBuf>,
         /// Update only if the secret is still at this version (see `secret list`); without it,
-        /// `set` creates a new secret.
+        /// `set` creates the secret or replaces its current value.
         #[arg(long)]
         if_match: Option<i64>,
     },

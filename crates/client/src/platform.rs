@@ -181,7 +181,8 @@ impl PlatformClient {
         )
     }
 
-    /// Creates (`if_match` None) or updates a secret. The value goes only in the request body.
+    /// Creates a secret or replaces its live value; with `if_match`, only while that version is
+    /// live (a 409 otherwise). The value goes only in the request body.
     pub async fn put_secret(
         &self,
         workspace: &str,

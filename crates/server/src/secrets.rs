@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use tresor_api_types::platform::{PutSecret, Secret, SecretVersion};
 use tresor_crypto::SecretValue;
-use tresor_service::Scope;
+use tresor_service::{PutCondition, PutOutcome, Scope};
 use tresor_store::SecretMeta;
 
 use crate::extract::{CallerOf, NameParam, PathParam};
@@ -54,21 +54,39 @@ fn value_from(body: &Bytes) -> Result<SecretValue, ApiError> {
     }
 }
 
-/// `If-Match: "3"` (the version the caller last saw); absent means "create".
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(raw) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    raw.to_str()
-        .ok()
-        .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
-        .and_then(|s| s.parse::<i64>().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::BadRequest(
-                "If-Match must be the secret's current version, such as \"3\"".to_owned(),
-            )
-        })
+/// The put's precondition, as HTTP spells it: `If-Match: "3"` (the version the caller last saw)
+/// updates only that version, `If-None-Match: *` only creates, and neither creates or replaces.
+fn condition(headers: &HeaderMap) -> Result<PutCondition, ApiError> {
+    match (
+        headers.get(header::IF_MATCH),
+        headers.get(header::IF_NONE_MATCH),
+    ) {
+        (None, None) => Ok(PutCondition::Any),
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "send If-Match or If-None-Match, not both".to_owned(),
+        )),
+        (None, Some(raw)) => {
+            if raw.to_str().is_ok_and(|s| s.trim() == "*") {
+                Ok(PutCondition::Absent)
+            } else {
+                Err(ApiError::BadRequest(
+                    "If-None-Match must be *, to create the secret only if it does not exist"
+                        .to_owned(),
+                ))
+            }
+        }
+        (Some(raw), None) => raw
+            .to_str()
+            .ok()
+            .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+            .and_then(|s| s.parse::<i64>().ok())
+            .map(PutCondition::Version)
+            .ok_or_else(|| {
+                ApiError::BadRequest(
+                    "If-Match must be the secret's current version, such as \"3\"".to_owned(),
+                )
+            }),
+    }
 }
 
 async fn put(
@@ -80,15 +98,15 @@ async fn put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let value = value_from(&body)?;
-    let expected = if_match(&headers)?;
-    let version = state
+    let condition = condition(&headers)?;
+    let PutOutcome { version, created } = state
         .secrets
-        .put(&caller, scope, &name, value, expected)
+        .put(&caller, scope, &name, value, condition)
         .await?;
-    let status = if expected.is_some() {
-        StatusCode::OK
-    } else {
+    let status = if created {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
     let body = SecretVersion {
         name,

@@ -361,6 +361,7 @@ mod tests {
         let store = Store::connect(&tresor_store::StoreSettings {
             path: dir.join("db"),
             durability: tresor_store::Durability::Normal,
+            audit_key_file: dir.join("audit-key"),
         })
         .await
         .unwrap();

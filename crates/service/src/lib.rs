@@ -28,7 +28,7 @@ pub use identity::{IdentityService, IdentitySettings, IssuedToken, TaskSubject};
 pub use platform::{Credential, PlatformService};
 pub use render::tes_state;
 pub use runner::DeclaredSecrets;
-pub use secrets::{Scope, SecretLimits, SecretService};
+pub use secrets::{PutCondition, PutOutcome, Scope, SecretLimits, SecretService};
 pub use storage::{Location, S3Settings, StorageService};
 
 /// The compute environment every workspace uses until it chooses another.

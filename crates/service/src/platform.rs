@@ -617,10 +617,13 @@ impl PlatformService {
         Ok(self.store.list_tokens(&principal.user).await?)
     }
 
-    /// Revokes one of the caller's own tokens.
+    /// Revokes one of the caller's own tokens; a platform administrator may revoke anyone's, to
+    /// shut out a lost laptop or a departed user. Anyone else's token is `NotFound`, exactly like
+    /// one that does not exist.
     pub async fn revoke_token(&self, principal: &Principal, id: &str) -> Result<(), ServiceError> {
         let audit = event(principal, "token.revoke", format!("token:{id}"), None, "ok");
-        if self.store.revoke_token(id, &principal.user, &audit).await? {
+        let owner = (!principal.is_admin).then_some(&principal.user);
+        if self.store.revoke_token(id, owner, &audit).await? {
             // After the commit: requests that read the token before it see the bumped counter and
             // do not cache it; anything cached earlier is evicted here.
             self.revocations
@@ -783,7 +786,9 @@ impl PlatformService {
         Ok(())
     }
 
-    /// Owners are managed by owners only, and a workspace always keeps one.
+    /// Owners are managed by owners only, and a workspace always keeps one. The owner count here
+    /// only gives the usual case its message early; the store re-checks inside the change's own
+    /// transaction, which is what holds when two owners step down at the same moment.
     async fn guard_owners(
         &self,
         caller: &Caller,
@@ -810,7 +815,7 @@ impl PlatformService {
                 .count();
             if owners <= 1 {
                 return Err(ServiceError::Conflict(
-                    "a workspace needs at least one owner; make someone else owner first"
+                    "a workspace must keep at least one owner; make another member owner first"
                         .to_owned(),
                 ));
             }

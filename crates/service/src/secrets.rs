@@ -22,6 +22,30 @@ pub enum Scope {
     User,
 }
 
+/// What a put expects of the secret's live version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutCondition {
+    /// No condition: create the secret, or replace whatever version is live (a plain `PUT`,
+    /// which `tresor secret set` sends).
+    Any,
+    /// Only while this version is live (`If-Match: "3"`), so concurrent writers cannot lose an
+    /// update.
+    Version(i64),
+    /// Only if no version is live (`If-None-Match: *`): create, never replace.
+    Absent,
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub version: i64,
+    /// No version was live before: the secret was created rather than updated.
+    pub created: bool,
+}
+
+/// How often a plain put re-reads the live version after losing a race with another write.
+const PUT_ATTEMPTS: u32 = 5;
+
 /// (workspace, owner or "", name) -> value, shared with the redactors built from it.
 type LiveValues = std::collections::HashMap<(String, String, String), Arc<SecretValue>>;
 
@@ -328,16 +352,16 @@ impl SecretService {
             .await
     }
 
-    /// Creates (`if_match` None) or updates (`if_match` = the version the caller last saw) a
-    /// secret. Returns the new version. A stale `if_match`, or creating one that exists, is a conflict.
+    /// Creates or updates a secret as `condition` allows, and says which version it wrote. A failed
+    /// condition (a stale `If-Match` version, or `If-None-Match: *` on a live secret) is a conflict.
     pub async fn put(
         &self,
         caller: &Caller,
         scope: Scope,
         name: &str,
         value: SecretValue,
-        if_match: Option<i64>,
-    ) -> Result<i64, ServiceError> {
+        condition: PutCondition,
+    ) -> Result<PutOutcome, ServiceError> {
         check_name(name)?;
         self.require(caller, scope, "put", name).await?;
         if value.len() < MIN_SECRET_LEN || value.len() > MAX_SECRET_BYTES {
@@ -353,10 +377,52 @@ impl SecretService {
         let key = Self::key(caller, scope, name);
         let _one_at_a_time = self.put_lock.lock().await;
         self.check_limits(&key, value.len())?;
-        let version = self.store.last_secret_version(&key).await? + 1;
-        let sealed = envelope::seal(self.keys.as_ref(), &value, &aad(&key, version))
+        // Every write is a compare-and-set on the live version, checked in the write's own
+        // transaction. A plain put compares with the version it just read, and reads again if
+        // another write came in between: last writer wins, and the audit trail still says
+        // truthfully whether this write created or updated.
+        let mut attempt = 1;
+        let outcome = loop {
+            let expected = match condition {
+                PutCondition::Any => self.store.current_secret(&key).await?.map(|(v, _)| v),
+                PutCondition::Version(v) => Some(v),
+                PutCondition::Absent => None,
+            };
+            match self.write_version(caller, &key, &value, expected).await {
+                Err(ServiceError::Conflict(_))
+                    if condition == PutCondition::Any && attempt < PUT_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(ServiceError::Conflict(_)) if condition == PutCondition::Absent => {
+                    return Err(ServiceError::Conflict(
+                        "the secret already exists; send If-Match with its version to update it"
+                            .to_owned(),
+                    ));
+                }
+                other => break other?,
+            }
+        };
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(live_key(&key), Arc::new(value));
+        }
+        self.rebuild(key.workspace.as_str());
+        Ok(outcome)
+    }
+
+    /// Seals `value` as the secret's next version and stores it if `expected` is still the live
+    /// version (None: no live secret); a conflict otherwise.
+    async fn write_version(
+        &self,
+        caller: &Caller,
+        key: &SecretKey,
+        value: &SecretValue,
+        expected: Option<i64>,
+    ) -> Result<PutOutcome, ServiceError> {
+        let version = self.store.last_secret_version(key).await? + 1;
+        let sealed = envelope::seal(self.keys.as_ref(), value, &aad(key, version))
             .map_err(|e| ServiceError::Internal(e.into()))?;
-        let action = if if_match.is_some() {
+        let action = if expected.is_some() {
             "secret.update"
         } else {
             "secret.create"
@@ -364,25 +430,28 @@ impl SecretService {
         let event = AuditEvent {
             detail: Some(format!(
                 "version {version}, fingerprint {}",
-                fingerprint(&self.fingerprint_key, &value)
+                fingerprint(&self.fingerprint_key, value)
             )),
-            ..caller_event(caller, action, format!("secret:{}:{name}", key.scope()))
+            ..caller_event(
+                caller,
+                action,
+                format!("secret:{}:{}", key.scope(), key.name),
+            )
         };
         self.store
             .put_secret_version(
-                &key,
-                if_match,
+                key,
+                expected,
                 version,
                 &to_row(sealed),
                 &caller.principal.user,
                 &event,
             )
             .await?;
-        if let Ok(mut live) = self.live.lock() {
-            live.insert(live_key(&key), Arc::new(value));
-        }
-        self.rebuild(key.workspace.as_str());
-        Ok(version)
+        Ok(PutOutcome {
+            version,
+            created: expected.is_none(),
+        })
     }
 
     pub async fn list(

@@ -120,7 +120,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| if is_unique_violation(&e) { Error::Conflict("a user with this name already exists") } else { Error::Database(e) })?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -173,7 +173,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(Error::Database)?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -199,27 +199,31 @@ impl Store {
         rows.iter().map(token_from_row).collect()
     }
 
-    /// Revokes a token of `user`; false if there is no such live token.
+    /// Revokes a live token of `user`, or of anyone when `user` is None (an administrator's
+    /// revocation); false if there is no such live token.
     pub async fn revoke_token(
         &self,
         id: &str,
-        user: &UserId,
+        user: Option<&UserId>,
         event: &AuditEvent,
     ) -> Result<bool, Error> {
         let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let user = user.map(UserId::as_str);
         let done = sqlx::query(
-            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+            "UPDATE tokens SET revoked_at = ?
+             WHERE id = ? AND (? IS NULL OR user_id = ?) AND revoked_at IS NULL",
         )
         .bind(format_time(OffsetDateTime::now_utc()))
         .bind(id)
-        .bind(user.as_str())
+        .bind(user)
+        .bind(user)
         .execute(&mut *tx)
         .await
         .map_err(Error::Database)?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)?;
         Ok(true)
     }

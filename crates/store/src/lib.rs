@@ -41,6 +41,10 @@ pub struct StoreSettings {
     /// The SQLite database file; created 0600 if missing.
     pub path: PathBuf,
     pub durability: Durability,
+    /// The audit trail's HMAC key: a file of 32 raw bytes, created 0600 with a new database.
+    /// It must not live in the database, nor travel in the database's backups: with it, whoever
+    /// holds the database could rewrite the trail undetectably.
+    pub audit_key_file: PathBuf,
 }
 
 /// Handle to the database; cheap to clone.
@@ -49,10 +53,13 @@ pub struct Store {
     reader: SqlitePool,
     writer: SqlitePool,
     inserts: mpsc::Sender<tasks::InsertRequest>,
+    /// Keys every audit link; `ring` leaves the key out of `Debug`.
+    audit_key: ring::hmac::Key,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database, applies migrations and starts the group-commit writer.
+    /// Opens (creating if needed) the database, applies migrations, loads the audit key (bringing
+    /// an unkeyed audit trail under it) and starts the group-commit writer.
     pub async fn connect(settings: &StoreSettings) -> Result<Store, Error> {
         create_private_file(&settings.path)?;
         let url = format!("sqlite://{}", settings.path.display());
@@ -74,17 +81,23 @@ impl Store {
             .await
             .map_err(Error::Database)?;
         migrations::apply(&writer).await?;
+        let audit_key = audit::open_chain(&writer, &settings.audit_key_file).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await
             .map_err(Error::Database)?;
         let (inserts, queue) = mpsc::channel(4096);
-        tokio::spawn(tasks::run_group_commit(writer.clone(), queue));
+        tokio::spawn(tasks::run_group_commit(
+            writer.clone(),
+            audit_key.clone(),
+            queue,
+        ));
         Ok(Store {
             reader,
             writer,
             inserts,
+            audit_key,
         })
     }
 
@@ -109,6 +122,16 @@ impl Store {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+}
+
+/// Settings for a store in a test's temporary directory.
+#[cfg(test)]
+pub(crate) fn test_settings(dir: &std::path::Path) -> StoreSettings {
+    StoreSettings {
+        path: dir.join("db.sqlite"),
+        durability: Durability::Normal,
+        audit_key_file: dir.join("audit-key"),
     }
 }
 

@@ -6,7 +6,10 @@ use time::OffsetDateTime;
 use tresor_domain::{UserId, WorkspaceId};
 
 use crate::audit::{self, AuditEvent};
-use crate::{Error, Store, format_time};
+use crate::{Error, Store, format_time, is_unique_violation};
+
+const SECRET_CHANGED: &str =
+    "the secret changed since you read it; fetch its current version and retry";
 
 /// Which secret: a workspace secret (`owner` None) or a member's user secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +107,8 @@ impl Store {
     }
 
     /// Stores `version` of a secret if its live version is still `expected` (None: no live
-    /// secret), so concurrent writers cannot lose an update. Audited in the same transaction.
+    /// secret), so concurrent writers cannot lose an update; `Error::Conflict` otherwise.
+    /// Audited in the same transaction.
     pub async fn put_secret_version(
         &self,
         key: &SecretKey,
@@ -126,9 +130,7 @@ impl Store {
         .await
         .map_err(Error::Database)?;
         if live != expected {
-            return Err(Error::Conflict(
-                "the secret changed since you read it; fetch its current version and retry",
-            ));
+            return Err(Error::Conflict(SECRET_CHANGED));
         }
         sqlx::query(
             "INSERT INTO secrets (workspace, scope, owner, name, version, kek_id, wrapped_key, ciphertext, created_by, created_at)
@@ -146,8 +148,16 @@ impl Store {
         .bind(format_time(OffsetDateTime::now_utc()))
         .execute(&mut *tx)
         .await
-        .map_err(Error::Database)?;
-        audit::append(&mut tx, event).await?;
+        .map_err(|e| {
+            // Another write took this version number (and was deleted again) since the caller
+            // chose it: the same situation as a changed live version.
+            if is_unique_violation(&e) {
+                Error::Conflict(SECRET_CHANGED)
+            } else {
+                Error::Database(e)
+            }
+        })?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -170,7 +180,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(Error::Database)?;
-            audit::append(&mut tx, event).await?;
+            audit::append(&mut tx, &self.audit_key, event).await?;
         }
         tx.commit().await.map_err(Error::Database)
     }
@@ -192,7 +202,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)?;
         Ok(true)
     }
@@ -331,7 +341,7 @@ impl Store {
             .await
             .map_err(Error::Database)?;
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 }
@@ -339,17 +349,13 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Durability, StoreSettings};
 
     #[tokio::test]
     async fn deleted_versions_are_kept_for_the_retention_period_then_purged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&StoreSettings {
-            path: dir.path().join("db"),
-            durability: Durability::Normal,
-        })
-        .await
-        .unwrap();
+        let store = Store::connect(&crate::test_settings(dir.path()))
+            .await
+            .unwrap();
         let key = SecretKey {
             workspace: WorkspaceId::parse("ws").unwrap(),
             owner: None,

@@ -112,7 +112,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(Error::Database)?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 

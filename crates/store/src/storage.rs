@@ -89,7 +89,7 @@ impl Store {
                     .map_err(Error::Database)?;
             }
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -147,7 +147,7 @@ impl Store {
                     .map_err(Error::Database)?;
             }
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 

@@ -80,10 +80,14 @@ const MAX_BATCH: usize = 512;
 
 /// Commits queued inserts in batches: the first request opens a transaction, every request that
 /// arrived meanwhile joins it, and all are answered after the one commit.
-pub(crate) async fn run_group_commit(pool: SqlitePool, mut queue: mpsc::Receiver<InsertRequest>) {
+pub(crate) async fn run_group_commit(
+    pool: SqlitePool,
+    audit_key: ring::hmac::Key,
+    mut queue: mpsc::Receiver<InsertRequest>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = insert_batch(&pool, &batch).await;
+        let result = insert_batch(&pool, &audit_key, &batch).await;
         for request in batch.drain(..) {
             let answer = match &result {
                 Ok(()) => Ok(()),
@@ -98,7 +102,11 @@ pub(crate) async fn run_group_commit(pool: SqlitePool, mut queue: mpsc::Receiver
     }
 }
 
-async fn insert_batch(pool: &SqlitePool, batch: &[InsertRequest]) -> Result<(), sqlx::Error> {
+async fn insert_batch(
+    pool: &SqlitePool,
+    audit_key: &ring::hmac::Key,
+    batch: &[InsertRequest],
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     for InsertRequest { task, .. } in batch {
         let now = format_time(OffsetDateTime::now_utc());
@@ -122,7 +130,7 @@ async fn insert_batch(pool: &SqlitePool, batch: &[InsertRequest]) -> Result<(), 
         .bind(task.compute_env.as_str())
         .execute(&mut *tx)
         .await?;
-        audit::append(&mut tx, &task.audit)
+        audit::append(&mut tx, audit_key, &task.audit)
             .await
             .map_err(|e| match e {
                 Error::Database(e) => e,
@@ -321,7 +329,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)?;
         Ok(true)
     }
@@ -478,16 +486,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Durability, StoreSettings};
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&StoreSettings {
-            path: dir.path().join("db.sqlite"),
-            durability: Durability::Normal,
-        })
-        .await
-        .unwrap();
+        let store = Store::connect(&crate::test_settings(dir.path()))
+            .await
+            .unwrap();
         (dir, store)
     }
 

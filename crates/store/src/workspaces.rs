@@ -1,6 +1,6 @@
 //! Workspaces and their members.
 
-use sqlx::Row;
+use sqlx::{Row, SqliteConnection};
 use time::OffsetDateTime;
 use tresor_domain::{Role, UserId, WorkspaceId};
 
@@ -39,6 +39,32 @@ fn role_from(id: &str, raw: &str) -> Result<Role, Error> {
     Role::parse(raw).ok_or_else(|| corrupt(id, "role", raw))
 }
 
+/// What a change that would leave a workspace without an owner is told.
+const LAST_OWNER: &str =
+    "a workspace must keep at least one owner; make another member owner first";
+
+/// Fails a change that took away the workspace's last owner. It runs inside that change's
+/// transaction, after the write: transactions on the one writer connection run one after the
+/// other, so of two owners stepping down at once the second sees the first's change and is
+/// refused, where a count taken before either write would let both through.
+async fn ensure_an_owner_remains(
+    conn: &mut SqliteConnection,
+    workspace: &WorkspaceId,
+) -> Result<(), Error> {
+    let owners: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE workspace = ? AND role = ?")
+            .bind(workspace.as_str())
+            .bind(Role::Owner.as_str())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(Error::Database)?;
+    if owners == 0 {
+        // Returning drops the transaction uncommitted, which rolls the change back.
+        return Err(Error::Conflict(LAST_OWNER));
+    }
+    Ok(())
+}
+
 impl Store {
     /// Creates a workspace with `owner` as its owner; `Error::Conflict` if the id is taken.
     pub async fn create_workspace(
@@ -70,7 +96,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(Error::Database)?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -112,7 +138,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(Error::Database)?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
@@ -190,7 +216,8 @@ impl Store {
             .collect()
     }
 
-    /// Adds a member or changes their role.
+    /// Adds a member or changes their role. `Error::Conflict` when that demotes the workspace's
+    /// last owner.
     pub async fn set_member(
         &self,
         workspace: &WorkspaceId,
@@ -199,6 +226,13 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<(), Error> {
         let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let previous: Option<String> =
+            sqlx::query_scalar("SELECT role FROM members WHERE workspace = ? AND user_id = ?")
+                .bind(workspace.as_str())
+                .bind(user.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::Database)?;
         sqlx::query(
             "INSERT INTO members (workspace, user_id, role) VALUES (?, ?, ?)
              ON CONFLICT (workspace, user_id) DO UPDATE SET role = excluded.role",
@@ -209,11 +243,15 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(Error::Database)?;
-        audit::append(&mut tx, event).await?;
+        if previous.as_deref() == Some(Role::Owner.as_str()) && role != Role::Owner {
+            ensure_an_owner_remains(&mut tx, workspace).await?;
+        }
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
 
-    /// Removes a member; false if they were not one.
+    /// Removes a member; false if they were not one. `Error::Conflict` when they are the
+    /// workspace's last owner.
     pub async fn remove_member(
         &self,
         workspace: &WorkspaceId,
@@ -221,16 +259,21 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<bool, Error> {
         let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        let done = sqlx::query("DELETE FROM members WHERE workspace = ? AND user_id = ?")
-            .bind(workspace.as_str())
-            .bind(user.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::Database)?;
-        if done.rows_affected() == 0 {
+        let removed: Option<String> = sqlx::query_scalar(
+            "DELETE FROM members WHERE workspace = ? AND user_id = ? RETURNING role",
+        )
+        .bind(workspace.as_str())
+        .bind(user.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(Error::Database)?;
+        let Some(removed) = removed else {
             return Ok(false);
+        };
+        if removed == Role::Owner.as_str() {
+            ensure_an_owner_remains(&mut tx, workspace).await?;
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)?;
         Ok(true)
     }
@@ -277,7 +320,122 @@ impl Store {
                 .await
                 .map_err(Error::Database)?;
         }
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(action: &str) -> AuditEvent {
+        AuditEvent {
+            actor: "u1".to_owned(),
+            action: action.to_owned(),
+            object: "workspace:duo".to_owned(),
+            workspace: Some("duo".to_owned()),
+            source: None,
+            result: "ok".to_owned(),
+            detail: None,
+        }
+    }
+
+    /// A store with users u1 and u2, both owners of workspace `duo`.
+    async fn two_owners() -> (tempfile::TempDir, Store, WorkspaceId, UserId, UserId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&crate::test_settings(dir.path()))
+            .await
+            .unwrap();
+        let (u1, u2) = (UserId::parse("u1").unwrap(), UserId::parse("u2").unwrap());
+        for user in [&u1, &u2] {
+            let record = UserRecord {
+                id: user.clone(),
+                issuer: "tresor".to_owned(),
+                subject: user.to_string(),
+                name: user.to_string(),
+                is_admin: false,
+            };
+            store
+                .create_user(&record, &event("user.create"))
+                .await
+                .unwrap();
+        }
+        let ws = WorkspaceId::parse("duo").unwrap();
+        let record = WorkspaceRecord {
+            id: ws.clone(),
+            personal_of: None,
+        };
+        store
+            .create_workspace(&record, &u1, &event("workspace.create"))
+            .await
+            .unwrap();
+        store
+            .set_member(&ws, &u2, Role::Owner, &event("member.set"))
+            .await
+            .unwrap();
+        (dir, store, ws, u1, u2)
+    }
+
+    async fn owners(store: &Store, ws: &WorkspaceId) -> usize {
+        store
+            .members(ws)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, role)| *role == Role::Owner)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn two_owners_stepping_down_at_once_leave_one_owner() {
+        let (_dir, store, ws, u1, u2) = two_owners().await;
+        let (e1, e2) = (event("member.set"), event("member.set"));
+        let (a, b) = tokio::join!(
+            store.set_member(&ws, &u1, Role::Admin, &e1),
+            store.set_member(&ws, &u2, Role::Admin, &e2),
+        );
+        assert!(
+            a.is_ok() != b.is_ok(),
+            "exactly one demotion succeeds: {a:?} {b:?}"
+        );
+        let refused = a.err().or(b.err()).unwrap();
+        assert!(
+            matches!(refused, Error::Conflict(why) if why == LAST_OWNER),
+            "{refused:?}"
+        );
+        assert_eq!(owners(&store, &ws).await, 1);
+    }
+
+    #[tokio::test]
+    async fn the_last_owner_can_be_neither_demoted_nor_removed() {
+        let (_dir, store, ws, u1, u2) = two_owners().await;
+        assert!(
+            store
+                .remove_member(&ws, &u1, &event("member.remove"))
+                .await
+                .unwrap()
+        );
+        let err = store
+            .remove_member(&ws, &u2, &event("member.remove"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+        let err = store
+            .set_member(&ws, &u2, Role::View, &event("member.set"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+        assert_eq!(
+            store.membership(&ws, &u2).await.unwrap(),
+            Some(Role::Owner),
+            "the refused changes were rolled back"
+        );
+        // Changes that leave an owner in place still go through.
+        store
+            .set_member(&ws, &u1, Role::View, &event("member.set"))
+            .await
+            .unwrap();
+        assert_eq!(owners(&store, &ws).await, 1);
     }
 }

@@ -276,3 +276,64 @@ async fn the_cli_sets_secrets_from_stdin_or_a_file_never_from_argv() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn secret_set_on_an_existing_secret_updates_it_and_if_match_still_guards() {
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let home_path = home.path().to_owned();
+    let url = server.url.clone();
+    let admin = server.admin_token.clone();
+    tokio::task::spawn_blocking(move || {
+        let h = home_path.as_path();
+        let (ok, _, err) = tresor(h, &url, &["login"], Some(&admin), None);
+        assert!(ok, "{err}");
+        let set = |value: &str, extra: &[&str]| {
+            let mut args = vec!["secret", "set", "API_KEY", "--output", "json"];
+            args.extend_from_slice(extra);
+            tresor(h, &url, &args, Some(value), None)
+        };
+        let (ok, out, err) = set("first-value-1234", &[]);
+        assert!(ok, "{err}");
+        assert_eq!(json(&out)["version"], 1);
+        // Like `gh secret set`: setting it again replaces the value, no version needed.
+        let (ok, out, err) = set("second-value-5678", &[]);
+        assert!(ok, "setting an existing secret updates it: {err}");
+        assert_eq!(json(&out)["version"], 2);
+        // --if-match stays the careful update: a stale version is refused, the current one wins.
+        let (ok, _, err) = set("third-value-9012", &["--if-match", "1"]);
+        assert!(!ok && err.contains("changed since you read it"), "{err}");
+        let (ok, out, err) = set("third-value-9012", &["--if-match", "2"]);
+        assert!(ok, "{err}");
+        assert_eq!(json(&out)["version"], 3);
+        let (ok, out, _) = tresor(h, &url, &["secret", "list", "--output", "json"], None, None);
+        assert!(ok);
+        let listed = json(&out);
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{out}");
+        assert_eq!(listed[0]["version"], 3, "{out}");
+    })
+    .await
+    .unwrap();
+
+    // Tasks get the newest value.
+    let store = server.store().await;
+    let keys = tresor_crypto::KeyRing::open_or_create(&server.data.join("kek")).unwrap();
+    let platform = tresor_service::PlatformService::new(
+        store.clone(),
+        tresor_auth::oidc::OidcVerifier::new(Vec::new()).unwrap(),
+    );
+    let secrets = tresor_service::SecretService::new(store.clone(), platform, keys)
+        .await
+        .unwrap();
+    let personal = server.admin.me().await.unwrap().personal_workspace;
+    let key = tresor_store::SecretKey {
+        workspace: tresor_domain::WorkspaceId::parse(&personal).unwrap(),
+        owner: None,
+        name: "API_KEY".to_owned(),
+    };
+    let (version, value) = secrets.open(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (version, value.expose_secret()),
+        (3, &b"third-value-9012"[..])
+    );
+}

@@ -109,6 +109,46 @@ async fn tokens_are_shown_once_stored_hashed_and_revocable() {
 }
 
 #[tokio::test]
+async fn a_platform_admin_revokes_any_users_token_and_others_cannot() {
+    let server = TestServer::start().await;
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let bobs = bob.platform.list_tokens().await.unwrap();
+    assert_eq!(bobs.len(), 1);
+    let bobs_token = &bobs[0].id;
+    bob.tes.list_tasks(&Default::default()).await.unwrap();
+
+    // A normal user cannot tell someone else's token from one that does not exist.
+    let err = alice.platform.revoke_token(bobs_token).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::NOT_FOUND), "{err}");
+    bob.tes.list_tasks(&Default::default()).await.unwrap();
+
+    // The platform administrator shuts bob's token off at once.
+    server.admin.revoke_token(bobs_token).await.unwrap();
+    let err = bob.tes.list_tasks(&Default::default()).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED));
+    assert!(err.to_string().contains("revoked"), "{err}");
+    // Revoking it again, or a token that does not exist, is still a 404.
+    for id in [bobs_token.as_str(), "0000000000000000"] {
+        let err = server.admin.revoke_token(id).await.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::NOT_FOUND), "{id}: {err}");
+    }
+
+    // The revocation is audited under the administrator's name.
+    let admin = server.admin.me().await.unwrap();
+    let store = server.store().await;
+    let events = store.audit_events(1000).await.unwrap();
+    let revocations: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap())
+        .filter(|e| e["action"] == "token.revoke")
+        .collect();
+    assert_eq!(revocations.len(), 1, "{revocations:?}");
+    assert_eq!(revocations[0]["actor"], admin.id.as_str());
+    assert_eq!(revocations[0]["object"], format!("token:{bobs_token}"));
+    assert_eq!(revocations[0]["result"], "ok");
+}
+
+#[tokio::test]
 async fn workspaces_scope_tasks_and_roles_gate_actions() {
     let server = TestServer::start().await;
     let (alice, bob, carol) = (
@@ -258,6 +298,59 @@ async fn workspaces_scope_tasks_and_roles_gate_actions() {
 }
 
 #[tokio::test]
+async fn two_owners_stepping_down_at_once_leave_the_workspace_one_owner() {
+    let server = TestServer::start().await;
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    for trial in 0..10 {
+        let ws = format!("duo-{trial}");
+        alice.platform.create_workspace(&ws).await.unwrap();
+        alice
+            .platform
+            .set_member(&ws, &bob.id, "owner")
+            .await
+            .unwrap();
+        // Both owners step down in the same moment: by demotion in even trials, by leaving in odd ones.
+        let (a, b) = if trial % 2 == 0 {
+            tokio::join!(
+                alice.platform.set_member(&ws, &alice.id, "admin"),
+                bob.platform.set_member(&ws, &bob.id, "admin"),
+            )
+        } else {
+            tokio::join!(
+                alice.platform.remove_member(&ws, &alice.id),
+                bob.platform.remove_member(&ws, &bob.id),
+            )
+        };
+        assert!(
+            a.is_ok() != b.is_ok(),
+            "trial {trial}: exactly one owner may step down: {a:?} {b:?}"
+        );
+        let (refused, still_owner) = match (a, b) {
+            (Err(e), Ok(())) => (e, &alice),
+            (Ok(()), Err(e)) => (e, &bob),
+            (a, b) => unreachable!("{a:?} {b:?}"),
+        };
+        assert_eq!(refused.status(), Some(StatusCode::CONFLICT), "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("a workspace must keep at least one owner"),
+            "{refused}"
+        );
+        let owners: Vec<_> = still_owner
+            .platform
+            .list_members(&ws)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.role == "owner")
+            .map(|m| m.user)
+            .collect();
+        assert_eq!(owners, [still_owner.id.clone()], "trial {trial}");
+    }
+}
+
+#[tokio::test]
 async fn the_audit_trail_records_actions_and_refusals_without_secrets() {
     let server = TestServer::start().await;
     let alice = server.user("alice").await;
@@ -287,12 +380,7 @@ async fn the_audit_trail_records_actions_and_refusals_without_secrets() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("audit trail intact"));
 
-    let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
-        path: server.data.join("tresor.db"),
-        durability: tresor_store::Durability::Normal,
-    })
-    .await
-    .unwrap();
+    let store = server.store().await;
     let events = store.audit_events(1000).await.unwrap().join("\n");
     for expected in [
         "\"action\":\"user.bootstrap\"",
@@ -311,8 +399,64 @@ async fn the_audit_trail_records_actions_and_refusals_without_secrets() {
     assert!(!events.contains(&server.admin_token[4..]));
 }
 
-/// Runs `tresor audit verify` against a copy of a data directory after `tamper` edits its database.
-async fn verify_after(data: &std::path::Path, tamper: &str) -> (bool, String) {
+/// How someone who holds only the database recomputes the audit chain after tampering with it.
+#[derive(Debug, Clone, Copy)]
+pub enum Rechain {
+    /// Leaves the hashes as they are.
+    No,
+    /// Plain SHA-256 links, as the chain was before it was keyed.
+    PlainSha256,
+    /// HMAC-SHA256 links under a key of the forger's own.
+    HmacUnder([u8; 32]),
+}
+
+/// Recomputes every link and the recorded head of the copy's chain, as a forger would.
+async fn forge_chain(pool: &sqlx::SqlitePool, rechain: Rechain) {
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, body FROM audit_events ORDER BY seq ASC")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let mut prev = vec![0u8; 32];
+    for (seq, body) in rows {
+        let mut linked = prev.clone();
+        linked.extend_from_slice(body.as_bytes());
+        let hash = match rechain {
+            Rechain::No => return,
+            Rechain::PlainSha256 => ring::digest::digest(&ring::digest::SHA256, &linked)
+                .as_ref()
+                .to_vec(),
+            Rechain::HmacUnder(key) => ring::hmac::sign(
+                &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+                &linked,
+            )
+            .as_ref()
+            .to_vec(),
+        };
+        sqlx::query("UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?")
+            .bind(&prev)
+            .bind(&hash)
+            .bind(seq)
+            .execute(pool)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    sqlx::query("UPDATE meta SET value = ? WHERE key = 'audit_head'")
+        .bind(&prev)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Runs `tresor audit verify` against a copy of a data directory's database after `tamper` edits
+/// it and `rechain` recomputes its chain. The audit key file stays where it is, named with
+/// `--audit-key-file`: a copy of the database does not include it.
+pub async fn verify_after(
+    data: &std::path::Path,
+    tamper: &str,
+    rechain: Rechain,
+) -> (bool, String) {
     let copy = tempfile::tempdir().unwrap();
     for name in ["tresor.db", "tresor.db-wal", "tresor.db-shm"] {
         if data.join(name).exists() {
@@ -329,10 +473,14 @@ async fn verify_after(data: &std::path::Path, tamper: &str) -> (bool, String) {
         .execute(&pool)
         .await
         .unwrap();
+    forge_chain(&pool, rechain).await;
     pool.close().await;
     let output = std::process::Command::new(TRESOR)
         .args(["audit", "verify", "--data-dir"])
         .arg(copy.path())
+        .arg("--audit-key-file")
+        .arg(data.join("audit-key"))
+        .env_remove("TRESOR_AUDIT_KEY_FILE")
         .output()
         .unwrap();
     (
@@ -341,28 +489,32 @@ async fn verify_after(data: &std::path::Path, tamper: &str) -> (bool, String) {
     )
 }
 
+const EDIT_THIRD_EVENT: &str = "UPDATE audit_events SET body = replace(body, '\"result\":\"ok\"', '\"result\":\"denied\"') WHERE seq = 3";
+
 #[tokio::test]
 async fn audit_verify_catches_edits_deletions_and_reordering() {
     let server = TestServer::start().await;
     for name in ["u1", "u2", "u3", "u4"] {
         server.user(name).await;
     }
-    let (ok, _) = verify_after(&server.data, "SELECT 1").await;
-    assert!(ok, "an untouched trail verifies");
+    let (ok, why) = verify_after(&server.data, "SELECT 1", Rechain::No).await;
+    assert!(ok, "an untouched trail verifies: {why}");
+
+    let (ok, why) = verify_after(&server.data, EDIT_THIRD_EVENT, Rechain::No).await;
+    assert!(!ok && why.contains("edited"), "edit: {why}");
 
     let (ok, why) = verify_after(
         &server.data,
-        "UPDATE audit_events SET body = replace(body, '\"result\":\"ok\"', '\"result\":\"denied\"') WHERE seq = 3",
+        "DELETE FROM audit_events WHERE seq = 3",
+        Rechain::No,
     )
     .await;
-    assert!(!ok && why.contains("edited"), "edit: {why}");
-
-    let (ok, why) = verify_after(&server.data, "DELETE FROM audit_events WHERE seq = 3").await;
     assert!(!ok && why.contains("deleted"), "delete: {why}");
 
     let (ok, why) = verify_after(
         &server.data,
         "UPDATE audit_events SET seq = -3 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 4; UPDATE audit_events SET seq = 4 WHERE seq = -3;",
+        Rechain::No,
     )
     .await;
     assert!(!ok && why.contains("reordered"), "swap: {why}");
@@ -370,12 +522,56 @@ async fn audit_verify_catches_edits_deletions_and_reordering() {
     let (ok, why) = verify_after(
         &server.data,
         "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)",
+        Rechain::No,
     )
     .await;
     assert!(
         !ok && why.contains("removed from its end"),
         "truncate: {why}"
     );
+}
+
+#[tokio::test]
+async fn audit_verify_catches_an_edit_even_when_every_hash_is_recomputed_without_the_key() {
+    let server = TestServer::start().await;
+    for name in ["u1", "u2", "u3", "u4"] {
+        server.user(name).await;
+    }
+    // The forger edits an event and recomputes every link and the head: with plain SHA-256, as
+    // the chain was before it was keyed, or with HMAC under a key of their own.
+    for rechain in [Rechain::PlainSha256, Rechain::HmacUnder([7; 32])] {
+        let (ok, why) = verify_after(&server.data, EDIT_THIRD_EVENT, rechain).await;
+        assert!(
+            !ok && why.contains("broken at event 1") && why.contains("edited"),
+            "{rechain:?}: {why}"
+        );
+    }
+    // Removing the marker that says the trail is keyed, so that it would pass as an old plain
+    // chain, makes the store refuse to open it at all.
+    let (ok, why) = verify_after(
+        &server.data,
+        &format!("{EDIT_THIRD_EVENT}; DELETE FROM meta WHERE key = 'audit_key_check'"),
+        Rechain::PlainSha256,
+    )
+    .await;
+    assert!(!ok && why.contains("not chained under a key"), "{why}");
+
+    // Without the key file, verification says what is missing instead of passing.
+    let copy = tempfile::tempdir().unwrap();
+    for name in ["tresor.db", "tresor.db-wal", "tresor.db-shm"] {
+        if server.data.join(name).exists() {
+            std::fs::copy(server.data.join(name), copy.path().join(name)).unwrap();
+        }
+    }
+    let output = std::process::Command::new(TRESOR)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(copy.path())
+        .env_remove("TRESOR_AUDIT_KEY_FILE")
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{why}");
+    assert!(why.contains("no audit key file at"), "{why}");
 }
 
 #[test]

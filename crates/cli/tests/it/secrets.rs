@@ -4,6 +4,7 @@ use reqwest::StatusCode;
 use tresor_crypto::SecretValue;
 use tresor_crypto::redact::Redactor;
 
+use crate::identity::{Rechain, verify_after};
 use crate::support::*;
 
 /// A value with every awkward byte: quotes, backticks, `$`, newlines, UTF-8.
@@ -67,22 +68,45 @@ async fn secrets_are_write_only_versioned_and_guarded_by_if_match() {
         "a listing never holds the value"
     );
 
-    // Creating again, or updating from a stale version, is a 409; no update is lost.
-    let err = server
-        .admin
-        .put_secret("genomics", false, "DB_PASSWORD", b"other-value", None)
-        .await
-        .unwrap_err();
-    assert_eq!(err.status(), Some(StatusCode::CONFLICT));
-    let v2 = server
-        .admin
-        .put_secret("genomics", false, "DB_PASSWORD", b"second-value", Some(1))
+    // A plain PUT replaces the live value (200, where a create is 201).
+    let put_plain = |value: &'static str, precondition: Option<(&'static str, &'static str)>| {
+        let mut request = reqwest::Client::new()
+            .put(format!(
+                "{}/api/v1/workspaces/genomics/secrets/DB_PASSWORD",
+                server.url
+            ))
+            .bearer_auth(&server.admin_token)
+            .json(&serde_json::json!({ "value": value }));
+        if let Some((name, header)) = precondition {
+            request = request.header(name, header);
+        }
+        request.send()
+    };
+    let replaced = put_plain("other-value", None).await.unwrap();
+    assert_eq!(replaced.status(), StatusCode::OK);
+    assert_eq!(
+        replaced.headers().get("etag").and_then(|v| v.to_str().ok()),
+        Some("\"2\"")
+    );
+    // If-None-Match: * only creates; on a live secret it is a 409.
+    let refused = put_plain("other-value", Some(("if-none-match", "*")))
         .await
         .unwrap();
-    assert_eq!(v2.version, 2);
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    assert!(
+        refused.text().await.unwrap().contains("already exists"),
+        "create-only says why"
+    );
+    // If-Match updates only the version the caller read: a stale one is a 409, no update is lost.
+    let v3 = server
+        .admin
+        .put_secret("genomics", false, "DB_PASSWORD", b"second-value", Some(2))
+        .await
+        .unwrap();
+    assert_eq!(v3.version, 3);
     let err = server
         .admin
-        .put_secret("genomics", false, "DB_PASSWORD", b"third-value", Some(1))
+        .put_secret("genomics", false, "DB_PASSWORD", b"third-value", Some(2))
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::CONFLICT));
@@ -114,12 +138,12 @@ async fn secrets_are_write_only_versioned_and_guarded_by_if_match() {
             .status(),
         Some(StatusCode::NOT_FOUND)
     );
-    let v3 = server
+    let v4 = server
         .admin
         .put_secret("genomics", false, "DB_PASSWORD", CANARY, None)
         .await
         .unwrap();
-    assert_eq!(v3.version, 3);
+    assert_eq!(v4.version, 4);
 
     // Bad names and sizes are refused without echoing the value.
     for (name, value) in [
@@ -309,12 +333,7 @@ async fn kek_rotation_keeps_every_value_and_a_tampered_ciphertext_is_an_error() 
         .put_secret("genomics", false, "A_SECRET", b"after-rotation", Some(1))
         .await
         .unwrap();
-    let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
-        path: server.data.join("tresor.db"),
-        durability: tresor_store::Durability::Normal,
-    })
-    .await
-    .unwrap();
+    let store = server.store().await;
     let keys = tresor_crypto::KeyRing::open_or_create(&server.data.join("kek")).unwrap();
     let platform = tresor_service::PlatformService::new(
         store.clone(),
@@ -459,6 +478,35 @@ async fn declared_secrets_reach_their_task_as_files_and_env_and_nothing_else() {
             .last_used_at
             .is_some()
     );
+
+    // The deliveries cannot be erased from the trail without the audit key: deleting their events
+    // breaks the chain, and re-chaining what is left, in plain SHA-256 or under another key,
+    // does not verify either. The intact trail does.
+    let events = server.store().await.audit_events(10_000).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("\"action\":\"secret.deliver\"")),
+        "{events:?}"
+    );
+    let (ok, why) = verify_after(&server.data, "SELECT 1", Rechain::No).await;
+    assert!(ok, "{why}");
+    for rechain in [
+        Rechain::No,
+        Rechain::PlainSha256,
+        Rechain::HmacUnder([7; 32]),
+    ] {
+        let (ok, why) = verify_after(
+            &server.data,
+            "DELETE FROM audit_events WHERE body LIKE '%\"action\":\"secret.deliver\"%'",
+            rechain,
+        )
+        .await;
+        assert!(
+            !ok && why.contains("audit trail broken at event"),
+            "{rechain:?}: {why}"
+        );
+    }
 }
 
 #[tokio::test]

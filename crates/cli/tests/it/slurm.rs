@@ -86,12 +86,7 @@ async fn replay(server: &TestServer, task: &str, job: &str, token: &str) -> Stat
 }
 
 async fn audit_events(server: &TestServer) -> String {
-    let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
-        path: server.data.join("tresor.db"),
-        durability: tresor_store::Durability::Normal,
-    })
-    .await
-    .unwrap();
+    let store = server.store().await;
     store.audit_events(10_000).await.unwrap().join("\n")
 }
 

@@ -217,6 +217,7 @@ async fn an_expired_or_altered_presigned_url_is_refused_by_the_storage_server() 
     let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
         path: dir.path().join("db"),
         durability: tresor_store::Durability::Normal,
+        audit_key_file: dir.path().join("audit-key"),
     })
     .await
     .unwrap();

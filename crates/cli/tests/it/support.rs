@@ -66,6 +66,7 @@ pub fn settings_for(dir: &Path) -> AppSettings {
         store: StoreSettings {
             path: data.join("tresor.db"),
             durability: Durability::Normal,
+            audit_key_file: data.join("audit-key"),
         },
         local: LocalSettings {
             work_root: data.join("work"),
@@ -202,6 +203,17 @@ impl TestServer {
         let dir = self.storage.parent().unwrap().join(workspace);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// The server's database, opened beside it (with its audit key), for checks the API does not offer.
+    pub async fn store(&self) -> tresor_store::Store {
+        tresor_store::Store::connect(&StoreSettings {
+            path: self.data.join("tresor.db"),
+            durability: Durability::Normal,
+            audit_key_file: self.data.join("audit-key"),
+        })
+        .await
+        .unwrap()
     }
 
     /// A `file://` URL inside the bootstrap admin's personal workspace's directory.
