@@ -56,6 +56,8 @@ struct ConfigFile {
     #[serde(default)]
     secrets: SecretsSection,
     #[serde(default)]
+    limits: LimitsSection,
+    #[serde(default)]
     local: LocalSection,
     #[serde(default)]
     tes: TesSection,
@@ -114,6 +116,22 @@ struct SecretsSection {
     max_per_user: Option<usize>,
     /// Their bytes (default 1 MiB).
     max_bytes_per_user: Option<usize>,
+}
+
+/// What one client may take of the server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    /// Open connections at once (default 1024, lowered to fit the open-files limit).
+    max_connections: Option<usize>,
+    /// Seconds to send a request's headers, and the most a connection may idle (default 10).
+    header_timeout_seconds: Option<u64>,
+    /// Seconds to send a request's body (default 30).
+    body_timeout_seconds: Option<u64>,
+    /// Sustained requests per second per credential or address (default 200).
+    requests_per_second: Option<u32>,
+    /// Requests above that rate a credential may send at once (default 400).
+    request_burst: Option<u32>,
 }
 
 /// tresor as an OIDC issuer for its tasks.
@@ -283,6 +301,7 @@ const ENV_KEYS: &[&str] = &[
     "TRESOR_MAX_BODY_BYTES",
     "TRESOR_KEK_FILE",
     "TRESOR_AUDIT_KEY_FILE",
+    "TRESOR_REQUESTS_PER_SECOND",
     "TRESOR_LOG",
     // read by the client commands, harmless here
     "TRESOR_URL",
@@ -619,6 +638,57 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         file.kek_file.clone(),
         || data_dir.value.join("kek"),
     );
+    let connection_defaults = tresor_server::ConnectionLimits::default();
+    let connection_limits = tresor_server::ConnectionLimits {
+        max_connections: file
+            .limits
+            .max_connections
+            .unwrap_or(connection_defaults.max_connections),
+        header_timeout: file.limits.header_timeout_seconds.map_or(
+            connection_defaults.header_timeout,
+            std::time::Duration::from_secs,
+        ),
+        body_timeout: file.limits.body_timeout_seconds.map_or(
+            connection_defaults.body_timeout,
+            std::time::Duration::from_secs,
+        ),
+        requests_per_second: layers
+            .pick(
+                "limits.requests_per_second",
+                None,
+                "TRESOR_REQUESTS_PER_SECOND",
+                parse_num,
+                file.limits.requests_per_second,
+                || connection_defaults.requests_per_second,
+            )
+            .value,
+        request_burst: file
+            .limits
+            .request_burst
+            .unwrap_or(connection_defaults.request_burst),
+    };
+    for (key, zero) in [
+        (
+            "limits.max_connections",
+            connection_limits.max_connections == 0,
+        ),
+        (
+            "limits.header_timeout_seconds",
+            connection_limits.header_timeout.is_zero(),
+        ),
+        (
+            "limits.body_timeout_seconds",
+            connection_limits.body_timeout.is_zero(),
+        ),
+        (
+            "limits.requests_per_second",
+            connection_limits.requests_per_second == 0,
+        ),
+    ] {
+        if zero {
+            layers.problems.add(key, &file_name, "must be at least 1");
+        }
+    }
     let defaults = tresor_service::SecretLimits::default();
     let secret_limits = tresor_service::SecretLimits {
         workspace_count: file
@@ -804,6 +874,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                 secret_retention,
                 log_redactor: Default::default(),
                 secret_limits,
+                limits: connection_limits,
                 identity,
                 s3: s3.map(std::sync::Arc::new),
                 outbound: outbound.map(std::sync::Arc::new),

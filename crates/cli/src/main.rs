@@ -164,6 +164,21 @@ fn init_tracing(redactor: tresor_crypto::redact::SharedRedactor) {
         })
         .with_ansi(false)
         .init();
+    // A panic's message can hold anything a handler was looking at: log it like every other
+    // line, through the redactor, instead of the default hook's raw stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%location, %message, "panic");
+    }));
 }
 
 fn main() -> ExitCode {

@@ -585,6 +585,22 @@ mod tests {
     }
 
     #[test]
+    fn a_value_cannot_forge_a_log_line_or_hide_one_behind_escapes() {
+        use std::io::Write;
+        let mut out = Vec::new();
+        {
+            let mut w = RedactingWriter::new(&mut out, SharedRedactor::default());
+            w.write_all(b"INFO path=\"/x\nERROR forged\" \x1b[2Kgone\ttab\n")
+                .unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "INFO path=\"/x\\nERROR forged\" \\x1b[2Kgone\ttab\n"
+        );
+        assert!(matches!(escape_controls(b"plain line\n"), Cow::Borrowed(_)));
+    }
+
+    #[test]
     fn short_values_and_no_values_change_nothing() {
         let r = Redactor::new([&SecretValue::new(b"task".to_vec())]);
         assert_eq!(r.redact(b"task WARN tasks"), b"task WARN tasks");
@@ -717,13 +733,37 @@ impl<W> RedactingWriter<W> {
 
 impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.inner.write_all(&self.redactor.redact(buf))?;
+        let redacted = self.redactor.redact(buf);
+        self.inner.write_all(&escape_controls(&redacted))?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// One log line with every control character but its final newline escaped (`\n`, `\x1b`…), so
+/// a value that holds a newline cannot forge a line of its own, nor a terminal escape hide one.
+pub fn escape_controls(line: &[u8]) -> Cow<'_, [u8]> {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    if !body.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+        return Cow::Borrowed(line);
+    }
+    let mut out = Vec::with_capacity(line.len() + 16);
+    for &b in body {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.push(b),
+            b if b.is_ascii_control() => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            b => out.push(b),
+        }
+    }
+    if body.len() < line.len() {
+        out.push(b'\n');
+    }
+    Cow::Owned(out)
 }
 
 /// Credentials tresor itself hands out, recognised by shape rather than by value: the

@@ -26,6 +26,8 @@ pub enum PathError {
     SystemDir(&'static str),
     #[error("must not contain a NUL byte")]
     Nul,
+    #[error("must not contain control characters such as newlines")]
+    Control,
 }
 
 /// Checks a path inside the task's sandbox (an input, output, volume, workdir or stdio path).
@@ -33,6 +35,9 @@ pub enum PathError {
 pub fn check_task_path(path: &str, is_dir: bool) -> Result<(), PathError> {
     if path.contains('\0') {
         return Err(PathError::Nul);
+    }
+    if path.chars().any(char::is_control) {
+        return Err(PathError::Control);
     }
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
@@ -73,7 +78,9 @@ fn parent(path: &str) -> String {
 /// The directory above the first component that holds a pattern character.
 pub fn wildcard_base(path: &str) -> String {
     let mut base = String::new();
-    for part in path[1..].split('/') {
+    // By component, never by byte offset: the path is not validated yet and may start with
+    // anything, a multi-byte character included.
+    for part in path.strip_prefix('/').unwrap_or(path).split('/') {
         if has_wildcard(part) {
             break;
         }
@@ -266,6 +273,9 @@ mod tests {
     fn wildcard_base_stops_at_first_pattern() {
         assert_eq!(wildcard_base("/out/a/*.txt"), "/out/a");
         assert_eq!(wildcard_base("/out/*/x.txt"), "/out");
+        // Unvalidated input never panics: a multi-byte first character, no leading slash.
+        assert_eq!(wildcard_base("é*"), "/");
+        assert_eq!(wildcard_base("éa/b*"), "/éa");
         assert!(has_wildcard("/out/file[0-9]"));
         assert!(!has_wildcard("/out/file"));
     }

@@ -15,6 +15,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     NotFound(String),
     MethodNotAllowed(String),
+    /// The credential (or address) used its request rate; retry after this many seconds.
+    TooManyRequests(u64),
 }
 
 impl From<ServiceError> for ApiError {
@@ -33,6 +35,7 @@ pub(crate) struct ErrorInfo {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (status, code, msg) = match self {
             ApiError::Service(err) => {
                 let (status, code) = match &err {
@@ -66,12 +69,27 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed(msg) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", msg)
             }
+            ApiError::TooManyRequests(seconds) => {
+                retry_after = Some(seconds);
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "too many requests with this credential; retry after {seconds} s (Retry-After)"
+                    ),
+                )
+            }
         };
         let body = ErrorResponse {
             msg: msg.clone(),
             status_code: status.as_u16(),
         };
         let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             let headers = response.headers_mut();
             headers.append(
@@ -107,4 +125,17 @@ pub(crate) async fn no_route(method: Method, uri: Uri) -> ApiError {
 
 pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("{} does not accept {method}", uri.path()))
+}
+
+/// A handler's panic as a 500 with a request id; the payload goes only to the (redacted) log.
+pub(crate) fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic".to_owned());
+    ApiError::Service(ServiceError::Internal(anyhow::anyhow!(
+        "a handler panicked: {what}"
+    )))
+    .into_response()
 }

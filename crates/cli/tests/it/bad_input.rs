@@ -93,6 +93,28 @@ async fn malformed_task_documents_are_refused_with_the_field_named() {
         StatusCode::BAD_REQUEST,
         "resources.cpu_cores",
     );
+    // A path that starts with a multi-byte character and holds a wildcard once panicked the
+    // handler (an empty reply); one with a newline forged a log line.
+    for (outputs, says) in [
+        (
+            r#"[{"path":"é*","path_prefix":"é","url":"file:///x"}]"#,
+            "outputs[0].path",
+        ),
+        (
+            r#"[{"path":"/data/a\nERROR forged","url":"file:///x"}]"#,
+            "outputs[0].path: \"/data/a\\nERROR forged\" must not contain control characters",
+        ),
+    ] {
+        assert_refused(
+            &post(&format!(
+                r#"{{"executors":[{ok_executor}],"outputs":{outputs}}}"#
+            ))
+            .await
+            .unwrap(),
+            StatusCode::BAD_REQUEST,
+            says,
+        );
+    }
     assert_refused(
         &post(&format!(
             r#"{{"executors":[{ok_executor}],"state":"COMPLETE"}}"#

@@ -346,7 +346,11 @@ async fn two_owners_stepping_down_at_once_leave_the_workspace_one_owner() {
             .filter(|m| m.role == "owner")
             .map(|m| m.user)
             .collect();
-        assert_eq!(owners, std::slice::from_ref(&still_owner.id), "trial {trial}");
+        assert_eq!(
+            owners,
+            std::slice::from_ref(&still_owner.id),
+            "trial {trial}"
+        );
     }
 }
 

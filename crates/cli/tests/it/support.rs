@@ -97,6 +97,7 @@ pub fn settings_for(dir: &Path) -> AppSettings {
         secret_retention: std::time::Duration::from_secs(30 * 24 * 3600),
         log_redactor: Default::default(),
         secret_limits: Default::default(),
+        limits: Default::default(),
         identity: tresor_service::IdentitySettings {
             issuer: String::new(),
             token_ttl: Duration::from_secs(600),
