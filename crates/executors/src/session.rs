@@ -289,7 +289,10 @@ impl Identity {
             .map_err(|e| format!("restricting the token socket: {e}"))?;
         let router = axum::Router::new()
             .route("/token", axum::routing::get(socket_token))
-            .with_state(session.clone());
+            .with_state(SocketState {
+                session: session.clone(),
+                rate: std::sync::Arc::new(governor::RateLimiter::direct(SOCKET_RATE)),
+            });
         identity.jobs.push(tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         }));
@@ -355,14 +358,44 @@ struct AudienceQuery {
     audience: Option<String>,
 }
 
+/// Tokens a task may ask its socket for: each is signed by the server, so a task looping on
+/// the socket would otherwise spend the server's CPU (the server's own per-credential rate
+/// limit is the second line).
+const SOCKET_RATE: governor::Quota =
+    governor::Quota::per_second(nonzero(5)).allow_burst(nonzero(20));
+
+const fn nonzero(n: u32) -> std::num::NonZeroU32 {
+    match std::num::NonZeroU32::new(n) {
+        Some(n) => n,
+        None => std::num::NonZeroU32::MIN,
+    }
+}
+
+#[derive(Clone)]
+struct SocketState {
+    session: Session,
+    rate: std::sync::Arc<governor::DefaultDirectRateLimiter>,
+}
+
 /// `GET /token?audience=…` on the task's socket. The `Tresor-Metadata: true` header keeps a
 /// request that a task was tricked into forwarding (SSRF) from getting a token.
 async fn socket_token(
-    axum::extract::State(session): axum::extract::State<Session>,
+    axum::extract::State(SocketState { session, rate }): axum::extract::State<SocketState>,
     axum::extract::Query(query): axum::extract::Query<AudienceQuery>,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    use governor::clock::{Clock, DefaultClock};
+    if let Err(not_until) = rate.check() {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let seconds = wait.as_secs().max(1);
+        return (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, seconds.to_string())],
+            format!("too many token requests from this task; retry after {seconds} s\n"),
+        )
+            .into_response();
+    }
     let marked = headers
         .get("tresor-metadata")
         .and_then(|v| v.to_str().ok())

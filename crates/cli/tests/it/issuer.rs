@@ -316,3 +316,44 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     }
     hits
 }
+
+#[tokio::test]
+async fn a_task_hammering_its_token_socket_is_slowed_to_its_rate() {
+    let server = TestServer::start().await;
+    let script = r#"python3 - > /out/statuses <<'PY'
+import os, socket
+def get(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(os.environ["TRESOR_IDENTITY_SOCKET"])
+    s.sendall(f"GET {path} HTTP/1.0\r\nHost: task\r\nTresor-Metadata: true\r\n\r\n".encode())
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    head = data.partition(b"\r\n\r\n")[0].decode()
+    retry = [l for l in head.split("\r\n") if l.lower().startswith("retry-after:")]
+    return head.split(" ")[1] + (" " + retry[0].split(":")[1].strip() if retry else "")
+for _ in range(60):
+    print(get("/token?audience=vault"))
+PY"#;
+    let done = server
+        .run(&task_with_out(&server.storage, "hammer", script))
+        .await;
+    assert_eq!(
+        done.state,
+        Some(TesState::Complete),
+        "{}",
+        system_logs(&done)
+    );
+    let statuses = std::fs::read_to_string(server.storage.join("hammer").join("statuses")).unwrap();
+    let ok = statuses.lines().filter(|l| *l == "200").count();
+    let limited: Vec<&str> = statuses.lines().filter(|l| l.starts_with("429")).collect();
+    assert!(ok >= 20, "the burst is served: {statuses}");
+    assert!(limited.len() >= 20, "the rest is refused: {statuses}");
+    assert!(
+        limited.iter().all(|l| l
+            .split(' ')
+            .nth(1)
+            .is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1))),
+        "with Retry-After: {statuses}"
+    );
+}
