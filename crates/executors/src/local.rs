@@ -9,6 +9,7 @@ use std::process::Stdio;
 use tokio::sync::oneshot;
 use tresor_domain::TaskId;
 
+use crate::limits::LimitSettings;
 use crate::worker::{LOCK_FILE, LOG_FILE, PID_FILE, STATUS_FILE, TASK_FILE};
 use crate::{Error, SandboxSettings, WorkerStatus, WorkerTask};
 
@@ -32,6 +33,8 @@ pub struct LocalSettings {
     pub allow_private_http_inputs: bool,
     /// A tmpfs on the host where workers keep each task's identity token (default /dev/shm).
     pub runtime_dir: PathBuf,
+    /// What a task gets when it asks for nothing, and the most it may ask for.
+    pub limits: LimitSettings,
 }
 
 /// Resolves once the worker process is gone; carries how it ended, for system logs.

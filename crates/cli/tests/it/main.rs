@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod identity;
 mod issuer;
+mod limits;
 mod oidc;
 mod preflight;
 mod pytes;
