@@ -9,7 +9,7 @@ mod session;
 pub mod slurm;
 pub mod worker;
 
-pub use limits::LimitSettings;
+pub use limits::{Enforcement, LimitSettings, TaskLimits};
 pub use local::{Attach, LocalExecutor, LocalSettings, WorkerExit};
 pub use protocol::{
     BootstrapRequest, DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken,
