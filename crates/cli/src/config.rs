@@ -270,6 +270,23 @@ struct LocalSection {
     worker_program: Option<PathBuf>,
     /// A tmpfs where workers keep each task's identity token (default /dev/shm).
     runtime_dir: Option<PathBuf>,
+    /// Memory of a task that gives no `resources.ram_gb`, in GB (default 2).
+    default_ram_gb: Option<f64>,
+    /// The most memory a task may ask for, in GB (default: this machine's memory).
+    max_ram_gb: Option<f64>,
+    /// Scratch disk of a task that gives no `resources.disk_gb`, in GB (default 10).
+    default_disk_gb: Option<f64>,
+    /// The most scratch disk a task may ask for, in GB (default 100).
+    max_disk_gb: Option<f64>,
+    /// The longest a task's executors may run in all, and the time limit of a task that gives
+    /// no `backend_parameters.time_limit` (default 86400).
+    max_run_seconds: Option<u64>,
+    /// Executors one task may have (default 64).
+    max_executors: Option<usize>,
+    /// Bytes of stdout and stderr one task's log keeps, all executors together (default 1 MiB).
+    max_log_bytes: Option<usize>,
+    /// Processes and threads one task may run at once, where cgroups are available (default 4096).
+    max_processes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -572,6 +589,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         }
     }
     let log_tail_bytes = file.local.log_tail_bytes.unwrap_or(64 * 1024);
+    let limits = resolve_limits(&file.local, &file_name, &mut layers.problems);
     let default_page_size = file.tes.default_page_size.unwrap_or(256);
     let max_page_size = file.tes.max_page_size.unwrap_or(2047);
     if !(1..=2047).contains(&max_page_size) {
@@ -850,6 +868,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                         .allow_private_http_inputs
                         .unwrap_or(false),
                     runtime_dir,
+                    limits,
                 },
                 service: ServiceSettings {
                     default_page_size,
@@ -883,6 +902,77 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         }),
         _ => Err(layers.problems.0),
     }
+}
+
+/// What a task gets when it asks for nothing, and the most it may ask for.
+fn resolve_limits(
+    section: &LocalSection,
+    file_name: &str,
+    problems: &mut Problems,
+) -> tresor_executors::LimitSettings {
+    let defaults = tresor_executors::LimitSettings::default();
+    let max_ram_gb = section
+        .max_ram_gb
+        .or_else(machine_memory_gb)
+        .unwrap_or(defaults.max_ram_gb);
+    let limits = tresor_executors::LimitSettings {
+        default_ram_gb: section
+            .default_ram_gb
+            .unwrap_or(defaults.default_ram_gb.min(max_ram_gb)),
+        max_ram_gb,
+        default_disk_gb: section.default_disk_gb.unwrap_or(defaults.default_disk_gb),
+        max_disk_gb: section.max_disk_gb.unwrap_or(defaults.max_disk_gb),
+        max_run_seconds: section.max_run_seconds.unwrap_or(defaults.max_run_seconds),
+        max_executors: section.max_executors.unwrap_or(defaults.max_executors),
+        max_log_bytes: section.max_log_bytes.unwrap_or(defaults.max_log_bytes),
+        max_processes: section.max_processes.unwrap_or(defaults.max_processes),
+    };
+    let positive = |gb: f64| gb.is_finite() && gb > 0.0;
+    for (key, default, max) in [
+        ("ram_gb", limits.default_ram_gb, limits.max_ram_gb),
+        ("disk_gb", limits.default_disk_gb, limits.max_disk_gb),
+    ] {
+        if !positive(max) {
+            problems.add(
+                &format!("local.max_{key}"),
+                file_name,
+                "must be a positive number",
+            );
+        } else if !positive(default) || default > max {
+            problems.add(
+                &format!("local.default_{key}"),
+                file_name,
+                format!("must be a positive number no larger than local.max_{key} ({max})"),
+            );
+        }
+    }
+    for (key, value) in [
+        ("local.max_run_seconds", limits.max_run_seconds),
+        ("local.max_executors", limits.max_executors as u64),
+        ("local.max_processes", limits.max_processes),
+    ] {
+        if value == 0 {
+            problems.add(key, file_name, "must be at least 1");
+        }
+    }
+    if limits.max_log_bytes < 1024 {
+        problems.add("local.max_log_bytes", file_name, "must be at least 1024");
+    }
+    limits
+}
+
+/// This machine's memory in GB (GiB), from `/proc/meminfo`.
+fn machine_memory_gb() -> Option<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: f64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1_048_576.0)
 }
 
 fn resolve_identity(
@@ -1232,6 +1322,32 @@ mod tests {
             "{text}"
         );
         assert!(problems.len() >= 4, "{problems:?}");
+    }
+
+    #[test]
+    fn task_limits_are_checked_against_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tresor.toml");
+        std::fs::write(
+            &file,
+            "[local]\ndefault_ram_gb = 8.0\nmax_ram_gb = 4.0\nmax_disk_gb = -1.0\nmax_executors = 0\nmax_log_bytes = 10\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            data_dir: Some(dir.path().join("data")),
+            ..ServeArgs::default()
+        };
+        let text = resolve(&args, &BTreeMap::new()).unwrap_err().join("\n");
+        for expected in [
+            "local.default_ram_gb (from",
+            "no larger than local.max_ram_gb (4)",
+            "local.max_disk_gb (from",
+            "local.max_executors (from",
+            "local.max_log_bytes (from",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
     }
 
     #[test]

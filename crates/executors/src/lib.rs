@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod limits;
 pub mod local;
 pub mod paths;
 pub mod protocol;
@@ -8,6 +9,7 @@ mod session;
 pub mod slurm;
 pub mod worker;
 
+pub use limits::{Enforcement, LimitSettings, TaskLimits};
 pub use local::{Attach, LocalExecutor, LocalSettings, WorkerExit};
 pub use protocol::{
     BootstrapRequest, DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken,

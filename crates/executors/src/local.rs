@@ -9,7 +9,8 @@ use std::process::Stdio;
 use tokio::sync::oneshot;
 use tresor_domain::TaskId;
 
-use crate::worker::{LOCK_FILE, LOG_FILE, PID_FILE, STATUS_FILE, TASK_FILE};
+use crate::limits::{self, Enforcement, LimitSettings};
+use crate::worker::{LOCK_FILE, LOG_FILE, PID_FILE, ROOT_DIR, STATUS_FILE, TASK_FILE};
 use crate::{Error, SandboxSettings, WorkerStatus, WorkerTask};
 
 /// The local executor's slice of the settings.
@@ -32,6 +33,8 @@ pub struct LocalSettings {
     pub allow_private_http_inputs: bool,
     /// A tmpfs on the host where workers keep each task's identity token (default /dev/shm).
     pub runtime_dir: PathBuf,
+    /// What a task gets when it asks for nothing, and the most it may ask for.
+    pub limits: LimitSettings,
 }
 
 /// Resolves once the worker process is gone; carries how it ended, for system logs.
@@ -59,10 +62,13 @@ pub enum Attach {
 #[derive(Debug)]
 pub struct LocalExecutor {
     settings: LocalSettings,
+    /// How this host enforces task limits, found when the executor is made.
+    enforcement: Enforcement,
 }
 
 impl LocalExecutor {
-    /// Creates the work root (mode 0711: the sandbox user may traverse it, nobody may list it).
+    /// Creates the work root (mode 0711: the sandbox user may traverse it, nobody may list it)
+    /// and finds out how this host enforces task limits.
     pub fn new(settings: LocalSettings) -> Result<LocalExecutor, Error> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -72,11 +78,27 @@ impl LocalExecutor {
                 "creating the work root {}",
                 settings.work_root.display()
             )))?;
-        Ok(LocalExecutor { settings })
+        let enforcement = limits::detect(&settings.work_root);
+        tracing::info!(
+            cgroups = ?enforcement.cgroups,
+            disk_images = enforcement.disk_image.is_some(),
+            "task limits: memory, CPU and processes by {}; disk by {}",
+            if enforcement.cgroups.is_some() { "a cgroup per task" } else { "rlimits on the sandbox" },
+            if enforcement.disk_image.is_some() { "an ext4 image per task" } else { "a size check after each executor" },
+        );
+        Ok(LocalExecutor {
+            settings,
+            enforcement,
+        })
     }
 
     pub fn settings(&self) -> &LocalSettings {
         &self.settings
+    }
+
+    /// How this host enforces task limits.
+    pub fn enforcement(&self) -> &Enforcement {
+        &self.enforcement
     }
 
     /// The host directory of a task.
@@ -90,6 +112,7 @@ impl LocalExecutor {
         let dir = self.task_dir(id);
         // A leftover directory belongs to an earlier attempt that provably never ran (the
         // reconciler only requeues when the lock was free and no executor had started).
+        self.release(id);
         remove_dir(&dir)?;
         std::fs::DirBuilder::new()
             .mode(0o711)
@@ -213,10 +236,10 @@ impl LocalExecutor {
         }
     }
 
-    /// Removes the task's directory and everything in it.
-    /// Removes the task's directory and its identity token directory, which a worker killed
-    /// before its own cleanup leaves behind.
+    /// Removes the task's directory and what a worker killed before its own cleanup leaves
+    /// behind: its identity token directory, its disk image's mount and its cgroup.
     pub fn remove(&self, id: &TaskId) -> Result<(), Error> {
+        self.release(id);
         let prefix = crate::session::identity_dir_prefix(id.as_str());
         if let Ok(entries) = std::fs::read_dir(&self.settings.runtime_dir) {
             for entry in entries.flatten() {
@@ -226,6 +249,15 @@ impl LocalExecutor {
             }
         }
         remove_dir(&self.task_dir(id))
+    }
+
+    /// Unmounts the task's disk image and removes its cgroup, if a worker left them.
+    fn release(&self, id: &TaskId) {
+        limits::release_task(
+            &self.enforcement,
+            &self.task_dir(id).join(ROOT_DIR),
+            id.as_str(),
+        );
     }
 }
 

@@ -7,6 +7,7 @@ use tresor_api_types::tes::{TesExecutor, TesInput, TesOutput, TesTaskLog};
 use tresor_domain::TaskState;
 
 use crate::SandboxSettings;
+use crate::limits::TaskLimits;
 
 /// Everything a worker needs to run one task; written 0600 into the task directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +38,10 @@ pub struct WorkerTask {
     /// The task's identity token: where the worker keeps it, and which variables point at it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityDelivery>,
+    /// What the task may use (memory, cores, disk, run time, processes, log bytes) and how this
+    /// host enforces it.
+    #[serde(default)]
+    pub limits: TaskLimits,
 }
 
 /// The worker's line to the server: the task's internal endpoints and a credential bound to the

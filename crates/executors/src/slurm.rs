@@ -400,16 +400,32 @@ pub fn parse_elapsed(raw: &str) -> Option<u64> {
 /// `minutes:seconds`, `hours:minutes:seconds`, `days-hours`, `days-hours:minutes` or
 /// `days-hours:minutes:seconds`.
 pub fn valid_time_limit(raw: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit());
+    time_limit_seconds(raw).is_some()
+}
+
+/// A `time_limit` in SLURM's `--time` syntax (see `valid_time_limit`) in seconds, as the local
+/// executor enforces it. `0` is SLURM's "no limit"; callers decide what it means to them.
+pub fn time_limit_seconds(raw: &str) -> Option<u64> {
+    let number = |s: &str| {
+        (!s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
     let (days, rest) = match raw.split_once('-') {
-        Some((d, rest)) => (Some(d), rest),
+        Some((d, rest)) => (Some(number(d)?), rest),
         None => (None, raw),
     };
-    if days.is_some_and(|d| !digits(d)) {
-        return false;
-    }
-    let parts: Vec<&str> = rest.split(':').collect();
-    parts.len() <= 3 && parts.iter().all(|p| digits(p))
+    let parts: Vec<u64> = rest.split(':').map(number).collect::<Option<_>>()?;
+    let (h, m, s) = match (days, parts.as_slice()) {
+        (None, [m]) => (0, *m, 0),
+        (None, [m, s]) => (0, *m, *s),
+        (None, [h, m, s]) => (*h, *m, *s),
+        (Some(_), [h]) => (*h, 0, 0),
+        (Some(_), [h, m]) => (*h, *m, 0),
+        (Some(_), [h, m, s]) => (*h, *m, *s),
+        _ => return None,
+    };
+    Some(days.unwrap_or(0) * 86_400 + h * 3_600 + m * 60 + s)
 }
 
 fn mebibytes(gb: f64) -> u64 {
@@ -461,6 +477,21 @@ mod tests {
         for bad in ["", "x", "1:2:3:4", "-5", "5m", "1-", "1 0", "--time=5"] {
             assert!(!valid_time_limit(bad), "{bad}");
         }
+        let seconds: Vec<Option<u64>> = ["5", "0:03", "1:00:00", "2-0", "2-12:30", "1-0:0:7"]
+            .into_iter()
+            .map(time_limit_seconds)
+            .collect();
+        assert_eq!(
+            seconds,
+            [
+                Some(300),
+                Some(3),
+                Some(3_600),
+                Some(172_800),
+                Some(2 * 86_400 + 12 * 3_600 + 30 * 60),
+                Some(86_400 + 7)
+            ]
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tresor_api_types::tes::{
     TesExecutor, TesExecutorLog, TesFileType, TesInput, TesOutput, TesOutputFileLog, TesTaskLog,
 };
 
+use crate::limits::{self, TaskCgroup, TaskDisk, TaskLimits};
 use crate::paths::{self, ResolveError};
 use crate::sandbox::{self, SandboxSpec};
 use base64::Engine;
@@ -130,7 +131,25 @@ async fn run_task(
     report.publish().await?;
 
     let root = task_dir.join(ROOT_DIR);
-    let phase = match execute(task, &root, &mut report).await {
+    let outcome = match mount_disk(task, &root) {
+        Ok(disk) => {
+            let outcome = execute(task, &root, &mut report, disk.as_ref()).await;
+            let outcome = match outcome {
+                // Inputs that do not fit the disk the task asked for are the task's failure.
+                Err(SystemError(message)) if disk.as_ref().is_some_and(TaskDisk::is_full) => {
+                    report.system_log(message);
+                    report.system_log(format!("the task's inputs {}", disk_limit(&task.limits)));
+                    Ok(WorkerPhase::ExecutorError)
+                }
+                other => other,
+            };
+            // Unmounted (and its image removed) before the tree's mount point goes.
+            drop(disk);
+            outcome
+        }
+        Err(e) => Err(e),
+    };
+    let phase = match outcome {
         Ok(phase) => phase,
         Err(SystemError(message)) => {
             report.system_log(message);
@@ -243,10 +262,38 @@ impl Reporter {
     }
 }
 
+/// The task's tree on its own disk image of the task's size, where this host makes them.
+fn mount_disk(task: &WorkerTask, root: &Path) -> Result<Option<TaskDisk>, SystemError> {
+    match (&task.limits.enforcement.disk_image, task.limits.disk_bytes) {
+        (Some(tools), Some(bytes)) => TaskDisk::mount(root, bytes, tools)
+            .map(Some)
+            .map_err(|e| SystemError(format!("preparing the task's disk: {e}"))),
+        _ => Ok(None),
+    }
+}
+
+fn disk_limit(limits: &TaskLimits) -> String {
+    format!(
+        "exceeded the task's disk limit of {} (resources.disk_gb)",
+        limits::gb(limits.disk_bytes.unwrap_or_default())
+    )
+}
+
+/// Whether the task's files exceed its disk: a full image, or, where there is none, a tree
+/// larger than the limit.
+fn disk_exceeded(task: &WorkerTask, root: &Path, disk: Option<&TaskDisk>) -> bool {
+    match (disk, task.limits.disk_bytes) {
+        (Some(disk), _) => disk.is_full(),
+        (None, Some(limit)) => limits::tree_bytes(root) > limit,
+        (None, None) => false,
+    }
+}
+
 async fn execute(
     task: &WorkerTask,
     root: &Path,
     report: &mut Reporter,
+    disk: Option<&TaskDisk>,
 ) -> Result<WorkerPhase, SystemError> {
     let (dirs, mounts) = paths::task_dirs(task);
     prepare_tree(root, &dirs)?;
@@ -261,6 +308,10 @@ async fn execute(
     }
     if task.inputs.iter().any(is_s3_input) {
         stage_s3_inputs(session.as_ref(), root).await?;
+    }
+    if disk.is_none() && disk_exceeded(task, root, None) {
+        report.system_log(format!("the task's inputs {}", disk_limit(&task.limits)));
+        return Ok(WorkerPhase::ExecutorError);
     }
     if let Some(owner) = task.sandbox.run_as {
         chown_tree(root, owner)?;
@@ -301,14 +352,37 @@ async fn execute(
         .map(Identity::env)
         .unwrap_or_default();
 
+    // One cgroup for all the task's executors: its limits are the task's. Removed when dropped.
+    let cgroup = match &task.limits.enforcement.cgroups {
+        Some(cgroups) => {
+            Some(TaskCgroup::create(cgroups, &task.task_id, &task.limits).map_err(SystemError)?)
+        }
+        None => None,
+    };
     report.status.phase = WorkerPhase::Running;
     report.publish().await.map_err(SystemError)?;
     let sandbox_extras = SandboxExtras {
         ro_binds: &identity_binds,
         env: &identity_env,
     };
+    // The time limit covers all executors together, like a batch job's.
+    let deadline = task
+        .limits
+        .run_seconds
+        .and_then(|s| tokio::time::Instant::now().checked_add(std::time::Duration::from_secs(s)));
+    let mut log_budget = task.limits.log_bytes.unwrap_or(usize::MAX);
     for (index, executor) in task.executors.iter().enumerate() {
-        let log = run_executor(
+        let before = (
+            cgroup.as_ref().map_or(0, TaskCgroup::oom_kills),
+            cgroup.as_ref().map_or(0, TaskCgroup::process_limit_hits),
+        );
+        let confinement = Confinement {
+            cgroup: cgroup.as_ref(),
+            limits: &task.limits,
+            deadline,
+            log_budget,
+        };
+        let run = run_executor(
             task,
             root,
             &mounts,
@@ -316,28 +390,43 @@ async fn execute(
             &secrets,
             report.redactor.as_ref(),
             &sandbox_extras,
+            &confinement,
         )
         .await;
-        let log = match log {
-            Ok(log) => log,
+        let run = match run {
+            Ok(run) => run,
             Err(SandboxFailure::System(message)) => {
                 return Err(SystemError(format!("executor {index}: {message}")));
             }
         };
-        let exit_code = log.exit_code;
-        report.status.log.logs.push(log);
+        let exit_code = run.log.exit_code;
+        log_budget = log_budget.saturating_sub(run.kept_bytes);
+        let limit = limit_exceeded(task, root, disk, cgroup.as_ref(), before, &run);
+        report.status.log.logs.push(run.log);
+        for note in run.notes {
+            report.system_log(format!("executor {index}: {note}"));
+        }
         report.publish().await.map_err(SystemError)?;
+        // A limit ends the task whatever the exit code and ignore_error say.
+        if let Some(limit) = limit {
+            report.system_log(format!("executor {index} {limit}"));
+            return Ok(WorkerPhase::ExecutorError);
+        }
         if exit_code != 0 {
+            let hint = rlimit_hint(&task.limits, cgroup.is_some());
             if executor.ignore_error.unwrap_or(false) {
                 report.system_log(format!(
-                    "executor {index} exited with code {exit_code}; ignored (ignore_error)"
+                    "executor {index} exited with code {exit_code}; ignored (ignore_error){hint}"
                 ));
             } else {
-                report.system_log(format!("executor {index} exited with code {exit_code}"));
+                report.system_log(format!(
+                    "executor {index} exited with code {exit_code}{hint}"
+                ));
                 return Ok(WorkerPhase::ExecutorError);
             }
         }
     }
+    drop(cgroup);
 
     drop(identity);
     let mut s3_files = Vec::new();
@@ -747,6 +836,114 @@ struct SandboxExtras<'a> {
     env: &'a [(String, String)],
 }
 
+/// What holds one executor to its task's limits.
+struct Confinement<'a> {
+    /// The task's cgroup; without one, rlimits on bubblewrap.
+    cgroup: Option<&'a TaskCgroup>,
+    limits: &'a TaskLimits,
+    /// When the task's run time is up.
+    deadline: Option<tokio::time::Instant>,
+    /// Bytes of stdout and stderr the task's log may still keep.
+    log_budget: usize,
+}
+
+/// An executor that ran: its log, and what it ran into.
+struct ExecutorRun {
+    log: TesExecutorLog,
+    /// It was killed at the task's time limit.
+    timed_out: bool,
+    /// Bytes of its stdout and stderr the log keeps.
+    kept_bytes: usize,
+    /// What was cut from its stdout and stderr, for `system_logs`.
+    notes: Vec<String>,
+}
+
+/// The limit an executor ran into, if any, as the rest of a sentence for `system_logs`.
+/// `before` holds the cgroup's OOM kills and process-limit hits from before it started.
+fn limit_exceeded(
+    task: &WorkerTask,
+    root: &Path,
+    disk: Option<&TaskDisk>,
+    cgroup: Option<&TaskCgroup>,
+    before: (u64, u64),
+    run: &ExecutorRun,
+) -> Option<String> {
+    let limits = &task.limits;
+    if run.timed_out {
+        return Some(format!(
+            "exceeded the task's time limit of {} s (resources.backend_parameters.time_limit, or local.max_run_seconds when it gives none) and was killed",
+            limits.run_seconds.unwrap_or_default()
+        ));
+    }
+    if let Some(cgroup) = cgroup {
+        if cgroup.oom_kills() > before.0 {
+            return Some(format!(
+                "exceeded the task's memory limit of {} (resources.ram_gb): the kernel killed a process that needed more",
+                limits::gb(limits.memory_bytes.unwrap_or_default())
+            ));
+        }
+        if cgroup.process_limit_hits() > before.1 {
+            return Some(format!(
+                "reached the task's limit of {} processes and threads (local.max_processes): a process could not be started",
+                limits.processes.unwrap_or_default()
+            ));
+        }
+    }
+    if disk_exceeded(task, root, disk) {
+        return Some(disk_limit(limits));
+    }
+    // Without a cgroup, the rlimits' signals: SIGXCPU (24) and SIGXFSZ (25).
+    match (cgroup, run.log.exit_code) {
+        (None, 152) if limits.run_seconds.is_some() => Some(format!(
+            "exceeded the CPU time a process of the task may use ({} s per core: the time limit times resources.cpu_cores) and was killed",
+            limits.run_seconds.unwrap_or_default()
+        )),
+        (None, 153) if limits.disk_bytes.is_some() => Some(format!(
+            "wrote a file larger than the task's disk limit of {} (resources.disk_gb) and was killed",
+            limits::gb(limits.disk_bytes.unwrap_or_default())
+        )),
+        _ => None,
+    }
+}
+
+/// Where no cgroup holds the task, memory is an address-space limit per process, which fails
+/// allocations instead of killing: a failed executor's message says so.
+fn rlimit_hint(limits: &TaskLimits, has_cgroup: bool) -> String {
+    match limits.memory_bytes {
+        Some(bytes) if !has_cgroup => format!(
+            "; on this host each of its processes may use at most {} of memory (resources.ram_gb, enforced without cgroups as an address-space limit)",
+            limits::gb(bytes)
+        ),
+        _ => String::new(),
+    }
+}
+
+/// How many bytes of stdout and stderr fit in `budget`: both whole if they fit, else the
+/// smaller keeps up to half and the larger the rest.
+fn share_log_budget(out: usize, err: usize, budget: usize) -> (usize, usize) {
+    if out.saturating_add(err) <= budget {
+        return (out, err);
+    }
+    let half = budget / 2;
+    if out <= half {
+        (out, budget - out)
+    } else if err <= half {
+        (budget - err, err)
+    } else {
+        (budget - half, half)
+    }
+}
+
+/// Keeps the last `keep` bytes; says whether anything went.
+fn keep_tail(bytes: &mut Vec<u8>, keep: usize) -> bool {
+    if bytes.len() <= keep {
+        return false;
+    }
+    bytes.drain(..bytes.len() - keep);
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_executor(
     task: &WorkerTask,
     root: &Path,
@@ -755,7 +952,8 @@ async fn run_executor(
     secrets: &[(String, SecretValue)],
     redactor: Option<&Redactor>,
     extras: &SandboxExtras<'_>,
-) -> Result<TesExecutorLog, SandboxFailure> {
+    confinement: &Confinement<'_>,
+) -> Result<ExecutorRun, SandboxFailure> {
     let owner = task.sandbox.run_as;
     let stdin = executor
         .stdin
@@ -846,18 +1044,15 @@ async fn run_executor(
             .chain(extras.env.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
             .chain(secret_env.iter().map(|(k, v)| (k.as_str(), v.as_slice()))),
     ));
-    let env_writer = if env_bytes.is_empty() {
-        None
-    } else {
-        let (reader, writer) =
-            std::io::pipe().map_err(|e| SandboxFailure::System(format!("creating a pipe: {e}")))?;
-        mappings.push(command_fds::FdMapping {
-            parent_fd: std::os::fd::OwnedFd::from(reader),
-            child_fd: sandbox::ENV_ARGS_FD,
-        });
-        Some(writer)
-    };
-    let mut cmd = sandbox::command(&spec, env_writer.is_some());
+    // Always a pipe, even for no variables: bubblewrap reads it to its end before it creates any
+    // namespace or process, so the task's limits are in place before anything of it runs.
+    let (env_reader, env_writer) =
+        std::io::pipe().map_err(|e| SandboxFailure::System(format!("creating a pipe: {e}")))?;
+    mappings.push(command_fds::FdMapping {
+        parent_fd: std::os::fd::OwnedFd::from(env_reader),
+        child_fd: sandbox::ENV_ARGS_FD,
+    });
+    let mut cmd = sandbox::command(&spec, true);
     {
         use command_fds::CommandFdExt;
         cmd.fd_mappings(mappings)
@@ -874,7 +1069,22 @@ async fn run_executor(
         ))
     })?;
     drop(cmd);
-    if let Some(mut writer) = env_writer {
+    // bubblewrap now waits for its arguments: the moment to put it into the task's cgroup (or
+    // under its rlimits), before it can start the executor. Everything it starts inherits them.
+    let pid = child
+        .id()
+        .ok_or_else(|| SandboxFailure::System("the sandbox ended before it started".to_owned()))?;
+    let confined = match confinement.cgroup {
+        Some(cgroup) => cgroup.add(pid),
+        None => limits::apply_rlimits(pid, confinement.limits),
+    };
+    if let Err(e) = confined {
+        // Killed before its arguments (and so its start) arrive.
+        let _ = child.start_kill();
+        return Err(SandboxFailure::System(e));
+    }
+    {
+        let mut writer = env_writer;
         let bytes = env_bytes.clone();
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
@@ -888,17 +1098,57 @@ async fn run_executor(
             let _ = writer.write_all(value.expose_secret());
         });
     }
-    let tail = task.log_tail_bytes;
+    let budget = confinement.log_budget;
+    let tail = task.log_tail_bytes.min(budget);
     let out = child.stdout.take();
     let err = child.stderr.take();
-    let (stdout, stderr, status) = tokio::join!(
+    let wait = async {
+        let Some(deadline) = confinement.deadline else {
+            return (child.wait().await, false);
+        };
+        let waited = tokio::time::timeout_at(deadline, child.wait()).await;
+        match waited {
+            Ok(status) => (status, false),
+            Err(_) => {
+                // The time is up. bubblewrap's end takes its pid namespace, and with it every
+                // process of the executor; the cgroup is emptied too, to be sure.
+                let _ = child.start_kill();
+                if let Some(cgroup) = confinement.cgroup {
+                    cgroup.kill_all();
+                }
+                (child.wait().await, true)
+            }
+        }
+    };
+    let (stdout, stderr, (status, timed_out)) = tokio::join!(
         capture(out, stdout_file, tail, redactor),
         capture(err, stderr_file, tail, redactor),
-        child.wait()
+        wait
     );
     let status =
         status.map_err(|e| SandboxFailure::System(format!("waiting for the sandbox: {e}")))?;
     let exit_code = exit_code(status);
+    // The task's log keeps at most `budget` bytes of stdout and stderr in all.
+    let (mut stdout, out_cut, out_total) = stdout;
+    let (mut stderr, err_cut, err_total) = stderr;
+    let (keep_out, keep_err) = share_log_budget(stdout.len(), stderr.len(), budget);
+    let out_cut = keep_tail(&mut stdout, keep_out) || out_cut;
+    let err_cut = keep_tail(&mut stderr, keep_err) || err_cut;
+    let mut notes = Vec::new();
+    for (name, cut, kept, total) in [
+        ("stdout", out_cut, stdout.len(), out_total),
+        ("stderr", err_cut, stderr.len(), err_total),
+    ] {
+        if cut {
+            notes.push(format!(
+                "its {name} was truncated to its last {kept} of {total} bytes (the log keeps {} bytes of each stream, local.log_tail_bytes, and {} bytes per task, local.max_log_bytes)",
+                task.log_tail_bytes,
+                task.limits
+                    .log_bytes
+                    .map_or_else(|| "unlimited".to_owned(), |b| b.to_string()),
+            ));
+        }
+    }
     let stderr_text = String::from_utf8_lossy(&stderr).into_owned();
     // bubblewrap reports its own setup failures on stderr with exit code 1. A command that
     // cannot be executed is the task's fault (like exit 127 in a shell); anything else is ours.
@@ -916,12 +1166,17 @@ async fn run_executor(
     } else {
         exit_code
     };
-    Ok(TesExecutorLog {
-        start_time: Some(start_time),
-        end_time: Some(now()),
-        stdout: Some(String::from_utf8_lossy(&stdout).into_owned()),
-        stderr: Some(stderr_text),
-        exit_code,
+    Ok(ExecutorRun {
+        log: TesExecutorLog {
+            start_time: Some(start_time),
+            end_time: Some(now()),
+            stdout: Some(String::from_utf8_lossy(&stdout).into_owned()),
+            stderr: Some(stderr_text),
+            exit_code,
+        },
+        timed_out,
+        kept_bytes: stdout.len() + stderr.len(),
+        notes,
     })
 }
 
@@ -935,15 +1190,18 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 
 /// Reads a pipe to its end, copying everything to `file` (if any) and keeping the last `tail`
 /// bytes, redacted as a stream (before the cut, so a value split by the cut is still masked).
+/// Returns the kept bytes, whether anything was cut, and how many bytes were read.
 async fn capture(
     pipe: Option<impl AsyncRead + Unpin>,
     file: Option<std::fs::File>,
     tail: usize,
     redactor: Option<&Redactor>,
-) -> Vec<u8> {
+) -> (Vec<u8>, bool, u64) {
     let Some(mut pipe) = pipe else {
-        return Vec::new();
+        return (Vec::new(), false, 0);
     };
+    let mut total: u64 = 0;
+    let mut cut = false;
     let mut file = file.map(tokio::fs::File::from_std);
     let mut stream = redactor.map(Redactor::stream);
     let mut kept: Vec<u8> = Vec::new();
@@ -953,6 +1211,7 @@ async fn capture(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        total = total.saturating_add(n as u64);
         if let Some(f) = file.as_mut()
             && f.write_all(&buf[..n]).await.is_err()
         {
@@ -963,7 +1222,7 @@ async fn capture(
             None => kept.extend_from_slice(&buf[..n]),
         }
         if kept.len() > tail.saturating_mul(2).max(64 * 1024) {
-            kept.drain(..kept.len() - tail);
+            cut |= keep_tail(&mut kept, tail);
         }
     }
     if let Some(mut f) = file {
@@ -972,11 +1231,10 @@ async fn capture(
     if let Some(s) = stream {
         kept.extend(s.finish());
     }
-    if kept.len() > tail {
-        kept.drain(..kept.len() - tail);
-    }
+    cut |= keep_tail(&mut kept, tail);
     // Tokens and presigned URLs a task prints are masked by shape, like its secrets by value.
-    tresor_crypto::redact::mask_credentials(&kept).into_owned()
+    let masked = tresor_crypto::redact::mask_credentials(&kept).into_owned();
+    (masked, cut, total)
 }
 
 /// Delivers one `file://` output declaration; returns a log entry per delivered file.
@@ -1049,4 +1307,31 @@ fn copy_out(source: &Path, dest: &Path, allowed: &[PathBuf]) -> std::io::Result<
     writer.sync_all()?;
     std::fs::rename(&tmp, real_parent.join(name))?;
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdout_and_stderr_share_the_task_log_budget() {
+        let cases = [
+            ((10, 20, 100), (10, 20)),
+            ((10, 200, 100), (10, 90)),
+            ((200, 10, 100), (90, 10)),
+            ((200, 300, 100), (50, 50)),
+            ((200, 300, 0), (0, 0)),
+        ];
+        for ((out, err, budget), expected) in cases {
+            assert_eq!(
+                share_log_budget(out, err, budget),
+                expected,
+                "{out} {err} {budget}"
+            );
+        }
+        let mut bytes = b"0123456789".to_vec();
+        assert!(!keep_tail(&mut bytes, 10));
+        assert!(keep_tail(&mut bytes, 3));
+        assert_eq!(bytes, b"789");
+    }
 }

@@ -325,7 +325,7 @@ pub(crate) async fn bootstrap(
         serde_json::from_str(&record.spec_json).map_err(|e| ServiceError::Internal(e.into()))?;
     let declared = runner::declared_secrets(&spec)?;
     let file_dirs = runner::task_file_dirs(inner, &record).await?;
-    Ok(runner::worker_task(
+    let mut task = runner::worker_task(
         inner,
         &task_id,
         spec,
@@ -334,7 +334,14 @@ pub(crate) async fn bootstrap(
         server_url(inner, executor),
         executor.settings().runtime_dir.clone(),
         file_dirs,
-    ))
+    );
+    // SLURM holds the job to its memory, cores, disk and time (`--mem`, `--cpus-per-task`,
+    // `--tmp`, `--time`); the worker on the node only caps what the task's log keeps.
+    task.limits = tresor_executors::TaskLimits {
+        log_bytes: task.limits.log_bytes,
+        ..tresor_executors::TaskLimits::default()
+    };
+    Ok(task)
 }
 
 /// A batch worker's status report. Returns the task's state as the server now sees it.

@@ -203,9 +203,14 @@ impl TaskService {
     fn limits(&self, env: &str) -> validate::Limits {
         let executor = self.inner.executor.settings();
         let slurm = env != LOCAL_ENV;
+        let local = (!slurm).then_some(&executor.limits);
         validate::Limits {
             // SLURM decides what fits its nodes, and says so when the job is submitted.
             max_cpu_cores: if slurm { u32::MAX } else { executor.slots },
+            max_executors: executor.limits.max_executors,
+            max_ram_gb: local.map(|l| l.max_ram_gb),
+            max_disk_gb: local.map(|l| l.max_disk_gb),
+            max_run_seconds: local.map(|l| l.max_run_seconds),
             allow_network: executor.allow_network,
             allowed_dirs: executor.allowed_dirs.clone(),
             compute_env: env.to_owned(),

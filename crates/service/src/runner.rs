@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tresor_api_types::tes::{TesTask, TesTaskLog};
 use tresor_domain::{Caller, TaskId, TaskState};
+use tresor_executors::limits::{self, Enforcement, LimitSettings, TaskLimits};
 use tresor_executors::{
     Attach, IdentityDelivery, SecretDelivery, WorkerExit, WorkerPhase, WorkerSession, WorkerStatus,
     WorkerTask,
@@ -218,7 +219,9 @@ pub(crate) fn worker_task(
         env: declared.env,
     });
     let settings = inner.executor.settings();
+    let limits = local_limits(&spec, &settings.limits, inner.executor.enforcement());
     WorkerTask {
+        limits,
         session,
         secrets,
         identity: Some(IdentityDelivery {
@@ -235,6 +238,53 @@ pub(crate) fn worker_task(
         allowed_dirs: file_dirs,
         log_tail_bytes: settings.log_tail_bytes,
         allow_private_http_inputs: settings.allow_private_http_inputs,
+    }
+}
+
+/// A task's limits on the local executor: what it asked for (validation kept it within the
+/// server's maxima), else the server's defaults.
+pub(crate) fn local_limits(
+    spec: &TesTask,
+    settings: &LimitSettings,
+    enforcement: &Enforcement,
+) -> TaskLimits {
+    let resources = spec.resources.as_ref();
+    let bytes = |gb: f64, least: u64| ((gb * limits::GB) as u64).max(least);
+    let time_limit = resources
+        .and_then(|r| r.backend_parameters.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|(k, _)| k.eq_ignore_ascii_case(crate::batch::TIME_LIMIT))
+        .and_then(|(_, v)| tresor_executors::slurm::time_limit_seconds(v))
+        .filter(|s| *s > 0);
+    TaskLimits {
+        memory_bytes: Some(bytes(
+            resources
+                .and_then(|r| r.ram_gb)
+                .unwrap_or(settings.default_ram_gb),
+            limits::MIN_MEMORY_BYTES,
+        )),
+        cpu_cores: Some(
+            resources
+                .and_then(|r| r.cpu_cores)
+                .and_then(|c| u32::try_from(c).ok())
+                .unwrap_or(1)
+                .max(1),
+        ),
+        disk_bytes: Some(bytes(
+            resources
+                .and_then(|r| r.disk_gb)
+                .unwrap_or(settings.default_disk_gb),
+            limits::MIN_DISK_BYTES,
+        )),
+        run_seconds: Some(
+            time_limit
+                .unwrap_or(settings.max_run_seconds)
+                .min(settings.max_run_seconds),
+        ),
+        processes: Some(settings.max_processes),
+        log_bytes: Some(settings.max_log_bytes),
+        enforcement: enforcement.clone(),
     }
 }
 

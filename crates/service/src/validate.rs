@@ -7,8 +7,9 @@ use tresor_executors::paths::{self, check_task_path, has_wildcard};
 
 use crate::ServiceError;
 
-/// Backend parameters the local executor honours (keys are case-insensitive).
-pub const LOCAL_BACKEND_PARAMETERS: &[&str] = &["network"];
+/// Backend parameters the local executor honours (keys are case-insensitive); `time_limit` (in
+/// SLURM's `--time` syntax) bounds the run time of the task's executors.
+pub const LOCAL_BACKEND_PARAMETERS: &[&str] = &["network", crate::batch::TIME_LIMIT];
 /// The same on a SLURM compute environment: `time_limit` becomes the job's `--time`.
 pub const SLURM_BACKEND_PARAMETERS: &[&str] = &["network", crate::batch::TIME_LIMIT];
 
@@ -19,6 +20,13 @@ pub const MAX_INPUT_CONTENT: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_cpu_cores: u32,
+    /// Executors one task may have (`local.max_executors`, in every compute environment).
+    pub max_executors: usize,
+    /// The most `ram_gb`, `disk_gb` and `time_limit` (seconds) a task may ask for; `None` where
+    /// the compute environment decides (SLURM refuses a job that fits no node).
+    pub max_ram_gb: Option<f64>,
+    pub max_disk_gb: Option<f64>,
+    pub max_run_seconds: Option<u64>,
     pub allow_network: bool,
     pub allowed_dirs: Vec<PathBuf>,
     /// The compute environment the task will run in, for messages.
@@ -107,6 +115,16 @@ pub fn accept_task(mut task: TesTask, limits: &Limits) -> Result<AcceptedTask, S
     }
     if task.executors.is_empty() {
         return Err(invalid("executors", "at least one executor is required"));
+    }
+    if task.executors.len() > limits.max_executors {
+        return Err(invalid(
+            "executors",
+            format!(
+                "{} executors are more than this server's {} per task (local.max_executors)",
+                task.executors.len(),
+                limits.max_executors
+            ),
+        ));
     }
     for (i, executor) in task.executors.iter().enumerate() {
         let field = |name: &str| format!("executors[{i}].{name}");
@@ -268,13 +286,34 @@ fn check_resources(
             ),
         ));
     }
-    for (name, value) in [("ram_gb", resources.ram_gb), ("disk_gb", resources.disk_gb)] {
+    for (name, value, max, key) in [
+        (
+            "ram_gb",
+            resources.ram_gb,
+            limits.max_ram_gb,
+            "local.max_ram_gb",
+        ),
+        (
+            "disk_gb",
+            resources.disk_gb,
+            limits.max_disk_gb,
+            "local.max_disk_gb",
+        ),
+    ] {
         if let Some(v) = value
             && (!v.is_finite() || v < 0.0)
         {
             return Err(invalid(
                 format!("resources.{name}"),
                 "must be a non-negative number",
+            ));
+        }
+        if let (Some(v), Some(max)) = (value, max)
+            && v > max
+        {
+            return Err(invalid(
+                format!("resources.{name}"),
+                format!("{v} is more than this server's maximum of {max} ({key})"),
             ));
         }
     }
@@ -310,13 +349,23 @@ fn check_resources(
             ));
         }
         for (key, value) in params.iter() {
-            if key.eq_ignore_ascii_case(crate::batch::TIME_LIMIT)
-                && !tresor_executors::slurm::valid_time_limit(value)
-            {
-                return Err(invalid(
-                    format!("resources.backend_parameters.{key}"),
-                    "must be a SLURM time limit: minutes, minutes:seconds, hours:minutes:seconds or days-hours[:minutes[:seconds]]",
-                ));
+            if key.eq_ignore_ascii_case(crate::batch::TIME_LIMIT) {
+                let Some(seconds) = tresor_executors::slurm::time_limit_seconds(value) else {
+                    return Err(invalid(
+                        format!("resources.backend_parameters.{key}"),
+                        "must be a SLURM time limit: minutes, minutes:seconds, hours:minutes:seconds or days-hours[:minutes[:seconds]]",
+                    ));
+                };
+                if let Some(max) = limits.max_run_seconds
+                    && !(1..=max).contains(&seconds)
+                {
+                    return Err(invalid(
+                        format!("resources.backend_parameters.{key}"),
+                        format!(
+                            "{value:?} is {seconds} s; this server's tasks may run from 1 s to {max} s (local.max_run_seconds)"
+                        ),
+                    ));
+                }
             }
             if key.eq_ignore_ascii_case("network") {
                 network = match value.to_ascii_lowercase().as_str() {
@@ -349,6 +398,10 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             max_cpu_cores: 2,
+            max_executors: 3,
+            max_ram_gb: Some(4.0),
+            max_disk_gb: Some(10.0),
+            max_run_seconds: Some(3_600),
             allow_network: false,
             allowed_dirs: vec![PathBuf::from("/srv/data")],
             compute_env: "local".to_owned(),
@@ -444,10 +497,37 @@ mod tests {
             reason(t),
             "resources.cpu_cores: 64 is more than this server's 2 slots"
         );
+
+        let mut t = task();
+        t.executors = vec![t.executors[0].clone(); 4];
+        assert_eq!(
+            reason(t),
+            "executors: 4 executors are more than this server's 3 per task (local.max_executors)"
+        );
+
+        let mut t = task();
+        t.resources = Some(TesResources {
+            ram_gb: Some(8.0),
+            ..TesResources::default()
+        });
+        assert_eq!(
+            reason(t),
+            "resources.ram_gb: 8 is more than this server's maximum of 4 (local.max_ram_gb)"
+        );
+
+        let mut t = task();
+        t.resources = Some(TesResources {
+            disk_gb: Some(10.5),
+            ..TesResources::default()
+        });
+        assert_eq!(
+            reason(t),
+            "resources.disk_gb: 10.5 is more than this server's maximum of 10 (local.max_disk_gb)"
+        );
     }
 
     #[test]
-    fn time_limits_are_honoured_only_where_slurm_runs_the_task() {
+    fn time_limits_are_checked_against_the_servers_longest_run() {
         let with_time = |value: &str| {
             let mut t = task();
             t.resources = Some(TesResources {
@@ -457,12 +537,20 @@ mod tests {
             });
             t
         };
-        assert!(
-            reason(with_time("10:00")).contains("compute environment local supports [\"network\"]")
+        let accepted = accept_task(with_time("0:30"), &limits()).unwrap();
+        assert_eq!(
+            accepted.spec.resources.unwrap().backend_parameters.unwrap()["time_limit"],
+            "0:30"
         );
+        assert_eq!(
+            reason(with_time("2:00:00")),
+            "resources.backend_parameters.time_limit: \"2:00:00\" is 7200 s; this server's tasks may run from 1 s to 3600 s (local.max_run_seconds)"
+        );
+        assert!(reason(with_time("0")).contains("may run from 1 s"));
         let slurm = Limits {
             compute_env: "hpc".to_owned(),
             backend_parameters: SLURM_BACKEND_PARAMETERS,
+            max_run_seconds: None,
             ..limits()
         };
         let accepted = accept_task(with_time("10:00"), &slurm).unwrap();

@@ -14,6 +14,7 @@ mod limits;
 mod oidc;
 mod preflight;
 mod pytes;
+mod resources;
 mod sandbox;
 mod secrets;
 mod slurm;

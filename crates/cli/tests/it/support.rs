@@ -82,6 +82,7 @@ pub fn settings_for(dir: &Path) -> AppSettings {
             // The tests' http fixtures listen on loopback.
             allow_private_http_inputs: true,
             runtime_dir: PathBuf::from("/dev/shm"),
+            limits: tresor_executors::LimitSettings::default(),
         },
         service: ServiceSettings {
             default_page_size: 256,

@@ -30,7 +30,10 @@ async fn service_info_names_tes_1_1_and_the_host_runtime() {
             server.storage.parent().unwrap().display()
         )]
     );
-    assert_eq!(info.tes_resources_backend_parameters, ["network"]);
+    assert_eq!(
+        info.tes_resources_backend_parameters,
+        ["network", "time_limit"]
+    );
     assert!(info.description.unwrap().contains("Runtime: host"));
 }
 
