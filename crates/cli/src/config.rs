@@ -724,6 +724,19 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     if let Err(e) = prepare_data_dir(&data_dir_path) {
         layers.problems.add("data_dir", &data_dir.source, e);
     }
+    // A root server runs executors as other host users, strangers to every directory's owner
+    // and group: they must be able to walk down to the task directories and to the identity
+    // directories, or every task would end in a raw bubblewrap error.
+    if run_as.is_some() {
+        for (key, source, path) in [
+            ("data_dir", &data_dir.source, &data_dir_path),
+            ("local.runtime_dir", &file_name, &runtime_dir),
+        ] {
+            if let Some(problem) = closed_to_tasks(path) {
+                layers.problems.add(key, source, problem);
+            }
+        }
+    }
     for (key, source, path) in [
         ("data_dir", &data_dir.source, Some(&data_dir_path)),
         ("kek_file", &kek_file.source, Some(&kek_file.value)),
@@ -1098,6 +1111,38 @@ fn prepare_data_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
 }
 
+/// Says which directories on the way to `path` (itself included) a task's user cannot enter:
+/// those without the search bit for others. `None` when every one can be entered (or `path`
+/// does not exist, which is reported elsewhere).
+fn closed_to_tasks(path: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(path).ok()?;
+    let mut closed: Vec<(&Path, u32)> = real
+        .ancestors()
+        .filter_map(|dir| {
+            let mode = std::fs::metadata(dir).ok()?.mode() & 0o7777;
+            (mode & 0o001 == 0).then_some((dir, mode))
+        })
+        .collect();
+    if closed.is_empty() {
+        return None;
+    }
+    closed.reverse();
+    let listed: Vec<String> = closed
+        .iter()
+        .map(|(dir, mode)| format!("{} (mode {mode:04o})", dir.display()))
+        .collect();
+    let names: Vec<String> = closed
+        .iter()
+        .map(|(dir, _)| dir.display().to_string())
+        .collect();
+    Some(format!(
+        "tasks run as other host users than tresor, and they cannot enter {} on the way to {}; run `chmod o+x {}`, or choose a directory every user may traverse, such as /var/lib/tresor",
+        listed.join(", "),
+        real.display(),
+        names.join(" ")
+    ))
+}
+
 /// The canonical form of a path whose last component may not exist yet (a key file made at
 /// first start).
 fn canonical_even_if_missing(path: &Path) -> Option<PathBuf> {
@@ -1127,6 +1172,14 @@ fn find_on_path(program: &str, _env: &BTreeMap<String, String>) -> Option<PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A temporary directory the tasks' users may traverse, as a data dir's parent must be.
+    fn traversable_tempdir() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        dir
+    }
 
     #[test]
     fn every_problem_is_reported_with_its_source() {
@@ -1195,7 +1248,7 @@ mod tests {
 
     #[test]
     fn unknown_file_keys_are_refused_and_flags_win() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = traversable_tempdir();
         let file = dir.path().join("tresor.toml");
         std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
         let args = ServeArgs {
@@ -1220,7 +1273,7 @@ mod tests {
 
     #[test]
     fn the_audit_key_file_defaults_to_the_data_dir_and_the_environment_moves_it() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = traversable_tempdir();
         let args = ServeArgs {
             data_dir: Some(dir.path().join("data")),
             listen: Some("127.0.0.1:0".to_owned()),

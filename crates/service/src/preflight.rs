@@ -453,7 +453,9 @@ impl Preflight {
                     .sandbox
                     .run_as
                     .map(|(u, g)| format!(" as uid {u}, gid {g}"))
-                    .unwrap_or_default()
+                    .unwrap_or_else(|| " as this server's own user: tresor is not root, so \
+                        tasks are not kept apart from each other by host users (that needs root)"
+                        .to_owned())
             ))
         } else {
             Err(format!(
