@@ -245,7 +245,12 @@ struct LocalSection {
     log_tail_bytes: Option<usize>,
     /// The bubblewrap program (default: `bwrap` on PATH).
     bwrap: Option<PathBuf>,
-    /// Host uid and gid executors run as when the server runs as root (default 65534, nobody).
+    /// Host uids, and the gids of the same numbers, from which each running local task gets one
+    /// of its own when the server runs as root: "first-last" (default 2000000000-2000065535),
+    /// at least as many as slots. No host account or subordinate id range may use them.
+    task_uid_range: Option<String>,
+    /// Host uid and gid that SLURM tasks' executors run as when their worker is root (default
+    /// 65534, nobody); local tasks get their own from `task_uid_range`.
     sandbox_uid: Option<u32>,
     sandbox_gid: Option<u32>,
     /// The binary that runs `worker` (default: this executable).
@@ -610,6 +615,38 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             file.local.sandbox_gid.unwrap_or(65534),
         )
     });
+    let task_ids = if is_root() {
+        let (raw, source) = match &file.local.task_uid_range {
+            Some(raw) => (raw.clone(), file_name.clone()),
+            None => (DEFAULT_TASK_UID_RANGE.to_owned(), "default".to_owned()),
+        };
+        let checked = parse_id_range(&raw).and_then(|range| {
+            let size = u64::from(*range.end()) - u64::from(*range.start()) + 1;
+            if size < u64::from(slots.value) {
+                return Err(format!(
+                    "{raw} has {size} ids, fewer than the {} slots; every running task needs one",
+                    slots.value
+                ));
+            }
+            let used = ids_in_use(&range);
+            if !used.is_empty() {
+                return Err(format!(
+                    "{raw} holds ids the host already uses: {}; choose a range that no account and no subordinate id range uses",
+                    used.join(", ")
+                ));
+            }
+            Ok(range)
+        });
+        match checked {
+            Ok(range) => Some(range),
+            Err(e) => {
+                layers.problems.add("local.task_uid_range", &source, e);
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let kek_file = layers.pick(
         "kek_file",
@@ -793,6 +830,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                         .allow_private_http_inputs
                         .unwrap_or(false),
                     runtime_dir,
+                    task_ids,
                 },
                 service: ServiceSettings {
                     default_page_size,
@@ -1111,6 +1149,57 @@ fn prepare_data_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
 }
 
+/// The default `local.task_uid_range`: above every range `useradd` hands out as subordinate ids
+/// (up to 600100000) and the ranges systemd-nspawn picks from (below 1879048192), and below
+/// 2^31, which some tools misread as negative.
+const DEFAULT_TASK_UID_RANGE: &str = "2000000000-2000065535";
+
+/// Parses "first-last", a range of host ids with both ends included; 0 (root) and -1 are refused.
+fn parse_id_range(raw: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let bad = || format!("{raw:?} is not a range of host ids such as {DEFAULT_TASK_UID_RANGE}");
+    let (first, last) = raw.trim().split_once('-').ok_or_else(bad)?;
+    let first: u32 = first.trim().parse().map_err(|_| bad())?;
+    let last: u32 = last.trim().parse().map_err(|_| bad())?;
+    if first == 0 || last < first || last == u32::MAX {
+        return Err(bad());
+    }
+    Ok(first..=last)
+}
+
+/// The host accounts and subordinate id ranges (of rootless containers) that use ids of
+/// `range`, named; empty when none does.
+fn ids_in_use(range: &std::ops::RangeInclusive<u32>) -> Vec<String> {
+    let mut used = Vec::new();
+    for (file, what) in [("/etc/passwd", "user"), ("/etc/group", "group")] {
+        for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+            let mut fields = line.split(':');
+            let (Some(name), Some(id)) = (fields.next(), fields.nth(1)) else {
+                continue;
+            };
+            if id.parse::<u32>().is_ok_and(|id| range.contains(&id)) {
+                used.push(format!("{what} {name} ({id})"));
+            }
+        }
+    }
+    let (start, end) = (u64::from(*range.start()), u64::from(*range.end()));
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+            let fields: Vec<&str> = line.trim().split(':').collect();
+            let [name, first, count] = fields.as_slice() else {
+                continue;
+            };
+            let (Ok(first), Ok(count)) = (first.parse::<u64>(), count.parse::<u64>()) else {
+                continue;
+            };
+            let last = first.saturating_add(count.saturating_sub(1));
+            if count > 0 && first <= end && last >= start {
+                used.push(format!("{name}'s subordinate ids {first}-{last} in {file}"));
+            }
+        }
+    }
+    used
+}
+
 /// Says which directories on the way to `path` (itself included) a task's user cannot enter:
 /// those without the search bit for others. `None` when every one can be entered (or `path`
 /// does not exist, which is reported elsewhere).
@@ -1244,6 +1333,24 @@ mod tests {
             "{text}"
         );
         assert!(!Path::new("/etc/tresor-test-kek").exists());
+    }
+
+    #[test]
+    fn task_uid_ranges_are_parsed_and_ranges_the_host_uses_are_found() {
+        assert_eq!(
+            parse_id_range("2000000000-2000065535"),
+            Ok(2000000000..=2000065535)
+        );
+        assert_eq!(parse_id_range(" 7 - 7 "), Ok(7..=7));
+        for bad in ["", "7", "9-7", "0-10", "a-b", "1-4294967295"] {
+            assert!(parse_id_range(bad).is_err(), "{bad:?}");
+        }
+        assert!(ids_in_use(&(2000000000..=2000065535)).is_empty());
+        assert!(
+            ids_in_use(&(0..=0)).contains(&"user root (0)".to_owned()),
+            "{:?}",
+            ids_in_use(&(0..=0))
+        );
     }
 
     #[test]

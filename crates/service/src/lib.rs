@@ -167,11 +167,11 @@ impl TaskService {
             description: Some(format!(
                 "tresor, a secure processing environment. Runtime: host; every executor runs in a \
                  bubblewrap sandbox on the server's host, and its image is recorded but not used.{}",
-                if executor.sandbox.run_as.is_none() {
+                if executor.task_ids.is_none() {
                     " This server is not root: executors run as its own host user, so tasks are \
                      not kept apart from each other by host users."
                 } else {
-                    ""
+                    " Each running task has a host user of its own."
                 }
             )),
             organization: Organization {

@@ -447,7 +447,7 @@ impl Preflight {
             })?;
         if output.status.success() {
             Ok(format!(
-                "{} ran `true` in a sandbox{}",
+                "{} ran `true` in a sandbox{}{}",
                 settings.sandbox.bwrap.display(),
                 settings
                     .sandbox
@@ -455,7 +455,16 @@ impl Preflight {
                     .map(|(u, g)| format!(" as uid {u}, gid {g}"))
                     .unwrap_or_else(|| " as this server's own user: tresor is not root, so \
                         tasks are not kept apart from each other by host users (that needs root)"
-                        .to_owned())
+                        .to_owned()),
+                settings
+                    .task_ids
+                    .as_ref()
+                    .map(|ids| format!(
+                        "; local tasks run as uids of their own, {}-{}",
+                        ids.start(),
+                        ids.end()
+                    ))
+                    .unwrap_or_default()
             ))
         } else {
             Err(format!(

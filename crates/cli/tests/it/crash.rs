@@ -22,7 +22,7 @@ fn spawn_server(dir: &Path) -> ServerProcess {
 }
 
 /// `spawn_server_with` on a fixed address, so a restarted server is where its workers left it.
-fn spawn_server_at(dir: &Path, config: Option<&Path>, listen: &str) -> ServerProcess {
+pub(crate) fn spawn_server_at(dir: &Path, config: Option<&Path>, listen: &str) -> ServerProcess {
     spawn_server_listening(dir, config, listen)
 }
 
@@ -111,7 +111,7 @@ impl ServerProcess {
         self.url.clone()
     }
 
-    fn kill_9(&mut self) {
+    pub(crate) fn kill_9(&mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
     }

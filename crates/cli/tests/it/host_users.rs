@@ -1,12 +1,15 @@
-//! Host users: a server that is not root runs its tasks as itself, and a root server refuses a
-//! data dir that its tasks' users could not reach.
+//! Host users: a root server gives each running task a host user of its own, which no other
+//! task's user can reach; a server that is not root runs its tasks as itself; and a root server
+//! refuses a data dir that its tasks' users could not reach.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tresor_api_types::tes::{TesOutput, TesState, TesTask};
+use tresor_api_types::tes::{TesExecutor, TesOutput, TesState, TesTask};
+use tresor_client::TesClient;
 
 use crate::support::*;
 
@@ -154,4 +157,279 @@ async fn a_data_dir_that_tasks_cannot_reach_is_refused_at_start_naming_the_direc
             && stderr.contains(&format!("chmod o+x {}", closed_path.display())),
         "{stderr}"
     );
+}
+
+/// A task that prints its uid and gid, then waits until `release` (below) lets it end. `marker`
+/// tells its processes apart on the host; its executor's environment holds `MARKER=<marker>`.
+fn waiting_task(marker: &str) -> TesTask {
+    let script = format!("id -u; id -g; while [ ! -e /tmp/go ]; do sleep 0.05; done; : {marker}");
+    TesTask {
+        executors: vec![TesExecutor {
+            env: Some(BTreeMap::from([("MARKER".to_owned(), marker.to_owned())])),
+            ..executor(&["sh", "-c", script.as_str()])
+        }],
+        ..TesTask::default()
+    }
+}
+
+/// Lets a `waiting_task` of the server whose data dir is `data` end.
+fn release(data: &Path, id: &str) {
+    std::fs::write(data.join("work").join(id).join("root/tmp/go"), "").unwrap();
+}
+
+/// The pid and host uid of the sandboxed shell of the `waiting_task` marked `marker`.
+async fn sandboxed_shell(marker: &str) -> (u32, u32) {
+    for _ in 0..1500 {
+        for line in processes_with(marker) {
+            let (pid, cmdline) = line.split_once(": ").unwrap();
+            if !cmdline.starts_with("sh -c") {
+                continue; // bubblewrap's own processes carry the script as an argument too
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next())
+                .and_then(|uid| uid.parse().ok());
+            if let Some(uid) = uid {
+                return (pid.parse().unwrap(), uid);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no sandboxed shell runs the task marked {marker}");
+}
+
+/// The task's identity directory on the host (in /dev/shm).
+fn identity_dir(id: &str) -> PathBuf {
+    let prefix = format!("tresor-{id}.");
+    let name = entries(Path::new("/dev/shm"))
+        .into_iter()
+        .find(|n| n.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("task {id} has no identity directory"));
+    Path::new("/dev/shm").join(name)
+}
+
+/// Runs a program as the host user and group `uid` (no other groups, no capabilities), the way
+/// a process of another task, or of `nobody`, would try; returns whether it succeeded and what
+/// it printed on stdout and stderr.
+fn attempt_as(uid: u32, program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .args(["--clear-groups", "--inh-caps=-all", "--", program])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A connect(2) to a Unix socket, in Perl (part of every Debian system).
+const CONNECT: &str =
+    r#"IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "connect: $!\n"; print "connected\n""#;
+
+/// Asserts that `uid` can reach nothing of the task whose shell is `pid`, whose identity
+/// directory is `dir`: each attempt fails with EACCES.
+fn assert_locked_out(uid: u32, pid: u32, dir: &Path) {
+    let token = dir.join("token").display().to_string();
+    let socket = dir.join("token.sock").display().to_string();
+    let environ = format!("/proc/{pid}/environ");
+    let mem = format!("/proc/{pid}/mem");
+    for (what, program, args) in [
+        ("read the token file", "cat", vec![token.as_str()]),
+        (
+            "connect to the token socket",
+            "perl",
+            vec!["-MIO::Socket::UNIX", "-e", CONNECT, socket.as_str()],
+        ),
+        ("read the environment", "cat", vec![environ.as_str()]),
+        ("open the memory", "head", vec!["-c1", mem.as_str()]),
+    ] {
+        let (ok, said) = attempt_as(uid, program, &args);
+        assert!(
+            !ok && said.contains("Permission denied"),
+            "uid {uid} could {what} of a task of another user: {said}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_running_task_has_a_host_user_no_other_user_can_reach_and_frees_it_at_its_end() {
+    if !root_or_skip("each_running_task_has_a_host_user") {
+        return;
+    }
+    // Exactly two ids, and two slots to match.
+    let first = *next_task_ids().start();
+    let ids = first..=first + 1;
+    let range = ids.clone();
+    let server = TestServer::start_with(move |s| {
+        s.local.task_ids = Some(range);
+        s.local.slots = 2;
+    })
+    .await;
+    let a = server
+        .client
+        .create_task(&waiting_task("task-a-4711"))
+        .await
+        .unwrap();
+    let b = server
+        .client
+        .create_task(&waiting_task("task-b-4711"))
+        .await
+        .unwrap();
+    wait_state(&server.client, &a, TesState::Running).await;
+    wait_state(&server.client, &b, TesState::Running).await;
+    let (pid_a, uid_a) = sandboxed_shell("task-a-4711").await;
+    let (_, uid_b) = sandboxed_shell("task-b-4711").await;
+    assert_ne!(uid_a, uid_b, "two running tasks share a host user");
+    assert!(
+        ids.contains(&uid_a) && ids.contains(&uid_b),
+        "{uid_a}, {uid_b}"
+    );
+
+    // Task A's identity directory and files are its user's alone.
+    let dir_a = identity_dir(&a);
+    let meta = std::fs::metadata(&dir_a).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.permissions().mode() & 0o777),
+        (uid_a, 0o500)
+    );
+    let tree = std::fs::metadata(server.data.join("work").join(&a).join("root")).unwrap();
+    assert_eq!(
+        (tree.uid(), tree.permissions().mode() & 0o777),
+        (uid_a, 0o700)
+    );
+
+    // Task A's own user reaches all of it, so the refusals below are about who asks.
+    let token = dir_a.join("token").display().to_string();
+    let (ok, said) = attempt_as(uid_a, "cat", &[token.as_str()]);
+    assert!(ok && said.starts_with("ey"), "{said}");
+    let socket = dir_a.join("token.sock").display().to_string();
+    let connect = ["-MIO::Socket::UNIX", "-e", CONNECT, socket.as_str()];
+    let (ok, said) = attempt_as(uid_a, "perl", &connect);
+    assert!(ok && said.contains("connected"), "{said}");
+    let environ = format!("/proc/{pid_a}/environ");
+    let (ok, said) = attempt_as(uid_a, "cat", &[environ.as_str()]);
+    assert!(ok && said.contains("MARKER=task-a-4711"), "{said}");
+    let mem = format!("/proc/{pid_a}/mem");
+    let (_, said) = attempt_as(uid_a, "head", &["-c1", mem.as_str()]);
+    assert!(
+        !said.contains("Permission denied"),
+        "its own user may open it: {said}"
+    );
+    // Task B's user and nobody (65534, the one user every task had before) get nothing.
+    assert_locked_out(uid_b, pid_a, &dir_a);
+    assert_locked_out(65534, pid_a, &dir_a);
+
+    release(&server.data, &a);
+    release(&server.data, &b);
+    for (id, uid) in [(&a, uid_a), (&b, uid_b)] {
+        let done = wait_terminal(&server.client, id).await;
+        assert_eq!(
+            done.state,
+            Some(TesState::Complete),
+            "{}",
+            system_logs(&done)
+        );
+        // id -u and id -g inside the sandbox: its own uid, and the gid of the same number.
+        assert_eq!(stdout(&done, 0), format!("{uid}\n{uid}\n"));
+    }
+
+    // Both ids are free again: two new tasks run at once with them.
+    let c = server
+        .client
+        .create_task(&waiting_task("task-c-4711"))
+        .await
+        .unwrap();
+    let d = server
+        .client
+        .create_task(&waiting_task("task-d-4711"))
+        .await
+        .unwrap();
+    wait_state(&server.client, &c, TesState::Running).await;
+    wait_state(&server.client, &d, TesState::Running).await;
+    let (_, uid_c) = sandboxed_shell("task-c-4711").await;
+    let (_, uid_d) = sandboxed_shell("task-d-4711").await;
+    let mut reused = [uid_c, uid_d];
+    reused.sort_unstable();
+    let mut before = [uid_a, uid_b];
+    before.sort_unstable();
+    assert_eq!(reused, before);
+    release(&server.data, &c);
+    release(&server.data, &d);
+    for id in [&c, &d] {
+        let done = wait_terminal(&server.client, id).await;
+        assert_eq!(
+            done.state,
+            Some(TesState::Complete),
+            "{}",
+            system_logs(&done)
+        );
+    }
+}
+
+/// Which task holds which id is in its task directory: a server restarted after `kill -9`
+/// gives a new task an id that no re-attached task holds.
+#[tokio::test]
+async fn a_restarted_server_gives_no_running_tasks_host_user_to_another_task() {
+    if !root_or_skip("a_restarted_server_gives_no_running_tasks_host_user_to_another_task") {
+        return;
+    }
+    let dir = traversable_tempdir();
+    let config = dir.path().join("tresor.toml");
+    // Two ids for the two slots `spawn_server_at` gives; away from the default range.
+    std::fs::write(
+        &config,
+        "[local]\ntask_uid_range = \"2050000000-2050000001\"\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let mut first = crate::crash::spawn_server_at(dir.path(), Some(&config), &listen);
+    let a = first
+        .client
+        .create_task(&waiting_task("restart-a-4711"))
+        .await
+        .unwrap();
+    wait_state(&first.client, &a, TesState::Running).await;
+    let (_, uid_a) = sandboxed_shell("restart-a-4711").await;
+    first.kill_9();
+
+    let second = crate::crash::spawn_server_at(dir.path(), Some(&config), &listen);
+    let client: &TesClient = &second.client;
+    let b = client
+        .create_task(&waiting_task("restart-b-4711"))
+        .await
+        .unwrap();
+    wait_state(client, &b, TesState::Running).await;
+    let (_, uid_b) = sandboxed_shell("restart-b-4711").await;
+    assert_ne!(
+        uid_a, uid_b,
+        "the restarted server handed out a running task's uid"
+    );
+
+    release(&data, &a);
+    release(&data, &b);
+    for (id, uid) in [(&a, uid_a), (&b, uid_b)] {
+        let done = wait_terminal(client, id).await;
+        assert_eq!(
+            done.state,
+            Some(TesState::Complete),
+            "{}",
+            system_logs(&done)
+        );
+        assert_eq!(stdout(&done, 0), format!("{uid}\n{uid}\n"));
+    }
 }
