@@ -249,6 +249,10 @@ struct LocalSection {
     /// of its own when the server runs as root: "first-last" (default 2000000000-2000065535),
     /// at least as many as slots. No host account or subordinate id range may use them.
     task_uid_range: Option<String>,
+    /// Host gids from which each workspace's `file://` directory gets a group of its own when
+    /// the server runs as root: "first-last" (default 2001000000-2001065535), apart from
+    /// `task_uid_range`. No host account, group or subordinate id range may use them.
+    workspace_gid_range: Option<String>,
     /// Host uid and gid that SLURM tasks' executors run as when their worker is root (default
     /// 65534, nobody); local tasks get their own from `task_uid_range`.
     sandbox_uid: Option<u32>,
@@ -538,10 +542,15 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     let mut allowed_dirs = Vec::new();
     for dir in &allowed.value {
         if default_storage {
+            // Tasks' users walk through it to their workspace's directory; none may list it.
             let _ = std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(0o711)
                 .create(dir);
+            let _ = std::fs::set_permissions(
+                dir,
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o711),
+            );
         }
         match std::fs::canonicalize(dir) {
             Ok(real) if real.is_dir() => allowed_dirs.push(real),
@@ -615,37 +624,67 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             file.local.sandbox_gid.unwrap_or(65534),
         )
     });
-    let task_ids = if is_root() {
-        let (raw, source) = match &file.local.task_uid_range {
-            Some(raw) => (raw.clone(), file_name.clone()),
-            None => (DEFAULT_TASK_UID_RANGE.to_owned(), "default".to_owned()),
-        };
-        let checked = parse_id_range(&raw).and_then(|range| {
-            let size = u64::from(*range.end()) - u64::from(*range.start()) + 1;
-            if size < u64::from(slots.value) {
-                return Err(format!(
-                    "{raw} has {size} ids, fewer than the {} slots; every running task needs one",
-                    slots.value
-                ));
-            }
-            let used = ids_in_use(&range);
-            if !used.is_empty() {
-                return Err(format!(
-                    "{raw} holds ids the host already uses: {}; choose a range that no account and no subordinate id range uses",
-                    used.join(", ")
-                ));
-            }
-            Ok(range)
-        });
-        match checked {
-            Ok(range) => Some(range),
-            Err(e) => {
-                layers.problems.add("local.task_uid_range", &source, e);
-                None
+    let (task_ids, workspace_gids) = if is_root() {
+        let mut ranges = Vec::new();
+        for (key, configured, default, needed) in [
+            (
+                "local.task_uid_range",
+                &file.local.task_uid_range,
+                DEFAULT_TASK_UID_RANGE,
+                // Every running task holds one.
+                u64::from(slots.value),
+            ),
+            (
+                "local.workspace_gid_range",
+                &file.local.workspace_gid_range,
+                DEFAULT_WORKSPACE_GID_RANGE,
+                1,
+            ),
+        ] {
+            let (raw, source) = match configured {
+                Some(raw) => (raw.clone(), file_name.clone()),
+                None => (default.to_owned(), "default".to_owned()),
+            };
+            let checked = parse_id_range(&raw).and_then(|range| {
+                let size = u64::from(*range.end()) - u64::from(*range.start()) + 1;
+                // (Only the task range can be short: a parsed range is never empty.)
+                if size < needed {
+                    return Err(format!(
+                        "{raw} has {size} ids, fewer than the {needed} slots; every running task needs one"
+                    ));
+                }
+                let used = ids_in_use(&range);
+                if !used.is_empty() {
+                    return Err(format!(
+                        "{raw} holds ids the host already uses: {}; choose a range that no account and no subordinate id range uses",
+                        used.join(", ")
+                    ));
+                }
+                Ok(range)
+            });
+            match checked {
+                Ok(range) => ranges.push(Some(range)),
+                Err(e) => {
+                    layers.problems.add(key, &source, e);
+                    ranges.push(None);
+                }
             }
         }
+        match (ranges.pop().flatten(), ranges.pop().flatten()) {
+            (Some(workspaces), Some(tasks))
+                if workspaces.start() <= tasks.end() && tasks.start() <= workspaces.end() =>
+            {
+                layers.problems.add(
+                    "local.workspace_gid_range",
+                    &file_name,
+                    "overlaps local.task_uid_range; a task's own group must never be a workspace's",
+                );
+                (None, None)
+            }
+            (workspaces, tasks) => (tasks, workspaces),
+        }
     } else {
-        None
+        (None, None)
     };
 
     let kek_file = layers.pick(
@@ -768,7 +807,15 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         for (key, source, path) in [
             ("data_dir", &data_dir.source, &data_dir_path),
             ("local.runtime_dir", &file_name, &runtime_dir),
-        ] {
+        ]
+        .into_iter()
+        // Tasks' file copies run as their users, who reach their workspace's directory below
+        // each allowed directory.
+        .chain(
+            allowed_dirs
+                .iter()
+                .map(|d| ("allowed_dirs", &allowed.source, d)),
+        ) {
             if let Some(problem) = closed_to_tasks(path) {
                 layers.problems.add(key, source, problem);
             }
@@ -831,6 +878,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                         .unwrap_or(false),
                     runtime_dir,
                     task_ids,
+                    workspace_gids,
                 },
                 service: ServiceSettings {
                     default_page_size,
@@ -1153,6 +1201,8 @@ fn prepare_data_dir(dir: &Path) -> Result<(), String> {
 /// (up to 600100000) and the ranges systemd-nspawn picks from (below 1879048192), and below
 /// 2^31, which some tools misread as negative.
 const DEFAULT_TASK_UID_RANGE: &str = "2000000000-2000065535";
+/// The default `local.workspace_gid_range`, just above it.
+const DEFAULT_WORKSPACE_GID_RANGE: &str = "2001000000-2001065535";
 
 /// Parses "first-last", a range of host ids with both ends included; 0 (root) and -1 are refused.
 fn parse_id_range(raw: &str) -> Result<std::ops::RangeInclusive<u32>, String> {

@@ -38,6 +38,9 @@ pub struct LocalSettings {
     /// own (`local.task_uid_range`); `None` when the server is not root and runs executors as
     /// itself.
     pub task_ids: Option<RangeInclusive<u32>>,
+    /// Host gids from which each workspace's `file://` directory gets a group of its own
+    /// (`local.workspace_gid_range`); `None` when the server is not root.
+    pub workspace_gids: Option<RangeInclusive<u32>>,
 }
 
 /// Resolves once the worker process is gone; carries how it ended, for system logs.

@@ -1,5 +1,6 @@
 //! Host users of tasks: the range of ids from which each running local task gets a uid (and the
-//! gid of the same number) of its own, and which task holds which.
+//! gid of the same number) of its own, which task holds which, and file work done with a task
+//! user's rights instead of root's.
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
@@ -55,6 +56,54 @@ impl TaskIds {
     pub fn size(&self) -> u64 {
         u64::from(*self.range.end()) - u64::from(*self.range.start()) + 1
     }
+}
+
+/// The host identity a task's file copies run with: the task's user and group, and its
+/// workspace's group (that of the workspace's `file://` directory), if any, as the only
+/// supplementary group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub group: Option<u32>,
+}
+
+/// Runs `work` on a thread of its own that first becomes `user` for good: its supplementary
+/// groups, then its gid, then its uid (real, effective and saved) are set with the raw system
+/// calls, which on Linux change the calling thread only (the C library's wrappers would change
+/// every thread of the worker). With no uid 0 left, the kernel also clears the thread's
+/// capabilities, so every file access of `work` is checked against the task's rights, not
+/// root's. The thread ends with `work`: nothing else ever runs with that identity, and the
+/// worker's other threads keep theirs.
+pub(crate) async fn run_as<T: Send + 'static>(
+    user: FileUser,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tresor-task-files".to_owned())
+        .spawn(move || {
+            let _ = done.send(take_on(user).map(|()| work()));
+        })
+        .map_err(|e| format!("starting a thread for the task's files: {e}"))?;
+    result
+        .await
+        .map_err(|_| "the thread for the task's files ended without an answer".to_owned())?
+}
+
+/// Makes the calling thread `user`, for good.
+fn take_on(user: FileUser) -> Result<(), String> {
+    use rustix::thread::{Gid, Uid, set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    let failed = |what: &str, e: rustix::io::Errno| {
+        format!("taking on the task's {what} for copying its files: {e}")
+    };
+    let groups: Vec<Gid> = user.group.into_iter().map(Gid::from_raw).collect();
+    set_thread_groups(&groups).map_err(|e| failed("groups", e))?;
+    let gid = Gid::from_raw(user.gid);
+    set_thread_res_gid(gid, gid, gid).map_err(|e| failed("group", e))?;
+    let uid = Uid::from_raw(user.uid);
+    set_thread_res_uid(uid, uid, uid).map_err(|e| failed("user", e))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Host users: a root server gives each running task a host user of its own, which no other
-//! task's user can reach; a server that is not root runs its tasks as itself; and a root server
-//! refuses a data dir that its tasks' users could not reach.
+//! task's user can reach, and copies the task's files with that user's rights; a server that is
+//! not root runs its tasks as itself; and a root server refuses a data dir that its tasks' users
+//! could not reach.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tresor_api_types::tes::{TesExecutor, TesOutput, TesState, TesTask};
+use tresor_api_types::tes::{TesExecutor, TesInput, TesOutput, TesState, TesTask};
 use tresor_client::TesClient;
 
 use crate::support::*;
@@ -432,4 +433,121 @@ async fn a_restarted_server_gives_no_running_tasks_host_user_to_another_task() {
         );
         assert_eq!(stdout(&done, 0), format!("{uid}\n{uid}\n"));
     }
+}
+
+/// The worker copies `file://` inputs and outputs as the task's user, in its workspace's group,
+/// not as root: an input that user may not read is refused, an output is that user's, and the
+/// next task of the workspace (another user) reads it through the group.
+#[tokio::test]
+async fn file_copies_run_with_the_task_users_rights_not_roots() {
+    if !root_or_skip("file_copies_run_with_the_task_users_rights_not_roots") {
+        return;
+    }
+    let mut gids = None;
+    let server = TestServer::start_with(|s| gids = s.local.workspace_gids.clone()).await;
+    let gids = gids.unwrap();
+    std::fs::write(server.storage.join("public.txt"), "public\n").unwrap();
+    let private = server.storage.join("private.txt");
+    std::fs::write(&private, "for root only\n").unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let input = |file: &str, path: &str| TesInput {
+        url: Some(server.storage_url(file)),
+        path: path.to_owned(),
+        ..TesInput::default()
+    };
+
+    // A root-owned 0600 file in the workspace's own directory: root could copy it, the task's
+    // user may not read it, so it is not copied and no executor runs.
+    let done = server
+        .run(&TesTask {
+            inputs: Some(vec![input("private.txt", "/in/private.txt")]),
+            ..sh_task("cat /in/private.txt")
+        })
+        .await;
+    assert_eq!(done.state, Some(TesState::SystemError));
+    assert!(
+        system_logs(&done).contains(&format!(
+            "input {} is not readable by the task's user",
+            server.storage_url("private.txt")
+        )),
+        "{}",
+        system_logs(&done)
+    );
+    assert!(!format!("{done:?}").contains("for root only"), "{done:?}");
+
+    // The workspace's directory has a host group of its own: root's, the group's, nobody else's.
+    let area = std::fs::metadata(&server.storage).unwrap();
+    let group = area.gid();
+    assert!(
+        gids.contains(&group),
+        "{group} is a workspace group of {gids:?}"
+    );
+    assert_eq!((area.uid(), area.mode() & 0o7777), (0, 0o2770));
+
+    // A readable input is copied in; the output, in a new directory, is the task user's.
+    let mut writer = sh_task("id -u; cat /in/public.txt > /out/result.txt");
+    writer.inputs = Some(vec![input("public.txt", "/in/public.txt")]);
+    writer.outputs = Some(vec![TesOutput {
+        path: "/out/result.txt".to_owned(),
+        url: server.storage_url("results/result.txt"),
+        ..TesOutput::default()
+    }]);
+    let done = server.run(&writer).await;
+    assert_eq!(
+        done.state,
+        Some(TesState::Complete),
+        "{}",
+        system_logs(&done)
+    );
+    let writer_uid: u32 = stdout(&done, 0).trim().parse().unwrap();
+    let result = std::fs::metadata(server.storage.join("results/result.txt")).unwrap();
+    assert_eq!(
+        (result.uid(), result.gid(), result.mode() & 0o777),
+        (writer_uid, group, 0o640),
+        "the output belongs to the task's user, readable by its workspace's group"
+    );
+    let results = std::fs::metadata(server.storage.join("results")).unwrap();
+    assert_eq!(
+        (results.uid(), results.gid(), results.mode() & 0o7777),
+        (writer_uid, group, 0o2770)
+    );
+
+    // The next task of the workspace reads that output as an input.
+    let mut reader = sh_task("cat /in/result.txt");
+    reader.inputs = Some(vec![input("results/result.txt", "/in/result.txt")]);
+    let done = server.run(&reader).await;
+    assert_eq!(
+        done.state,
+        Some(TesState::Complete),
+        "{}",
+        system_logs(&done)
+    );
+    assert_eq!(stdout(&done, 0), "public\n");
+    // Whichever uid it gets: the worker copies as (uid, gid, [workspace group]); another user
+    // with the workspace's group reads the output, one without it (any other workspace's task)
+    // cannot even enter the directory.
+    let other_uid = writer_uid + 1;
+    let path = server.storage.join("results/result.txt");
+    let read_as = |groups: &str| {
+        Command::new("setpriv")
+            .arg(format!("--reuid={other_uid}"))
+            .arg(format!("--regid={other_uid}"))
+            .arg(groups)
+            .args(["--inh-caps=-all", "--", "cat"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let with_group = read_as(format!("--groups={group}").as_str());
+    assert_eq!(
+        String::from_utf8_lossy(&with_group.stdout),
+        "public\n",
+        "{}",
+        String::from_utf8_lossy(&with_group.stderr)
+    );
+    let without = read_as("--clear-groups");
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("Permission denied"),
+        "{without:?}"
+    );
 }
