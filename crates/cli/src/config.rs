@@ -263,7 +263,16 @@ struct LocalSection {
     log_tail_bytes: Option<usize>,
     /// The bubblewrap program (default: `bwrap` on PATH).
     bwrap: Option<PathBuf>,
-    /// Host uid and gid executors run as when the server runs as root (default 65534, nobody).
+    /// Host uids, and the gids of the same numbers, from which each running local task gets one
+    /// of its own when the server runs as root: "first-last" (default 2000000000-2000065535),
+    /// at least as many as slots. No host account or subordinate id range may use them.
+    task_uid_range: Option<String>,
+    /// Host gids from which each workspace's `file://` directory gets a group of its own when
+    /// the server runs as root: "first-last" (default 2001000000-2001065535), apart from
+    /// `task_uid_range`. No host account, group or subordinate id range may use them.
+    workspace_gid_range: Option<String>,
+    /// Host uid and gid that SLURM tasks' executors run as when their worker is root (default
+    /// 65534, nobody); local tasks get their own from `task_uid_range`.
     sandbox_uid: Option<u32>,
     sandbox_gid: Option<u32>,
     /// The binary that runs `worker` (default: this executable).
@@ -569,10 +578,15 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     let mut allowed_dirs = Vec::new();
     for dir in &allowed.value {
         if default_storage {
+            // Tasks' users walk through it to their workspace's directory; none may list it.
             let _ = std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(0o711)
                 .create(dir);
+            let _ = std::fs::set_permissions(
+                dir,
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o711),
+            );
         }
         match std::fs::canonicalize(dir) {
             Ok(real) if real.is_dir() => allowed_dirs.push(real),
@@ -647,6 +661,68 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             file.local.sandbox_gid.unwrap_or(65534),
         )
     });
+    let (task_ids, workspace_gids) = if is_root() {
+        let mut ranges = Vec::new();
+        for (key, configured, default, needed) in [
+            (
+                "local.task_uid_range",
+                &file.local.task_uid_range,
+                DEFAULT_TASK_UID_RANGE,
+                // Every running task holds one.
+                u64::from(slots.value),
+            ),
+            (
+                "local.workspace_gid_range",
+                &file.local.workspace_gid_range,
+                DEFAULT_WORKSPACE_GID_RANGE,
+                1,
+            ),
+        ] {
+            let (raw, source) = match configured {
+                Some(raw) => (raw.clone(), file_name.clone()),
+                None => (default.to_owned(), "default".to_owned()),
+            };
+            let checked = parse_id_range(&raw).and_then(|range| {
+                let size = u64::from(*range.end()) - u64::from(*range.start()) + 1;
+                // (Only the task range can be short: a parsed range is never empty.)
+                if size < needed {
+                    return Err(format!(
+                        "{raw} has {size} ids, fewer than the {needed} slots; every running task needs one"
+                    ));
+                }
+                let used = ids_in_use(&range);
+                if !used.is_empty() {
+                    return Err(format!(
+                        "{raw} holds ids the host already uses: {}; choose a range that no account and no subordinate id range uses",
+                        used.join(", ")
+                    ));
+                }
+                Ok(range)
+            });
+            match checked {
+                Ok(range) => ranges.push(Some(range)),
+                Err(e) => {
+                    layers.problems.add(key, &source, e);
+                    ranges.push(None);
+                }
+            }
+        }
+        match (ranges.pop().flatten(), ranges.pop().flatten()) {
+            (Some(workspaces), Some(tasks))
+                if workspaces.start() <= tasks.end() && tasks.start() <= workspaces.end() =>
+            {
+                layers.problems.add(
+                    "local.workspace_gid_range",
+                    &file_name,
+                    "overlaps local.task_uid_range; a task's own group must never be a workspace's",
+                );
+                (None, None)
+            }
+            (workspaces, tasks) => (tasks, workspaces),
+        }
+    } else {
+        (None, None)
+    };
 
     let kek_file = layers.pick(
         "kek_file",
@@ -812,6 +888,27 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     if let Err(e) = prepare_data_dir(&data_dir_path) {
         layers.problems.add("data_dir", &data_dir.source, e);
     }
+    // A root server runs executors as other host users, strangers to every directory's owner
+    // and group: they must be able to walk down to the task directories and to the identity
+    // directories, or every task would end in a raw bubblewrap error.
+    if run_as.is_some() {
+        for (key, source, path) in [
+            ("data_dir", &data_dir.source, &data_dir_path),
+            ("local.runtime_dir", &file_name, &runtime_dir),
+        ]
+        .into_iter()
+        // Tasks' file copies run as their users, who reach their workspace's directory below
+        // each allowed directory.
+        .chain(
+            allowed_dirs
+                .iter()
+                .map(|d| ("allowed_dirs", &allowed.source, d)),
+        ) {
+            if let Some(problem) = closed_to_tasks(path) {
+                layers.problems.add(key, source, problem);
+            }
+        }
+    }
     for (key, source, path) in [
         ("data_dir", &data_dir.source, Some(&data_dir_path)),
         ("kek_file", &kek_file.source, Some(&kek_file.value)),
@@ -869,6 +966,8 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                         .unwrap_or(false),
                     runtime_dir,
                     limits,
+                    task_ids,
+                    workspace_gids,
                 },
                 service: ServiceSettings {
                     default_page_size,
@@ -1259,6 +1358,91 @@ fn prepare_data_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
 }
 
+/// The default `local.task_uid_range`: above every range `useradd` hands out as subordinate ids
+/// (up to 600100000) and the ranges systemd-nspawn picks from (below 1879048192), and below
+/// 2^31, which some tools misread as negative.
+const DEFAULT_TASK_UID_RANGE: &str = "2000000000-2000065535";
+/// The default `local.workspace_gid_range`, just above it.
+const DEFAULT_WORKSPACE_GID_RANGE: &str = "2001000000-2001065535";
+
+/// Parses "first-last", a range of host ids with both ends included; 0 (root) and -1 are refused.
+fn parse_id_range(raw: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let bad = || format!("{raw:?} is not a range of host ids such as {DEFAULT_TASK_UID_RANGE}");
+    let (first, last) = raw.trim().split_once('-').ok_or_else(bad)?;
+    let first: u32 = first.trim().parse().map_err(|_| bad())?;
+    let last: u32 = last.trim().parse().map_err(|_| bad())?;
+    if first == 0 || last < first || last == u32::MAX {
+        return Err(bad());
+    }
+    Ok(first..=last)
+}
+
+/// The host accounts and subordinate id ranges (of rootless containers) that use ids of
+/// `range`, named; empty when none does.
+fn ids_in_use(range: &std::ops::RangeInclusive<u32>) -> Vec<String> {
+    let mut used = Vec::new();
+    for (file, what) in [("/etc/passwd", "user"), ("/etc/group", "group")] {
+        for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+            let mut fields = line.split(':');
+            let (Some(name), Some(id)) = (fields.next(), fields.nth(1)) else {
+                continue;
+            };
+            if id.parse::<u32>().is_ok_and(|id| range.contains(&id)) {
+                used.push(format!("{what} {name} ({id})"));
+            }
+        }
+    }
+    let (start, end) = (u64::from(*range.start()), u64::from(*range.end()));
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+            let fields: Vec<&str> = line.trim().split(':').collect();
+            let [name, first, count] = fields.as_slice() else {
+                continue;
+            };
+            let (Ok(first), Ok(count)) = (first.parse::<u64>(), count.parse::<u64>()) else {
+                continue;
+            };
+            let last = first.saturating_add(count.saturating_sub(1));
+            if count > 0 && first <= end && last >= start {
+                used.push(format!("{name}'s subordinate ids {first}-{last} in {file}"));
+            }
+        }
+    }
+    used
+}
+
+/// Says which directories on the way to `path` (itself included) a task's user cannot enter:
+/// those without the search bit for others. `None` when every one can be entered (or `path`
+/// does not exist, which is reported elsewhere).
+fn closed_to_tasks(path: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(path).ok()?;
+    let mut closed: Vec<(&Path, u32)> = real
+        .ancestors()
+        .filter_map(|dir| {
+            let mode = std::fs::metadata(dir).ok()?.mode() & 0o7777;
+            (mode & 0o001 == 0).then_some((dir, mode))
+        })
+        .collect();
+    if closed.is_empty() {
+        return None;
+    }
+    closed.reverse();
+    let listed: Vec<String> = closed
+        .iter()
+        .map(|(dir, mode)| format!("{} (mode {mode:04o})", dir.display()))
+        .collect();
+    let names: Vec<String> = closed
+        .iter()
+        .map(|(dir, _)| dir.display().to_string())
+        .collect();
+    Some(format!(
+        "tasks run as other host users than tresor, and they cannot enter {} on the way to {}; run `chmod o+x {}`, or choose a directory every user may traverse, such as /var/lib/tresor",
+        listed.join(", "),
+        real.display(),
+        names.join(" ")
+    ))
+}
+
 /// The canonical form of a path whose last component may not exist yet (a key file made at
 /// first start).
 fn canonical_even_if_missing(path: &Path) -> Option<PathBuf> {
@@ -1288,6 +1472,14 @@ fn find_on_path(program: &str, _env: &BTreeMap<String, String>) -> Option<PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A temporary directory the tasks' users may traverse, as a data dir's parent must be.
+    fn traversable_tempdir() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        dir
+    }
 
     #[test]
     fn every_problem_is_reported_with_its_source() {
@@ -1381,8 +1573,26 @@ mod tests {
     }
 
     #[test]
+    fn task_uid_ranges_are_parsed_and_ranges_the_host_uses_are_found() {
+        assert_eq!(
+            parse_id_range("2000000000-2000065535"),
+            Ok(2000000000..=2000065535)
+        );
+        assert_eq!(parse_id_range(" 7 - 7 "), Ok(7..=7));
+        for bad in ["", "7", "9-7", "0-10", "a-b", "1-4294967295"] {
+            assert!(parse_id_range(bad).is_err(), "{bad:?}");
+        }
+        assert!(ids_in_use(&(2000000000..=2000065535)).is_empty());
+        assert!(
+            ids_in_use(&(0..=0)).contains(&"user root (0)".to_owned()),
+            "{:?}",
+            ids_in_use(&(0..=0))
+        );
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused_and_flags_win() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = traversable_tempdir();
         let file = dir.path().join("tresor.toml");
         std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
         let args = ServeArgs {
@@ -1407,7 +1617,7 @@ mod tests {
 
     #[test]
     fn the_audit_key_file_defaults_to_the_data_dir_and_the_environment_moves_it() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = traversable_tempdir();
         let args = ServeArgs {
             data_dir: Some(dir.path().join("data")),
             listen: Some("127.0.0.1:0".to_owned()),

@@ -7,6 +7,7 @@ pub mod protocol;
 pub mod sandbox;
 mod session;
 pub mod slurm;
+mod users;
 pub mod worker;
 
 pub use limits::{Enforcement, LimitSettings, TaskLimits};
@@ -30,6 +31,11 @@ pub enum Error {
     },
     #[error("encoding the worker's task file: {0}")]
     Encode(#[source] serde_json::Error),
+    /// Every id of `local.task_uid_range` is held by a running task.
+    #[error(
+        "all {size} host uids of local.task_uid_range are held by running tasks; widen the range"
+    )]
+    NoFreeId { size: u64 },
 }
 
 impl Error {

@@ -2,6 +2,7 @@
 //! own process group, watched until it exits, re-attached after a server restart, killed on cancel.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::ops::RangeInclusive;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,6 +11,7 @@ use tokio::sync::oneshot;
 use tresor_domain::TaskId;
 
 use crate::limits::{self, Enforcement, LimitSettings};
+use crate::users::TaskIds;
 use crate::worker::{LOCK_FILE, LOG_FILE, PID_FILE, ROOT_DIR, STATUS_FILE, TASK_FILE};
 use crate::{Error, SandboxSettings, WorkerStatus, WorkerTask};
 
@@ -35,6 +37,13 @@ pub struct LocalSettings {
     pub runtime_dir: PathBuf,
     /// What a task gets when it asks for nothing, and the most it may ask for.
     pub limits: LimitSettings,
+    /// Host ids from which each running task gets a uid, and the gid of the same number, of its
+    /// own (`local.task_uid_range`); `None` when the server is not root and runs executors as
+    /// itself.
+    pub task_ids: Option<RangeInclusive<u32>>,
+    /// Host gids from which each workspace's `file://` directory gets a group of its own
+    /// (`local.workspace_gid_range`); `None` when the server is not root.
+    pub workspace_gids: Option<RangeInclusive<u32>>,
 }
 
 /// Resolves once the worker process is gone; carries how it ended, for system logs.
@@ -64,11 +73,21 @@ pub struct LocalExecutor {
     settings: LocalSettings,
     /// How this host enforces task limits, found when the executor is made.
     enforcement: Enforcement,
+    /// The host user each task holds, when tasks get their own.
+    ids: Option<TaskIds>,
+}
+
+/// The part of a task file that says which host user the task runs as.
+#[derive(serde::Deserialize)]
+struct RecordedUser {
+    sandbox: SandboxSettings,
 }
 
 impl LocalExecutor {
-    /// Creates the work root (mode 0711: the sandbox user may traverse it, nobody may list it)
-    /// and finds out how this host enforces task limits.
+    /// Creates the work root (mode 0711: the sandbox users may traverse it, nobody may list it),
+    /// finds out how this host enforces task limits, and learns from the task directories left
+    /// by a previous server which host ids their tasks hold (the reconciler then removes the
+    /// directories of tasks that ended, which frees their ids).
     pub fn new(settings: LocalSettings) -> Result<LocalExecutor, Error> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -78,6 +97,28 @@ impl LocalExecutor {
                 "creating the work root {}",
                 settings.work_root.display()
             )))?;
+        let ids = settings.task_ids.clone().map(TaskIds::new);
+        if let Some(ids) = &ids {
+            let entries = std::fs::read_dir(&settings.work_root).map_err(Error::io(format!(
+                "listing the work root {}",
+                settings.work_root.display()
+            )))?;
+            for entry in entries.flatten() {
+                let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| TaskId::parse(n).ok())
+                else {
+                    continue;
+                };
+                let recorded = std::fs::read(entry.path().join(TASK_FILE))
+                    .ok()
+                    .and_then(|raw| serde_json::from_slice::<RecordedUser>(&raw).ok());
+                if let Some((uid, _)) = recorded.and_then(|r| r.sandbox.run_as) {
+                    ids.hold(uid, id);
+                }
+            }
+        }
         let enforcement = limits::detect(&settings.work_root);
         tracing::info!(
             cgroups = ?enforcement.cgroups,
@@ -89,6 +130,7 @@ impl LocalExecutor {
         Ok(LocalExecutor {
             settings,
             enforcement,
+            ids,
         })
     }
 
@@ -106,9 +148,18 @@ impl LocalExecutor {
         self.settings.work_root.join(id.as_str())
     }
 
-    /// Writes the task's directory and starts its worker. Returns the worker's pid (also its
-    /// process group id) and a future that resolves when it exits.
+    /// Writes the task's directory and starts its worker. When tasks get host users of their
+    /// own, the task gets the lowest free id of the range as its uid and gid, recorded in its
+    /// task file and held until `remove`. Returns the worker's pid (also its process group id)
+    /// and a future that resolves when it exits.
     pub async fn start(&self, id: &TaskId, task: &WorkerTask) -> Result<(i32, WorkerExit), Error> {
+        let mut task = task.clone();
+        if let Some(ids) = &self.ids {
+            let uid = ids
+                .acquire(id)
+                .ok_or_else(|| Error::NoFreeId { size: ids.size() })?;
+            task.sandbox.run_as = Some((uid, uid));
+        }
         let dir = self.task_dir(id);
         // A leftover directory belongs to an earlier attempt that provably never ran (the
         // reconciler only requeues when the lock was free and no executor had started).
@@ -118,7 +169,7 @@ impl LocalExecutor {
             .mode(0o711)
             .create(&dir)
             .map_err(Error::io(format!("creating {}", dir.display())))?;
-        let spec = serde_json::to_vec(task).map_err(Error::Encode)?;
+        let spec = serde_json::to_vec(&task).map_err(Error::Encode)?;
         write_private(&dir.join(TASK_FILE), &spec)?;
 
         // The lock is taken here and handed to the worker as its stdin, so it is held without a
@@ -237,8 +288,12 @@ impl LocalExecutor {
     }
 
     /// Removes the task's directory and what a worker killed before its own cleanup leaves
-    /// behind: its identity token directory, its disk image's mount and its cgroup.
+    /// behind (its identity token directory, its disk image's mount and its cgroup), then frees
+    /// the task's host id, unless its worker still holds the lock: with the worker gone, every
+    /// sandboxed process of the task is gone (bubblewrap dies with its parent), and nothing runs
+    /// as that id any more.
     pub fn remove(&self, id: &TaskId) -> Result<(), Error> {
+        let worker_alive = self.is_running(id);
         self.release(id);
         let prefix = crate::session::identity_dir_prefix(id.as_str());
         if let Ok(entries) = std::fs::read_dir(&self.settings.runtime_dir) {
@@ -248,7 +303,13 @@ impl LocalExecutor {
                 }
             }
         }
-        remove_dir(&self.task_dir(id))
+        remove_dir(&self.task_dir(id))?;
+        if let Some(ids) = &self.ids
+            && !worker_alive
+        {
+            ids.release(id);
+        }
+        Ok(())
     }
 
     /// Unmounts the task's disk image and removes its cgroup, if a worker left them.

@@ -23,6 +23,10 @@ pub struct WorkerTask {
     pub sandbox: SandboxSettings,
     /// Host directories that `file://` inputs may come from and outputs may go to.
     pub allowed_dirs: Vec<PathBuf>,
+    /// The host group of the workspace's `file://` directory: the worker copies inputs and
+    /// outputs as the task's user with this group, and outputs are created in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_group: Option<u32>,
     /// How many bytes of each executor's stdout and stderr the task log keeps.
     pub log_tail_bytes: usize,
     /// Whether http(s) inputs may come from loopback, private or link-local addresses (the

@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 pub struct SandboxSettings {
     /// Absolute path of the `bwrap` program.
     pub bwrap: PathBuf,
-    /// The unprivileged host user and group that executors run as. `None` when the server
-    /// itself is unprivileged: then it cannot switch users, and runs executors as itself.
+    /// The unprivileged host user and group that executors run as: a local task's own, from
+    /// `local.task_uid_range` (set by `LocalExecutor::start`); `local.sandbox_uid`/`sandbox_gid`
+    /// for SLURM tasks. `None` when the server itself is unprivileged: then it cannot switch
+    /// users, and runs executors as itself.
     pub run_as: Option<(u32, u32)>,
 }
 

@@ -264,8 +264,6 @@ impl Identity {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| format!("handing the identity directory to the task's user: {e}"))?;
         }
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500))
-            .map_err(|e| format!("restricting the identity directory: {e}"))?;
         let first = session
             .token(None)
             .await
@@ -296,6 +294,14 @@ impl Identity {
         identity.jobs.push(tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         }));
+        // Read-only for the task's user from now on: it may read the token and use the socket,
+        // not replace them (root renews the token regardless of the mode). A server that is not
+        // root runs its tasks as itself and must write the renewed token here with its own
+        // rights, so the directory stays 0700, its alone.
+        if owner.is_some() {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500))
+                .map_err(|e| format!("restricting the identity directory: {e}"))?;
+        }
         Ok(identity)
     }
 

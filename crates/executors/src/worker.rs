@@ -23,6 +23,7 @@ use crate::protocol::{
     DeliveredSecrets, IDENTITY_DIR, PresignedInputs, PresignedUploads, UploadRequest,
 };
 use crate::session::{self, Identity, Session};
+use crate::users;
 use crate::{WorkerPhase, WorkerStatus, WorkerTask};
 
 /// File names inside a task directory.
@@ -297,12 +298,17 @@ async fn execute(
 ) -> Result<WorkerPhase, SystemError> {
     let (dirs, mounts) = paths::task_dirs(task);
     prepare_tree(root, &dirs)?;
+    if let Some(owner) = task.sandbox.run_as {
+        // The tree is the task user's before `file://` inputs are copied in with its rights.
+        chown_tree(root, owner)?;
+    }
     let session = task
         .session
         .as_ref()
         .map(Session::new)
         .transpose()
         .map_err(|e| SystemError(format!("preparing the task session: {e}")))?;
+    stage_file_inputs(task, root).await?;
     for input in &task.inputs {
         stage_input(task, root, input).await?;
     }
@@ -430,13 +436,17 @@ async fn execute(
 
     drop(identity);
     let mut s3_files = Vec::new();
+    let mut local_files = Vec::new();
     for output in &task.outputs {
         if output.url.starts_with("s3://") {
             s3_files.extend(output_files(root, output)?);
         } else {
-            let delivered = deliver_output(task, root, output)?;
-            report.status.log.outputs.extend(delivered);
+            local_files.extend(file_deliveries(task, root, output)?);
         }
+    }
+    if !local_files.is_empty() {
+        let delivered = deliver_files(task, local_files).await?;
+        report.status.log.outputs.extend(delivered);
     }
     if !s3_files.is_empty() {
         let delivered = deliver_s3_outputs(session.as_ref(), s3_files).await?;
@@ -516,19 +526,91 @@ async fn stage_input(task: &WorkerTask, root: &Path, input: &TesInput) -> Result
         return Ok(());
     }
     if url.starts_with("file://") {
-        let source = allowed_source(task, url)?;
-        match input.file_type.unwrap_or_default() {
-            TesFileType::File => {
-                std::fs::copy(&source, &dest).map_err(sys(format!("copying input {url}")))?;
-            }
-            TesFileType::Directory => copy_dir(&source, &dest)?,
-        }
+        // Copied by `stage_file_inputs`, with the task user's rights.
         return Ok(());
     }
     if url.starts_with("http://") || url.starts_with("https://") {
         return download(url, &dest, task.allow_private_http_inputs).await;
     }
     Err(SystemError(format!("input {url}: unsupported URL scheme")))
+}
+
+/// Runs file work with the rights of the task's user and its workspace's group (see
+/// `users::run_as`) when the worker is root, so the kernel refuses what that user may not do;
+/// a worker that is not root cannot switch, and its own rights are the task's.
+async fn with_task_rights<T: Send + 'static>(
+    task: &WorkerTask,
+    work: impl FnOnce() -> Result<T, SystemError> + Send + 'static,
+) -> Result<T, SystemError> {
+    let user = task
+        .sandbox
+        .run_as
+        .filter(|_| rustix::process::geteuid().is_root())
+        .map(|(uid, gid)| users::FileUser {
+            uid,
+            gid,
+            group: task.file_group,
+        });
+    match user {
+        Some(user) => match users::run_as(user, work).await {
+            Ok(result) => result,
+            Err(why) => Err(SystemError(why)),
+        },
+        None => work(),
+    }
+}
+
+/// Copies every `file://` input into the task's tree with the task user's rights: an input that
+/// user may not read is refused, whatever the worker itself could read. The source is checked
+/// against the allowed directories first, after resolving links.
+async fn stage_file_inputs(task: &WorkerTask, root: &Path) -> Result<(), SystemError> {
+    let mut copies = Vec::new();
+    for input in &task.inputs {
+        let url = input.url.as_deref().unwrap_or_default();
+        if !url.starts_with("file://") || input.content.as_deref().is_some_and(|c| !c.is_empty()) {
+            continue;
+        }
+        let source = allowed_source(task, url)?;
+        let dest = paths::resolve_in_root(root, &input.path)?;
+        copies.push((
+            url.to_owned(),
+            source,
+            dest,
+            input.file_type.unwrap_or_default(),
+        ));
+    }
+    if copies.is_empty() {
+        return Ok(());
+    }
+    with_task_rights(task, move || {
+        for (url, source, dest, kind) in copies {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(input_error(&url))?;
+            }
+            match kind {
+                TesFileType::File => {
+                    std::fs::copy(&source, &dest).map_err(input_error(&url))?;
+                }
+                TesFileType::Directory => copy_dir(&source, &dest)?,
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// A failed copy of the input `url`, saying so when the task's user may not read it.
+fn input_error(url: &str) -> impl FnOnce(std::io::Error) -> SystemError {
+    let url = url.to_owned();
+    move |e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            SystemError(format!(
+                "input {url} is not readable by the task's user: {e}"
+            ))
+        } else {
+            SystemError(format!("copying input {url}: {e}"))
+        }
+    }
 }
 
 /// Copies a directory tree; symbolic links and special files inside it are skipped.
@@ -1237,13 +1319,14 @@ async fn capture(
     (masked, cut, total)
 }
 
-/// Delivers one `file://` output declaration; returns a log entry per delivered file.
-fn deliver_output(
+/// The files one `file://` output declaration delivers, each with its host destination, checked
+/// to lie in an allowed directory.
+fn file_deliveries(
     task: &WorkerTask,
     root: &Path,
     output: &TesOutput,
-) -> Result<Vec<TesOutputFileLog>, SystemError> {
-    let mut delivered = Vec::new();
+) -> Result<Vec<(OutputFile, PathBuf)>, SystemError> {
+    let mut deliveries = Vec::new();
     for file in output_files(root, output)? {
         let dest = file_url_path(&file.url)?;
         if !paths::is_within(&dest, &task.allowed_dirs) {
@@ -1252,27 +1335,65 @@ fn deliver_output(
                 file.url
             )));
         }
-        let size = copy_out(&file.host, &dest, &task.allowed_dirs).map_err(sys(format!(
-            "delivering {} to {}",
-            file.container_path, file.url
-        )))?;
-        delivered.push(TesOutputFileLog {
-            url: file.url,
-            path: file.container_path,
-            size_bytes: size.to_string(),
-        });
+        deliveries.push((file, dest));
     }
-    Ok(delivered)
+    Ok(deliveries)
+}
+
+/// Delivers `file://` outputs with the task user's rights: each file is created by, and owned
+/// by, the task's user, in its workspace's group. Returns a log entry per delivered file.
+async fn deliver_files(
+    task: &WorkerTask,
+    deliveries: Vec<(OutputFile, PathBuf)>,
+) -> Result<Vec<TesOutputFileLog>, SystemError> {
+    let allowed = task.allowed_dirs.clone();
+    let shared = task.file_group.is_some();
+    with_task_rights(task, move || {
+        let mut delivered = Vec::with_capacity(deliveries.len());
+        for (file, dest) in deliveries {
+            let size = copy_out(&file.host, &dest, &allowed, shared).map_err(sys(format!(
+                "delivering {} to {}",
+                file.container_path, file.url
+            )))?;
+            delivered.push(TesOutputFileLog {
+                url: file.url,
+                path: file.container_path,
+                size_bytes: size.to_string(),
+            });
+        }
+        Ok(delivered)
+    })
+    .await
+}
+
+/// Creates `dir` and its missing parents. With `shared` (the workspace's directory has a group
+/// of its own), each new directory is 2770: the next task of the workspace, another user in the
+/// same group (which the setgid bit passes on), may add files to it, and nobody else may look.
+fn create_parents(dir: &Path, shared: bool) -> std::io::Result<()> {
+    if !shared {
+        return std::fs::create_dir_all(dir);
+    }
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_parents(parent, shared)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Copies to a temporary name beside `dest`, then renames, so readers never see half a file.
 /// The destination's real parent must still be inside an allowed directory once symbolic links
-/// on the host are resolved.
-fn copy_out(source: &Path, dest: &Path, allowed: &[PathBuf]) -> std::io::Result<u64> {
+/// on the host are resolved. With `shared`, the file is 0640: its workspace's group may read it.
+fn copy_out(source: &Path, dest: &Path, allowed: &[PathBuf], shared: bool) -> std::io::Result<u64> {
     let parent = dest
         .parent()
         .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    std::fs::create_dir_all(parent)?;
+    create_parents(parent, shared)?;
     let real_parent = std::fs::canonicalize(parent)?;
     if !paths::is_within(&real_parent, allowed) {
         return Err(std::io::Error::new(
@@ -1301,6 +1422,7 @@ fn copy_out(source: &Path, dest: &Path, allowed: &[PathBuf]) -> std::io::Result<
     let mut writer = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(if shared { 0o640 } else { 0o666 })
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&tmp)?;
     let size = std::io::copy(&mut reader, &mut writer)?;

@@ -324,7 +324,7 @@ pub(crate) async fn bootstrap(
     let spec: TesTask =
         serde_json::from_str(&record.spec_json).map_err(|e| ServiceError::Internal(e.into()))?;
     let declared = runner::declared_secrets(&spec)?;
-    let file_dirs = runner::task_file_dirs(inner, &record).await?;
+    let files = runner::task_files(inner, &record).await?;
     let mut task = runner::worker_task(
         inner,
         &task_id,
@@ -333,7 +333,7 @@ pub(crate) async fn bootstrap(
         credential,
         server_url(inner, executor),
         executor.settings().runtime_dir.clone(),
-        file_dirs,
+        files,
     );
     // SLURM holds the job to its memory, cores, disk and time (`--mem`, `--cpus-per-task`,
     // `--tmp`, `--time`); the worker on the node only caps what the task's log keeps.

@@ -164,11 +164,16 @@ impl TaskService {
                 artifact: "tes".to_owned(),
                 version: "1.1.0".to_owned(),
             },
-            description: Some(
+            description: Some(format!(
                 "tresor, a secure processing environment. Runtime: host; every executor runs in a \
-                 bubblewrap sandbox on the server's host, and its image is recorded but not used."
-                    .to_owned(),
-            ),
+                 bubblewrap sandbox on the server's host, and its image is recorded but not used.{}",
+                if executor.task_ids.is_none() {
+                    " This server is not root: executors run as its own host user, so tasks are \
+                     not kept apart from each other by host users."
+                } else {
+                    " Each running task has a host user of its own."
+                }
+            )),
             organization: Organization {
                 name: self.inner.settings.organization_name.clone(),
                 url: self.inner.settings.organization_url.clone(),

@@ -447,12 +447,23 @@ impl Preflight {
             })?;
         if output.status.success() {
             Ok(format!(
-                "{} ran `true` in a sandbox{}",
+                "{} ran `true` in a sandbox{}{}",
                 settings.sandbox.bwrap.display(),
                 settings
                     .sandbox
                     .run_as
                     .map(|(u, g)| format!(" as uid {u}, gid {g}"))
+                    .unwrap_or_else(|| " as this server's own user: tresor is not root, so \
+                        tasks are not kept apart from each other by host users (that needs root)"
+                        .to_owned()),
+                settings
+                    .task_ids
+                    .as_ref()
+                    .map(|ids| format!(
+                        "; local tasks run as uids of their own, {}-{}",
+                        ids.start(),
+                        ids.end()
+                    ))
                     .unwrap_or_default()
             ))
         } else {

@@ -136,8 +136,8 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord, credential: String
             return;
         }
     };
-    let file_dirs = match task_file_dirs(inner, &record).await {
-        Ok(dirs) => dirs,
+    let files = match task_files(inner, &record).await {
+        Ok(files) => files,
         Err(e) => {
             fail_task(inner, &id, None, e.to_string()).await;
             release_slot(inner, &id);
@@ -153,7 +153,7 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord, credential: String
         credential,
         &inner.settings.callback_url,
         settings.runtime_dir.clone(),
-        file_dirs,
+        files,
     );
     tracing::debug!(task = %id, "starting worker");
     let (pid, exit) = match inner.executor.start(&id, &worker_task).await {
@@ -178,19 +178,36 @@ async fn start_worker(inner: &Arc<Inner>, record: TaskRecord, credential: String
     tokio::spawn(watch(inner.clone(), id, exit));
 }
 
-/// The host directories a task's worker may read and write for `file://` URLs: its workspace's
-/// file directory alone, so the worker itself enforces the boundary again after resolving links.
-pub(crate) async fn task_file_dirs(
+/// A task's `file://` storage on the host.
+pub(crate) struct TaskFiles {
+    /// The directories its worker may read and write: its workspace's file directory alone, so
+    /// the worker itself enforces the boundary again after resolving links.
+    pub dirs: Vec<std::path::PathBuf>,
+    /// The workspace's host group, with which the worker copies files as the task's user; `None`
+    /// when tasks get no host users of their own (the server is not root).
+    pub group: Option<u32>,
+}
+
+/// The task's `file://` storage; its workspace's directory gets its host group first (see
+/// `StorageService::prepare_file_root`).
+pub(crate) async fn task_files(
     inner: &Inner,
     record: &TaskRecord,
-) -> Result<Vec<std::path::PathBuf>, ServiceError> {
-    Ok(inner
-        .storage
-        .file_root(&record.workspace)
-        .await?
-        .map(|root| root.dir)
-        .into_iter()
-        .collect())
+) -> Result<TaskFiles, ServiceError> {
+    let Some(root) = inner.storage.file_root(&record.workspace).await? else {
+        return Ok(TaskFiles {
+            dirs: Vec::new(),
+            group: None,
+        });
+    };
+    let group = match &inner.executor.settings().workspace_gids {
+        Some(gids) => Some(inner.storage.prepare_file_root(&root.dir, gids).await?),
+        None => None,
+    };
+    Ok(TaskFiles {
+        dirs: vec![root.dir],
+        group,
+    })
 }
 
 /// Everything a worker needs for a task; `server_url` is where the worker reaches the server,
@@ -204,7 +221,7 @@ pub(crate) fn worker_task(
     credential: String,
     server_url: &str,
     runtime_dir: std::path::PathBuf,
-    file_dirs: Vec<std::path::PathBuf>,
+    files: TaskFiles,
 ) -> WorkerTask {
     // Every task gets a session: its identity token is renewed through it while it runs.
     let session = Some(WorkerSession {
@@ -235,7 +252,8 @@ pub(crate) fn worker_task(
         executors: spec.executors,
         volumes: spec.volumes.unwrap_or_default(),
         sandbox: settings.sandbox.clone(),
-        allowed_dirs: file_dirs,
+        allowed_dirs: files.dirs,
+        file_group: files.group,
         log_tail_bytes: settings.log_tail_bytes,
         allow_private_http_inputs: settings.allow_private_http_inputs,
     }

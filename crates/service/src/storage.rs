@@ -2,7 +2,8 @@
 //! worker gets, when the task starts, one URL per object and method, valid for minutes, and only
 //! for the objects its task declared, inside its workspace's bucket and prefix.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -132,6 +133,8 @@ pub struct StorageService {
     /// administrator gives a workspace.
     file_dirs: Arc<Vec<PathBuf>>,
     clients: Arc<Mutex<HashMap<String, Arc<AmazonS3>>>>,
+    /// Held while a workspace's directory gets its group, so two workspaces never get the same.
+    groups: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The `(field, url)` of every input and output URL of a task with this scheme prefix.
@@ -199,6 +202,7 @@ impl StorageService {
             s3,
             file_dirs: Arc::new(file_dirs),
             clients: Arc::new(Mutex::new(HashMap::new())),
+            groups: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -431,6 +435,73 @@ impl StorageService {
             dir: d.join(workspace.as_str()),
             assigned: false,
         }))
+    }
+
+    /// Makes a workspace's `file://` directory ready for its tasks, whose file copies run as the
+    /// task's own host user: the directory is created if missing, and the first time gets a
+    /// host group of its own from `gids` and mode 2770 (root's, the group's, nobody else's; the
+    /// setgid bit gives every new file and directory in it the group). Tasks copy with that
+    /// group, so each reads what earlier tasks of its workspace wrote, and nothing of another
+    /// workspace. The directory's group is the record: it is kept while it lies in `gids`.
+    /// Returns the group.
+    pub async fn prepare_file_root(
+        &self,
+        dir: &Path,
+        gids: &RangeInclusive<u32>,
+    ) -> Result<u32, ServiceError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // What an operator must fix, in the task's system logs.
+        let failed = |e: std::io::Error| {
+            ServiceError::Conflict(format!(
+                "preparing the workspace's file:// directory {}: {e}",
+                dir.display()
+            ))
+        };
+        let _held = self.groups.lock().await;
+        if let Err(e) = std::fs::create_dir(dir)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(failed(e));
+        }
+        let meta = std::fs::symlink_metadata(dir).map_err(failed)?;
+        if !meta.is_dir() {
+            return Err(failed(std::io::Error::other("not a directory")));
+        }
+        if gids.contains(&meta.gid()) {
+            return Ok(meta.gid());
+        }
+        // The groups other workspaces' directories hold: the default ones side by side in the
+        // first allowed directory, and those an administrator assigned.
+        let mut others: Vec<PathBuf> = match self.file_dirs.first() {
+            Some(area) => std::fs::read_dir(area)
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        others.extend(
+            self.store
+                .all_workspace_file_dirs()
+                .await?
+                .into_iter()
+                .map(|(_, d)| PathBuf::from(d)),
+        );
+        let taken: BTreeSet<u32> = others
+            .iter()
+            .filter(|other| other.as_path() != dir)
+            .filter_map(|other| std::fs::symlink_metadata(other).ok())
+            .filter(|m| m.is_dir())
+            .map(|m| m.gid())
+            .collect();
+        let gid = gids.clone().find(|g| !taken.contains(g)).ok_or_else(|| {
+            ServiceError::Conflict(format!(
+                "every group of local.workspace_gid_range ({}-{}) belongs to a workspace's directory; widen the range",
+                gids.start(),
+                gids.end()
+            ))
+        })?;
+        std::os::unix::fs::lchown(dir, None, Some(gid)).map_err(failed)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770)).map_err(failed)?;
+        Ok(gid)
     }
 
     async fn check_file_urls(

@@ -22,7 +22,7 @@ fn spawn_server(dir: &Path) -> ServerProcess {
 }
 
 /// `spawn_server_with` on a fixed address, so a restarted server is where its workers left it.
-fn spawn_server_at(dir: &Path, config: Option<&Path>, listen: &str) -> ServerProcess {
+pub(crate) fn spawn_server_at(dir: &Path, config: Option<&Path>, listen: &str) -> ServerProcess {
     spawn_server_listening(dir, config, listen)
 }
 
@@ -32,6 +32,30 @@ pub(crate) fn spawn_server_with(dir: &Path, config: Option<&Path>) -> ServerProc
 }
 
 fn spawn_server_listening(dir: &Path, config: Option<&Path>, listen: &str) -> ServerProcess {
+    spawn_server_command(Command::new(TRESOR), dir, config, listen)
+}
+
+/// `tresor serve` (the binary `program`) as the unprivileged host user `uid`/`gid` through
+/// setpriv, without supplementary groups or capabilities; `dir/data` and `dir/storage` must be
+/// that user's.
+pub(crate) fn spawn_server_as(dir: &Path, (uid, gid): (u32, u32), program: &Path) -> ServerProcess {
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args(["--clear-groups", "--inh-caps=-all", "--"])
+        .arg(program);
+    spawn_server_command(command, dir, None, "127.0.0.1:0")
+}
+
+/// Runs `command` (which starts the `tresor` binary) as `tresor serve` with `dir`'s data and
+/// storage directories.
+fn spawn_server_command(
+    mut command: Command,
+    dir: &Path,
+    config: Option<&Path>,
+    listen: &str,
+) -> ServerProcess {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let storage = dir.join("storage");
     std::fs::create_dir_all(&storage).unwrap();
@@ -40,7 +64,7 @@ fn spawn_server_listening(dir: &Path, config: Option<&Path>, listen: &str) -> Se
         .append(true)
         .open(dir.join("server.log"))
         .unwrap();
-    let mut child = Command::new(TRESOR)
+    let mut child = command
         .args(["serve", "--listen", listen, "--slots", "2"])
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -87,7 +111,7 @@ impl ServerProcess {
         self.url.clone()
     }
 
-    fn kill_9(&mut self) {
+    pub(crate) fn kill_9(&mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
     }
@@ -111,7 +135,7 @@ async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 /// The bootstrap admin's personal workspace's `file://` directory under `dir/storage`, created.
-fn personal_storage(server: &ServerProcess, dir: &Path) -> PathBuf {
+pub(crate) fn personal_storage(server: &ServerProcess, dir: &Path) -> PathBuf {
     let token = std::fs::read_to_string(dir.join("data/bootstrap-admin-token")).unwrap();
     let url = server.url.clone();
     // The callers are sync; ask the running server on a thread of its own.
@@ -138,7 +162,7 @@ fn personal_storage(server: &ServerProcess, dir: &Path) -> PathBuf {
     storage
 }
 
-fn storage_url(storage: &Path, rel: &str) -> String {
+pub(crate) fn storage_url(storage: &Path, rel: &str) -> String {
     format!("file://{}/{rel}", storage.display())
 }
 

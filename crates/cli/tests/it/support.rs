@@ -55,6 +55,23 @@ pub fn s3_settings(endpoint: &str, secret: &str) -> tresor_service::S3Settings {
 
 pub const S3_ACCESS_KEY: &str = "AKIDTRESORTEST";
 
+/// Host ids of its own for each in-process test server (64 from 2100000000 on, away from the
+/// default range that `tresor serve` child processes use), so tasks of servers running side by
+/// side never share a uid.
+pub fn next_task_ids() -> std::ops::RangeInclusive<u32> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let first = 2_100_000_000 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 64;
+    first..=first + 63
+}
+
+/// Host gids of its own for each in-process test server's workspace directories (64 from
+/// 2110000000 on).
+pub fn next_workspace_gids() -> std::ops::RangeInclusive<u32> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let first = 2_110_000_000 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 64;
+    first..=first + 63
+}
+
 /// The settings a test server runs with; `dir` holds its data and storage.
 pub fn settings_for(dir: &Path) -> AppSettings {
     let data = dir.join("data");
@@ -83,6 +100,8 @@ pub fn settings_for(dir: &Path) -> AppSettings {
             allow_private_http_inputs: true,
             runtime_dir: PathBuf::from("/dev/shm"),
             limits: tresor_executors::LimitSettings::default(),
+            task_ids: is_root().then(next_task_ids),
+            workspace_gids: is_root().then(next_workspace_gids),
         },
         service: ServiceSettings {
             default_page_size: 256,
