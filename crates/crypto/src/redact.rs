@@ -280,37 +280,151 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
-type KeyMap = HashMap<u64, Vec<(u32, Form)>, std::hash::BuildHasherDefault<KeyHasher>>;
+type KeyMap = HashMap<u64, Vec<Candidate>, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// The rolling hash that confirms a candidate form in constant time: polynomial, modulo the
+/// Mersenne prime 2^61 - 1, with a base drawn at random for each redactor, so text an attacker
+/// writes cannot be made to collide with a form on purpose.
+const MODULUS: u64 = (1 << 61) - 1;
+
+fn mul_mod(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    let sum = (product as u64 & MODULUS) + (product >> 61) as u64;
+    if sum >= MODULUS { sum - MODULUS } else { sum }
+}
+
+fn add_mod(a: u64, b: u64) -> u64 {
+    let sum = a + b;
+    if sum >= MODULUS { sum - MODULUS } else { sum }
+}
+
+fn pow_mod(mut base: u64, mut exp: u64) -> u64 {
+    let mut out = 1;
+    while exp > 0 {
+        if exp & 1 == 1 {
+            out = mul_mod(out, base);
+        }
+        base = mul_mod(base, base);
+        exp >>= 1;
+    }
+    out
+}
+
+fn hash_bytes(base: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0, |h, b| add_mod(mul_mod(h, base), u64::from(*b)))
+}
+
+/// The rolling hash's base, drawn once per process.
+static BASE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    let mut seed = [0u8; 8];
+    match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed) {
+        Ok(()) => u64::from_le_bytes(seed) % (MODULUS - (1 << 20)) + (1 << 20),
+        Err(_) => 0x1F2E_3D4C_5B6A_7988 % MODULUS,
+    }
+});
+
+/// One form of a value, as an index holds it: what it is, and what confirms it.
+#[derive(Debug, Clone, Copy)]
+struct FormEntry {
+    form: Form,
+    len: usize,
+    hash: u64,
+    /// `base^len`, to take the form's window out of the text's prefix hashes.
+    shift: u64,
+}
+
+/// A secret value with its forms' keys, lengths and hashes, computed once (building every form
+/// of a 64 KiB value takes milliseconds) and shared by every redactor made from it.
+pub struct IndexedValue {
+    value: Arc<SecretValue>,
+    forms: Vec<(u64, FormEntry)>,
+}
+
+impl std::fmt::Debug for IndexedValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexedValue(***)")
+    }
+}
+
+impl IndexedValue {
+    pub fn new(value: Arc<SecretValue>) -> IndexedValue {
+        let base = *BASE;
+        let bytes = value.expose_secret();
+        let forms = keyed_forms(bytes)
+            .into_iter()
+            .filter_map(|(key, form)| {
+                // Built once here, then dropped: only its length and hash are kept.
+                let whole = materialize(bytes, form)?;
+                Some((
+                    key,
+                    FormEntry {
+                        form,
+                        len: whole.len(),
+                        hash: hash_bytes(base, &whole),
+                        shift: pow_mod(base, whole.len() as u64),
+                    },
+                ))
+            })
+            .collect();
+        IndexedValue { value, forms }
+    }
+
+    /// The value's length in bytes.
+    pub fn len(&self) -> usize {
+        self.value.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.value.len() == 0
+    }
+}
+
+/// A form that starts with a key, in an index: which value, and the form.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    id: u32,
+    entry: FormEntry,
+}
 
 /// The index of one redactor's values.
 struct Index {
-    values: Vec<Arc<SecretValue>>,
+    values: Vec<Arc<IndexedValue>>,
     /// One bit per hash slot; set where a `GRAM`-byte piece of some key falls.
     filter: Vec<u64>,
     shift: u32,
-    /// Key -> the forms that start with it, as (value, form).
+    /// Key -> the forms that start with it.
     forms: KeyMap,
     /// The longest form: how much a stream holds back.
     longest: usize,
+    /// The rolling hash's base.
+    base: u64,
 }
 
+/// Candidate checks a scan may make per byte of text before it stops and treats the rest of the
+/// text as secret: crafted values and text (many forms sharing one key, text that repeats it)
+/// would otherwise cost a check per form at every position.
+const CHECKS_PER_BYTE: usize = 8;
+
 impl Index {
-    fn build(values: Vec<Arc<SecretValue>>) -> Option<Index> {
+    fn build(values: Vec<Arc<IndexedValue>>) -> Option<Index> {
         let mut forms = KeyMap::default();
         let mut longest = 0;
         let mut kept = Vec::new();
         for value in values {
-            let bytes = value.expose_secret();
-            let keyed = keyed_forms(bytes);
-            if keyed.is_empty() {
+            if value.forms.is_empty() {
                 continue;
             }
             let Ok(id) = u32::try_from(kept.len()) else {
                 break;
             };
-            for (key, form) in keyed {
-                longest = longest.max(form_len(bytes, form));
-                forms.entry(key).or_default().push((id, form));
+            for (key, entry) in &value.forms {
+                longest = longest.max(entry.len);
+                forms
+                    .entry(*key)
+                    .or_default()
+                    .push(Candidate { id, entry: *entry });
             }
             kept.push(value);
         }
@@ -339,44 +453,8 @@ impl Index {
             shift,
             forms,
             longest,
+            base: *BASE,
         })
-    }
-
-    /// The longest form that occurs at `at`.
-    fn longest_at(&self, input: &[u8], at: usize) -> Option<usize> {
-        let candidates = self.forms.get(&key_at(input, at)?)?;
-        let rest = &input[at..];
-        candidates
-            .iter()
-            .filter_map(|(id, form)| {
-                let value = self.values.get(*id as usize)?.expose_secret();
-                let bytes = materialize(value, *form)?;
-                rest.starts_with(&bytes).then_some(bytes.len())
-            })
-            .max()
-    }
-
-    /// The leftmost match starting at or after `from`, and of those the longest. A match
-    /// starting at `p` covers the window at the first anchor `from + k * STRIDE` at or after `p`,
-    /// and anchors are visited in order, so the first confirmed match is the leftmost.
-    fn next_match(&self, input: &[u8], from: usize) -> Option<(usize, usize)> {
-        let rest = input.get(from..)?;
-        let mut windows = rest.chunks_exact(STRIDE);
-        let mut anchor = from;
-        for window in windows.by_ref() {
-            let gram = u32::from_le_bytes([window[0], window[1], window[2], window[3]]);
-            if self.may_hold(gram)
-                && let Some(found) = self.confirm(input, from, anchor)
-            {
-                return Some(found);
-            }
-            anchor += STRIDE;
-        }
-        let tail = windows.remainder();
-        if tail.len() >= GRAM && self.may_hold(gram_at(tail, 0)?) {
-            return self.confirm(input, from, anchor);
-        }
-        None
     }
 
     /// Whether some key holds this piece.
@@ -386,14 +464,119 @@ impl Index {
             .get(slot / 64)
             .is_some_and(|bits| bits & (1 << (slot % 64)) != 0)
     }
+}
+
+/// One search of one text: prefix hashes from its first candidate on, extended only as far as
+/// a candidate needs, and what is left of its budget of checks.
+struct Scan<'a> {
+    index: &'a Index,
+    input: &'a [u8],
+    /// `prefix[i]` is the hash of `input[origin..origin + i]`.
+    prefix: Vec<u64>,
+    origin: usize,
+    budget: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn new(index: &'a Index, input: &'a [u8]) -> Scan<'a> {
+        Scan {
+            index,
+            input,
+            prefix: Vec::new(),
+            origin: 0,
+            budget: input.len().saturating_mul(CHECKS_PER_BYTE) + 4096,
+        }
+    }
+
+    /// The hash of `input[start..start + len]`; `None` past the end of the text. Scans move
+    /// left to right, so `start` is never before the first candidate's.
+    fn window_hash(&mut self, start: usize, len: usize, shift: u64) -> Option<u64> {
+        let end = start
+            .checked_add(len)
+            .filter(|end| *end <= self.input.len())?;
+        // Restart the prefix at a candidate far past it, rather than hash the gap: text between
+        // rare candidates is never hashed, and a restart costs at most one window.
+        let reach = self.origin + self.prefix.len();
+        if self.prefix.is_empty() || start < self.origin || start > reach + 4096 {
+            self.origin = start;
+            self.prefix.clear();
+            self.prefix.push(0);
+        }
+        let base = self.index.base;
+        let mut h = *self.prefix.last()?;
+        while self.origin + self.prefix.len() - 1 < end {
+            let b = *self.input.get(self.origin + self.prefix.len() - 1)?;
+            h = add_mod(mul_mod(h, base), u64::from(b));
+            self.prefix.push(h);
+        }
+        let after = *self.prefix.get(end - self.origin)?;
+        let before = *self.prefix.get(start - self.origin)?;
+        Some(add_mod(after, MODULUS - mul_mod(before, shift)))
+    }
+
+    /// The longest form that occurs at `at`; `Err` once the budget is spent.
+    fn longest_at(&mut self, at: usize) -> Result<Option<usize>, ()> {
+        let index = self.index;
+        let Some(candidates) = key_at(self.input, at).and_then(|key| index.forms.get(&key)) else {
+            return Ok(None);
+        };
+        let mut best = None;
+        for Candidate { id, entry } in candidates {
+            self.budget = self.budget.checked_sub(1).ok_or(())?;
+            if best.is_some_and(|b| b >= entry.len)
+                || self.window_hash(at, entry.len, entry.shift) != Some(entry.hash)
+            {
+                continue;
+            }
+            // The hashes agree: compare the bytes, once, for a match that is then skipped.
+            let same = index
+                .values
+                .get(*id as usize)
+                .and_then(|v| materialize(v.value.expose_secret(), entry.form))
+                .is_some_and(|form| self.input[at..].starts_with(&form));
+            if same {
+                best = Some(entry.len);
+            }
+        }
+        Ok(best)
+    }
+
+    /// The leftmost match starting at or after `from`, and of those the longest. A match
+    /// starting at `p` covers the window at the first anchor `from + k * STRIDE` at or after `p`,
+    /// and anchors are visited in order, so the first confirmed match is the leftmost. Once the
+    /// budget is spent, the rest of the text counts as one match: it is masked, never shown.
+    fn next_match(&mut self, from: usize) -> Option<(usize, usize)> {
+        let input = self.input;
+        let rest = input.get(from..)?;
+        let mut windows = rest.chunks_exact(STRIDE);
+        let mut anchor = from;
+        for window in windows.by_ref() {
+            let gram = u32::from_le_bytes([window[0], window[1], window[2], window[3]]);
+            if self.index.may_hold(gram)
+                && let Some(found) = self.confirm(from, anchor)
+            {
+                return Some(found);
+            }
+            anchor += STRIDE;
+        }
+        let tail = windows.remainder();
+        if tail.len() >= GRAM && self.index.may_hold(gram_at(tail, 0)?) {
+            return self.confirm(from, anchor);
+        }
+        None
+    }
 
     /// The first match starting between the previous anchor and `anchor`.
-    fn confirm(&self, input: &[u8], from: usize, anchor: usize) -> Option<(usize, usize)> {
+    fn confirm(&mut self, from: usize, anchor: usize) -> Option<(usize, usize)> {
         let first = anchor.saturating_sub(STRIDE - 1).max(from);
-        (first..=anchor).find_map(|start| {
-            self.longest_at(input, start)
-                .map(|len| (start, start + len))
-        })
+        for start in first..=anchor {
+            match self.longest_at(start) {
+                Ok(Some(len)) => return Some((start, start + len)),
+                Ok(None) => {}
+                Err(()) => return Some((start, self.input.len())),
+            }
+        }
+        None
     }
 }
 
@@ -421,6 +604,12 @@ impl Redactor {
 
     /// A redactor over values shared with their owner, not copied.
     pub fn shared(values: impl IntoIterator<Item = Arc<SecretValue>>) -> Redactor {
+        Redactor::indexed(values.into_iter().map(|v| Arc::new(IndexedValue::new(v))))
+    }
+
+    /// A redactor over values whose forms are already indexed: building it only merges their
+    /// entries, whatever the values' sizes.
+    pub fn indexed(values: impl IntoIterator<Item = Arc<IndexedValue>>) -> Redactor {
         Redactor {
             index: Index::build(values.into_iter().collect()).map(Arc::new),
         }
@@ -430,7 +619,7 @@ impl Redactor {
     pub fn finds_in(&self, input: &[u8]) -> bool {
         self.index
             .as_ref()
-            .is_some_and(|i| i.next_match(input, 0).is_some())
+            .is_some_and(|i| Scan::new(i, input).next_match(0).is_some())
     }
 
     /// `input` with every secret value and encoding replaced by `***`.
@@ -438,9 +627,10 @@ impl Redactor {
         let Some(index) = &self.index else {
             return input.to_vec();
         };
+        let mut scan = Scan::new(index, input);
         let mut out = Vec::with_capacity(input.len());
         let mut last = 0;
-        while let Some((start, end)) = index.next_match(input, last) {
+        while let Some((start, end)) = scan.next_match(last) {
             out.extend_from_slice(&input[last..start]);
             out.extend_from_slice(MASK);
             last = end;
@@ -470,19 +660,26 @@ pub struct RedactStream<'a> {
 }
 
 impl RedactStream<'_> {
-    /// Feeds a chunk; returns what is safe to pass on.
+    /// Feeds a chunk; returns what is safe to pass on. Small chunks are gathered until a
+    /// quarter of the longest form (at least 4 KiB) is new, so a task writing a byte at a time
+    /// does not make the worker rescan what it holds back for every byte.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         let Some(index) = &self.redactor.index else {
             return chunk.to_vec();
         };
         self.carry.extend_from_slice(chunk);
+        let hold = index.longest.saturating_sub(1);
+        if self.carry.len() < hold + (index.longest / 4).max(4096) {
+            return Vec::new();
+        }
         let buf = std::mem::take(&mut self.carry);
         // A match starting before `cut` lies wholly inside `buf`; later ones may continue in the
         // next chunk and wait in `carry`.
-        let cut = buf.len().saturating_sub(index.longest.saturating_sub(1));
+        let cut = buf.len().saturating_sub(hold);
+        let mut scan = Scan::new(index, &buf);
         let mut out = Vec::with_capacity(buf.len());
         let mut last = 0;
-        while let Some((start, end)) = index.next_match(&buf, last) {
+        while let Some((start, end)) = scan.next_match(last) {
             if start >= cut {
                 break;
             }
@@ -652,6 +849,37 @@ mod tests {
         ]);
         assert_eq!(r.redact(b"1abcdefghijkl2abcdefgh3"), b"1***2***3");
         assert_eq!(r.redact(b"abcdefg"), b"abcdefg");
+    }
+
+    #[test]
+    fn text_that_repeats_a_long_values_start_costs_one_check_per_position() {
+        // A 64 KiB value of one repeated byte, and 1 MiB of that byte: every position starts
+        // like the value, and none holds it whole. Each is settled by its hash, not by comparing
+        // up to 64 KiB, and nothing is masked.
+        let mut value = vec![b'a'; 64 * 1024 - 1];
+        value.push(b'b');
+        let r = Redactor::new([&SecretValue::new(value.clone())]);
+        let text = vec![b'a'; 1 << 20];
+        assert_eq!(r.redact(&text), text);
+        let planted = [text.as_slice(), &value, b" end"].concat();
+        assert_eq!(r.redact(&planted), [text.as_slice(), b"*** end"].concat());
+    }
+
+    #[test]
+    fn a_scan_past_its_budget_masks_the_rest_rather_than_show_it() {
+        // Hundreds of forms sharing one key, and text that repeats the key everywhere.
+        let values: Vec<SecretValue> = (0..100)
+            .map(|i| SecretValue::new([vec![b'a'; 8 + i], b"!".to_vec()].concat()))
+            .collect();
+        let r = Redactor::new(values.iter());
+        let text = [b"visible ".as_slice(), &vec![b'a'; 100_000]].concat();
+        let out = r.redact(&text);
+        assert!(
+            out.starts_with(b"visible "),
+            "{}",
+            String::from_utf8_lossy(&out[..40])
+        );
+        assert!(out.ends_with(MASK) && out.len() < text.len());
     }
 
     #[test]
