@@ -169,3 +169,53 @@ async fn a_credential_past_its_rate_gets_429_with_retry_after_and_others_do_not(
     // Another credential is counted on its own.
     server.client.list_tasks(&Default::default()).await.unwrap();
 }
+
+#[tokio::test]
+async fn one_token_spelled_many_ways_shares_one_rate() {
+    use base64::Engine;
+    let server = TestServer::start_with(|s| {
+        s.limits = tresor_server::ConnectionLimits {
+            requests_per_second: 2,
+            request_burst: 5,
+            ..limits(64)
+        }
+    })
+    .await;
+    let alice = server.user("alice").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/ga4gh/tes/v1/tasks", server.url);
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        // Every spelling the server accepts for the same token, each one different.
+        let spaces = " ".repeat(i + 1);
+        let authorization = match i % 4 {
+            0 => format!("Bearer{spaces}{}", alice.token),
+            1 => format!("bearer {}{spaces}", alice.token),
+            2 => format!("BeArEr {}{spaces}", alice.token),
+            _ => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("user-{i}:{}", alice.token))
+            ),
+        };
+        let resp = http
+            .get(&url)
+            .header(reqwest::header::AUTHORIZATION, authorization)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status());
+    }
+    // Each spelling is a valid credential, so what is not limited is answered.
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(limited >= 10, "{statuses:?}");
+}
