@@ -126,8 +126,10 @@ struct LimitsSection {
     max_connections: Option<usize>,
     /// Seconds to send a request's headers, and the most a connection may idle (default 10).
     header_timeout_seconds: Option<u64>,
-    /// Seconds to send a request's body (default 30).
+    /// Seconds to send each part of a request's body (default 30).
     body_timeout_seconds: Option<u64>,
+    /// Seconds to send a whole request and have it answered (default 60).
+    request_timeout_seconds: Option<u64>,
     /// Sustained requests per second per credential or address (default 200).
     requests_per_second: Option<u32>,
     /// Requests above that rate a credential may send at once (default 400).
@@ -746,6 +748,10 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             connection_defaults.body_timeout,
             std::time::Duration::from_secs,
         ),
+        request_timeout: file.limits.request_timeout_seconds.map_or(
+            connection_defaults.request_timeout,
+            std::time::Duration::from_secs,
+        ),
         requests_per_second: layers
             .pick(
                 "limits.requests_per_second",
@@ -773,6 +779,10 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
         (
             "limits.body_timeout_seconds",
             connection_limits.body_timeout.is_zero(),
+        ),
+        (
+            "limits.request_timeout_seconds",
+            connection_limits.request_timeout.is_zero(),
         ),
         (
             "limits.requests_per_second",

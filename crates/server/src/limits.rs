@@ -25,8 +25,12 @@ pub struct ConnectionLimits {
     /// Time to send a request's headers, and the most a kept-alive connection may sit idle
     /// before its next request.
     pub header_timeout: Duration,
-    /// Time to send a request's body.
+    /// Time to send each part of a request's body: reset by every frame that arrives.
     pub body_timeout: Duration,
+    /// Time to send a whole request and have it answered, however its body arrives: without
+    /// it a body trickled a byte at a time, each within `body_timeout`, would hold its
+    /// connection for as long as the client likes.
+    pub request_timeout: Duration,
     /// Sustained requests per second per credential (or per address, for requests without one).
     pub requests_per_second: u32,
     /// Requests a credential may send at once above the sustained rate.
@@ -39,6 +43,7 @@ impl Default for ConnectionLimits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
             requests_per_second: 200,
             request_burst: 400,
         }
@@ -56,6 +61,14 @@ impl ConnectionLimits {
             .unwrap_or(u64::MAX);
         let room = usize::try_from(fds.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
         self.max_connections.min(room).max(1)
+    }
+}
+
+/// A 408 for a request that has not been received and answered within `deadline`.
+pub(crate) async fn within_deadline(deadline: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::RequestTimeout(deadline.as_secs()).into_response(),
     }
 }
 
