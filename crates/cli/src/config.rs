@@ -103,8 +103,8 @@ struct ComputeEnvSection {
     bin_dir: Option<PathBuf>,
 }
 
-/// How much secret material a workspace and a user may keep (every live value is held in
-/// memory for redaction, so these bound the server's memory).
+/// How much secret material a workspace, a user and the server may keep (every live value is
+/// held in memory for redaction, so these bound the server's memory).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SecretsSection {
@@ -116,6 +116,8 @@ struct SecretsSection {
     max_per_user: Option<usize>,
     /// Their bytes (default 1 MiB).
     max_bytes_per_user: Option<usize>,
+    /// The bytes of every live secret on the server, all workspaces together (default 256 MiB).
+    max_bytes_total: Option<usize>,
 }
 
 /// What one client may take of the server.
@@ -808,6 +810,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             .secrets
             .max_bytes_per_user
             .unwrap_or(defaults.user_bytes),
+        total_bytes: file.secrets.max_bytes_total.unwrap_or(defaults.total_bytes),
     };
     let audit_key_file = layers.pick(
         "audit_key_file",

@@ -54,9 +54,10 @@ type LiveValues = std::collections::HashMap<(String, String, String), Arc<Secret
 type GuardCache =
     std::collections::HashMap<(String, String), Option<tresor_crypto::redact::Redactor>>;
 
-/// How much secret material one workspace and one user may keep. Every live value is held in
-/// memory (for redaction), so these bound the server's memory: at most
-/// `workspaces * workspace_bytes`, plus about 1 KiB of index per secret.
+/// How much secret material one workspace, one user and the whole server may keep. Every live
+/// value is held in memory (for redaction), and workspaces are self-service, so `total_bytes`
+/// is what bounds the server's memory: at most `total_bytes`, plus about 1 KiB of index per
+/// secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SecretLimits {
     /// Live secrets in one workspace, workspace and user secrets together.
@@ -67,6 +68,8 @@ pub struct SecretLimits {
     pub user_count: usize,
     /// Their values' bytes.
     pub user_bytes: usize,
+    /// The values' bytes of every live secret on the server, all workspaces together.
+    pub total_bytes: usize,
 }
 
 impl Default for SecretLimits {
@@ -76,6 +79,7 @@ impl Default for SecretLimits {
             workspace_bytes: 4 * 1024 * 1024,
             user_count: 100,
             user_bytes: 1024 * 1024,
+            total_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -257,15 +261,17 @@ impl SecretService {
         }
     }
 
-    /// Refuses a put that would take the workspace or the user past a limit (the value it
-    /// replaces, if any, no longer counts).
+    /// Refuses a put that would take the workspace, the user or the server past a limit (the
+    /// value it replaces, if any, no longer counts).
     fn check_limits(&self, key: &SecretKey, size: usize) -> Result<(), ServiceError> {
         let live = self.live.lock().map_err(|_| {
             ServiceError::Internal(anyhow::anyhow!("the secret cache lock is poisoned"))
         })?;
         let this = live_key(key);
         let (mut ws_count, mut ws_bytes, mut user_count, mut user_bytes) = (1, size, 1, size);
+        let mut total_bytes = size;
         for (k, v) in live.iter().filter(|(k, _)| **k != this) {
+            total_bytes += v.len();
             if k.0 == this.0 {
                 ws_count += 1;
                 ws_bytes += v.len();
@@ -313,6 +319,14 @@ impl SecretService {
                     "max_bytes_per_user",
                 ));
             }
+        }
+        if total_bytes > limits.total_bytes {
+            // Not the server's total: that would tell one workspace about the others.
+            return Err(over(
+                "the secret bytes of all workspaces on this server",
+                limits.total_bytes,
+                "max_bytes_total",
+            ));
         }
         Ok(())
     }

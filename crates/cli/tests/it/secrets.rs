@@ -885,6 +885,7 @@ async fn secret_counts_and_bytes_are_limited_per_workspace_and_per_user() {
             workspace_bytes: 100,
             user_count: 2,
             user_bytes: 30,
+            total_bytes: 130,
         };
     })
     .await;
@@ -950,6 +951,26 @@ async fn secret_counts_and_bytes_are_limited_per_workspace_and_per_user() {
     server
         .admin
         .put_secret("lab", false, "S3", &value(3), None)
+        .await
+        .unwrap();
+    // The server's bytes count across every workspace: 80 are live, so a fresh workspace's
+    // value that fits its own limit is refused once the total would pass 130.
+    server.admin.create_workspace("fourth").await.unwrap();
+    let err = server
+        .admin
+        .put_secret("fourth", false, "LARGE", &[b'y'; 51], None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST), "{err}");
+    assert!(err.to_string().contains("secrets.max_bytes_total"), "{err}");
+    assert!(err.to_string().contains("limit of 130"), "{err}");
+    assert!(
+        !err.to_string().contains("(131)"),
+        "names no server total: {err}"
+    );
+    server
+        .admin
+        .put_secret("fourth", false, "LARGE", &[b'y'; 50], None)
         .await
         .unwrap();
 }
