@@ -925,6 +925,13 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     for (key, source, path) in [
         ("data_dir", &data_dir.source, Some(&data_dir_path)),
         ("kek_file", &kek_file.source, Some(&kek_file.value)),
+        // Whoever holds the audit key and the database can rewrite the trail, so tasks must
+        // not read it either.
+        (
+            "audit_key_file",
+            &audit_key_file.source,
+            Some(&audit_key_file.value),
+        ),
         ("config", &file_name, config_path.as_ref()),
     ] {
         let Some(real) = path.and_then(|p| canonical_even_if_missing(p)) else {
@@ -1559,7 +1566,11 @@ mod tests {
     fn storage_that_exposes_the_data_dir_or_keys_and_a_data_dir_tasks_can_see_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tresor.toml");
-        std::fs::write(&file, "kek_file = \"/etc/tresor-test-kek\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "kek_file = \"/etc/tresor-test-kek\"\naudit_key_file = \"/etc/tresor-test-audit-key\"\n",
+        )
+        .unwrap();
         // The allowed directory holds the data dir, the key file and this config file.
         let args = ServeArgs {
             config: Some(file),
@@ -1578,11 +1589,43 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("kek_file")
-                && text.contains("lies inside /etc, which every task's sandbox shows"),
+            text.contains("kek_file (from")
+                && text
+                    .contains("tresor-test-kek lies inside /etc, which every task's sandbox shows"),
+            "{text}"
+        );
+        assert!(
+            text.contains("audit_key_file (from")
+                && text.contains(
+                    "tresor-test-audit-key lies inside /etc, which every task's sandbox shows"
+                ),
             "{text}"
         );
         assert!(!Path::new("/etc/tresor-test-kek").exists());
+        assert!(!Path::new("/etc/tresor-test-audit-key").exists());
+
+        // An audit key in the storage directory, beside a data dir outside it.
+        let data = tempfile::tempdir().unwrap();
+        let storage = tempfile::tempdir().unwrap();
+        let key = storage.path().join("audit-key");
+        let file = data.path().join("tresor.toml");
+        std::fs::write(
+            &file,
+            format!("audit_key_file = {:?}\n", key.display().to_string()),
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            data_dir: Some(data.path().join("data")),
+            allowed_dirs: vec![storage.path().to_path_buf()],
+            ..ServeArgs::default()
+        };
+        let text = resolve(&args, &BTreeMap::new()).unwrap_err().join("\n");
+        assert!(
+            text.contains("audit_key_file (from")
+                && text.contains("audit-key lies inside the storage directory"),
+            "{text}"
+        );
     }
 
     #[test]
