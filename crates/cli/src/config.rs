@@ -103,8 +103,8 @@ struct ComputeEnvSection {
     bin_dir: Option<PathBuf>,
 }
 
-/// How much secret material a workspace and a user may keep (every live value is held in
-/// memory for redaction, so these bound the server's memory).
+/// How much secret material a workspace, a user and the server may keep (every live value is
+/// held in memory for redaction, so these bound the server's memory).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SecretsSection {
@@ -116,6 +116,8 @@ struct SecretsSection {
     max_per_user: Option<usize>,
     /// Their bytes (default 1 MiB).
     max_bytes_per_user: Option<usize>,
+    /// The bytes of every live secret on the server, all workspaces together (default 256 MiB).
+    max_bytes_total: Option<usize>,
 }
 
 /// What one client may take of the server.
@@ -126,8 +128,10 @@ struct LimitsSection {
     max_connections: Option<usize>,
     /// Seconds to send a request's headers, and the most a connection may idle (default 10).
     header_timeout_seconds: Option<u64>,
-    /// Seconds to send a request's body (default 30).
+    /// Seconds to send each part of a request's body (default 30).
     body_timeout_seconds: Option<u64>,
+    /// Seconds to send a whole request and have it answered (default 60).
+    request_timeout_seconds: Option<u64>,
     /// Sustained requests per second per credential or address (default 200).
     requests_per_second: Option<u32>,
     /// Requests above that rate a credential may send at once (default 400).
@@ -746,6 +750,10 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             connection_defaults.body_timeout,
             std::time::Duration::from_secs,
         ),
+        request_timeout: file.limits.request_timeout_seconds.map_or(
+            connection_defaults.request_timeout,
+            std::time::Duration::from_secs,
+        ),
         requests_per_second: layers
             .pick(
                 "limits.requests_per_second",
@@ -775,6 +783,10 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             connection_limits.body_timeout.is_zero(),
         ),
         (
+            "limits.request_timeout_seconds",
+            connection_limits.request_timeout.is_zero(),
+        ),
+        (
             "limits.requests_per_second",
             connection_limits.requests_per_second == 0,
         ),
@@ -798,6 +810,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             .secrets
             .max_bytes_per_user
             .unwrap_or(defaults.user_bytes),
+        total_bytes: file.secrets.max_bytes_total.unwrap_or(defaults.total_bytes),
     };
     let audit_key_file = layers.pick(
         "audit_key_file",
@@ -912,6 +925,13 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     for (key, source, path) in [
         ("data_dir", &data_dir.source, Some(&data_dir_path)),
         ("kek_file", &kek_file.source, Some(&kek_file.value)),
+        // Whoever holds the audit key and the database can rewrite the trail, so tasks must
+        // not read it either.
+        (
+            "audit_key_file",
+            &audit_key_file.source,
+            Some(&audit_key_file.value),
+        ),
         ("config", &file_name, config_path.as_ref()),
     ] {
         let Some(real) = path.and_then(|p| canonical_even_if_missing(p)) else {
@@ -1546,7 +1566,11 @@ mod tests {
     fn storage_that_exposes_the_data_dir_or_keys_and_a_data_dir_tasks_can_see_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tresor.toml");
-        std::fs::write(&file, "kek_file = \"/etc/tresor-test-kek\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "kek_file = \"/etc/tresor-test-kek\"\naudit_key_file = \"/etc/tresor-test-audit-key\"\n",
+        )
+        .unwrap();
         // The allowed directory holds the data dir, the key file and this config file.
         let args = ServeArgs {
             config: Some(file),
@@ -1565,11 +1589,43 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("kek_file")
-                && text.contains("lies inside /etc, which every task's sandbox shows"),
+            text.contains("kek_file (from")
+                && text
+                    .contains("tresor-test-kek lies inside /etc, which every task's sandbox shows"),
+            "{text}"
+        );
+        assert!(
+            text.contains("audit_key_file (from")
+                && text.contains(
+                    "tresor-test-audit-key lies inside /etc, which every task's sandbox shows"
+                ),
             "{text}"
         );
         assert!(!Path::new("/etc/tresor-test-kek").exists());
+        assert!(!Path::new("/etc/tresor-test-audit-key").exists());
+
+        // An audit key in the storage directory, beside a data dir outside it.
+        let data = tempfile::tempdir().unwrap();
+        let storage = tempfile::tempdir().unwrap();
+        let key = storage.path().join("audit-key");
+        let file = data.path().join("tresor.toml");
+        std::fs::write(
+            &file,
+            format!("audit_key_file = {:?}\n", key.display().to_string()),
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            data_dir: Some(data.path().join("data")),
+            allowed_dirs: vec![storage.path().to_path_buf()],
+            ..ServeArgs::default()
+        };
+        let text = resolve(&args, &BTreeMap::new()).unwrap_err().join("\n");
+        assert!(
+            text.contains("audit_key_file (from")
+                && text.contains("audit-key lies inside the storage directory"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1425,6 +1425,11 @@ fn copy_out(source: &Path, dest: &Path, allowed: &[PathBuf], shared: bool) -> st
         .mode(if shared { 0o640 } else { 0o666 })
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&tmp)?;
+    if shared {
+        // The mode given at creation passes through the umask (a service with `UMask=0077`
+        // would make it 0600, which the workspace's group cannot read): set it on the open file.
+        writer.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+    }
     let size = std::io::copy(&mut reader, &mut writer)?;
     writer.sync_all()?;
     std::fs::rename(&tmp, real_parent.join(name))?;
@@ -1455,5 +1460,47 @@ mod tests {
         assert!(!keep_tail(&mut bytes, 10));
         assert!(keep_tail(&mut bytes, 3));
         assert_eq!(bytes, b"789");
+    }
+
+    /// Set in the copy of the test binary that `shared_outputs_get_their_modes_under_any_umask`
+    /// runs under umask 0077.
+    const UMASK_CHILD: &str = "TRESOR_TEST_UMASK_0077";
+
+    #[test]
+    fn shared_outputs_get_their_modes_under_any_umask() {
+        if std::env::var_os(UMASK_CHILD).is_none() {
+            // The umask belongs to the whole process, where other tests run at the same time:
+            // run this test alone in a copy of the test binary that a shell gave umask 0077.
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("umask 0077 && exec \"$0\" \"$@\"")
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "worker::tests::shared_outputs_get_their_modes_under_any_umask",
+                    "--test-threads=1",
+                ])
+                .env(UMASK_CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let area = std::fs::canonicalize(dir.path()).unwrap();
+        let source = area.join("source");
+        std::fs::write(&source, b"result").unwrap();
+        let dest = area.join("out").join("deep").join("result.txt");
+        let size = copy_out(&source, &dest, std::slice::from_ref(&area), true).unwrap();
+        assert_eq!(size, 6);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dest), 0o640);
+        assert_eq!(mode(&area.join("out")), 0o2770);
+        assert_eq!(mode(&area.join("out").join("deep")), 0o2770);
     }
 }

@@ -17,6 +17,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     /// The credential (or address) used its request rate; retry after this many seconds.
     TooManyRequests(u64),
+    /// The request was not received and answered within this many seconds.
+    RequestTimeout(u64),
 }
 
 impl From<ServiceError> for ApiError {
@@ -69,6 +71,13 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed(msg) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", msg)
             }
+            ApiError::RequestTimeout(seconds) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request was not received and answered within {seconds} s; send its body faster"
+                ),
+            ),
             ApiError::TooManyRequests(seconds) => {
                 retry_after = Some(seconds);
                 (

@@ -206,6 +206,7 @@ fn router(state: AppState, max_body_bytes: usize, limits: &ConnectionLimits) -> 
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(axum::middleware::map_response(error::platform_error_body));
     let rates = limits::RequestRates::new(limits);
+    let deadline = limits.request_timeout;
     ga4gh
         .layer(CatchPanicLayer::custom(error::panic_response))
         .merge(api)
@@ -213,6 +214,9 @@ fn router(state: AppState, max_body_bytes: usize, limits: &ConnectionLimits) -> 
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            limits::within_deadline(deadline, request, next)
+        }))
         .layer(axum::middleware::from_fn(move |request, next| {
             rates.clone().check(request, next)
         }))

@@ -25,8 +25,12 @@ pub struct ConnectionLimits {
     /// Time to send a request's headers, and the most a kept-alive connection may sit idle
     /// before its next request.
     pub header_timeout: Duration,
-    /// Time to send a request's body.
+    /// Time to send each part of a request's body: reset by every frame that arrives.
     pub body_timeout: Duration,
+    /// Time to send a whole request and have it answered, however its body arrives: without
+    /// it a body trickled a byte at a time, each within `body_timeout`, would hold its
+    /// connection for as long as the client likes.
+    pub request_timeout: Duration,
     /// Sustained requests per second per credential (or per address, for requests without one).
     pub requests_per_second: u32,
     /// Requests a credential may send at once above the sustained rate.
@@ -39,6 +43,7 @@ impl Default for ConnectionLimits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
             requests_per_second: 200,
             request_burst: 400,
         }
@@ -59,7 +64,16 @@ impl ConnectionLimits {
     }
 }
 
-/// Who a request is counted against: the SHA-256 of its credential, or its peer address.
+/// A 408 for a request that has not been received and answered within `deadline`.
+pub(crate) async fn within_deadline(deadline: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::RequestTimeout(deadline.as_secs()).into_response(),
+    }
+}
+
+/// Who a request is counted against: the SHA-256 of the access token it carries, or its peer
+/// address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Requester {
     Credential([u8; 16]),
@@ -98,13 +112,12 @@ impl RequestRates {
 
     /// A 429 with `Retry-After` once the caller's credential has used its rate.
     pub(crate) async fn check(self, request: Request, next: Next) -> Response {
-        let requester = match request.headers().get(header::AUTHORIZATION) {
-            Some(value) => {
-                let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
-                let mut key = [0u8; 16];
-                key.copy_from_slice(&digest.as_ref()[..16]);
-                Requester::Credential(key)
-            }
+        let requester = match request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| credential_key(value.as_bytes()))
+        {
+            Some(key) => Requester::Credential(key),
             None => request
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
@@ -116,6 +129,77 @@ impl RequestRates {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 ApiError::TooManyRequests(wait.as_secs().max(1)).into_response()
             }
+        }
+    }
+}
+
+/// The key a credential is counted under: the SHA-256 of the access token it carries, whatever
+/// the spelling around it. The raw header would let one token count as many: `bearer`, trailing
+/// spaces or a different Basic user name each made a fresh bucket. A header that carries no
+/// token the way `extract::credential` reads one gives `None`, and the request is counted by
+/// its address, like one without credentials.
+fn credential_key(header: &[u8]) -> Option<[u8; 16]> {
+    let value = std::str::from_utf8(header).ok()?.trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    let token = if scheme.eq_ignore_ascii_case("bearer") {
+        rest.as_bytes().to_vec()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        // The user name is free text; only the password (the access token) says who it is.
+        let colon = decoded.iter().position(|b| *b == b':')?;
+        decoded[colon + 1..].to_vec()
+    } else {
+        return None;
+    };
+    if token.is_empty() {
+        return None;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &token);
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest.as_ref()[..16]);
+    Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::credential_key;
+
+    #[test]
+    fn one_token_is_one_key_however_it_is_spelled() {
+        use base64::Engine;
+        let basic = |user: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:trp_token"))
+            )
+        };
+        let key = credential_key(b"Bearer trp_token");
+        assert!(key.is_some());
+        for spelling in [
+            "bearer trp_token".to_owned(),
+            "BEARER   trp_token  ".to_owned(),
+            "  Bearer trp_token".to_owned(),
+            basic("alice"),
+            basic(""),
+            format!("basic {}  ", basic("mallory").trim_start_matches("Basic ")),
+        ] {
+            assert_eq!(credential_key(spelling.as_bytes()), key, "{spelling:?}");
+        }
+        assert_ne!(credential_key(b"Bearer trp_other"), key);
+        let unparseable: [&[u8]; 6] = [
+            b"Bearer",
+            b"Bearer   ",
+            b"Digest trp_token",
+            b"Basic !!!",
+            b"Basic dXNlcg==",
+            b"Bearer \xff",
+        ];
+        for unparseable in unparseable {
+            assert_eq!(credential_key(unparseable), None, "{unparseable:?}");
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tresor_api_types::tes::{TesTask, TesTaskLog};
+use tresor_crypto::redact::MIN_SECRET_LEN;
 use tresor_domain::{Caller, TaskId, TaskState};
 use tresor_executors::limits::{self, Enforcement, LimitSettings, TaskLimits};
 use tresor_executors::{
@@ -453,6 +454,15 @@ pub(crate) async fn deliver_secrets(
                 "secret {name} no longer exists"
             )));
         };
+        // Values this short were accepted before the minimum existed; the redactor no longer
+        // hides them, so a task could print one in plain sight. The message names the secret,
+        // never the value.
+        if value.len() < MIN_SECRET_LEN {
+            return Err(ServiceError::Conflict(format!(
+                "the {} secret {name} is shorter than {MIN_SECRET_LEN} bytes, so task logs could not hide it; set a value of at least {MIN_SECRET_LEN} bytes and submit the task again",
+                key.scope()
+            )));
+        }
         resolved.push((name, key, version, value));
     }
     let uses: Vec<_> = resolved

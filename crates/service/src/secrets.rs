@@ -50,13 +50,46 @@ const PUT_ATTEMPTS: u32 = 5;
 type LiveValues = std::collections::HashMap<(String, String, String), Arc<SecretValue>>;
 
 /// Cached launch guards: (workspace, user) -> matcher (`None`: no values). A change of secrets
-/// in a workspace drops that workspace's entries.
-type GuardCache =
-    std::collections::HashMap<(String, String), Option<tresor_crypto::redact::Redactor>>;
+/// in a workspace drops that workspace's entries and bumps its generation.
+#[derive(Default)]
+struct GuardCache {
+    guards: std::collections::HashMap<(String, String), Option<tresor_crypto::redact::Redactor>>,
+    /// How many times each workspace's secrets have changed. A guard is cached only if its
+    /// workspace's generation is still the one read before its values were: otherwise a guard
+    /// built from the values before a put could be cached after the put cleared the cache, and
+    /// stay stale until the next change. Entries are never removed (a removed one would read as
+    /// 0 again and could match a generation read before); one per workspace ever changed.
+    generations: std::collections::HashMap<String, u64>,
+}
 
-/// How much secret material one workspace and one user may keep. Every live value is held in
-/// memory (for redaction), so these bound the server's memory: at most
-/// `workspaces * workspace_bytes`, plus about 1 KiB of index per secret.
+impl GuardCache {
+    fn generation(&self, workspace: &str) -> u64 {
+        self.generations.get(workspace).copied().unwrap_or(0)
+    }
+
+    /// Drops a workspace's guards after its values changed, and bumps its generation.
+    fn invalidate(&mut self, workspace: &str) {
+        *self.generations.entry(workspace.to_owned()).or_default() += 1;
+        self.guards.retain(|(ws, _), _| ws != workspace);
+    }
+
+    /// Caches a guard built from values read after `generation` was, if nothing changed since.
+    fn insert_if_current(
+        &mut self,
+        key: (String, String),
+        generation: u64,
+        guard: Option<tresor_crypto::redact::Redactor>,
+    ) {
+        if self.generation(&key.0) == generation {
+            self.guards.insert(key, guard);
+        }
+    }
+}
+
+/// How much secret material one workspace, one user and the whole server may keep. Every live
+/// value is held in memory (for redaction), and workspaces are self-service, so `total_bytes`
+/// is what bounds the server's memory: at most `total_bytes`, plus about 1 KiB of index per
+/// secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SecretLimits {
     /// Live secrets in one workspace, workspace and user secrets together.
@@ -67,6 +100,8 @@ pub struct SecretLimits {
     pub user_count: usize,
     /// Their values' bytes.
     pub user_bytes: usize,
+    /// The values' bytes of every live secret on the server, all workspaces together.
+    pub total_bytes: usize,
 }
 
 impl Default for SecretLimits {
@@ -76,6 +111,7 @@ impl Default for SecretLimits {
             workspace_bytes: 4 * 1024 * 1024,
             user_count: 100,
             user_bytes: 1024 * 1024,
+            total_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -252,20 +288,24 @@ impl SecretService {
             workspace,
             (!values.is_empty()).then(|| tresor_crypto::redact::Redactor::shared(values)),
         );
-        if let Ok(mut guards) = self.guards.lock() {
-            guards.retain(|(ws, _), _| ws != workspace);
+        // After `live` changed (callers change it first), so a guard whose values were read
+        // before that change sees a new generation, or is dropped here if it was cached already.
+        if let Ok(mut cache) = self.guards.lock() {
+            cache.invalidate(workspace);
         }
     }
 
-    /// Refuses a put that would take the workspace or the user past a limit (the value it
-    /// replaces, if any, no longer counts).
+    /// Refuses a put that would take the workspace, the user or the server past a limit (the
+    /// value it replaces, if any, no longer counts).
     fn check_limits(&self, key: &SecretKey, size: usize) -> Result<(), ServiceError> {
         let live = self.live.lock().map_err(|_| {
             ServiceError::Internal(anyhow::anyhow!("the secret cache lock is poisoned"))
         })?;
         let this = live_key(key);
         let (mut ws_count, mut ws_bytes, mut user_count, mut user_bytes) = (1, size, 1, size);
+        let mut total_bytes = size;
         for (k, v) in live.iter().filter(|(k, _)| **k != this) {
+            total_bytes += v.len();
             if k.0 == this.0 {
                 ws_count += 1;
                 ws_bytes += v.len();
@@ -313,6 +353,14 @@ impl SecretService {
                     "max_bytes_per_user",
                 ));
             }
+        }
+        if total_bytes > limits.total_bytes {
+            // Not the server's total: that would tell one workspace about the others.
+            return Err(over(
+                "the secret bytes of all workspaces on this server",
+                limits.total_bytes,
+                "max_bytes_total",
+            ));
         }
         Ok(())
     }
@@ -601,11 +649,17 @@ impl SecretService {
         user: &tresor_domain::UserId,
     ) -> Result<Option<tresor_crypto::redact::Redactor>, ServiceError> {
         let cache_key = (workspace.to_string(), user.to_string());
-        if let Ok(guards) = self.guards.lock()
-            && let Some(guard) = guards.get(&cache_key)
-        {
-            return Ok(guard.clone());
-        }
+        let generation = {
+            let cache = self.guards.lock().map_err(|_| {
+                ServiceError::Internal(anyhow::anyhow!("the launch guard lock is poisoned"))
+            })?;
+            if let Some(guard) = cache.guards.get(&cache_key) {
+                return Ok(guard.clone());
+            }
+            cache.generation(workspace.as_str())
+        };
+        // Read after the generation: a change to `live` from here on bumps it before or after
+        // the insert below, and either way the stale guard is not kept.
         let values: Vec<Arc<SecretValue>> = {
             let live = self.live.lock().map_err(|_| {
                 ServiceError::Internal(anyhow::anyhow!("the secret cache lock is poisoned"))
@@ -618,10 +672,8 @@ impl SecretService {
                 .collect()
         };
         let guard = (!values.is_empty()).then(|| tresor_crypto::redact::Redactor::shared(values));
-        // A put in this workspace between the read above and this insert drops the entry again
-        // only if it runs after; so build before caching only what the live set still holds.
-        if let Ok(mut guards) = self.guards.lock() {
-            guards.insert(cache_key, guard.clone());
+        if let Ok(mut cache) = self.guards.lock() {
+            cache.insert_if_current(cache_key, generation, guard.clone());
         }
         Ok(guard)
     }
@@ -657,5 +709,34 @@ impl SecretService {
     /// The key provider, for checks that need it.
     pub fn key_provider(&self) -> &dyn KeyProvider {
         self.keys.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GuardCache;
+
+    fn key(ws: &str) -> (String, String) {
+        (ws.to_owned(), "alice".to_owned())
+    }
+
+    #[test]
+    fn a_guard_built_before_a_change_is_not_cached_after_it() {
+        let mut cache = GuardCache::default();
+        // Built from the values before a put, which invalidates before the guard is inserted.
+        let before = cache.generation("lab");
+        cache.invalidate("lab");
+        cache.insert_if_current(key("lab"), before, None);
+        assert!(cache.guards.is_empty());
+        // Built after it: cached. A change in another workspace leaves it alone.
+        let after = cache.generation("lab");
+        let other = cache.generation("other");
+        cache.invalidate("other");
+        cache.insert_if_current(key("lab"), after, None);
+        cache.insert_if_current(key("other"), other, None);
+        assert_eq!(cache.guards.keys().collect::<Vec<_>>(), [&key("lab")]);
+        // A change after the insert drops it.
+        cache.invalidate("lab");
+        assert!(cache.guards.is_empty());
     }
 }

@@ -14,6 +14,7 @@ fn limits(cap: usize) -> tresor_server::ConnectionLimits {
         max_connections: cap,
         header_timeout: Duration::from_secs(1),
         body_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(60),
         requests_per_second: 1000,
         request_burst: 1000,
     }
@@ -95,6 +96,69 @@ async fn slow_headers_slow_bodies_and_idle_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn a_body_trickled_within_the_body_timeout_is_cut_at_the_request_timeout() {
+    let server = TestServer::start_with(|s| {
+        s.limits = tresor_server::ConnectionLimits {
+            request_timeout: Duration::from_secs(2),
+            ..limits(64)
+        }
+    })
+    .await;
+    let (mut reader, mut writer) = TcpStream::connect(addr(&server))
+        .await
+        .unwrap()
+        .into_split();
+    writer
+        .write_all(
+            format!(
+                "POST /ga4gh/tes/v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+                server.admin_token
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // A byte every 0.6 s for 12 s: each arrives within the 1 s body timeout.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            if writer.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .is_ok();
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&seen);
+    assert!(
+        ended,
+        "a body trickled a byte at a time held its connection for 5 s: {answer:?}"
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "a trickled body got {answer:?}"
+    );
+    // Meanwhile the server answers everyone else.
+    server.client.service_info().await.unwrap();
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_are_refused_and_slots_come_back() {
     let server = TestServer::start_with(|s| s.limits = limits(8)).await;
     let mut held = Vec::new();
@@ -168,4 +232,54 @@ async fn a_credential_past_its_rate_gets_429_with_retry_after_and_others_do_not(
     assert!(retry_after.is_some_and(|s| s >= 1), "{retry_after:?}");
     // Another credential is counted on its own.
     server.client.list_tasks(&Default::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn one_token_spelled_many_ways_shares_one_rate() {
+    use base64::Engine;
+    let server = TestServer::start_with(|s| {
+        s.limits = tresor_server::ConnectionLimits {
+            requests_per_second: 2,
+            request_burst: 5,
+            ..limits(64)
+        }
+    })
+    .await;
+    let alice = server.user("alice").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/ga4gh/tes/v1/tasks", server.url);
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        // Every spelling the server accepts for the same token, each one different.
+        let spaces = " ".repeat(i + 1);
+        let authorization = match i % 4 {
+            0 => format!("Bearer{spaces}{}", alice.token),
+            1 => format!("bearer {}{spaces}", alice.token),
+            2 => format!("BeArEr {}{spaces}", alice.token),
+            _ => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("user-{i}:{}", alice.token))
+            ),
+        };
+        let resp = http
+            .get(&url)
+            .header(reqwest::header::AUTHORIZATION, authorization)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status());
+    }
+    // Each spelling is a valid credential, so what is not limited is answered.
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(limited >= 10, "{statuses:?}");
 }

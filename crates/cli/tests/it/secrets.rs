@@ -878,6 +878,88 @@ async fn a_members_value_hides_only_itself_never_words_of_every_task() {
 }
 
 #[tokio::test]
+async fn a_value_shorter_than_the_minimum_stored_before_it_existed_is_never_delivered() {
+    let server = TestServer::start().await;
+    let tes = genomics_with(&server, &[]).await;
+    // A 7-byte value, stored the way a server from before the 8-byte minimum stored it: sealed
+    // under the server's KEK with the associated data that binds it to its row, and written
+    // with its audit event, straight into the database.
+    const SHORT: &str = "Q7#zK9w";
+    let name = "OLD_PIN";
+    let store = server.store().await;
+    let keys = tresor_crypto::KeyRing::open_or_create(&server.data.join("kek")).unwrap();
+    let key = tresor_store::SecretKey {
+        workspace: tresor_domain::WorkspaceId::parse("genomics").unwrap(),
+        owner: None,
+        name: name.to_owned(),
+    };
+    let version = 1;
+    // workspace, scope, owner (none), name, version, as `tresor_service::secrets::aad` has them.
+    let aad = format!("tresor-secret/v1\0genomics\0workspace\0\0{name}\0{version}");
+    let sealed = tresor_crypto::seal(
+        &keys,
+        &SecretValue::new(SHORT.as_bytes().to_vec()),
+        aad.as_bytes(),
+    )
+    .unwrap();
+    let admin = tresor_domain::UserId::parse(&server.admin.me().await.unwrap().id).unwrap();
+    store
+        .put_secret_version(
+            &key,
+            None,
+            version,
+            &tresor_store::SealedRow {
+                kek_id: sealed.kek_id,
+                wrapped_key: sealed.wrapped_key,
+                ciphertext: sealed.ciphertext,
+            },
+            &admin,
+            &tresor_store::AuditEvent {
+                actor: admin.to_string(),
+                action: "secret.create".to_owned(),
+                object: format!("secret:workspace:{name}"),
+                workspace: Some("genomics".to_owned()),
+                source: None,
+                result: "ok".to_owned(),
+                detail: Some(format!("version {version}")),
+            },
+        )
+        .await
+        .unwrap();
+
+    // A task declaring it is accepted (the secret exists), but fails at start without it:
+    // logs could not hide a value that short.
+    let done = server
+        .run_in(
+            &tes,
+            &with_secrets(
+                sh_task(&format!(r#"cat "$TRESOR_SECRETS_DIR/{name}""#)),
+                name,
+                "",
+            ),
+        )
+        .await;
+    assert_eq!(
+        done.state,
+        Some(tresor_api_types::tes::TesState::SystemError),
+        "{done:#?}"
+    );
+    let why = system_logs(&done);
+    assert!(why.contains(name), "{why}");
+    assert!(why.contains("at least 8 bytes"), "{why}");
+    let everything = serde_json::to_string(&done).unwrap();
+    assert!(!everything.contains(SHORT), "{everything}");
+    // Nothing was delivered, so nothing is recorded as delivered.
+    let events = store.audit_events(10_000).await.unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.contains("\"action\":\"secret.deliver\"")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
 async fn secret_counts_and_bytes_are_limited_per_workspace_and_per_user() {
     let server = TestServer::start_with(|s| {
         s.secret_limits = tresor_service::SecretLimits {
@@ -885,6 +967,7 @@ async fn secret_counts_and_bytes_are_limited_per_workspace_and_per_user() {
             workspace_bytes: 100,
             user_count: 2,
             user_bytes: 30,
+            total_bytes: 130,
         };
     })
     .await;
@@ -950,6 +1033,26 @@ async fn secret_counts_and_bytes_are_limited_per_workspace_and_per_user() {
     server
         .admin
         .put_secret("lab", false, "S3", &value(3), None)
+        .await
+        .unwrap();
+    // The server's bytes count across every workspace: 80 are live, so a fresh workspace's
+    // value that fits its own limit is refused once the total would pass 130.
+    server.admin.create_workspace("fourth").await.unwrap();
+    let err = server
+        .admin
+        .put_secret("fourth", false, "LARGE", &[b'y'; 51], None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST), "{err}");
+    assert!(err.to_string().contains("secrets.max_bytes_total"), "{err}");
+    assert!(err.to_string().contains("limit of 130"), "{err}");
+    assert!(
+        !err.to_string().contains("(131)"),
+        "names no server total: {err}"
+    );
+    server
+        .admin
+        .put_secret("fourth", false, "LARGE", &[b'y'; 50], None)
         .await
         .unwrap();
 }
