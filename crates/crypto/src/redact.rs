@@ -45,13 +45,20 @@ fn base64_form(value: &[u8], engine: &impl Engine, offset: usize) -> Option<Vec<
     (stable_end > skip).then(|| encoded.as_bytes()[skip..stable_end].to_vec())
 }
 
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+
 fn url_encoded(value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(value.len() * 3);
     for &b in value {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(b);
         } else {
-            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+            out.extend_from_slice(&[
+                b'%',
+                HEX_UPPER[usize::from(b >> 4)],
+                HEX_UPPER[usize::from(b & 15)],
+            ]);
         }
     }
     out
@@ -75,17 +82,12 @@ fn json_escaped(value: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn hex(value: &[u8], upper: bool) -> Vec<u8> {
-    value
-        .iter()
-        .map(|b| {
-            if upper {
-                format!("{b:02X}")
-            } else {
-                format!("{b:02x}")
-            }
-        })
-        .collect::<String>()
-        .into_bytes()
+    let digits = if upper { HEX_UPPER } else { HEX_LOWER };
+    let mut out = Vec::with_capacity(value.len() * 2);
+    for &b in value {
+        out.extend_from_slice(&[digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]);
+    }
+    out
 }
 
 /// One form of a value that is redacted.
@@ -325,21 +327,32 @@ static BASE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
     }
 });
 
-/// One form of a value, as an index holds it: what it is, and what confirms it.
+/// What confirms one form in constant time: its length, hash and `base^len`.
 #[derive(Debug, Clone, Copy)]
-struct FormEntry {
-    form: Form,
+struct Confirm {
     len: usize,
     hash: u64,
     /// `base^len`, to take the form's window out of the text's prefix hashes.
     shift: u64,
 }
 
-/// A secret value with its forms' keys, lengths and hashes, computed once (building every form
-/// of a 64 KiB value takes milliseconds) and shared by every redactor made from it.
+/// One form of a value, as an index holds it. Its hash needs the whole form built, which takes
+/// milliseconds for a large value, so it is made the first time text starts like the form and
+/// then kept: most forms of most values never are.
+#[derive(Debug)]
+struct FormEntry {
+    key: u64,
+    form: Form,
+    confirm: std::sync::OnceLock<Option<Confirm>>,
+}
+
+/// A secret value with its forms' keys, shared by every redactor made from it, and their
+/// confirmations once made.
 pub struct IndexedValue {
     value: Arc<SecretValue>,
-    forms: Vec<(u64, FormEntry)>,
+    forms: Vec<FormEntry>,
+    /// The longest form, counted without building it.
+    longest: usize,
 }
 
 impl std::fmt::Debug for IndexedValue {
@@ -350,25 +363,26 @@ impl std::fmt::Debug for IndexedValue {
 
 impl IndexedValue {
     pub fn new(value: Arc<SecretValue>) -> IndexedValue {
-        let base = *BASE;
         let bytes = value.expose_secret();
-        let forms = keyed_forms(bytes)
+        let keyed = keyed_forms(bytes);
+        let longest = keyed
+            .iter()
+            .map(|(_, form)| form_len(bytes, *form))
+            .max()
+            .unwrap_or(0);
+        let forms = keyed
             .into_iter()
-            .filter_map(|(key, form)| {
-                // Built once here, then dropped: only its length and hash are kept.
-                let whole = materialize(bytes, form)?;
-                Some((
-                    key,
-                    FormEntry {
-                        form,
-                        len: whole.len(),
-                        hash: hash_bytes(base, &whole),
-                        shift: pow_mod(base, whole.len() as u64),
-                    },
-                ))
+            .map(|(key, form)| FormEntry {
+                key,
+                form,
+                confirm: std::sync::OnceLock::new(),
             })
             .collect();
-        IndexedValue { value, forms }
+        IndexedValue {
+            value,
+            forms,
+            longest,
+        }
     }
 
     /// The value's length in bytes.
@@ -379,13 +393,26 @@ impl IndexedValue {
     pub fn is_empty(&self) -> bool {
         self.value.len() == 0
     }
+
+    fn confirm(&self, form: usize) -> Option<Confirm> {
+        let entry = self.forms.get(form)?;
+        *entry.confirm.get_or_init(|| {
+            let base = *BASE;
+            let whole = materialize(self.value.expose_secret(), entry.form)?;
+            Some(Confirm {
+                len: whole.len(),
+                hash: hash_bytes(base, &whole),
+                shift: pow_mod(base, whole.len() as u64),
+            })
+        })
+    }
 }
 
-/// A form that starts with a key, in an index: which value, and the form.
+/// A form that starts with a key, in an index: which value, and which of its forms.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
     id: u32,
-    entry: FormEntry,
+    form: u32,
 }
 
 /// The index of one redactor's values.
@@ -419,12 +446,15 @@ impl Index {
             let Ok(id) = u32::try_from(kept.len()) else {
                 break;
             };
-            for (key, entry) in &value.forms {
-                longest = longest.max(entry.len);
+            longest = longest.max(value.longest);
+            for (i, entry) in value.forms.iter().enumerate() {
+                let Ok(form) = u32::try_from(i) else {
+                    break;
+                };
                 forms
-                    .entry(*key)
+                    .entry(entry.key)
                     .or_default()
-                    .push(Candidate { id, entry: *entry });
+                    .push(Candidate { id, form });
             }
             kept.push(value);
         }
@@ -520,22 +550,28 @@ impl<'a> Scan<'a> {
         let Some(candidates) = key_at(self.input, at).and_then(|key| index.forms.get(&key)) else {
             return Ok(None);
         };
-        let mut best = None;
-        for Candidate { id, entry } in candidates {
+        let mut best: Option<usize> = None;
+        for Candidate { id, form } in candidates {
             self.budget = self.budget.checked_sub(1).ok_or(())?;
-            if best.is_some_and(|b| b >= entry.len)
-                || self.window_hash(at, entry.len, entry.shift) != Some(entry.hash)
+            let Some(value) = index.values.get(*id as usize) else {
+                continue;
+            };
+            let Some(confirm) = value.confirm(*form as usize) else {
+                continue;
+            };
+            if best.is_some_and(|b| b >= confirm.len)
+                || self.window_hash(at, confirm.len, confirm.shift) != Some(confirm.hash)
             {
                 continue;
             }
             // The hashes agree: compare the bytes, once, for a match that is then skipped.
-            let same = index
-                .values
-                .get(*id as usize)
-                .and_then(|v| materialize(v.value.expose_secret(), entry.form))
-                .is_some_and(|form| self.input[at..].starts_with(&form));
+            let same = value
+                .forms
+                .get(*form as usize)
+                .and_then(|entry| materialize(value.value.expose_secret(), entry.form))
+                .is_some_and(|whole| self.input[at..].starts_with(&whole));
             if same {
-                best = Some(entry.len);
+                best = Some(confirm.len);
             }
         }
         Ok(best)

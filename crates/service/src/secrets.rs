@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tresor_crypto::fingerprint::fingerprint;
-use tresor_crypto::redact::MIN_SECRET_LEN;
+use tresor_crypto::redact::{IndexedValue, MIN_SECRET_LEN};
 use tresor_crypto::{KeyProvider, KeyRing, Sealed, SecretValue, envelope};
 use tresor_domain::{Action, Caller, Principal};
 use tresor_store::{AuditEvent, SealedRow, SecretKey, SecretMeta, Store, StoredVersion};
@@ -47,7 +47,7 @@ pub struct PutOutcome {
 const PUT_ATTEMPTS: u32 = 5;
 
 /// (workspace, owner or "", name) -> value, shared with the redactors built from it.
-type LiveValues = std::collections::HashMap<(String, String, String), Arc<SecretValue>>;
+type LiveValues = std::collections::HashMap<(String, String, String), Arc<IndexedValue>>;
 
 /// Cached launch guards: (workspace, user) -> matcher (`None`: no values). A change of secrets
 /// in a workspace drops that workspace's entries and bumps its generation.
@@ -244,7 +244,7 @@ impl SecretService {
         for key in self.store.live_secret_keys().await? {
             match self.open(&key).await {
                 Ok(Some((_, value))) => {
-                    loaded.insert(live_key(&key), Arc::new(value));
+                    loaded.insert(live_key(&key), Arc::new(IndexedValue::new(Arc::new(value))));
                 }
                 Ok(None) => {}
                 // One unreadable secret must not stop the others from being redacted.
@@ -276,7 +276,7 @@ impl SecretService {
     /// cached launch guards. Other workspaces' parts are untouched, so the cost of a change is
     /// bounded by the workspace's limits, not by every secret of the server.
     fn rebuild(&self, workspace: &str) {
-        let values: Vec<Arc<SecretValue>> = match self.live.lock() {
+        let values: Vec<Arc<IndexedValue>> = match self.live.lock() {
             Ok(live) => live
                 .iter()
                 .filter(|((ws, _, _), _)| ws == workspace)
@@ -286,7 +286,7 @@ impl SecretService {
         };
         self.log_redactor.set_part(
             workspace,
-            (!values.is_empty()).then(|| tresor_crypto::redact::Redactor::shared(values)),
+            (!values.is_empty()).then(|| tresor_crypto::redact::Redactor::indexed(values)),
         );
         // After `live` changed (callers change it first), so a guard whose values were read
         // before that change sees a new generation, or is dropped here if it was cached already.
@@ -451,8 +451,10 @@ impl SecretService {
                 other => break other?,
             }
         };
+        // Index the value's forms before taking the lock: it takes milliseconds for a large one.
+        let indexed = Arc::new(IndexedValue::new(Arc::new(value)));
         if let Ok(mut live) = self.live.lock() {
-            live.insert(live_key(&key), Arc::new(value));
+            live.insert(live_key(&key), indexed);
         }
         self.rebuild(key.workspace.as_str());
         Ok(outcome)
@@ -660,7 +662,7 @@ impl SecretService {
         };
         // Read after the generation: a change to `live` from here on bumps it before or after
         // the insert below, and either way the stale guard is not kept.
-        let values: Vec<Arc<SecretValue>> = {
+        let values: Vec<Arc<IndexedValue>> = {
             let live = self.live.lock().map_err(|_| {
                 ServiceError::Internal(anyhow::anyhow!("the secret cache lock is poisoned"))
             })?;
@@ -671,7 +673,7 @@ impl SecretService {
                 .map(|(_, v)| v.clone())
                 .collect()
         };
-        let guard = (!values.is_empty()).then(|| tresor_crypto::redact::Redactor::shared(values));
+        let guard = (!values.is_empty()).then(|| tresor_crypto::redact::Redactor::indexed(values));
         if let Ok(mut cache) = self.guards.lock() {
             cache.insert_if_current(cache_key, generation, guard.clone());
         }
