@@ -45,3 +45,6 @@ CREATE TABLE workspace_groups_to_adopt (
     workspace TEXT PRIMARY KEY
 );
 INSERT INTO workspace_groups_to_adopt (workspace) SELECT id FROM workspaces;
+-- Deleted workspaces' directories may still hold their group: it is recorded under the retired
+-- id, so it is never handed to a new workspace.
+INSERT OR IGNORE INTO workspace_groups_to_adopt (workspace) SELECT id FROM retired_workspaces;
