@@ -273,7 +273,8 @@ struct LocalSection {
     task_uid_range: Option<String>,
     /// Host gids from which each workspace's `file://` directory gets a group of its own when
     /// the server runs as root: "first-last" (default 2001000000-2001065535), apart from
-    /// `task_uid_range`. No host account, group or subordinate id range may use them.
+    /// `task_uid_range`. No host account, group or subordinate id range may use them. A deleted
+    /// workspace keeps its gid, so the range must outnumber every workspace ever created.
     workspace_gid_range: Option<String>,
     /// Host uid and gid that SLURM tasks' executors run as when their worker is root (default
     /// 65534, nobody); local tasks get their own from `task_uid_range`.

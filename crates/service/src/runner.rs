@@ -202,7 +202,12 @@ pub(crate) async fn task_files(
         });
     };
     let group = match &inner.executor.settings().workspace_gids {
-        Some(gids) => Some(inner.storage.prepare_file_root(&root.dir, gids).await?),
+        Some(gids) => Some(
+            inner
+                .storage
+                .prepare_file_root(&record.workspace, &root, gids)
+                .await?,
+        ),
         None => None,
     };
     Ok(TaskFiles {

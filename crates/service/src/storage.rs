@@ -2,7 +2,7 @@
 //! worker gets, when the task starts, one URL per object and method, valid for minutes, and only
 //! for the objects its task declared, inside its workspace's bucket and prefix.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -133,7 +133,8 @@ pub struct StorageService {
     /// administrator gives a workspace.
     file_dirs: Arc<Vec<PathBuf>>,
     clients: Arc<Mutex<HashMap<String, Arc<AmazonS3>>>>,
-    /// Held while a workspace's directory gets its group, so two workspaces never get the same.
+    /// Held while a workspace's directory is prepared, so two tasks starting together do not
+    /// both make it; the store's UNIQUE `gid` is what keeps two workspaces from one group.
     groups: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -185,6 +186,19 @@ fn is_plain(path: &Path) -> bool {
 /// Whether one directory contains the other (or they are the same).
 fn dirs_overlap(a: &Path, b: &Path) -> bool {
     a.starts_with(b) || b.starts_with(a)
+}
+
+/// The audit event of a workspace's directory getting its group; the store adds the group.
+fn group_event(workspace: &WorkspaceId, dir: &Path) -> tresor_store::AuditEvent {
+    tresor_store::AuditEvent {
+        actor: "system".to_owned(),
+        action: "storage.file.group".to_owned(),
+        object: format!("storage:file://{}", dir.display()),
+        workspace: Some(workspace.to_string()),
+        source: None,
+        result: "ok".to_owned(),
+        detail: None,
+    }
 }
 
 fn unavailable(e: impl Into<anyhow::Error>) -> ServiceError {
@@ -438,18 +452,25 @@ impl StorageService {
     }
 
     /// Makes a workspace's `file://` directory ready for its tasks, whose file copies run as the
-    /// task's own host user: the directory is created if missing, and the first time gets a
-    /// host group of its own from `gids` and mode 2770 (root's, the group's, nobody else's; the
-    /// setgid bit gives every new file and directory in it the group). Tasks copy with that
-    /// group, so each reads what earlier tasks of its workspace wrote, and nothing of another
-    /// workspace. The directory's group is the record: it is kept while it lies in `gids`.
-    /// Returns the group.
+    /// task's own host user with the workspace's host group, and returns that group. Each
+    /// workspace's group is recorded in the store (`workspace_groups`): the lowest of `gids` no
+    /// workspace ever held, given the first time. The directory is root's and the group's, mode
+    /// 2770 (the setgid bit gives every new file and directory in it the group), so each task
+    /// reads what earlier tasks of its workspace wrote, and nothing of another workspace.
+    ///
+    /// The default directory is used only if tresor made it for this workspace: a missing one is
+    /// made; one that exists must hold the workspace's recorded group, and one that exists
+    /// before the workspace has a group is refused, since it may be anything left in the first
+    /// allowed directory (a deleted workspace's files, a project's data) that the id happens to
+    /// name. A directory an administrator assigned is adopted: it gets the workspace's group.
     pub async fn prepare_file_root(
         &self,
-        dir: &Path,
+        workspace: &WorkspaceId,
+        root: &FileRoot,
         gids: &RangeInclusive<u32>,
     ) -> Result<u32, ServiceError> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = root.dir.as_path();
         // What an operator must fix, in the task's system logs.
         let failed = |e: std::io::Error| {
             ServiceError::Conflict(format!(
@@ -457,51 +478,120 @@ impl StorageService {
                 dir.display()
             ))
         };
-        let _held = self.groups.lock().await;
-        if let Err(e) = std::fs::create_dir(dir)
-            && e.kind() != std::io::ErrorKind::AlreadyExists
-        {
-            return Err(failed(e));
-        }
-        let meta = std::fs::symlink_metadata(dir).map_err(failed)?;
-        if !meta.is_dir() {
-            return Err(failed(std::io::Error::other("not a directory")));
-        }
-        if gids.contains(&meta.gid()) {
-            return Ok(meta.gid());
-        }
-        // The groups other workspaces' directories hold: the default ones side by side in the
-        // first allowed directory, and those an administrator assigned.
-        let mut others: Vec<PathBuf> = match self.file_dirs.first() {
-            Some(area) => std::fs::read_dir(area)
-                .map(|entries| entries.flatten().map(|e| e.path()).collect())
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
-        others.extend(
-            self.store
-                .all_workspace_file_dirs()
-                .await?
-                .into_iter()
-                .map(|(_, d)| PathBuf::from(d)),
-        );
-        let taken: BTreeSet<u32> = others
-            .iter()
-            .filter(|other| other.as_path() != dir)
-            .filter_map(|other| std::fs::symlink_metadata(other).ok())
-            .filter(|m| m.is_dir())
-            .map(|m| m.gid())
-            .collect();
-        let gid = gids.clone().find(|g| !taken.contains(g)).ok_or_else(|| {
+        let not_made_here = |why: String| {
             ServiceError::Conflict(format!(
-                "every group of local.workspace_gid_range ({}-{}) belongs to a workspace's directory; widen the range",
-                gids.start(),
-                gids.end()
+                "the workspace's file:// directory {} {why}; move it away, or a platform administrator assigns it with PUT /api/v1/workspaces/{workspace}/file-storage",
+                dir.display()
             ))
-        })?;
+        };
+        // One workspace's directory at a time: two tasks of a workspace starting together must
+        // not both make it.
+        let _held = self.groups.lock().await;
+        self.adopt_earlier_groups(gids).await?;
+        let recorded = self.store.workspace_gid(workspace).await?;
+        let existing = match std::fs::symlink_metadata(dir) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(failed(std::io::Error::other("not a directory")));
+            }
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !root.assigned => None,
+            Err(e) => return Err(failed(e)),
+        };
+        if !root.assigned {
+            match (&existing, recorded) {
+                (Some(_), None) => {
+                    return Err(not_made_here(format!(
+                        "exists but tresor did not create it for workspace {workspace}"
+                    )));
+                }
+                (Some(meta), Some(gid)) if meta.gid() != gid => {
+                    return Err(not_made_here(format!(
+                        "has group {}, not workspace {workspace}'s group {gid}: tresor did not create it for this workspace",
+                        meta.gid()
+                    )));
+                }
+                (Some(_), Some(gid)) => return Ok(gid),
+                (None, _) => {}
+            }
+        }
+        let gid = match recorded {
+            Some(gid) => gid,
+            None => self.allocate_group(workspace, dir, gids).await?,
+        };
+        match existing {
+            // An assigned directory that holds the group already is left as it is.
+            Some(meta) if meta.gid() == gid => return Ok(gid),
+            Some(_) => {}
+            // The group is recorded before the directory exists, so a directory in the default
+            // place without a recorded group is never one tresor made.
+            None => match std::fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(not_made_here(format!(
+                        "appeared while tresor was creating it for workspace {workspace}"
+                    )));
+                }
+                Err(e) => return Err(failed(e)),
+            },
+        }
         std::os::unix::fs::lchown(dir, None, Some(gid)).map_err(failed)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770)).map_err(failed)?;
         Ok(gid)
+    }
+
+    /// Records a new group for a workspace's directory, audited.
+    async fn allocate_group(
+        &self,
+        workspace: &WorkspaceId,
+        dir: &Path,
+        gids: &RangeInclusive<u32>,
+    ) -> Result<u32, ServiceError> {
+        let event = group_event(workspace, dir);
+        self.store
+            .allocate_workspace_gid(workspace, gids, &event)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::Conflict(format!(
+                    "every group of local.workspace_gid_range ({}-{}) belongs to a workspace (a deleted workspace keeps its group, since its id is never reused); widen the range",
+                    gids.start(),
+                    gids.end()
+                ))
+            })
+    }
+
+    /// Records, once, the groups that a tresor from before groups were recorded gave the
+    /// directories of the workspaces of that time (deleted ones included, under their retired
+    /// id): each directory's group, if it lies in `gids` and no other workspace holds it. It
+    /// runs before any new group is handed out, so none is given that such a directory already
+    /// holds. A workspace whose directory could not be adopted is refused at its next task until
+    /// its directory is moved away or assigned.
+    async fn adopt_earlier_groups(&self, gids: &RangeInclusive<u32>) -> Result<(), ServiceError> {
+        use std::os::unix::fs::MetadataExt;
+        for workspace in self.store.workspaces_to_adopt().await? {
+            let Some(root) = self.file_root(&workspace).await? else {
+                self.store
+                    .adopt_workspace_gid(&workspace, None, &group_event(&workspace, Path::new("")))
+                    .await?;
+                continue;
+            };
+            let gid = std::fs::symlink_metadata(&root.dir)
+                .ok()
+                .filter(|m| m.is_dir())
+                .map(|m| m.gid())
+                .filter(|g| gids.contains(g));
+            let adopted = self
+                .store
+                .adopt_workspace_gid(&workspace, gid, &group_event(&workspace, &root.dir))
+                .await?;
+            if gid.is_some() && !adopted {
+                tracing::warn!(
+                    workspace = %workspace,
+                    dir = %root.dir.display(),
+                    "the group of the workspace's file:// directory belongs to another workspace; its tasks are refused until the directory is moved away or assigned"
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn check_file_urls(
@@ -538,7 +628,10 @@ impl StorageService {
 
     /// Gives a workspace a host directory of its own for `file://` storage (`None`: back to the
     /// default). The directory must exist, lie in one of the allowed directories other than the
-    /// first (which holds the default directories), and overlap no other workspace's.
+    /// first (which holds the default directories), and overlap no other workspace's; or be the
+    /// workspace's own default directory, which an administrator assigns to have tresor adopt a
+    /// directory it did not make there. An assigned directory gets the workspace's group when
+    /// its next task starts.
     pub async fn set_file_root(
         &self,
         actor: &Principal,
@@ -568,17 +661,19 @@ impl StorageService {
                     )
                 })?;
                 let candidates = &self.file_dirs[1..];
-                if !real.is_dir()
-                    || dirs_overlap(&real, default_area)
-                    || !candidates.iter().any(|d| real.starts_with(d))
-                {
+                let own_default = default_area.join(workspace.as_str());
+                let elsewhere = !dirs_overlap(&real, default_area)
+                    && candidates.iter().any(|d| real.starts_with(d));
+                let acceptable = real == own_default || elsewhere;
+                if !real.is_dir() || !acceptable {
                     let listed: Vec<String> =
                         candidates.iter().map(|d| d.display().to_string()).collect();
                     return Err(ServiceError::invalid(
                         "dir",
                         format!(
-                            "{raw:?} must be a directory inside one of the allowed directories {listed:?}, outside {} (which holds every workspace's default directory)",
-                            default_area.display()
+                            "{raw:?} must be a directory inside one of the allowed directories {listed:?}, outside {} (which holds every workspace's default directory), or the workspace's own default directory {}",
+                            default_area.display(),
+                            own_default.display()
                         ),
                     ));
                 }

@@ -46,6 +46,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "file_storage",
         include_str!("../migrations/sqlite/0007_file_storage.sql"),
     ),
+    (
+        8,
+        "workspace_identity",
+        include_str!("../migrations/sqlite/0008_workspace_identity.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -65,8 +65,15 @@ async fn ensure_an_owner_remains(
     Ok(())
 }
 
+/// What creating a workspace with a deleted workspace's id is told.
+pub(crate) const RETIRED_ID: &str = "this id belonged to a deleted workspace, and a deleted workspace's id is never given out again (its files, objects and task identities would pass to the new one); choose another id";
+
+/// What deleting a personal workspace is told.
+const PERSONAL: &str = "a personal workspace cannot be deleted";
+
 impl Store {
-    /// Creates a workspace with `owner` as its owner; `Error::Conflict` if the id is taken.
+    /// Creates a workspace with `owner` as its owner; `Error::Conflict` if the id is taken, or
+    /// belonged to a deleted workspace (`retired_workspaces`).
     pub async fn create_workspace(
         &self,
         workspace: &WorkspaceRecord,
@@ -74,6 +81,15 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<(), Error> {
         let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let retired: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM retired_workspaces WHERE id = ?")
+                .bind(workspace.id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::Database)?;
+        if retired.is_some() {
+            return Err(Error::Conflict(RETIRED_ID));
+        }
         sqlx::query(
             "INSERT INTO workspaces (id, personal_of, created_by, created_at) VALUES (?, ?, ?, ?)",
         )
@@ -278,7 +294,8 @@ impl Store {
         Ok(true)
     }
 
-    /// Deletes a workspace, its members and its ended tasks. `Error::Conflict` while a task in it
+    /// Deletes a workspace, its members and its ended tasks, and retires its id: no workspace
+    /// created later gets it. `Error::Conflict` for a personal workspace, and while a task in it
     /// is still queued or running.
     pub async fn delete_workspace(
         &self,
@@ -286,6 +303,19 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<(), Error> {
         let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let personal_of: Option<Option<String>> =
+            sqlx::query_scalar("SELECT personal_of FROM workspaces WHERE id = ?")
+                .bind(workspace.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::Database)?;
+        match personal_of {
+            // Nothing to delete, and no id to retire.
+            None => return Ok(()),
+            // Its id is its user's for good: retiring it would leave the user without one.
+            Some(Some(_)) => return Err(Error::Conflict(PERSONAL)),
+            Some(None) => {}
+        }
         let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM tasks WHERE workspace = ? AND state IN ('QUEUED', 'INITIALIZING', 'RUNNING')",
         )
@@ -298,8 +328,7 @@ impl Store {
                 "the workspace still has queued or running tasks; cancel them first",
             ));
         }
-        // Its secrets go too (soft-deleted, purged after the retention period), so a workspace
-        // created later with the same id inherits nothing.
+        // Its secrets go too (soft-deleted, purged after the retention period).
         sqlx::query("UPDATE secrets SET deleted_at = ? WHERE workspace = ? AND deleted_at IS NULL")
             .bind(format_time(OffsetDateTime::now_utc()))
             .bind(workspace.as_str())
@@ -312,6 +341,7 @@ impl Store {
             // Its storage locations are freed, so they can be given to another workspace.
             "DELETE FROM workspace_storage WHERE workspace = ?",
             "DELETE FROM workspace_file_storage WHERE workspace = ?",
+            "DELETE FROM workspace_groups_to_adopt WHERE workspace = ?",
             "DELETE FROM workspaces WHERE id = ?",
         ] {
             sqlx::query(sql)
@@ -320,6 +350,19 @@ impl Store {
                 .await
                 .map_err(Error::Database)?;
         }
+        // What it leaves behind (its file:// directory, its objects under the default prefix,
+        // its group in `workspace_groups`, which stays) and what outside services trust (the
+        // `sub` of its tasks' identity tokens) all carry its id: a workspace created later with
+        // the id would inherit them, so none ever is.
+        sqlx::query(
+            "INSERT INTO retired_workspaces (id, deleted_at) VALUES (?, ?)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(workspace.as_str())
+        .bind(format_time(OffsetDateTime::now_utc()))
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::Database)?;
         audit::append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await.map_err(Error::Database)
     }
@@ -405,6 +448,67 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(owners(&store, &ws).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_workspaces_id_is_never_given_to_a_new_workspace() {
+        let (_dir, store, ws, u1, u2) = two_owners().await;
+        store
+            .delete_workspace(&ws, &event("workspace.delete"))
+            .await
+            .unwrap();
+        assert!(!store.workspace_exists(&ws).await.unwrap());
+        // Neither its owners nor anyone else gets the id again.
+        for user in [&u1, &u2] {
+            let again = WorkspaceRecord {
+                id: ws.clone(),
+                personal_of: None,
+            };
+            let err = store
+                .create_workspace(&again, user, &event("workspace.create"))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::Conflict(why) if why == RETIRED_ID),
+                "{err:?}"
+            );
+        }
+        assert!(
+            !store.workspace_exists(&ws).await.unwrap(),
+            "the refused creations were rolled back"
+        );
+        // Other ids are still free.
+        let other = WorkspaceRecord {
+            id: WorkspaceId::parse("duo2").unwrap(),
+            personal_of: None,
+        };
+        store
+            .create_workspace(&other, &u1, &event("workspace.create"))
+            .await
+            .unwrap();
+
+        // A personal workspace is never deleted, so its id (its user's for good) never retires.
+        let personal = WorkspaceRecord {
+            id: WorkspaceId::parse("personal-u2").unwrap(),
+            personal_of: Some(u2.clone()),
+        };
+        store
+            .create_workspace(&personal, &u2, &event("workspace.create"))
+            .await
+            .unwrap();
+        store
+            .set_member(&personal.id, &u1, Role::Owner, &event("member.set"))
+            .await
+            .unwrap();
+        let err = store
+            .delete_workspace(&personal.id, &event("workspace.delete"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(why) if why == PERSONAL),
+            "{err:?}"
+        );
+        assert!(store.workspace_exists(&personal.id).await.unwrap());
     }
 
     #[tokio::test]

@@ -1,9 +1,14 @@
 //! The workspace as a hard boundary, tried the way a hostile member of another workspace would:
-//! `file://` storage is one directory per workspace, and nothing outside it is reachable.
+//! `file://` storage is one directory per workspace, and nothing outside it is reachable; a
+//! workspace's id, files and host group are never handed on to another workspace.
+
+use std::os::unix::fs::MetadataExt;
 
 use reqwest::StatusCode;
 use tresor_api_types::tes::{TesFileType, TesInput, TesOutput, TesState, TesTask};
+use tresor_domain::WorkspaceId;
 
+use crate::host_users::root_or_skip;
 use crate::support::*;
 
 fn file_input(url: &str, path: &str, kind: TesFileType) -> TesInput {
@@ -112,7 +117,7 @@ async fn another_workspaces_files_cannot_be_read_listed_or_overwritten() {
 
     // A link in his own directory that points into hers is refused by the worker, which
     // resolves links and checks again.
-    std::fs::create_dir_all(area.join(&bob_ws)).unwrap();
+    server.make_storage(&bob.tes, &area.join(&bob_ws)).await;
     std::os::unix::fs::symlink(&result, area.join(&bob_ws).join("link.txt")).unwrap();
     let via_link = TesTask {
         inputs: Some(vec![file_input(
@@ -287,4 +292,213 @@ async fn an_administrator_may_give_a_workspace_a_whole_bucket_of_its_own() {
     let (status, body) = refusal(&alice.tes_in("lab"), &anywhere).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("outputs[0].url"), "{body}");
+}
+
+/// Deleting a workspace leaves its files on the host (and its objects under its prefix), and
+/// outside services trust the `sub` its tasks' tokens carried: whoever created the id again would
+/// inherit all of it, so the id is never given out again.
+#[tokio::test]
+async fn a_deleted_workspaces_id_is_never_given_to_anyone_again() {
+    let server = TestServer::start().await;
+    let area = server.storage.parent().unwrap().to_path_buf();
+    let alice = server.user("alice").await;
+    let mallory = server.user("mallory").await;
+    alice.platform.create_workspace("lab").await.unwrap();
+    let result = format!("file://{}/lab/result.txt", area.display());
+    let task = TesTask {
+        outputs: Some(vec![file_output(&result, "/out/result.txt")]),
+        ..sh_task("echo lab-result > /out/result.txt")
+    };
+    let done = server.run_in(&alice.tes_in("lab"), &task).await;
+    assert_eq!(
+        done.state,
+        Some(TesState::Complete),
+        "{}",
+        system_logs(&done)
+    );
+    alice.platform.delete_workspace("lab").await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(area.join("lab/result.txt")).unwrap(),
+        "lab-result\n",
+        "the deleted workspace's files stay on the host"
+    );
+
+    // Neither a stranger, nor its former owner, nor a platform administrator gets the id.
+    for platform in [&mallory.platform, &alice.platform, &server.admin] {
+        let err = platform.create_workspace("lab").await.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::CONFLICT), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("belonged to a deleted workspace")
+                && message.contains("choose another id"),
+            "{message}"
+        );
+    }
+    let read = TesTask {
+        inputs: Some(vec![file_input(&result, "/in/r.txt", TesFileType::File)]),
+        ..sh_task("cat /in/r.txt")
+    };
+    let err = mallory.tes_in("lab").create_task(&read).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::NOT_FOUND), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(area.join("lab/result.txt")).unwrap(),
+        "lab-result\n"
+    );
+    // Other ids are still free.
+    mallory.platform.create_workspace("lab2").await.unwrap();
+}
+
+/// A directory in the first allowed dir that tresor did not make (a project's data left there,
+/// or a deleted workspace's from before ids were retired) is not adopted by a workspace whose
+/// id happens to name it: its tasks fail saying so, and nothing in it is read or changed. Only a
+/// platform administrator's explicit assignment gives it to the workspace.
+#[tokio::test]
+async fn a_directory_tresor_did_not_make_is_not_adopted_by_the_workspace_it_names() {
+    if !root_or_skip("a_directory_tresor_did_not_make_is_not_adopted") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let area = server.storage.parent().unwrap().to_path_buf();
+    let projects = area.join("projects");
+    std::fs::create_dir(&projects).unwrap();
+    std::fs::write(projects.join("data.txt"), "project-data\n").unwrap();
+    let before = std::fs::metadata(&projects).unwrap();
+
+    let mallory = server.user("mallory").await;
+    mallory.platform.create_workspace("projects").await.unwrap();
+    let tes = mallory.tes_in("projects");
+    let data = format!("file://{}/data.txt", projects.display());
+    let steal = TesTask {
+        inputs: Some(vec![file_input(&data, "/in/data.txt", TesFileType::File)]),
+        outputs: Some(vec![file_output(&data, "/out/data.txt")]),
+        ..sh_task("cat /in/data.txt; echo mallory > /out/data.txt")
+    };
+    let done = server.run_in(&tes, &steal).await;
+    assert_eq!(done.state, Some(TesState::SystemError), "{done:#?}");
+    let logs = system_logs(&done);
+    assert!(
+        logs.contains(&format!(
+            "{} exists but tresor did not create it for workspace projects",
+            projects.display()
+        )) && logs.contains("PUT /api/v1/workspaces/projects/file-storage"),
+        "{logs}"
+    );
+    assert!(!format!("{done:?}").contains("project-data"), "{done:?}");
+    assert_eq!(
+        std::fs::read_to_string(projects.join("data.txt")).unwrap(),
+        "project-data\n"
+    );
+    let after = std::fs::metadata(&projects).unwrap();
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode()),
+        (before.uid(), before.gid(), before.mode()),
+        "the directory kept its owner, group and mode"
+    );
+    let store = server.store().await;
+    let id = WorkspaceId::parse("projects").unwrap();
+    assert_eq!(store.workspace_gid(&id).await.unwrap(), None);
+
+    // A platform administrator who means it assigns the directory: then it is the workspace's.
+    server
+        .admin
+        .set_file_storage("projects", Some(&projects.display().to_string()))
+        .await
+        .unwrap();
+    let info = mallory.platform.file_storage("projects").await.unwrap();
+    assert_eq!(
+        (info.dir.as_str(), info.assigned),
+        (projects.display().to_string().as_str(), Some(true))
+    );
+    let read = TesTask {
+        inputs: Some(vec![file_input(&data, "/in/data.txt", TesFileType::File)]),
+        ..sh_task("cat /in/data.txt")
+    };
+    let done = server.run_in(&tes, &read).await;
+    assert_eq!(
+        done.state,
+        Some(TesState::Complete),
+        "{}",
+        system_logs(&done)
+    );
+    assert_eq!(stdout(&done, 0), "project-data\n");
+    let gid = store.workspace_gid(&id).await.unwrap().unwrap();
+    let adopted = std::fs::metadata(&projects).unwrap();
+    assert_eq!(
+        (adopted.uid(), adopted.gid(), adopted.mode() & 0o7777),
+        (before.uid(), gid, 0o2770)
+    );
+}
+
+/// Each workspace's directory gets a host group that no other workspace has, now or ever, and
+/// the store records it; a directory holding a workspace's group is no proof that tresor made
+/// it for another.
+#[tokio::test]
+async fn every_workspace_gets_a_recorded_group_of_its_own() {
+    if !root_or_skip("every_workspace_gets_a_recorded_group_of_its_own") {
+        return;
+    }
+    let mut gids = None;
+    let server = TestServer::start_with(|s| gids = s.local.workspace_gids.clone()).await;
+    let gids = gids.unwrap();
+    let area = server.storage.parent().unwrap().to_path_buf();
+    let store = server.store().await;
+    let tes_in = |ws: &str| {
+        tresor_client::TesClient::for_workspace(&server.url, ws, &server.admin_token).unwrap()
+    };
+    let mut groups = Vec::new();
+    for ws in ["lab", "other", "next"] {
+        if ws == "next" {
+            // A deleted workspace keeps its group: the next workspace gets another.
+            server.admin.delete_workspace("other").await.unwrap();
+        }
+        server.admin.create_workspace(ws).await.unwrap();
+        server.make_storage(&tes_in(ws), &area.join(ws)).await;
+        let dir = std::fs::metadata(area.join(ws)).unwrap();
+        assert!(gids.contains(&dir.gid()), "{} in {gids:?}", dir.gid());
+        assert_eq!((dir.uid(), dir.mode() & 0o7777), (0, 0o2770));
+        let recorded = store
+            .workspace_gid(&WorkspaceId::parse(ws).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(recorded, Some(dir.gid()), "{ws}");
+        assert!(
+            !groups.contains(&dir.gid()),
+            "{ws}: {} in {groups:?}",
+            dir.gid()
+        );
+        groups.push(dir.gid());
+    }
+    assert_eq!(
+        store
+            .workspace_gid(&WorkspaceId::parse("other").unwrap())
+            .await
+            .unwrap(),
+        Some(groups[1]),
+        "the deleted workspace's group stays recorded"
+    );
+
+    // A directory made by hand with the lab's group is not taken for one tresor made.
+    let squat = area.join("squat");
+    std::fs::create_dir(&squat).unwrap();
+    std::os::unix::fs::lchown(&squat, None, Some(groups[0])).unwrap();
+    server.admin.create_workspace("squat").await.unwrap();
+    let done = server.run_in(&tes_in("squat"), &sh_task("true")).await;
+    assert_eq!(done.state, Some(TesState::SystemError), "{done:#?}");
+    assert!(
+        system_logs(&done).contains("exists but tresor did not create it for workspace squat"),
+        "{}",
+        system_logs(&done)
+    );
+    // Nor is the lab's own directory once its group was changed behind tresor's back.
+    std::os::unix::fs::lchown(area.join("lab"), None, Some(groups[2])).unwrap();
+    let done = server.run_in(&tes_in("lab"), &sh_task("true")).await;
+    assert_eq!(done.state, Some(TesState::SystemError), "{done:#?}");
+    assert!(
+        system_logs(&done).contains(&format!(
+            "has group {}, not workspace lab's group {}",
+            groups[2], groups[0]
+        )),
+        "{}",
+        system_logs(&done)
+    );
 }

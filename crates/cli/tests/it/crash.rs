@@ -134,7 +134,8 @@ async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-/// The bootstrap admin's personal workspace's `file://` directory under `dir/storage`, created.
+/// The bootstrap admin's personal workspace's `file://` directory under `dir/storage`; tresor
+/// makes it when the workspace's first task starts.
 pub(crate) fn personal_storage(server: &ServerProcess, dir: &Path) -> PathBuf {
     let token = std::fs::read_to_string(dir.join("data/bootstrap-admin-token")).unwrap();
     let url = server.url.clone();
@@ -155,11 +156,9 @@ pub(crate) fn personal_storage(server: &ServerProcess, dir: &Path) -> PathBuf {
     })
     .join()
     .unwrap();
-    let storage = std::fs::canonicalize(dir.join("storage"))
+    std::fs::canonicalize(dir.join("storage"))
         .unwrap()
-        .join(personal);
-    std::fs::create_dir_all(&storage).unwrap();
-    storage
+        .join(personal)
 }
 
 pub(crate) fn storage_url(storage: &Path, rel: &str) -> String {

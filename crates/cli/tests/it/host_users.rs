@@ -18,7 +18,7 @@ use crate::support::*;
 /// so and pass.
 /// These tests switch host users, which needs root, as CI and the developers' machines have;
 /// elsewhere they fail saying so rather than pass without testing anything.
-fn root_or_skip(test: &str) -> bool {
+pub(crate) fn root_or_skip(test: &str) -> bool {
     assert!(
         is_root(),
         "{test} switches host users, which needs root: run the suite as root (scripts/test.sh)"
@@ -91,7 +91,9 @@ async fn a_server_that_is_not_root_runs_tasks_as_itself_and_delivers_their_outpu
         std::os::unix::fs::chown(dir.path().join(sub), Some(uid), Some(gid)).unwrap();
     }
     let server = crate::crash::spawn_server_as(dir.path(), (uid, gid), &program);
+    // A server that is not root gives directories no group, and uses one an operator made.
     let storage = crate::crash::personal_storage(&server, dir.path());
+    std::fs::create_dir(&storage).unwrap();
     std::os::unix::fs::chown(&storage, Some(uid), Some(gid)).unwrap();
 
     let info = server.client.service_info().await.unwrap();
@@ -450,6 +452,7 @@ async fn file_copies_run_with_the_task_users_rights_not_roots() {
     let mut gids = None;
     let server = TestServer::start_with(|s| gids = s.local.workspace_gids.clone()).await;
     let gids = gids.unwrap();
+    server.make_storage(&server.client, &server.storage).await;
     std::fs::write(server.storage.join("public.txt"), "public\n").unwrap();
     let private = server.storage.join("private.txt");
     std::fs::write(&private, "for root only\n").unwrap();

@@ -14,7 +14,17 @@ fn python() -> String {
 #[tokio::test]
 async fn py_tes_drives_the_whole_api() {
     let server = TestServer::start().await;
+    // The input is there before the workspace's first task (py-tes counts its tasks, so none
+    // runs to make the directory): an operator makes the directory, and an administrator
+    // assigns it, which has tresor adopt it.
+    std::fs::create_dir(&server.storage).unwrap();
     std::fs::write(server.storage.join("input.txt"), "hello from storage\n").unwrap();
+    let personal = server.admin.me().await.unwrap().personal_workspace;
+    server
+        .admin
+        .set_file_storage(&personal, Some(&server.storage.display().to_string()))
+        .await
+        .unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pytes_e2e.py");
     let server_url = server.url.clone();
     let storage = server.storage.display().to_string();

@@ -809,22 +809,20 @@ async fn a_deleted_workspace_takes_its_secrets_and_a_demoted_member_gets_none() 
         system_logs(&done)
     );
 
-    // Deleting the workspace deletes its secrets: whoever re-creates the id inherits nothing.
+    // Deleting the workspace deletes its secrets, and its id is never given out again: nobody
+    // re-creates it to inherit anything.
     server.admin.delete_workspace("genomics").await.unwrap();
-    bob.platform.create_workspace("genomics").await.unwrap();
+    let live = server.store().await.live_secret_keys().await.unwrap();
     assert!(
-        bob.platform
-            .list_secrets("genomics", false)
-            .await
-            .unwrap()
-            .is_empty()
+        live.iter().all(|k| k.workspace.as_str() != "genomics"),
+        "{live:?}"
     );
-    let err = bob
-        .tes_in("genomics")
-        .create_task(&with_secrets(sh_task("true"), "A", ""))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("secret A is not defined"), "{err}");
+    let err = bob.platform.create_workspace("genomics").await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::CONFLICT), "{err}");
+    assert!(
+        err.to_string().contains("belonged to a deleted workspace"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -142,8 +142,9 @@ pub struct TestServer {
     /// The platform API as the bootstrap admin.
     pub admin: PlatformClient,
     pub admin_token: String,
-    /// The bootstrap admin's personal workspace's `file://` directory (canonical), inside
-    /// `storage_area`.
+    /// The bootstrap admin's personal workspace's `file://` directory (canonical), inside the
+    /// first allowed dir. Tresor makes it when the workspace's first task starts (`make_storage`
+    /// runs one), and refuses one made by hand.
     pub storage: PathBuf,
     pub data: PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -181,12 +182,7 @@ impl TestServer {
         let admin = PlatformClient::new(&url, Some(&admin_token)).unwrap();
         // The admin's personal workspace's own directory inside the storage area.
         let storage = match storage_area {
-            Some(area) => {
-                let personal = admin.me().await.unwrap().personal_workspace;
-                let dir = area.join(personal);
-                std::fs::create_dir_all(&dir).unwrap();
-                dir
-            }
+            Some(area) => area.join(admin.me().await.unwrap().personal_workspace),
             None => PathBuf::new(),
         };
         TestServer {
@@ -219,11 +215,25 @@ impl TestServer {
         }
     }
 
-    /// A workspace's default `file://` directory, created.
+    /// A workspace's default `file://` directory; tresor makes it when the workspace's first
+    /// task starts.
     pub fn storage_of(&self, workspace: &str) -> PathBuf {
-        let dir = self.storage.parent().unwrap().join(workspace);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        self.storage.parent().unwrap().join(workspace)
+    }
+
+    /// Has tresor make a workspace's default `file://` directory `dir` by running a task in it
+    /// through `tes` (a directory made by hand is refused: tresor did not make it), so that a
+    /// test can put inputs there. A server that is not root prepares no directory, and then the
+    /// test makes it.
+    pub async fn make_storage(&self, tes: &TesClient, dir: &Path) {
+        let done = self.run_in(tes, &sh_task("true")).await;
+        assert_eq!(
+            done.state,
+            Some(TesState::Complete),
+            "{}",
+            system_logs(&done)
+        );
+        std::fs::create_dir_all(dir).unwrap();
     }
 
     /// The server's database, opened beside it (with its audit key), for checks the API does not offer.

@@ -53,6 +53,7 @@ async fn http_fixture(body: &'static str) -> String {
 async fn a_task_stages_inputs_runs_executors_and_delivers_outputs() {
     let server = TestServer::start().await;
     let http = http_fixture("from http\n").await;
+    server.make_storage(&server.client, &server.storage).await;
     std::fs::write(server.storage.join("local.txt"), "from file\n").unwrap();
     std::fs::create_dir_all(server.storage.join("indir/sub")).unwrap();
     std::fs::write(server.storage.join("indir/sub/a.txt"), "A").unwrap();
