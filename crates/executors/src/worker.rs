@@ -1025,6 +1025,22 @@ fn keep_tail(bytes: &mut Vec<u8>, keep: usize) -> bool {
     true
 }
 
+/// `keep_tail` for a log still being read, before credentials are masked: the cut moves on to
+/// the next whitespace, so no token (which holds none) is kept without its start, where its
+/// shape is recognised. A tail with no whitespace at all is dropped.
+fn keep_tail_from_a_break(bytes: &mut Vec<u8>, keep: usize) -> bool {
+    if !keep_tail(bytes, keep) {
+        return false;
+    }
+    match bytes.iter().position(u8::is_ascii_whitespace) {
+        Some(at) => {
+            bytes.drain(..=at);
+        }
+        None => bytes.clear(),
+    }
+    true
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_executor(
     task: &WorkerTask,
@@ -1304,7 +1320,7 @@ async fn capture(
             None => kept.extend_from_slice(&buf[..n]),
         }
         if kept.len() > tail.saturating_mul(2).max(64 * 1024) {
-            cut |= keep_tail(&mut kept, tail);
+            cut |= keep_tail_from_a_break(&mut kept, tail);
         }
     }
     if let Some(mut f) = file {
@@ -1313,9 +1329,10 @@ async fn capture(
     if let Some(s) = stream {
         kept.extend(s.finish());
     }
-    cut |= keep_tail(&mut kept, tail);
-    // Tokens and presigned URLs a task prints are masked by shape, like its secrets by value.
-    let masked = tresor_crypto::redact::mask_credentials(&kept).into_owned();
+    // Tokens and presigned URLs a task prints are masked by shape, like its secrets by value,
+    // before the tail is cut: a cut through a token would leave a piece no shape matches.
+    let mut masked = tresor_crypto::redact::mask_credentials(&kept).into_owned();
+    cut |= keep_tail(&mut masked, tail);
     (masked, cut, total)
 }
 
@@ -1460,6 +1477,18 @@ mod tests {
         assert!(!keep_tail(&mut bytes, 10));
         assert!(keep_tail(&mut bytes, 3));
         assert_eq!(bytes, b"789");
+    }
+
+    #[test]
+    fn a_cut_through_a_token_keeps_none_of_it() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ3b3Jrc3BhY2UifQ.c2lnbmF0dXJlLWJ5dGVz";
+        let mut log = format!("token {jwt}\nnext line\n").into_bytes();
+        // A tail that starts inside the token: the token's rest is dropped with it.
+        assert!(keep_tail_from_a_break(&mut log, 30));
+        assert_eq!(log, b"next line\n");
+        let mut blob = vec![b'x'; 100];
+        assert!(keep_tail_from_a_break(&mut blob, 10));
+        assert!(blob.is_empty());
     }
 
     /// Set in the copy of the test binary that `shared_outputs_get_their_modes_under_any_umask`
