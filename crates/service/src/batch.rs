@@ -292,6 +292,13 @@ pub(crate) async fn bootstrap(
         audit_refusal(inner, Some(&record), id, &reason).await;
         return Err(refused());
     }
+    // Everything that can fail is done before the token is spent: a worker whose exchange failed
+    // after it was spent could never try again.
+    let active = runner::active_task(inner, &task_id).await?;
+    let spec: TesTask =
+        serde_json::from_str(&active.spec_json).map_err(|e| ServiceError::Internal(e.into()))?;
+    let declared = runner::declared_secrets(&spec)?;
+    let files = runner::task_files(inner, &active).await?;
     let (credential, session_hash) = runner::new_credential()?;
     if !inner
         .store
@@ -320,11 +327,6 @@ pub(crate) async fn bootstrap(
     if record.executor_ref.is_none() {
         inner.store.set_executor_ref(&task_id, &job_id).await?;
     }
-    let record = runner::active_task(inner, &task_id).await?;
-    let spec: TesTask =
-        serde_json::from_str(&record.spec_json).map_err(|e| ServiceError::Internal(e.into()))?;
-    let declared = runner::declared_secrets(&spec)?;
-    let files = runner::task_files(inner, &record).await?;
     let mut task = runner::worker_task(
         inner,
         &task_id,

@@ -523,16 +523,42 @@ impl StorageService {
             Some(meta) if meta.gid() == gid => return Ok(gid),
             Some(_) => {}
             // The group is recorded before the directory exists, so a directory in the default
-            // place without a recorded group is never one tresor made.
-            None => match std::fs::create_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return Err(not_made_here(format!(
-                        "appeared while tresor was creating it for workspace {workspace}"
-                    )));
+            // place without a recorded group is never one tresor made. It is made whole under
+            // another name and moved into place, so a crash never leaves it half made (root's
+            // group), which would fail every later task of the workspace.
+            None => {
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let making = dir.with_file_name(format!(".{name}.tresor-making"));
+                let _ = std::fs::remove_dir(&making);
+                std::fs::create_dir(&making).map_err(failed)?;
+                let made = std::os::unix::fs::lchown(&making, None, Some(gid)).and_then(|()| {
+                    std::fs::set_permissions(&making, std::fs::Permissions::from_mode(0o2770))
+                });
+                if let Err(e) = made {
+                    let _ = std::fs::remove_dir(&making);
+                    return Err(failed(e));
                 }
-                Err(e) => return Err(failed(e)),
-            },
+                if let Err(e) = rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &making,
+                    rustix::fs::CWD,
+                    dir,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                ) {
+                    let _ = std::fs::remove_dir(&making);
+                    return Err(if e == rustix::io::Errno::EXIST {
+                        not_made_here(format!(
+                            "appeared while tresor was creating it for workspace {workspace}"
+                        ))
+                    } else {
+                        failed(e.into())
+                    });
+                }
+                return Ok(gid);
+            }
         }
         std::os::unix::fs::lchown(dir, None, Some(gid)).map_err(failed)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770)).map_err(failed)?;
