@@ -246,3 +246,57 @@ async fn a_task_log_keeps_only_its_share_and_says_it_truncated() {
         "{logs}"
     );
 }
+
+#[tokio::test]
+async fn a_task_over_its_process_limit_ends_naming_it() {
+    let server = TestServer::start_with(|s| s.local.limits.max_processes = 16).await;
+    let task = sh_task("for i in $(seq 1 40); do sleep 2 & done; wait");
+    let id = server.client.create_task(&task).await.unwrap();
+    let done = wait_terminal(&server.client, &id).await;
+    assert_eq!(done.state, Some(TesState::ExecutorError), "{done:#?}");
+    let logs = system_logs(&done);
+    assert!(
+        logs.contains("limit of 16 processes and threads (local.max_processes)"),
+        "{logs}"
+    );
+    assert_released(&server, &id).await;
+}
+
+#[tokio::test]
+async fn a_running_tasks_processes_are_held_to_its_cores_in_its_cgroup() {
+    let server = TestServer::start().await;
+    let task = with_resources(
+        sh_task("sleep 30"),
+        TesResources {
+            cpu_cores: Some(1),
+            ..TesResources::default()
+        },
+    );
+    let id = server.client.create_task(&task).await.unwrap();
+    wait_state(&server.client, &id, TesState::Running).await;
+    // The executor's processes are inside, and the CPU controller gives them one core.
+    let mut quota = None;
+    let mut members = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && (quota.is_none() || members == 0) {
+        for dir in task_cgroups(&id) {
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+            if let Some(v1) = read("cpu.cfs_quota_us") {
+                quota = Some(v1.trim().to_owned());
+            } else if let Some(v2) = read("cpu.max") {
+                quota = v2.split_whitespace().next().map(str::to_owned);
+            }
+            members += read("cgroup.procs").map_or(0, |p| p.lines().count());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        quota.as_deref(),
+        Some("100000"),
+        "one core of a 100 ms period"
+    );
+    assert!(members > 0, "the task's processes are in its cgroup");
+    server.client.cancel_task(&id).await.unwrap();
+    wait_terminal(&server.client, &id).await;
+    assert_released(&server, &id).await;
+}
