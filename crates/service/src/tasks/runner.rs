@@ -14,7 +14,8 @@ use tresor_executors::{
 };
 use tresor_store::TaskRecord;
 
-use crate::{Inner, ServiceError};
+use super::Inner;
+use crate::ServiceError;
 
 /// How often a watcher looks at its worker's `status.json`.
 const STATUS_POLL: Duration = Duration::from_millis(100);
@@ -66,7 +67,7 @@ pub(crate) async fn schedule(inner: Arc<Inner>) {
 
 async fn fill_slots(inner: &Arc<Inner>) -> Result<(), ServiceError> {
     for env in inner.slurm.keys() {
-        crate::batch::submit_queued(inner, env).await?;
+        super::batch::submit_queued(inner, env).await?;
     }
     let slots = inner.executor.settings().slots;
     loop {
@@ -278,7 +279,7 @@ pub(crate) fn local_limits(
         .and_then(|r| r.backend_parameters.as_ref())
         .into_iter()
         .flatten()
-        .find(|(k, _)| k.eq_ignore_ascii_case(crate::batch::TIME_LIMIT))
+        .find(|(k, _)| k.eq_ignore_ascii_case(super::batch::TIME_LIMIT))
         .and_then(|(_, v)| tresor_executors::slurm::time_limit_seconds(v))
         .filter(|s| *s > 0);
     TaskLimits {
@@ -626,7 +627,7 @@ pub(crate) async fn cancel(
         };
     }
     if record.compute_env != crate::LOCAL_ENV {
-        crate::batch::cancel_job(inner, &record).await;
+        super::batch::cancel_job(inner, &record).await;
         return Ok(());
     }
     // The pid is known unless the scheduler is still starting the worker; then it is asked to
@@ -665,7 +666,7 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<(), ServiceError> {
         .await?;
     for record in active {
         if record.compute_env != crate::LOCAL_ENV {
-            crate::batch::adopt(inner, record).await;
+            super::batch::adopt(inner, record).await;
             continue;
         }
         let id = record.id.clone();
@@ -692,7 +693,7 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<(), ServiceError> {
         }
     }
     remove_stray_dirs(inner).await?;
-    crate::batch::remove_stray_dirs(inner).await
+    super::batch::remove_stray_dirs(inner).await
 }
 
 /// A task whose worker is gone: keep its result, requeue it if it provably never ran, or fail it.

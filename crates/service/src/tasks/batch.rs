@@ -17,8 +17,9 @@ use tresor_executors::{
 };
 use tresor_store::{AuditEvent, TaskRecord};
 
-use crate::runner::{self, end_task, fail_task};
-use crate::{Inner, ServiceError};
+use super::Inner;
+use super::runner::{self, end_task, fail_task};
+use crate::ServiceError;
 
 /// The backend parameter that sets a SLURM job's time limit (`--time`).
 pub const TIME_LIMIT: &str = "time_limit";

@@ -9,9 +9,9 @@ use crate::ServiceError;
 
 /// Backend parameters the local executor honours (keys are case-insensitive); `time_limit` (in
 /// SLURM's `--time` syntax) bounds the run time of the task's executors.
-pub const LOCAL_BACKEND_PARAMETERS: &[&str] = &["network", crate::batch::TIME_LIMIT];
+pub const LOCAL_BACKEND_PARAMETERS: &[&str] = &["network", super::batch::TIME_LIMIT];
 /// The same on a SLURM compute environment: `time_limit` becomes the job's `--time`.
-pub const SLURM_BACKEND_PARAMETERS: &[&str] = &["network", crate::batch::TIME_LIMIT];
+pub const SLURM_BACKEND_PARAMETERS: &[&str] = &["network", super::batch::TIME_LIMIT];
 
 /// Largest inline input `content`; the spec asks servers to accept at least 128 KiB.
 pub const MAX_INPUT_CONTENT: usize = 1024 * 1024;
@@ -349,7 +349,7 @@ fn check_resources(
             ));
         }
         for (key, value) in params.iter() {
-            if key.eq_ignore_ascii_case(crate::batch::TIME_LIMIT) {
+            if key.eq_ignore_ascii_case(super::batch::TIME_LIMIT) {
                 let Some(seconds) = tresor_executors::slurm::time_limit_seconds(value) else {
                     return Err(invalid(
                         format!("resources.backend_parameters.{key}"),
