@@ -310,6 +310,9 @@ struct TesSection {
     max_page_size: Option<u32>,
     organization_name: Option<String>,
     organization_url: Option<String>,
+    /// How long a server process's claim on a running task holds without renewal, in seconds
+    /// (default 15). Another process on the same database takes over a task whose claim lapsed.
+    task_lease_seconds: Option<u64>,
 }
 
 /// Resolved settings for `tresor serve`.
@@ -623,6 +626,14 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             "tes.default_page_size",
             &file_name,
             "must be between 1 and tes.max_page_size",
+        );
+    }
+    let task_lease_seconds = file.tes.task_lease_seconds.unwrap_or(15);
+    if !(3..=3600).contains(&task_lease_seconds) {
+        layers.problems.add(
+            "tes.task_lease_seconds",
+            &file_name,
+            "must be between 3 and 3600",
         );
     }
     let bwrap = match file
@@ -1005,6 +1016,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                         .unwrap_or_else(|| "https://tresor.invalid".to_owned()),
                     // Set to the bound address once the listener exists.
                     callback_url: String::new(),
+                    task_lease: std::time::Duration::from_secs(task_lease_seconds),
                 },
                 max_body_bytes: max_body_bytes.value,
                 bootstrap_token_file: data_dir_path.join("bootstrap-admin-token"),

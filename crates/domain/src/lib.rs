@@ -3,9 +3,11 @@
 pub mod caller;
 pub mod ids;
 pub mod permissions;
+pub mod task;
 pub mod task_state;
 
 pub use caller::{Caller, Denied, Principal};
 pub use ids::{IdError, TaskId, UserId, WorkspaceId};
 pub use permissions::{Action, Role};
+pub use task::{ComputeEnv, ComputeEnvKind, DeclaredSecrets, TaskSpec};
 pub use task_state::TaskState;

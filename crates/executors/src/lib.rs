@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod backend;
 pub mod limits;
 pub mod local;
 pub mod paths;
@@ -10,8 +11,12 @@ pub mod slurm;
 mod users;
 pub mod worker;
 
+pub use backend::{
+    BackendEvent, Capabilities, CapacityUnit, ComputeBackend, Events, HandOff, JobView, Launch,
+    Observation, Start, Submitted,
+};
 pub use limits::{Enforcement, LimitSettings, TaskLimits};
-pub use local::{Attach, LocalExecutor, LocalSettings, WorkerExit};
+pub use local::{Attach, LOCAL_ENV, LocalExecutor, LocalSettings, WorkerExit};
 pub use protocol::{
     BootstrapRequest, DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken,
     PresignedInputs, PresignedObject, PresignedUploads, SecretDelivery, StatusAck, TokenRequest,
@@ -36,6 +41,12 @@ pub enum Error {
         "all {size} host uids of local.task_uid_range are held by running tasks; widen the range"
     )]
     NoFreeId { size: u64 },
+    /// The backend was asked for something it does not do (a bug in the caller).
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// A batch scheduler's command failed; the text says which and why.
+    #[error("{0}")]
+    Scheduler(String),
 }
 
 impl Error {

@@ -7,10 +7,18 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use tokio::sync::oneshot;
-use tresor_domain::TaskId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use crate::limits::{self, Enforcement, LimitSettings};
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+use tresor_domain::{ComputeEnv, ComputeEnvKind, TaskId, TaskSpec};
+
+use crate::backend::{
+    BackendEvent, Capabilities, CapacityUnit, ComputeBackend, Events, HandOff, JobView, Launch,
+    Observation, Start, Submitted,
+};
+use crate::limits::{self, Enforcement, LimitSettings, TaskLimits};
 use crate::users::TaskIds;
 use crate::worker::{LOCK_FILE, LOG_FILE, PID_FILE, ROOT_DIR, STATUS_FILE, TASK_FILE};
 use crate::{Error, SandboxSettings, WorkerStatus, WorkerTask};
@@ -68,6 +76,9 @@ pub enum Attach {
     Gone,
 }
 
+/// The id of the local compute environment, which every workspace uses until it chooses another.
+pub const LOCAL_ENV: &str = "local";
+
 #[derive(Debug)]
 pub struct LocalExecutor {
     settings: LocalSettings,
@@ -75,6 +86,10 @@ pub struct LocalExecutor {
     enforcement: Enforcement,
     /// The host user each task holds, when tasks get their own.
     ids: Option<TaskIds>,
+    env: ComputeEnv,
+    capabilities: Capabilities,
+    /// Workers this process is starting or started, by task.
+    launching: Arc<Mutex<HashMap<TaskId, Launching>>>,
 }
 
 /// The part of a task file that says which host user the task runs as.
@@ -127,10 +142,31 @@ impl LocalExecutor {
             if enforcement.cgroups.is_some() { "a cgroup per task" } else { "rlimits on the sandbox" },
             if enforcement.disk_image.is_some() { "an ext4 image per task" } else { "a size check after each executor" },
         );
+        let capabilities = Capabilities {
+            backend_parameters: BACKEND_PARAMETERS,
+            max_cpu_cores: Some(settings.slots),
+            max_ram_gb: Some(settings.limits.max_ram_gb),
+            max_disk_gb: Some(settings.limits.max_disk_gb),
+            max_run_seconds: Some(settings.limits.max_run_seconds),
+            capacity: settings.slots,
+            capacity_unit: CapacityUnit::Cores,
+            hand_off: HandOff::Direct,
+            poll_interval: None,
+            server_url: None,
+            runtime_dir: settings.runtime_dir.clone(),
+            handle_key: None,
+            bootstrap_ttl: None,
+        };
         Ok(LocalExecutor {
             settings,
             enforcement,
             ids,
+            env: ComputeEnv {
+                id: LOCAL_ENV.to_owned(),
+                kind: ComputeEnvKind::Local,
+            },
+            capabilities,
+            launching: Arc::default(),
         })
     }
 
@@ -359,5 +395,225 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         (Some(code), _) => format!("the worker exited with code {code}"),
         (None, Some(signal)) => format!("the worker was killed by signal {signal}"),
         _ => "the worker ended".to_owned(),
+    }
+}
+
+/// The backend parameters the local executor honours.
+pub const BACKEND_PARAMETERS: &[&str] = &["network", "time_limit"];
+/// How long cancel waits for a killed worker to be gone.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A worker this process is starting or has started.
+#[derive(Debug, Default)]
+struct Launching {
+    /// Known once the worker is spawned.
+    pid: Option<i32>,
+    /// A cancel came before the pid was known: the starter kills the worker once spawned.
+    cancel_requested: bool,
+}
+
+impl LocalExecutor {
+    /// Kills a worker's process group and waits (bounded) until its lock is free.
+    async fn kill_and_wait(&self, id: &TaskId, pid: i32) {
+        self.kill(id, pid);
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        while self.is_running(id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Sends `Ended` for the task once its worker exits.
+    fn report_exit(&self, id: &TaskId, exit: WorkerExit, events: &Events) {
+        let events = events.clone();
+        let id = id.clone();
+        let launching = self.launching.clone();
+        tokio::spawn(async move {
+            let how = exit.wait().await;
+            if let Ok(mut launching) = launching.lock() {
+                launching.remove(&id);
+            }
+            let _ = events.send(BackendEvent::Ended { id, how });
+        });
+    }
+
+    async fn submit_task(&self, launch: Launch<'_>, events: &Events) -> Result<Submitted, Error> {
+        let Start::Direct(task) = launch.start else {
+            return Err(Error::Unsupported(
+                "the local executor starts workers with their task in hand, not a bootstrap token",
+            ));
+        };
+        let id = launch.id;
+        if let Ok(mut launching) = self.launching.lock() {
+            launching.insert(id.clone(), Launching::default());
+        }
+        let (pid, exit) = match self.start(id, task).await {
+            Ok(started) => started,
+            Err(e) => {
+                if let Ok(mut launching) = self.launching.lock() {
+                    launching.remove(id);
+                }
+                return Err(e);
+            }
+        };
+        let canceled_meanwhile = self.launching.lock().is_ok_and(|mut launching| {
+            launching.get_mut(id).is_some_and(|l| {
+                l.pid = Some(pid);
+                l.cancel_requested
+            })
+        });
+        if canceled_meanwhile {
+            self.kill(id, pid);
+        }
+        self.report_exit(id, exit, events);
+        Ok(Submitted { handle: None })
+    }
+
+    async fn cancel_task(&self, id: &TaskId) {
+        // The pid is known unless this process is still starting the worker; then the starter
+        // kills it as soon as it has one. A worker another process started is found by its
+        // recorded pid.
+        let pid = match self.launching.lock() {
+            Ok(mut launching) => match launching.get_mut(id) {
+                Some(l) if l.pid.is_none() => {
+                    l.cancel_requested = true;
+                    return;
+                }
+                Some(l) => l.pid,
+                None => None,
+            },
+            Err(_) => None,
+        };
+        if let Some(pid) = pid.or_else(|| self.worker_pid(id)) {
+            self.kill_and_wait(id, pid).await;
+        }
+    }
+
+    /// A task's limits here: what it asked for (validation kept it within the maxima), else
+    /// the defaults.
+    fn limits_for(&self, spec: &TaskSpec) -> TaskLimits {
+        let settings = &self.settings.limits;
+        let resources = &spec.resources;
+        let bytes = |gb: f64, least: u64| ((gb * limits::GB) as u64).max(least);
+        TaskLimits {
+            memory_bytes: Some(bytes(
+                resources.ram_gb.unwrap_or(settings.default_ram_gb),
+                limits::MIN_MEMORY_BYTES,
+            )),
+            cpu_cores: Some(resources.cpu_cores.max(1)),
+            disk_bytes: Some(bytes(
+                resources.disk_gb.unwrap_or(settings.default_disk_gb),
+                limits::MIN_DISK_BYTES,
+            )),
+            run_seconds: Some(
+                resources
+                    .time_limit_seconds
+                    .filter(|s| *s > 0)
+                    .unwrap_or(settings.max_run_seconds)
+                    .min(settings.max_run_seconds),
+            ),
+            processes: Some(settings.max_processes),
+            log_bytes: Some(settings.max_log_bytes),
+            enforcement: self.enforcement.clone(),
+        }
+    }
+}
+
+impl ComputeBackend for LocalExecutor {
+    fn env(&self) -> &ComputeEnv {
+        &self.env
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    fn worker_limits(&self, spec: &TaskSpec) -> TaskLimits {
+        self.limits_for(spec)
+    }
+
+    fn submit<'a>(
+        &'a self,
+        launch: Launch<'a>,
+        events: &'a Events,
+    ) -> BoxFuture<'a, Result<Submitted, Error>> {
+        Box::pin(self.submit_task(launch, events))
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        id: &'a TaskId,
+        _handle: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            self.cancel_task(id).await;
+            Ok(())
+        })
+    }
+
+    fn observe<'a>(
+        &'a self,
+        tasks: &'a [(TaskId, Option<String>)],
+    ) -> BoxFuture<'a, Result<HashMap<TaskId, Observation>, Error>> {
+        Box::pin(async move {
+            Ok(tasks
+                .iter()
+                .map(|(id, _)| {
+                    let seen = if self.is_running(id) {
+                        Observation::Active { handle: None }
+                    } else {
+                        Observation::Ended {
+                            how: "the worker is gone".to_owned(),
+                            hit_limit: false,
+                            messages: Vec::new(),
+                        }
+                    };
+                    (id.clone(), seen)
+                })
+                .collect())
+        })
+    }
+
+    fn adopt<'a>(
+        &'a self,
+        id: &'a TaskId,
+        _handle: Option<&'a str>,
+        events: &'a Events,
+    ) -> BoxFuture<'a, Result<Observation, Error>> {
+        Box::pin(async move {
+            match self.attach(id)? {
+                Attach::Alive(exit) => {
+                    self.report_exit(id, exit, events);
+                    Ok(Observation::Active { handle: None })
+                }
+                Attach::Gone if self.task_dir(id).exists() => Ok(Observation::Ended {
+                    how: "the worker was gone when its task was adopted".to_owned(),
+                    hit_limit: false,
+                    messages: Vec::new(),
+                }),
+                Attach::Gone => Ok(Observation::Unknown),
+            }
+        })
+    }
+
+    fn last_status(&self, id: &TaskId) -> Option<WorkerStatus> {
+        self.read_status(id)
+    }
+
+    fn clean_up(&self, id: &TaskId) -> Result<(), Error> {
+        self.remove(id)
+    }
+
+    fn leftovers(&self) -> Vec<TaskId> {
+        let Ok(entries) = std::fs::read_dir(&self.settings.work_root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| TaskId::parse(n).ok()))
+            .collect()
+    }
+
+    fn job<'a>(&'a self, _handle: &'a str) -> BoxFuture<'a, Result<Option<JobView>, Error>> {
+        Box::pin(async { Ok(None) })
     }
 }

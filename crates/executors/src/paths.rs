@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
-use tresor_api_types::tes::TesFileType;
+use tresor_domain::task::FileType;
 
 use crate::WorkerTask;
 
@@ -100,8 +100,8 @@ pub fn task_dirs(task: &WorkerTask) -> (Vec<String>, Vec<String>) {
     let mut dirs = BTreeSet::from(["/tmp".to_owned()]);
     for input in &task.inputs {
         match input.file_type.unwrap_or_default() {
-            TesFileType::File => dirs.insert(parent(&input.path)),
-            TesFileType::Directory => dirs.insert(input.path.clone()),
+            FileType::File => dirs.insert(parent(&input.path)),
+            FileType::Directory => dirs.insert(input.path.clone()),
         };
     }
     for output in &task.outputs {
@@ -109,8 +109,8 @@ pub fn task_dirs(task: &WorkerTask) -> (Vec<String>, Vec<String>) {
             dirs.insert(wildcard_base(&output.path));
         } else {
             match output.file_type.unwrap_or_default() {
-                TesFileType::File => dirs.insert(parent(&output.path)),
-                TesFileType::Directory => dirs.insert(output.path.clone()),
+                FileType::File => dirs.insert(parent(&output.path)),
+                FileType::Directory => dirs.insert(output.path.clone()),
             };
         }
     }

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use tresor_api_types::tes::{TesExecutor, TesInput, TesOutput, TesTaskLog};
+use tresor_api_types::tes::TesTaskLog;
 use tresor_domain::TaskState;
+use tresor_domain::task::{Executor, Input, Output};
 
 use crate::SandboxSettings;
 use crate::limits::TaskLimits;
@@ -14,9 +15,9 @@ use crate::limits::TaskLimits;
 #[serde(deny_unknown_fields)]
 pub struct WorkerTask {
     pub task_id: String,
-    pub inputs: Vec<TesInput>,
-    pub outputs: Vec<TesOutput>,
-    pub executors: Vec<TesExecutor>,
+    pub inputs: Vec<Input>,
+    pub outputs: Vec<Output>,
+    pub executors: Vec<Executor>,
     pub volumes: Vec<String>,
     /// Whether the sandbox shares the host's network (the task asked and the server allows it).
     pub network: bool,

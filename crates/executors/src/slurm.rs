@@ -12,11 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::io::AsyncWriteExt;
-use tresor_domain::TaskId;
+use tresor_domain::{ComputeEnv, ComputeEnvKind, TaskId, TaskSpec};
 
-use crate::Error;
+use crate::backend::{
+    Capabilities, CapacityUnit, ComputeBackend, Events, HandOff, JobView, Launch, Observation,
+    Start, Submitted,
+};
 use crate::worker::{LOG_FILE, STATUS_FILE};
+use crate::{Error, TaskLimits};
 
 /// The longest any one SLURM command may take.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
@@ -112,9 +117,14 @@ impl JobInfo {
     }
 }
 
+/// The backend parameters SLURM environments honour.
+pub const BACKEND_PARAMETERS: &[&str] = &["network", "time_limit"];
+
 #[derive(Debug)]
 pub struct SlurmExecutor {
     settings: SlurmSettings,
+    env: ComputeEnv,
+    capabilities: Capabilities,
 }
 
 impl SlurmExecutor {
@@ -128,7 +138,35 @@ impl SlurmExecutor {
                 "creating the SLURM work dir {}",
                 settings.work_dir.display()
             )))?;
-        Ok(SlurmExecutor { settings })
+        Ok(SlurmExecutor::from_settings(settings))
+    }
+
+    /// The executor of these settings, its work dir not yet made.
+    fn from_settings(settings: SlurmSettings) -> SlurmExecutor {
+        let capabilities = Capabilities {
+            backend_parameters: BACKEND_PARAMETERS,
+            // SLURM decides what fits its nodes, and says so when the job is submitted.
+            max_cpu_cores: None,
+            max_ram_gb: None,
+            max_disk_gb: None,
+            max_run_seconds: None,
+            capacity: settings.max_jobs,
+            capacity_unit: CapacityUnit::Tasks,
+            hand_off: HandOff::Bootstrap,
+            poll_interval: Some(settings.poll_interval),
+            server_url: settings.server_url.clone(),
+            runtime_dir: settings.runtime_dir.clone(),
+            handle_key: Some("slurm_job_id"),
+            bootstrap_ttl: Some(settings.bootstrap_ttl),
+        };
+        SlurmExecutor {
+            env: ComputeEnv {
+                id: settings.name.clone(),
+                kind: ComputeEnvKind::Slurm,
+            },
+            settings,
+            capabilities,
+        }
     }
 
     pub fn settings(&self) -> &SlurmSettings {
@@ -347,6 +385,151 @@ impl SlurmExecutor {
     }
 }
 
+/// The job's resources from the task's: cores, memory, scratch disk and the time limit.
+fn job_resources(spec: &TaskSpec) -> JobResources {
+    JobResources {
+        cpu_cores: spec.resources.cpu_cores,
+        ram_gb: spec.resources.ram_gb,
+        disk_gb: spec.resources.disk_gb,
+        time_limit: spec.resources.time_limit.clone(),
+    }
+}
+
+impl SlurmExecutor {
+    /// How SLURM ended a job the worker left no result for, for the task's logs.
+    fn ended(&self, id: &TaskId, job: &JobInfo) -> Observation {
+        let messages = self.slurm_messages(id);
+        let hit_limit = job.hit_a_limit()
+            || messages
+                .iter()
+                .any(|m| m.contains("exceeded memory limit") || m.contains("DUE TO TIME LIMIT"));
+        Observation::Ended {
+            how: format!(
+                "SLURM ended job {} as {} (reason: {})",
+                job.job_id, job.state, job.reason
+            ),
+            hit_limit,
+            messages,
+        }
+    }
+}
+
+impl ComputeBackend for SlurmExecutor {
+    fn env(&self) -> &ComputeEnv {
+        &self.env
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// SLURM holds the job to its memory, cores, disk and time (`--mem`, `--cpus-per-task`,
+    /// `--tmp`, `--time`); the worker on the node only caps what the task's log keeps.
+    fn worker_limits(&self, _spec: &TaskSpec) -> TaskLimits {
+        TaskLimits::default()
+    }
+
+    fn submit<'a>(
+        &'a self,
+        launch: Launch<'a>,
+        _events: &'a Events,
+    ) -> BoxFuture<'a, Result<Submitted, Error>> {
+        Box::pin(async move {
+            let Start::Bootstrap { server_url, token } = launch.start else {
+                return Err(Error::Unsupported(
+                    "a SLURM job carries a bootstrap token, never its task",
+                ));
+            };
+            let bootstrap = JobBootstrap {
+                task_id: launch.id,
+                server_url,
+                token,
+            };
+            let job_id = SlurmExecutor::submit(self, &bootstrap, &job_resources(launch.spec))
+                .await
+                .map_err(Error::Scheduler)?;
+            Ok(Submitted {
+                handle: Some(job_id),
+            })
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        id: &'a TaskId,
+        handle: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            SlurmExecutor::cancel(self, id, handle)
+                .await
+                .map_err(Error::Scheduler)
+        })
+    }
+
+    fn observe<'a>(
+        &'a self,
+        tasks: &'a [(TaskId, Option<String>)],
+    ) -> BoxFuture<'a, Result<HashMap<TaskId, Observation>, Error>> {
+        Box::pin(async move {
+            let jobs = self.poll().await.map_err(Error::Scheduler)?;
+            Ok(tasks
+                .iter()
+                .map(|(id, _)| {
+                    let seen = match jobs.get(id) {
+                        Some(job) if job.has_ended() => self.ended(id, job),
+                        Some(job) => Observation::Active {
+                            handle: Some(job.job_id.clone()),
+                        },
+                        None => Observation::Unknown,
+                    };
+                    (id.clone(), seen)
+                })
+                .collect())
+        })
+    }
+
+    /// The next poll decides: a job is found by its id or, if the server died right after
+    /// `sbatch`, by its name.
+    fn adopt<'a>(
+        &'a self,
+        _id: &'a TaskId,
+        handle: Option<&'a str>,
+        _events: &'a Events,
+    ) -> BoxFuture<'a, Result<Observation, Error>> {
+        Box::pin(async move {
+            Ok(Observation::Active {
+                handle: handle.map(str::to_owned),
+            })
+        })
+    }
+
+    fn last_status(&self, id: &TaskId) -> Option<crate::WorkerStatus> {
+        self.read_status(id)
+    }
+
+    fn clean_up(&self, id: &TaskId) -> Result<(), Error> {
+        self.remove(id)
+    }
+
+    fn leftovers(&self) -> Vec<TaskId> {
+        self.task_dirs()
+    }
+
+    fn job<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, Result<Option<JobView>, Error>> {
+        Box::pin(async move {
+            let job = SlurmExecutor::job(self, handle)
+                .await
+                .map_err(Error::Scheduler)?;
+            Ok(job.map(|job| JobView {
+                task_id: job.task_id,
+                running: job.state == "RUNNING",
+                state: job.state,
+                elapsed: Duration::from_secs(job.elapsed_secs),
+            }))
+        })
+    }
+}
+
 /// `squeue` columns: job id, name, long state, reason, elapsed time.
 const SQUEUE_FORMAT: &str = "%i|%j|%T|%r|%M";
 
@@ -496,23 +679,21 @@ mod tests {
 
     #[test]
     fn the_job_script_quotes_everything_and_holds_only_the_bootstrap() {
-        let executor = SlurmExecutor {
-            settings: SlurmSettings {
-                name: "hpc".into(),
-                partition: Some("debug".into()),
-                account: None,
-                qos: None,
-                extra_args: vec!["--constraint=ssd".into()],
-                worker_program: "/opt/tresor it's/tresor".into(),
-                work_dir: "/shared/tresor".into(),
-                runtime_dir: "/dev/shm".into(),
-                server_url: None,
-                poll_interval: Duration::from_secs(1),
-                bootstrap_ttl: Duration::from_secs(300),
-                max_jobs: 10,
-                bin_dir: None,
-            },
-        };
+        let executor = SlurmExecutor::from_settings(SlurmSettings {
+            name: "hpc".into(),
+            partition: Some("debug".into()),
+            account: None,
+            qos: None,
+            extra_args: vec!["--constraint=ssd".into()],
+            worker_program: "/opt/tresor it's/tresor".into(),
+            work_dir: "/shared/tresor".into(),
+            runtime_dir: "/dev/shm".into(),
+            server_url: None,
+            poll_interval: Duration::from_secs(1),
+            bootstrap_ttl: Duration::from_secs(300),
+            max_jobs: 10,
+            bin_dir: None,
+        });
         let id = TaskId::parse("t1").unwrap();
         let script = executor.job_script(&JobBootstrap {
             task_id: &id,

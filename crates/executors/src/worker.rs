@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tresor_api_types::tes::{
-    TesExecutor, TesExecutorLog, TesFileType, TesInput, TesOutput, TesOutputFileLog, TesTaskLog,
-};
+use tresor_api_types::tes::{TesExecutorLog, TesOutputFileLog, TesTaskLog};
+use tresor_domain::task::{Executor, FileType, Input, Output};
 
 use crate::limits::{self, TaskCgroup, TaskDisk, TaskLimits};
 use crate::paths::{self, ResolveError};
@@ -65,8 +64,17 @@ pub async fn run(task_dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("reading {}: {e}", task_dir.join(TASK_FILE).display()))?;
     let task: WorkerTask =
         serde_json::from_slice(&raw).map_err(|e| format!("parsing the task file: {e}"))?;
-    run_task(task_dir, &task, None).await
+    // Reports go to the server over HTTP like a batch job's; the status file is only for a
+    // server that recovers after a crash, so a final report that fails is retried briefly.
+    let remote = task.session.as_ref().map(Session::new).transpose()?;
+    run_task(task_dir, &task, remote, LOCAL_FINAL_ATTEMPTS).await
 }
+
+/// How often a final status report is tried: a local worker's server reads the status file when
+/// the worker exits; a batch job's server may be restarting, and learns of the job's end only
+/// from its next poll.
+const LOCAL_FINAL_ATTEMPTS: u32 = 3;
+const BATCH_FINAL_ATTEMPTS: u32 = 30;
 
 /// Runs a batch job's task: exchanges the job's one-time bootstrap token (from the environment
 /// the job script set) for the task and its session, then runs it in the current directory,
@@ -117,7 +125,7 @@ pub async fn run_bootstrapped() -> Result<(), String> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("watching for SIGTERM: {e}"))?;
     tokio::select! {
-        result = run_task(&task_dir, &task, remote) => result,
+        result = run_task(&task_dir, &task, remote, BATCH_FINAL_ATTEMPTS) => result,
         _ = terminate.recv() => Err("SLURM is ending the job (SIGTERM); stopped".to_owned()),
     }
 }
@@ -126,8 +134,9 @@ async fn run_task(
     task_dir: &Path,
     task: &WorkerTask,
     remote: Option<Session>,
+    final_attempts: u32,
 ) -> Result<(), String> {
-    let mut report = Reporter::new(task_dir, remote);
+    let mut report = Reporter::new(task_dir, remote, final_attempts);
     report.status.log.system_logs = Some(vec![RUNTIME_NOTE.to_owned()]);
     report.publish().await?;
 
@@ -170,21 +179,24 @@ async fn run_task(
 /// Keeps the current status and writes it atomically.
 struct Reporter {
     dir: PathBuf,
-    /// A batch job's worker also reports to the server: its reports are the primary signal.
+    /// The server: its reports are the primary signal.
     remote: Option<Session>,
+    /// How often the final report is tried.
+    final_attempts: u32,
     status: WorkerStatus,
     /// Set once the task's secrets are known: every log line is redacted with it.
     redactor: Option<Redactor>,
 }
 
 impl Reporter {
-    fn new(dir: &Path, remote: Option<Session>) -> Reporter {
+    fn new(dir: &Path, remote: Option<Session>, final_attempts: u32) -> Reporter {
         let mut metadata = BTreeMap::new();
         metadata.insert("runtime".to_owned(), "host".to_owned());
         metadata.insert("sandbox".to_owned(), "bubblewrap".to_owned());
         Reporter {
             dir: dir.to_owned(),
             remote,
+            final_attempts,
             status: WorkerStatus {
                 phase: WorkerPhase::Initializing,
                 log: TesTaskLog {
@@ -236,11 +248,15 @@ impl Reporter {
         write().map_err(|e| format!("writing {STATUS_FILE}: {e}"))
     }
 
-    /// Sends the status to the server. Progress is sent once; the final report is retried for a
-    /// minute (the server may be restarting). If it never arrives, the server reads the same
-    /// status from the shared work dir when SLURM reports the job ended.
+    /// Sends the status to the server. Progress is sent once; the final report is retried
+    /// `final_attempts` times, 2 s apart (the server may be restarting). If it never arrives,
+    /// the server reads the same status from the status file when the work has ended.
     async fn send(&self, remote: &Session) {
-        let attempts = if self.status.phase.is_final() { 30 } else { 1 };
+        let attempts = if self.status.phase.is_final() {
+            self.final_attempts
+        } else {
+            1
+        };
         for attempt in 1..=attempts {
             match remote
                 .call::<crate::StatusAck>("status", Some(&self.status))
@@ -510,7 +526,7 @@ fn file_url_path(url: &str) -> Result<PathBuf, SystemError> {
         .ok_or_else(|| SystemError(format!("{url} is not a valid file:// URL")))
 }
 
-async fn stage_input(task: &WorkerTask, root: &Path, input: &TesInput) -> Result<(), SystemError> {
+async fn stage_input(task: &WorkerTask, root: &Path, input: &Input) -> Result<(), SystemError> {
     let dest = paths::resolve_in_root(root, &input.path)?;
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)
@@ -588,10 +604,10 @@ async fn stage_file_inputs(task: &WorkerTask, root: &Path) -> Result<(), SystemE
                 std::fs::create_dir_all(parent).map_err(input_error(&url))?;
             }
             match kind {
-                TesFileType::File => {
+                FileType::File => {
                     std::fs::copy(&source, &dest).map_err(input_error(&url))?;
                 }
-                TesFileType::Directory => copy_dir(&source, &dest)?,
+                FileType::Directory => copy_dir(&source, &dest)?,
             }
         }
         Ok(())
@@ -771,7 +787,7 @@ async fn fetch_secrets(session: &Session) -> Result<Vec<(String, SecretValue)>, 
         .collect()
 }
 
-fn is_s3_input(input: &TesInput) -> bool {
+fn is_s3_input(input: &Input) -> bool {
     input.content.as_deref().is_none_or(str::is_empty)
         && input.url.as_deref().is_some_and(|u| u.starts_with("s3://"))
 }
@@ -805,7 +821,7 @@ struct OutputFile {
 /// The files an output names: the file, every regular file under a directory, or every wildcard
 /// match, each with its URL. Symbolic links and special files are refused: a link could point
 /// anywhere.
-fn output_files(root: &Path, output: &TesOutput) -> Result<Vec<OutputFile>, SystemError> {
+fn output_files(root: &Path, output: &Output) -> Result<Vec<OutputFile>, SystemError> {
     let mut files = Vec::new();
     if paths::has_wildcard(&output.path) {
         let prefix = output.path_prefix.as_deref().unwrap_or_default();
@@ -823,11 +839,11 @@ fn output_files(root: &Path, output: &TesOutput) -> Result<Vec<OutputFile>, Syst
     let meta = std::fs::symlink_metadata(&host)
         .map_err(|e| SystemError(format!("output {}: {e}", output.path)))?;
     match output.file_type.unwrap_or_default() {
-        TesFileType::File if !meta.is_file() => Err(SystemError(format!(
+        FileType::File if !meta.is_file() => Err(SystemError(format!(
             "output {} is not a regular file",
             output.path
         ))),
-        TesFileType::Directory if !meta.is_dir() => Err(SystemError(format!(
+        FileType::Directory if !meta.is_dir() => Err(SystemError(format!(
             "output {} is not a directory",
             output.path
         ))),
@@ -1046,7 +1062,7 @@ async fn run_executor(
     task: &WorkerTask,
     root: &Path,
     mounts: &[String],
-    executor: &TesExecutor,
+    executor: &Executor,
     secrets: &[(String, SecretValue)],
     redactor: Option<&Redactor>,
     extras: &SandboxExtras<'_>,
@@ -1341,7 +1357,7 @@ async fn capture(
 fn file_deliveries(
     task: &WorkerTask,
     root: &Path,
-    output: &TesOutput,
+    output: &Output,
 ) -> Result<Vec<(OutputFile, PathBuf)>, SystemError> {
     let mut deliveries = Vec::new();
     for file in output_files(root, output)? {

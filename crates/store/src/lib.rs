@@ -23,7 +23,7 @@ pub use identity::{TokenRecord, UserRecord};
 pub use secrets::{SealedRow, SecretKey, SecretMeta, StoredVersion};
 pub use signing_keys::SigningKeyRow;
 pub use storage::StorageRow;
-pub use tasks::{NewTask, TagFilter, TaskFilter, TaskRecord};
+pub use tasks::{Lease, NewTask, TagFilter, TaskFilter, TaskRecord};
 pub use workspaces::WorkspaceRecord;
 
 /// How hard a commit tries to survive a crash.

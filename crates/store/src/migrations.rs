@@ -51,6 +51,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "workspace_identity",
         include_str!("../migrations/sqlite/0008_workspace_identity.sql"),
     ),
+    (
+        9,
+        "task_leases",
+        include_str!("../migrations/sqlite/0009_task_leases.sql"),
+    ),
 ];
 
 #[derive(Debug)]

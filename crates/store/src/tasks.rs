@@ -6,7 +6,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, sqlite::SqliteRow};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::{mpsc, oneshot};
-use tresor_domain::{TaskId, TaskState, UserId, WorkspaceId};
+use tresor_domain::{TaskId, TaskSpec, TaskState, UserId, WorkspaceId};
 
 use crate::audit::{self, AuditEvent};
 use crate::{Error, Store, format_time};
@@ -19,8 +19,8 @@ pub struct NewTask {
     pub name: Option<String>,
     pub cpu_cores: u32,
     pub creation_time: OffsetDateTime,
-    /// The accepted task document as JSON text.
-    pub spec_json: String,
+    /// The accepted task.
+    pub spec: TaskSpec,
     pub tags: BTreeMap<String, String>,
     /// Server notes (such as ignored backend parameters), shown first in `system_logs`.
     pub notes: Vec<String>,
@@ -40,7 +40,7 @@ pub struct TaskRecord {
     pub state: TaskState,
     pub cpu_cores: u32,
     pub creation_time: OffsetDateTime,
-    pub spec_json: String,
+    pub spec: TaskSpec,
     pub tags: BTreeMap<String, String>,
     pub logs_json: Option<String>,
     pub notes: Vec<String>,
@@ -52,6 +52,19 @@ pub struct TaskRecord {
     pub compute_env: String,
     /// The executor's handle for the task's work once submitted (a SLURM job id).
     pub executor_ref: Option<String>,
+    /// The server process that claimed it, while it is active (see `Lease`).
+    pub owner: Option<String>,
+    /// Until when (Unix milliseconds) the owner's lease runs.
+    pub lease_until: Option<i64>,
+}
+
+/// A server process's claim on the active tasks it runs: its id and until when the claim holds
+/// (Unix milliseconds). It is renewed while the process lives; another process may take over a
+/// task whose lease lapsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until_ms: i64,
 }
 
 /// One `tag_key`/`tag_value` pair of a ListTasks filter.
@@ -122,7 +135,7 @@ async fn insert_batch(
         .bind(TaskState::Queued.as_str())
         .bind(i64::from(task.cpu_cores))
         .bind(format_time(task.creation_time))
-        .bind(task.spec_json.as_str())
+        .bind(task.spec.to_stored())
         .bind(tags)
         .bind(notes)
         .bind(task.created_by.as_str())
@@ -140,7 +153,7 @@ async fn insert_batch(
     tx.commit().await
 }
 
-const COLUMNS: &str = "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes, created_by, compute_env, executor_ref";
+const COLUMNS: &str = "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes, created_by, compute_env, executor_ref, owner, lease_until";
 
 fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
     let id: String = row.try_get("id").map_err(Error::Database)?;
@@ -170,7 +183,7 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
         .map_err(|e| corrupt("cpu_cores", e.to_string()))?,
         creation_time: OffsetDateTime::parse(&creation_time, &Rfc3339)
             .map_err(|e| corrupt("creation_time", e.to_string()))?,
-        spec_json: get_str("spec")?,
+        spec: TaskSpec::from_stored(&get_str("spec")?).map_err(|e| corrupt("spec", e))?,
         tags: serde_json::from_str(&tags).map_err(|e| corrupt("tags", e.to_string()))?,
         logs_json: row.try_get("logs").map_err(Error::Database)?,
         notes: serde_json::from_str(&notes).map_err(|e| corrupt("notes", e.to_string()))?,
@@ -179,6 +192,8 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
         seq: row.try_get("seq").map_err(Error::Database)?,
         compute_env: get_str("compute_env")?,
         executor_ref: row.try_get("executor_ref").map_err(Error::Database)?,
+        owner: row.try_get("owner").map_err(Error::Database)?,
+        lease_until: row.try_get("lease_until").map_err(Error::Database)?,
     })
 }
 
@@ -293,8 +308,14 @@ impl Store {
             .push(", logs), updated_at = ")
             .push_bind(format_time(OffsetDateTime::now_utc()));
         if to.is_terminal() {
-            // An ended task's worker session and bootstrap token die with it.
-            q.push(", session_hash = NULL, bootstrap_hash = NULL");
+            // An ended task's worker session and bootstrap token die with it, and so does its lease.
+            q.push(", session_hash = NULL, bootstrap_hash = NULL, lease_until = NULL");
+        }
+        if to == TaskState::Queued {
+            // Back in the queue, it belongs to nobody until it is claimed again.
+            q.push(
+                ", session_hash = NULL, bootstrap_hash = NULL, owner = NULL, lease_until = NULL",
+            );
         }
         q.push(" WHERE id = ").push_bind(id.as_str());
         q.push(" AND state IN ");
@@ -317,7 +338,7 @@ impl Store {
     ) -> Result<bool, Error> {
         let mut tx = self.writer.begin().await.map_err(Error::Database)?;
         let mut q = QueryBuilder::<Sqlite>::new(
-            "UPDATE tasks SET state = 'CANCELED', session_hash = NULL, bootstrap_hash = NULL, logs = ",
+            "UPDATE tasks SET state = 'CANCELED', session_hash = NULL, bootstrap_hash = NULL, lease_until = NULL, logs = ",
         );
         q.push_bind(logs_json.to_owned());
         q.push(", updated_at = ")
@@ -353,20 +374,22 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Claims the oldest QUEUED task for a worker (moving it to INITIALIZING) if it needs at most
-    /// `max_cores`. `None` when the queue is empty or its head does not fit: first come, first
-    /// served, so a large task at the head is never overtaken. One statement, so two schedulers
-    /// could never claim the same task.
+    /// Claims the oldest QUEUED task of a compute environment for `lease`'s owner (moving it to
+    /// INITIALIZING) if it needs at most `max_cores`. `None` when the queue is empty or its head
+    /// does not fit: first come, first served, so a large task at the head is never overtaken.
+    /// One statement, so two processes can never claim the same task.
     /// `session_hash` becomes the task's worker session (see `task_session`).
     pub async fn claim_next_task(
         &self,
         compute_env: &str,
         max_cores: u32,
         session_hash: &[u8],
+        lease: &Lease,
     ) -> Result<Option<TaskRecord>, Error> {
         let sql = format!(
             "UPDATE tasks SET state = 'INITIALIZING', updated_at = ?, session_hash = ?,
-               secrets_delivered = 0, bootstrap_hash = NULL, executor_ref = NULL
+               secrets_delivered = 0, bootstrap_hash = NULL, executor_ref = NULL,
+               owner = ?, lease_until = ?
              WHERE seq = (SELECT seq FROM tasks WHERE state = 'QUEUED' AND compute_env = ?
                           ORDER BY seq LIMIT 1)
                AND cpu_cores <= ?
@@ -375,12 +398,100 @@ impl Store {
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(format_time(OffsetDateTime::now_utc()))
             .bind(session_hash)
+            .bind(lease.owner.as_str())
+            .bind(lease.until_ms)
             .bind(compute_env)
             .bind(i64::from(max_cores))
             .fetch_optional(&self.writer)
             .await
             .map_err(Error::Database)?;
         row.as_ref().map(task_from_row).transpose()
+    }
+
+    /// Extends the lease of every active task `lease.owner` holds. Returns how many it holds.
+    pub async fn renew_leases(&self, lease: &Lease) -> Result<u64, Error> {
+        let done = sqlx::query(
+            "UPDATE tasks SET lease_until = ?
+             WHERE owner = ? AND state IN ('INITIALIZING', 'RUNNING')",
+        )
+        .bind(lease.until_ms)
+        .bind(lease.owner.as_str())
+        .execute(&self.writer)
+        .await
+        .map_err(Error::Database)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Active tasks another process (or nobody) owns, oldest first: the candidates for a
+    /// takeover. The caller decides whose lease lapsed.
+    pub async fn tasks_owned_by_others(&self, owner: &str) -> Result<Vec<TaskRecord>, Error> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tasks
+             WHERE state IN ('INITIALIZING', 'RUNNING') AND (owner IS NULL OR owner != ?)
+             ORDER BY seq"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(Error::Database)?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    /// Takes an active task over for `lease`'s owner if `from` still owns it (compare and swap):
+    /// of two processes taking over the same task, exactly one succeeds.
+    pub async fn take_over(
+        &self,
+        id: &TaskId,
+        from: Option<&str>,
+        lease: &Lease,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE tasks SET owner = ?, lease_until = ?
+             WHERE id = ? AND owner IS ? AND state IN ('INITIALIZING', 'RUNNING')",
+        )
+        .bind(lease.owner.as_str())
+        .bind(lease.until_ms)
+        .bind(id.as_str())
+        .bind(from)
+        .execute(&self.writer)
+        .await
+        .map_err(Error::Database)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Tasks whose stored document predates the typed task (a TES document): `(id, document,
+    /// compute environment, cores)`, to be converted once at start.
+    pub async fn legacy_task_specs(&self) -> Result<Vec<(TaskId, String, String)>, Error> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT id, spec, compute_env FROM tasks WHERE json_extract(spec, '$.version') IS NULL",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(Error::Database)?;
+        rows.into_iter()
+            .map(|(id, spec, env)| {
+                let task = TaskId::parse(&id).map_err(|e| Error::Corrupt {
+                    id: id.clone(),
+                    column: "id",
+                    reason: e.to_string(),
+                })?;
+                Ok((task, spec, env))
+            })
+            .collect()
+    }
+
+    /// Replaces a legacy task document with its typed form, unless it was converted meanwhile.
+    pub async fn convert_task_spec(&self, id: &TaskId, spec: &TaskSpec) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE tasks SET spec = ? WHERE id = ? AND json_extract(spec, '$.version') IS NULL",
+        )
+        .bind(spec.to_stored())
+        .bind(id.as_str())
+        .execute(&self.writer)
+        .await
+        .map_err(Error::Database)?;
+        Ok(())
     }
 
     /// An active task's worker session hash (None once the task ended or before it started).
@@ -502,7 +613,13 @@ mod tests {
             name: Some(name.to_owned()),
             cpu_cores: 1,
             creation_time: OffsetDateTime::now_utc(),
-            spec_json: "{}".to_owned(),
+            spec: TaskSpec::new(
+                Vec::new(),
+                tresor_domain::ComputeEnv {
+                    id: "local".to_owned(),
+                    kind: tresor_domain::ComputeEnvKind::Local,
+                },
+            ),
             tags: tags
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -519,6 +636,13 @@ mod tests {
                 result: "ok".to_owned(),
                 detail: None,
             },
+        }
+    }
+
+    fn lease() -> Lease {
+        Lease {
+            owner: "host:1:test".to_owned(),
+            until_ms: i64::MAX,
         }
     }
 
@@ -615,7 +739,7 @@ mod tests {
             .await
             .unwrap();
         let claimed = store
-            .claim_next_task("local", 2, b"h")
+            .claim_next_task("local", 2, b"h", &lease())
             .await
             .unwrap()
             .unwrap();
@@ -625,7 +749,7 @@ mod tests {
         );
         assert!(
             store
-                .claim_next_task("local", 2, b"h")
+                .claim_next_task("local", 2, b"h", &lease())
                 .await
                 .unwrap()
                 .is_none(),
@@ -633,7 +757,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .claim_next_task("local", 4, b"h")
+                .claim_next_task("local", 4, b"h", &lease())
                 .await
                 .unwrap()
                 .unwrap()
@@ -643,7 +767,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .claim_next_task("local", 1, b"h")
+                .claim_next_task("local", 1, b"h", &lease())
                 .await
                 .unwrap()
                 .unwrap()

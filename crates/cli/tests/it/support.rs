@@ -109,6 +109,7 @@ pub fn settings_for(dir: &Path) -> AppSettings {
             organization_name: "tresor tests".to_owned(),
             organization_url: "https://tresor.invalid".to_owned(),
             callback_url: String::new(),
+            task_lease: std::time::Duration::from_secs(15),
         },
         max_body_bytes: 4 * 1024 * 1024,
         bootstrap_token_file: data.join("bootstrap-admin-token"),

@@ -368,15 +368,18 @@ impl Preflight {
             location.bucket,
             key.rsplit('/').next().unwrap_or("x")
         );
-        let probe = tresor_api_types::tes::TesTask {
-            executors: Vec::new(),
-            inputs: Some(vec![tresor_api_types::tes::TesInput {
-                url: Some(outside.clone()),
-                path: "/in".to_owned(),
-                ..Default::default()
-            }]),
+        let mut probe = tresor_domain::TaskSpec::new(
+            Vec::new(),
+            tresor_domain::ComputeEnv {
+                id: tresor_executors::LOCAL_ENV.to_owned(),
+                kind: tresor_domain::ComputeEnvKind::Local,
+            },
+        );
+        probe.inputs.push(tresor_domain::task::Input {
+            url: Some(outside.clone()),
+            path: "/in".to_owned(),
             ..Default::default()
-        };
+        });
         let refused_by_tresor = self.storage.check_task(workspace, &probe).await.is_err();
         let signature_bound = match self
             .storage

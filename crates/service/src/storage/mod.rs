@@ -14,8 +14,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
 use serde::{Deserialize, Serialize};
-use tresor_api_types::tes::{TesFileType, TesTask};
 use tresor_crypto::SecretValue;
+use tresor_domain::TaskSpec;
 use tresor_domain::{Principal, WorkspaceId};
 use tresor_store::Store;
 
@@ -139,10 +139,9 @@ pub struct StorageService {
 }
 
 /// The `(field, url)` of every input and output URL of a task with this scheme prefix.
-fn task_urls<'a>(spec: &'a TesTask, scheme: &str) -> Vec<(String, &'a str)> {
+fn task_urls<'a>(spec: &'a TaskSpec, scheme: &str) -> Vec<(String, &'a str)> {
     spec.inputs
         .iter()
-        .flatten()
         .enumerate()
         .filter_map(|(i, input)| {
             input
@@ -154,7 +153,6 @@ fn task_urls<'a>(spec: &'a TesTask, scheme: &str) -> Vec<(String, &'a str)> {
         .chain(
             spec.outputs
                 .iter()
-                .flatten()
                 .enumerate()
                 .filter(|(_, o)| o.url.starts_with(scheme))
                 .map(|(i, o)| (format!("outputs[{i}].url"), o.url.as_str())),
@@ -396,7 +394,7 @@ impl StorageService {
     pub async fn check_task(
         &self,
         workspace: &WorkspaceId,
-        spec: &TesTask,
+        spec: &TaskSpec,
     ) -> Result<(), ServiceError> {
         self.check_file_urls(workspace, spec).await?;
         let urls = task_urls(spec, "s3://");
@@ -623,7 +621,7 @@ impl StorageService {
     async fn check_file_urls(
         &self,
         workspace: &WorkspaceId,
-        spec: &TesTask,
+        spec: &TaskSpec,
     ) -> Result<(), ServiceError> {
         let urls = task_urls(spec, "file://");
         let Some(first) = urls.first() else {
@@ -763,16 +761,16 @@ impl StorageService {
     pub async fn presign_inputs(
         &self,
         workspace: &WorkspaceId,
-        spec: &TesTask,
+        spec: &TaskSpec,
     ) -> Result<Vec<PresignedInput>, ServiceError> {
         self.check_task(workspace, spec).await?;
         let ttl = self.settings()?.presign_ttl;
         let mut out = Vec::new();
-        for input in spec.inputs.iter().flatten() {
+        for input in &spec.inputs {
             let Some((bucket, key)) = input.url.as_deref().and_then(parse_s3) else {
                 continue;
             };
-            if input.file_type == Some(TesFileType::Directory) {
+            if input.is_dir() {
                 let dir = key.trim_end_matches('/');
                 for object in self.list(bucket, dir).await? {
                     let relative = object
@@ -799,16 +797,15 @@ impl StorageService {
     pub async fn presign_uploads(
         &self,
         workspace: &WorkspaceId,
-        spec: &TesTask,
+        spec: &TaskSpec,
         urls: &[String],
     ) -> Result<Vec<String>, ServiceError> {
         self.check_task(workspace, spec).await?;
         let ttl = self.settings()?.presign_ttl;
         let mut out = Vec::with_capacity(urls.len());
         for (i, url) in urls.iter().enumerate() {
-            let declared = spec.outputs.iter().flatten().any(|o| {
-                let is_tree = o.file_type == Some(TesFileType::Directory)
-                    || tresor_executors::paths::has_wildcard(&o.path);
+            let declared = spec.outputs.iter().any(|o| {
+                let is_tree = o.is_dir() || tresor_executors::paths::has_wildcard(&o.path);
                 url == &o.url
                     || (is_tree
                         && url

@@ -1,21 +1,24 @@
-//! The tasks room: the TES use cases (create, get, list, cancel), validation, rendering, and the
-//! loops that run accepted tasks on their compute environments.
+//! The tasks room: the TES use cases (create, get, list, cancel), validation, the typed task,
+//! rendering, the worker endpoints' use cases, and the supervisor that runs accepted tasks on
+//! their compute environments' backends.
 
-mod batch;
 mod page_token;
 mod render;
-mod runner;
+pub mod spec;
+pub mod supervisor;
+#[cfg(test)]
+mod supervisor_tests;
 pub mod validate;
+mod worker_api;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::Notify;
 use tresor_api_types::tes::{
     Organization, ServiceType, TesListTasksResponse, TesServiceInfo, TesState, TesTask, TesView,
 };
-use tresor_domain::{Action, Caller, TaskId};
-use tresor_executors::{LocalExecutor, SlurmExecutor};
+use tresor_domain::{Action, Caller, ComputeEnv, TaskId, TaskSpec};
+use tresor_executors::{ComputeBackend, LocalExecutor, SlurmExecutor};
 use tresor_store::{NewTask, Store, TagFilter, TaskFilter};
 
 use crate::error::{Entity, ServiceError};
@@ -24,12 +27,12 @@ use crate::platform::{self, PlatformService};
 use crate::secrets::SecretService;
 use crate::storage::{self, StorageService};
 pub use render::tes_state;
-pub use runner::DeclaredSecrets;
+pub use spec::TIME_LIMIT;
+pub use supervisor::{Supervisor, SupervisorSettings, WorkerDefaults};
+pub use tresor_domain::DeclaredSecrets;
 
 /// The compute environment every workspace uses until it chooses another.
-pub const LOCAL_ENV: &str = "local";
-
-pub use batch::TIME_LIMIT;
+pub const LOCAL_ENV: &str = tresor_executors::LOCAL_ENV;
 
 /// The service's slice of the settings.
 #[derive(Debug, Clone)]
@@ -42,6 +45,8 @@ pub struct ServiceSettings {
     pub organization_url: String,
     /// The server's own URL as workers reach it (to fetch their task's secrets).
     pub callback_url: String,
+    /// How long a server process's claim on a task holds without renewal (`tasks.lease_seconds`).
+    pub task_lease: Duration,
 }
 
 /// A ListTasks request, as parsed from the query string.
@@ -66,20 +71,22 @@ pub struct TaskService {
 struct Inner {
     store: Store,
     platform: PlatformService,
-    executor: LocalExecutor,
     settings: ServiceSettings,
     page_tokens: page_token::PageTokens,
-    /// Wakes the scheduler: a task was queued or a slot freed.
-    wake: Notify,
-    /// Tasks holding slots, with the cores they hold and their worker's pid once known.
-    running: Mutex<HashMap<TaskId, runner::Slot>>,
     secrets: SecretService,
     identity: IdentityService,
-    storage: StorageService,
-    /// Compute environments of type `slurm`, by id.
-    slurm: BTreeMap<String, Arc<SlurmExecutor>>,
-    /// Batch jobs submitted and not yet seen ended, by task.
-    batch_jobs: Mutex<HashMap<TaskId, batch::BatchJob>>,
+    /// What service-info says of the local executor.
+    local: LocalFacts,
+    supervisor: Arc<Supervisor>,
+}
+
+/// What the TES service-info and validation need to know of the local executor.
+#[derive(Debug)]
+struct LocalFacts {
+    allowed_dirs: Vec<std::path::PathBuf>,
+    own_users: bool,
+    max_executors: usize,
+    allow_network: bool,
 }
 
 /// Where tasks run: the local executor, always there, and one executor per SLURM compute
@@ -112,45 +119,63 @@ impl TaskService {
         executors: Executors,
         settings: ServiceSettings,
     ) -> Result<TaskService, ServiceError> {
-        let Executors {
-            local: executor,
-            slurm,
-        } = executors;
-        let secret = store.server_secret("page_token_key").await?;
+        let Executors { local, slurm } = executors;
+        let page_secret = store.server_secret("page_token_key").await?;
+        let local_settings = local.settings();
+        let local_facts = LocalFacts {
+            allowed_dirs: local_settings.allowed_dirs.clone(),
+            own_users: local_settings.task_ids.is_some(),
+            max_executors: local_settings.limits.max_executors,
+            allow_network: local_settings.allow_network,
+        };
+        let supervisor_settings = SupervisorSettings {
+            lease: settings.task_lease,
+            callback_url: settings.callback_url.clone(),
+            worker: WorkerDefaults {
+                sandbox: local_settings.sandbox.clone(),
+                log_tail_bytes: local_settings.log_tail_bytes,
+                max_log_bytes: local_settings.limits.max_log_bytes,
+                allow_private_http_inputs: local_settings.allow_private_http_inputs,
+                allow_network: local_settings.allow_network,
+                sdk_env: identity.settings().sdk_env.clone(),
+            },
+            workspace_gids: local_settings.workspace_gids.clone(),
+        };
+        let mut backends: Vec<Arc<dyn ComputeBackend>> = vec![Arc::new(local)];
+        backends.extend(
+            slurm
+                .into_iter()
+                .map(|e| Arc::new(e) as Arc<dyn ComputeBackend>),
+        );
+        let supervisor = Supervisor::new(store.clone(), storage, backends, supervisor_settings);
+        convert_legacy_specs(&store, &supervisor).await?;
         Ok(TaskService {
             inner: Arc::new(Inner {
                 store,
                 platform,
-                executor,
                 settings,
-                page_tokens: page_token::PageTokens::new(&secret),
-                wake: Notify::new(),
-                running: Mutex::new(HashMap::new()),
+                page_tokens: page_token::PageTokens::new(&page_secret),
                 secrets,
                 identity,
-                storage,
-                slurm: slurm
-                    .into_iter()
-                    .map(|e| (e.settings().name.clone(), Arc::new(e)))
-                    .collect(),
-                batch_jobs: Mutex::new(HashMap::new()),
+                local: local_facts,
+                supervisor,
             }),
         })
     }
 
-    /// Settles what a previous server left behind, then starts the scheduler loop.
+    /// Takes over what a previous server left behind, then starts the supervisor's loops.
     pub async fn start(&self) -> Result<(), ServiceError> {
-        runner::reconcile(&self.inner).await?;
-        for env in self.inner.slurm.keys() {
-            tokio::spawn(batch::poll_loop(self.inner.clone(), env.clone()));
-        }
-        tokio::spawn(runner::schedule(self.inner.clone()));
-        Ok(())
+        self.inner.supervisor.start().await
+    }
+
+    /// The supervisor, for tests that drive it.
+    pub fn supervisor(&self) -> &Arc<Supervisor> {
+        &self.inner.supervisor
     }
 
     /// GA4GH service-info for TES.
     pub fn service_info(&self) -> TesServiceInfo {
-        let executor = self.inner.executor.settings();
+        let local = &self.inner.local;
         TesServiceInfo {
             id: "org.tresor.tes".to_owned(),
             name: "tresor".to_owned(),
@@ -162,11 +187,11 @@ impl TaskService {
             description: Some(format!(
                 "tresor, a secure processing environment. Runtime: host; every executor runs in a \
                  bubblewrap sandbox on the server's host, and its image is recorded but not used.{}",
-                if executor.task_ids.is_none() {
+                if local.own_users {
+                    " Each running task has a host user of its own."
+                } else {
                     " This server is not root: executors run as its own host user, so tasks are \
                      not kept apart from each other by host users."
-                } else {
-                    " Each running task has a host user of its own."
                 }
             )),
             organization: Organization {
@@ -179,19 +204,17 @@ impl TaskService {
             updated_at: None,
             environment: None,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            storage: executor
+            storage: local
                 .allowed_dirs
                 .iter()
                 .map(|d| format!("file://{}", d.display()))
                 .collect(),
             // Every key some compute environment of this server honours.
-            tes_resources_backend_parameters: validate::LOCAL_BACKEND_PARAMETERS
-                .iter()
-                .chain(if self.inner.slurm.is_empty() {
-                    [].iter()
-                } else {
-                    validate::SLURM_BACKEND_PARAMETERS.iter()
-                })
+            tes_resources_backend_parameters: self
+                .inner
+                .supervisor
+                .backends()
+                .flat_map(|b| b.capabilities().backend_parameters.iter())
                 .map(|s| (*s).to_owned())
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
@@ -199,42 +222,34 @@ impl TaskService {
         }
     }
 
-    /// What validation knows about the compute environment `env`.
-    fn limits(&self, env: &str) -> validate::Limits {
-        let executor = self.inner.executor.settings();
-        let slurm = env != LOCAL_ENV;
-        let local = (!slurm).then_some(&executor.limits);
+    /// What validation knows about a compute environment.
+    fn limits(&self, backend: &dyn ComputeBackend) -> validate::Limits {
+        let caps = backend.capabilities();
+        let local = &self.inner.local;
         validate::Limits {
-            // SLURM decides what fits its nodes, and says so when the job is submitted.
-            max_cpu_cores: if slurm { u32::MAX } else { executor.slots },
-            max_executors: executor.limits.max_executors,
-            max_ram_gb: local.map(|l| l.max_ram_gb),
-            max_disk_gb: local.map(|l| l.max_disk_gb),
-            max_run_seconds: local.map(|l| l.max_run_seconds),
-            allow_network: executor.allow_network,
-            allowed_dirs: executor.allowed_dirs.clone(),
-            compute_env: env.to_owned(),
-            backend_parameters: if slurm {
-                validate::SLURM_BACKEND_PARAMETERS
-            } else {
-                validate::LOCAL_BACKEND_PARAMETERS
-            },
+            max_cpu_cores: caps.max_cpu_cores.unwrap_or(u32::MAX),
+            max_executors: local.max_executors,
+            max_ram_gb: caps.max_ram_gb,
+            max_disk_gb: caps.max_disk_gb,
+            max_run_seconds: caps.max_run_seconds,
+            allow_network: local.allow_network,
+            allowed_dirs: local.allowed_dirs.clone(),
+            compute_env: backend.env().clone(),
+            backend_parameters: caps.backend_parameters,
         }
     }
 
     /// The compute environments of this server.
     pub fn compute_envs(&self) -> Vec<ComputeEnvInfo> {
-        std::iter::once(ComputeEnvInfo {
-            id: LOCAL_ENV.to_owned(),
-            kind: "local".to_owned(),
-            default: true,
-        })
-        .chain(self.inner.slurm.keys().map(|id| ComputeEnvInfo {
-            id: id.clone(),
-            kind: "slurm".to_owned(),
-            default: false,
-        }))
-        .collect()
+        self.inner
+            .supervisor
+            .backends()
+            .map(|b| ComputeEnvInfo {
+                id: b.env().id.clone(),
+                kind: b.env().kind.as_str().to_owned(),
+                default: b.env().id == LOCAL_ENV,
+            })
+            .collect()
     }
 
     /// The compute environment the caller's workspace runs new tasks in.
@@ -266,7 +281,7 @@ impl TaskService {
                 format!("workspace:{}", caller.workspace),
             )
             .await?;
-        if env != LOCAL_ENV && !self.inner.slurm.contains_key(env) {
+        if self.inner.supervisor.backend(env).is_none() {
             let known: Vec<String> = self.compute_envs().into_iter().map(|e| e.id).collect();
             return Err(ServiceError::invalid(
                 "compute_env",
@@ -293,7 +308,7 @@ impl TaskService {
         token: &str,
         request: tresor_executors::BootstrapRequest,
     ) -> Result<tresor_executors::WorkerTask, ServiceError> {
-        batch::bootstrap(&self.inner, id, token, request).await
+        worker_api::bootstrap(&self.inner, id, token, request).await
     }
 
     /// A batch job's worker reports its status; the answer is the task's state now.
@@ -303,7 +318,7 @@ impl TaskService {
         credential: &str,
         status: tresor_executors::WorkerStatus,
     ) -> Result<tresor_domain::TaskState, ServiceError> {
-        batch::report(&self.inner, id, credential, status).await
+        worker_api::report(&self.inner, id, credential, status).await
     }
 
     /// CreateTask: validates, stores durably as QUEUED, wakes the scheduler.
@@ -327,48 +342,47 @@ impl TaskService {
             .workspace_compute_env(&caller.workspace)
             .await?
             .unwrap_or_else(|| LOCAL_ENV.to_owned());
-        if env != LOCAL_ENV && !self.inner.slurm.contains_key(&env) {
+        let Some(backend) = self.inner.supervisor.backend(&env) else {
             return Err(ServiceError::Conflict(format!(
                 "workspace {} runs its tasks in compute environment {env:?}, which this server no longer has; a workspace admin chooses another (PUT /api/v1/workspaces/{}/compute-env)",
                 caller.workspace, caller.workspace
             )));
-        }
-        let accepted = validate::accept_task(task, &self.limits(&env))?;
+        };
+        let accepted = validate::accept_task(task, &self.limits(backend.as_ref()))?;
         self.check_secrets(caller, &accepted.spec).await?;
         self.inner
-            .storage
+            .supervisor
+            .storage()
             .check_task(&caller.workspace, &accepted.spec)
             .await?;
         let id = TaskId::parse(&uuid::Uuid::now_v7().to_string())
             .map_err(|e| ServiceError::Internal(e.into()))?;
-        let spec_json =
-            serde_json::to_string(&accepted.spec).map_err(|e| ServiceError::Internal(e.into()))?;
+        let spec = accepted.spec;
         self.inner
             .store
             .insert_task(NewTask {
                 id: id.clone(),
                 workspace: caller.workspace.clone(),
-                name: accepted.spec.name.clone(),
-                cpu_cores: accepted.cpu_cores,
+                name: spec.name.clone(),
+                cpu_cores: spec.resources.cpu_cores,
                 creation_time: time::OffsetDateTime::now_utc(),
-                spec_json,
-                tags: accepted.spec.tags.clone().unwrap_or_default(),
+                tags: spec.tags.clone(),
+                compute_env: spec.compute_env.id.clone(),
+                spec,
                 notes: accepted.notes,
                 created_by: caller.principal.user.clone(),
-                compute_env: env,
                 audit: platform::caller_event(caller, "task.create", format!("task:{id}")),
             })
             .await?;
         tracing::debug!(task = %id, "task created");
-        self.inner.wake.notify_one();
+        self.inner.supervisor.wake();
         Ok(id)
     }
 
     /// Declared secrets must exist for the submitter, and no stored value may appear in the
     /// document itself (a pasted password belongs in a secret, referenced by name).
-    async fn check_secrets(&self, caller: &Caller, spec: &TesTask) -> Result<(), ServiceError> {
-        let declared = runner::declared_secrets(spec)?;
-        for name in &declared.files {
+    async fn check_secrets(&self, caller: &Caller, spec: &TaskSpec) -> Result<(), ServiceError> {
+        for name in &spec.secrets.files {
             if !self
                 .inner
                 .secrets
@@ -389,7 +403,7 @@ impl TaskService {
             .secrets
             .guard(&caller.workspace, &caller.principal.user)
             .await?
-            && holds_value(spec, &guard)
+            && spec::holds_value(spec, &guard)
         {
             return Err(ServiceError::invalid(
                 "task",
@@ -405,7 +419,7 @@ impl TaskService {
         id: &str,
         credential: &str,
     ) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
-        runner::deliver_secrets(&self.inner, id, credential).await
+        worker_api::deliver_secrets(&self.inner, id, credential).await
     }
 
     /// A running task's identity token for one of the allowed audiences.
@@ -415,8 +429,7 @@ impl TaskService {
         credential: &str,
         audience: Option<&str>,
     ) -> Result<IssuedToken, ServiceError> {
-        let record = runner::authorize_worker(&self.inner, id, credential).await?;
-        let record = runner::active_task(&self.inner, &record).await?;
+        let record = worker_api::authorized_task(&self.inner, id, credential).await?;
         let subject = TaskSubject {
             workspace: record.workspace.to_string(),
             user: record.created_by.to_string(),
@@ -432,13 +445,11 @@ impl TaskService {
         id: &str,
         credential: &str,
     ) -> Result<Vec<storage::PresignedInput>, ServiceError> {
-        let id = runner::authorize_worker(&self.inner, id, credential).await?;
-        let record = runner::active_task(&self.inner, &id).await?;
-        let spec: TesTask = serde_json::from_str(&record.spec_json)
-            .map_err(|e| ServiceError::Internal(e.into()))?;
+        let record = worker_api::authorized_task(&self.inner, id, credential).await?;
         self.inner
-            .storage
-            .presign_inputs(&record.workspace, &spec)
+            .supervisor
+            .storage()
+            .presign_inputs(&record.workspace, &record.spec)
             .await
     }
 
@@ -449,13 +460,11 @@ impl TaskService {
         credential: &str,
         urls: &[String],
     ) -> Result<Vec<String>, ServiceError> {
-        let id = runner::authorize_worker(&self.inner, id, credential).await?;
-        let record = runner::active_task(&self.inner, &id).await?;
-        let spec: TesTask = serde_json::from_str(&record.spec_json)
-            .map_err(|e| ServiceError::Internal(e.into()))?;
+        let record = worker_api::authorized_task(&self.inner, id, credential).await?;
         self.inner
-            .storage
-            .presign_uploads(&record.workspace, &spec, urls)
+            .supervisor
+            .storage()
+            .presign_uploads(&record.workspace, &record.spec, urls)
             .await
     }
 
@@ -572,65 +581,82 @@ impl TaskService {
             .platform
             .require(caller, action, "task.cancel", format!("task:{}", record.id))
             .await?;
-        runner::cancel(&self.inner, caller, record).await
+        cancel(&self.inner, caller, record).await
     }
 }
 
-/// Whether any string the submitter wrote in a task document holds a stored value. Only those
-/// strings are searched, never the schema's field names nor the names in the `tresor.secrets`
-/// tags: a member's value may hide that value and nothing else, not the shape of every task.
-fn holds_value(spec: &TesTask, guard: &tresor_crypto::redact::Redactor) -> bool {
-    let mut strings: Vec<&str> = Vec::new();
-    strings.extend(spec.name.as_deref());
-    strings.extend(spec.description.as_deref());
-    for input in spec.inputs.iter().flatten() {
-        strings.extend(
-            [input.name.as_deref(), input.description.as_deref()]
-                .into_iter()
-                .flatten(),
-        );
-        strings.extend(
-            [input.url.as_deref(), input.content.as_deref()]
-                .into_iter()
-                .flatten(),
-        );
-        strings.push(&input.path);
+/// CancelTask: the state change is committed (with its audit event) first, then the task's work
+/// is stopped wherever it runs.
+async fn cancel(
+    inner: &Inner,
+    caller: &Caller,
+    record: tresor_store::TaskRecord,
+) -> Result<(), ServiceError> {
+    use tresor_api_types::tes::TesTaskLog;
+    use tresor_domain::TaskState;
+    let id = record.id.clone();
+    if record.state == TaskState::Canceled {
+        return Ok(());
     }
-    for output in spec.outputs.iter().flatten() {
-        strings.extend(
-            [output.name.as_deref(), output.description.as_deref()]
-                .into_iter()
-                .flatten(),
-        );
-        strings.extend(output.path_prefix.as_deref());
-        strings.extend([output.url.as_str(), output.path.as_str()]);
+    let conflict = |state: TaskState| {
+        ServiceError::Conflict(format!(
+            "task {id} is already {}; only QUEUED, INITIALIZING or RUNNING tasks can be canceled",
+            state.as_str()
+        ))
+    };
+    if record.state.is_terminal() {
+        return Err(conflict(record.state));
     }
-    for executor in &spec.executors {
-        strings.push(&executor.image);
-        strings.extend(executor.command.iter().map(String::as_str));
-        for field in [
-            &executor.workdir,
-            &executor.stdin,
-            &executor.stdout,
-            &executor.stderr,
-        ] {
-            strings.extend(field.as_deref());
+    let mut logs: Vec<TesTaskLog> = record
+        .logs_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    if logs.is_empty() {
+        logs.push(TesTaskLog::default());
+    }
+    if let Some(last) = logs.last_mut() {
+        last.system_logs.get_or_insert_with(Vec::new).push(format!(
+            "canceled by request in state {}",
+            record.state.as_str()
+        ));
+        last.end_time = Some(supervisor::now());
+    }
+    let logs = serde_json::to_string(&logs).map_err(|e| ServiceError::Internal(e.into()))?;
+    let audit = platform::caller_event(caller, "task.cancel", format!("task:{id}"));
+    if !inner.store.cancel_task(&id, &logs, &audit).await? {
+        // It moved meanwhile: report what it became.
+        let now = inner
+            .store
+            .get_task_for_system(&id)
+            .await?
+            .map(|r| r.state)
+            .unwrap_or(TaskState::Canceled);
+        return if now == TaskState::Canceled {
+            Ok(())
+        } else {
+            Err(conflict(now))
+        };
+    }
+    inner.supervisor.cancel_work(&record).await;
+    Ok(())
+}
+
+/// Converts tasks stored before the typed task (as TES documents) once, at start.
+async fn convert_legacy_specs(store: &Store, supervisor: &Supervisor) -> Result<(), ServiceError> {
+    for (id, document, env) in store.legacy_task_specs().await? {
+        let kind = supervisor
+            .backend(&env)
+            .map_or(tresor_domain::ComputeEnvKind::Slurm, |b| b.env().kind);
+        let env = ComputeEnv { id: env, kind };
+        match spec::from_legacy(&document, env) {
+            Ok(spec) => store.convert_task_spec(&id, &spec).await?,
+            Err(e) => {
+                return Err(ServiceError::Internal(anyhow::anyhow!(
+                    "task {id}: its stored document does not convert to a typed task: {e}"
+                )));
+            }
         }
-        for (k, v) in executor.env.iter().flatten() {
-            strings.extend([k.as_str(), v.as_str()]);
-        }
     }
-    strings.extend(spec.volumes.iter().flatten().map(String::as_str));
-    if let Some(resources) = &spec.resources {
-        strings.extend(resources.zones.iter().flatten().map(String::as_str));
-        for (k, v) in resources.backend_parameters.iter().flatten() {
-            strings.extend([k.as_str(), v.as_str()]);
-        }
-    }
-    for (k, v) in spec.tags.iter().flatten() {
-        if k != runner::SECRETS_TAG && k != runner::SECRETS_ENV_TAG {
-            strings.extend([k.as_str(), v.as_str()]);
-        }
-    }
-    strings.iter().any(|s| guard.finds_in(s.as_bytes()))
+    Ok(())
 }

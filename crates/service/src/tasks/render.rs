@@ -68,8 +68,7 @@ pub fn render(record: &TaskRecord, view: TesView) -> Result<TesTask, ServiceErro
             ..TesTask::default()
         });
     }
-    let mut task: TesTask =
-        serde_json::from_str(&record.spec_json).map_err(|e| internal("task", e))?;
+    let mut task = super::spec::to_tes(&record.spec);
     task.id = id;
     task.state = state;
     task.creation_time = Some(

@@ -3,15 +3,16 @@
 use std::path::{Path, PathBuf};
 
 use tresor_api_types::tes::{TesFileType, TesResources, TesTask};
+use tresor_domain::{ComputeEnv, TaskSpec};
 use tresor_executors::paths::{self, check_task_path, has_wildcard};
 
 use crate::ServiceError;
 
 /// Backend parameters the local executor honours (keys are case-insensitive); `time_limit` (in
 /// SLURM's `--time` syntax) bounds the run time of the task's executors.
-pub const LOCAL_BACKEND_PARAMETERS: &[&str] = &["network", super::batch::TIME_LIMIT];
+pub const LOCAL_BACKEND_PARAMETERS: &[&str] = tresor_executors::local::BACKEND_PARAMETERS;
 /// The same on a SLURM compute environment: `time_limit` becomes the job's `--time`.
-pub const SLURM_BACKEND_PARAMETERS: &[&str] = &["network", super::batch::TIME_LIMIT];
+pub const SLURM_BACKEND_PARAMETERS: &[&str] = tresor_executors::slurm::BACKEND_PARAMETERS;
 
 /// Largest inline input `content`; the spec asks servers to accept at least 128 KiB.
 pub const MAX_INPUT_CONTENT: usize = 1024 * 1024;
@@ -29,8 +30,8 @@ pub struct Limits {
     pub max_run_seconds: Option<u64>,
     pub allow_network: bool,
     pub allowed_dirs: Vec<PathBuf>,
-    /// The compute environment the task will run in, for messages.
-    pub compute_env: String,
+    /// The compute environment the task will run in.
+    pub compute_env: ComputeEnv,
     /// The backend parameters that environment honours (lowercase).
     pub backend_parameters: &'static [&'static str],
 }
@@ -38,10 +39,8 @@ pub struct Limits {
 /// A task that passed validation.
 #[derive(Debug, Clone)]
 pub struct AcceptedTask {
-    /// The document to store: the submission minus unsupported backend parameters.
-    pub spec: TesTask,
-    pub cpu_cores: u32,
-    pub network: bool,
+    /// The task to store: the submission minus unsupported backend parameters, typed.
+    pub spec: TaskSpec,
     /// Warnings for `system_logs`, such as ignored backend parameters.
     pub notes: Vec<String>,
 }
@@ -247,7 +246,7 @@ pub fn accept_task(mut task: TesTask, limits: &Limits) -> Result<AcceptedTask, S
     for (i, volume) in task.volumes.iter().flatten().enumerate() {
         check_path(&format!("volumes[{i}]"), volume, true)?;
     }
-    let (cpu_cores, network, notes) = check_resources(task.resources.as_mut(), limits)?;
+    let (_, _, notes) = check_resources(task.resources.as_mut(), limits)?;
     // The spec asks the server to fill in `type` once known; FILE is its default.
     for input in task.inputs.iter_mut().flatten() {
         input.file_type.get_or_insert(TesFileType::File);
@@ -256,9 +255,7 @@ pub fn accept_task(mut task: TesTask, limits: &Limits) -> Result<AcceptedTask, S
         output.file_type.get_or_insert(TesFileType::File);
     }
     Ok(AcceptedTask {
-        spec: task,
-        cpu_cores,
-        network,
+        spec: super::spec::from_tes(task, limits.compute_env.clone())?,
         notes,
     })
 }
@@ -336,7 +333,7 @@ fn check_resources(
                     "resources.backend_parameters",
                     format!(
                         "unsupported keys {unsupported:?} with backend_parameters_strict; compute environment {} supports {:?}",
-                        limits.compute_env, limits.backend_parameters
+                        limits.compute_env.id, limits.backend_parameters
                     ),
                 ));
             }
@@ -345,11 +342,11 @@ fn check_resources(
             }
             notes.push(format!(
                 "warning: ignored unsupported backend_parameters {unsupported:?}; compute environment {} supports {:?}",
-                limits.compute_env, limits.backend_parameters
+                limits.compute_env.id, limits.backend_parameters
             ));
         }
         for (key, value) in params.iter() {
-            if key.eq_ignore_ascii_case(super::batch::TIME_LIMIT) {
+            if key.eq_ignore_ascii_case(super::spec::TIME_LIMIT) {
                 let Some(seconds) = tresor_executors::slurm::time_limit_seconds(value) else {
                     return Err(invalid(
                         format!("resources.backend_parameters.{key}"),
@@ -404,7 +401,10 @@ mod tests {
             max_run_seconds: Some(3_600),
             allow_network: false,
             allowed_dirs: vec![PathBuf::from("/srv/data")],
-            compute_env: "local".to_owned(),
+            compute_env: ComputeEnv {
+                id: "local".to_owned(),
+                kind: tresor_domain::ComputeEnvKind::Local,
+            },
             backend_parameters: LOCAL_BACKEND_PARAMETERS,
         }
     }
@@ -539,7 +539,13 @@ mod tests {
         };
         let accepted = accept_task(with_time("0:30"), &limits()).unwrap();
         assert_eq!(
-            accepted.spec.resources.unwrap().backend_parameters.unwrap()["time_limit"],
+            accepted
+                .spec
+                .resources
+                .requested
+                .unwrap()
+                .backend_parameters
+                .unwrap()["time_limit"],
             "0:30"
         );
         assert_eq!(
@@ -548,14 +554,23 @@ mod tests {
         );
         assert!(reason(with_time("0")).contains("may run from 1 s"));
         let slurm = Limits {
-            compute_env: "hpc".to_owned(),
+            compute_env: ComputeEnv {
+                id: "hpc".to_owned(),
+                kind: tresor_domain::ComputeEnvKind::Slurm,
+            },
             backend_parameters: SLURM_BACKEND_PARAMETERS,
             max_run_seconds: None,
             ..limits()
         };
         let accepted = accept_task(with_time("10:00"), &slurm).unwrap();
         assert_eq!(
-            accepted.spec.resources.unwrap().backend_parameters.unwrap()["time_limit"],
+            accepted
+                .spec
+                .resources
+                .requested
+                .unwrap()
+                .backend_parameters
+                .unwrap()["time_limit"],
             "10:00"
         );
         let refused = accept_task(with_time("ten minutes"), &slurm).unwrap_err();
@@ -583,7 +598,13 @@ mod tests {
         let mut t = task();
         t.resources = Some(params(false));
         let accepted = accept_task(t, &limits()).unwrap();
-        let stored = accepted.spec.resources.unwrap().backend_parameters.unwrap();
+        let stored = accepted
+            .spec
+            .resources
+            .requested
+            .unwrap()
+            .backend_parameters
+            .unwrap();
         assert!(stored.is_empty(), "unsupported keys must not be stored");
         assert_eq!(accepted.notes.len(), 1);
 

@@ -1,0 +1,1 @@
+//! Supervisor unit tests against a fake backend (placeholder; filled below).
