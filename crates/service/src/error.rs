@@ -55,12 +55,15 @@ impl ServiceError {
     }
 }
 
+/// A conflict is the caller's to resolve; a failure a retry could fix (a busy, locked, full or
+/// unreachable database, a stopped writer) is an outage; anything else (a broken constraint, a
+/// row that does not decode, a corrupt value) is a bug, and a retry would meet it again.
 impl From<tresor_store::Error> for ServiceError {
     fn from(e: tresor_store::Error) -> Self {
         match e {
-            tresor_store::Error::Corrupt { .. } => ServiceError::Internal(e.into()),
             tresor_store::Error::Conflict(what) => ServiceError::Conflict(what.to_owned()),
-            _ => ServiceError::Unavailable(e.into()),
+            e if e.is_transient() => ServiceError::Unavailable(e.into()),
+            e => ServiceError::Internal(e.into()),
         }
     }
 }

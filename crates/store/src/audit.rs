@@ -75,8 +75,7 @@ pub(crate) async fn append(
     let prev: Option<Vec<u8>> =
         sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *conn)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
     let prev = prev.unwrap_or_else(|| GENESIS.to_vec());
     let body = json!({
         "time": format_time(OffsetDateTime::now_utc()),
@@ -95,8 +94,7 @@ pub(crate) async fn append(
         .bind(&prev)
         .bind(&hash)
         .execute(&mut *conn)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
     set_head(conn, &hash).await
 }
 
@@ -104,8 +102,7 @@ async fn set_head(conn: &mut SqliteConnection, hash: &[u8]) -> Result<(), Error>
     sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_head', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .bind(hash)
         .execute(&mut *conn)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
     Ok(())
 }
 
@@ -122,24 +119,22 @@ struct Link {
 async fn load_chain(conn: &mut SqliteConnection) -> Result<(Vec<Link>, Option<Vec<u8>>), Error> {
     let rows = sqlx::query("SELECT seq, body, prev_hash, hash FROM audit_events ORDER BY seq ASC")
         .fetch_all(&mut *conn)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
     let links = rows
         .iter()
         .map(|row| {
             Ok(Link {
-                seq: row.try_get("seq").map_err(Error::Database)?,
-                body: row.try_get("body").map_err(Error::Database)?,
-                prev: row.try_get("prev_hash").map_err(Error::Database)?,
-                hash: row.try_get("hash").map_err(Error::Database)?,
+                seq: row.try_get("seq")?,
+                body: row.try_get("body")?,
+                prev: row.try_get("prev_hash")?,
+                hash: row.try_get("hash")?,
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let head: Option<Vec<u8>> =
         sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
             .fetch_optional(&mut *conn)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
     Ok((links, head))
 }
 
@@ -239,22 +234,18 @@ fn create_key_file(path: &Path) -> Result<hmac::Key, Error> {
 pub(crate) async fn open_chain(pool: &SqlitePool, key_file: &Path) -> Result<hmac::Key, Error> {
     // IMMEDIATE takes the write lock from the first read, so two processes opening one old
     // database cannot both re-key it.
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(Error::Database)?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let check: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
         .bind(KEY_CHECK)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
     let existing = read_key_file(key_file)?;
     let path = || key_file.to_owned();
     if let Some(check) = check {
         let key = existing.ok_or_else(|| Error::AuditKeyMissing { path: path() })?;
         hmac::verify(&key, KEY_CHECK_TEXT, &check)
             .map_err(|_| Error::AuditKeyMismatch { path: path() })?;
-        tx.rollback().await.map_err(Error::Database)?;
+        tx.rollback().await?;
         return Ok(key);
     }
     let (links, head) = load_chain(&mut tx).await?;
@@ -301,8 +292,7 @@ async fn rechain(
             .bind(&hash)
             .bind(link.seq)
             .execute(&mut *conn)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         prev = hash;
     }
     if !links.is_empty() {
@@ -313,8 +303,7 @@ async fn rechain(
         .bind(KEY_CHECK)
         .bind(check.as_ref())
         .execute(&mut *conn)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
     if !links.is_empty() {
         let event = AuditEvent {
             actor: "-".to_owned(),
@@ -334,20 +323,52 @@ async fn rechain(
 }
 
 impl Store {
+    /// Runs `change` and appends `event` to the audit chain in one transaction on the writer:
+    /// both are committed, or neither. When `change` fails, or the event cannot be appended, the
+    /// transaction is dropped uncommitted, which rolls the change back.
+    pub(crate) async fn audited<T>(
+        &self,
+        event: &AuditEvent,
+        change: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut tx = self.writer.begin().await?;
+        let out = change(&mut *tx).await?;
+        append(&mut tx, &self.audit_key, event).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Like `audited`, for a change that decides whether there is anything to record: it returns
+    /// its result and the event to append, if any (built from what it found, when it likes). With
+    /// an event, the change and the event are committed together, or neither is. Without one,
+    /// the transaction is dropped uncommitted: the change found nothing to do, and whatever it
+    /// did is rolled back.
+    pub(crate) async fn audited_if<T>(
+        &self,
+        change: impl AsyncFnOnce(&mut SqliteConnection) -> Result<(T, Option<AuditEvent>), Error>,
+    ) -> Result<T, Error> {
+        let mut tx = self.writer.begin().await?;
+        let (out, event) = change(&mut *tx).await?;
+        if let Some(event) = event {
+            append(&mut tx, &self.audit_key, &event).await?;
+            tx.commit().await?;
+        }
+        Ok(out)
+    }
+
     /// Records an event on its own, for refusals that change nothing else.
     pub async fn record_audit(&self, event: &AuditEvent) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
+        self.audited(event, async |_| Ok(())).await
     }
 
     /// The events, oldest first, as their JSON bodies.
     pub async fn audit_events(&self, limit: u32) -> Result<Vec<String>, Error> {
-        sqlx::query_scalar("SELECT body FROM audit_events ORDER BY seq ASC LIMIT ?")
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(Error::Database)
+        let events: Vec<String> =
+            sqlx::query_scalar("SELECT body FROM audit_events ORDER BY seq ASC LIMIT ?")
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(events)
     }
 
     /// Recomputes the chain under the audit key. Returns the number of events, or where the first
@@ -358,9 +379,9 @@ impl Store {
     pub async fn verify_audit(&self) -> Result<Result<u64, AuditBreak>, Error> {
         // One read transaction, so the events and the head come from the same moment even while
         // a server appends.
-        let mut tx = self.reader.begin().await.map_err(Error::Database)?;
+        let mut tx = self.reader.begin().await?;
         let (links, head) = load_chain(&mut tx).await?;
-        tx.rollback().await.map_err(Error::Database)?;
+        tx.rollback().await?;
         Ok(check_chain(&links, head.as_deref(), |prev, body| {
             keyed_hash(&self.audit_key, prev, body)
         }))
@@ -559,5 +580,87 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let store = Store::connect(&settings).await.unwrap();
         assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
+    }
+
+    /// The mark a test change writes in `meta`, as committed.
+    async fn committed_mark(store: &Store) -> Option<Vec<u8>> {
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'test_mark'")
+            .fetch_optional(&store.reader)
+            .await
+            .unwrap()
+    }
+
+    /// Writes the mark inside the caller's transaction.
+    async fn write_mark(conn: &mut SqliteConnection, value: u8) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('test_mark', ?)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(vec![value])
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_change_and_its_event_are_committed_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&test_settings(dir.path())).await.unwrap();
+        let before = store.audit_events(100).await.unwrap().len();
+
+        // The change fails after writing: neither the write nor the event is kept.
+        let failed = store
+            .audited(&event(1), async |conn| {
+                write_mark(conn, 1).await?;
+                Err::<(), _>(Error::Conflict("refused"))
+            })
+            .await;
+        assert!(
+            matches!(failed, Err(Error::Conflict("refused"))),
+            "{failed:?}"
+        );
+        assert_eq!(committed_mark(&store).await, None);
+        assert_eq!(store.audit_events(100).await.unwrap().len(), before);
+
+        // A change that has nothing to record is rolled back, and no event appears.
+        let unrecorded = store
+            .audited_if(async |conn| {
+                write_mark(conn, 2).await?;
+                Ok(("nothing to record", None))
+            })
+            .await
+            .unwrap();
+        assert_eq!(unrecorded, "nothing to record");
+        assert_eq!(committed_mark(&store).await, None);
+        assert_eq!(store.audit_events(100).await.unwrap().len(), before);
+
+        // The change succeeds: it and its event are both committed, and the chain verifies.
+        let done = store
+            .audited(&event(3), async |conn| {
+                write_mark(conn, 3).await?;
+                Ok(7)
+            })
+            .await
+            .unwrap();
+        assert_eq!(done, 7);
+        assert_eq!(committed_mark(&store).await, Some(vec![3]));
+        let events = store.audit_events(100).await.unwrap();
+        assert_eq!(events.len(), before + 1);
+        assert!(events[before].contains("version 3"), "{events:?}");
+
+        // An event built from what the change found is committed with it.
+        let found = store
+            .audited_if(async |conn| {
+                write_mark(conn, 4).await?;
+                Ok((4, Some(event(4))))
+            })
+            .await
+            .unwrap();
+        assert_eq!(found, 4);
+        assert_eq!(committed_mark(&store).await, Some(vec![4]));
+        let events = store.audit_events(100).await.unwrap();
+        assert_eq!(events.len(), before + 2);
+        assert!(events[before + 1].contains("version 4"), "{events:?}");
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(before as u64 + 2));
     }
 }

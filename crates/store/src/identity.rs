@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tresor_domain::UserId;
 
-use crate::audit::{self, AuditEvent};
+use crate::audit::AuditEvent;
 use crate::{Error, Store, format_time, is_unique_violation};
 
 /// A stored user.
@@ -48,49 +48,37 @@ fn parse_time(
 }
 
 fn user_from_row(row: &SqliteRow) -> Result<UserRecord, Error> {
-    let id: String = row.try_get("id").map_err(Error::Database)?;
+    let id: String = row.try_get("id")?;
     Ok(UserRecord {
         id: UserId::parse(&id).map_err(|e| Error::Corrupt {
             id: id.clone(),
             column: "id",
             reason: e.to_string(),
         })?,
-        issuer: row.try_get("issuer").map_err(Error::Database)?,
-        subject: row.try_get("subject").map_err(Error::Database)?,
-        name: row.try_get("name").map_err(Error::Database)?,
-        is_admin: row.try_get::<i64, _>("is_admin").map_err(Error::Database)? != 0,
+        issuer: row.try_get("issuer")?,
+        subject: row.try_get("subject")?,
+        name: row.try_get("name")?,
+        is_admin: row.try_get::<i64, _>("is_admin")? != 0,
     })
 }
 
 fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, Error> {
-    let id: String = row.try_get("id").map_err(Error::Database)?;
-    let user: String = row.try_get("user_id").map_err(Error::Database)?;
-    let created: String = row.try_get("created_at").map_err(Error::Database)?;
+    let id: String = row.try_get("id")?;
+    let user: String = row.try_get("user_id")?;
+    let created: String = row.try_get("created_at")?;
     Ok(TokenRecord {
         user: UserId::parse(&user).map_err(|e| Error::Corrupt {
             id: id.clone(),
             column: "user_id",
             reason: e.to_string(),
         })?,
-        name: row.try_get("name").map_err(Error::Database)?,
-        secret_hash: row.try_get("secret_hash").map_err(Error::Database)?,
+        name: row.try_get("name")?,
+        secret_hash: row.try_get("secret_hash")?,
         created_at: parse_time(&id, "created_at", Some(created))?
             .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        expires_at: parse_time(
-            &id,
-            "expires_at",
-            row.try_get("expires_at").map_err(Error::Database)?,
-        )?,
-        revoked_at: parse_time(
-            &id,
-            "revoked_at",
-            row.try_get("revoked_at").map_err(Error::Database)?,
-        )?,
-        last_used_at: parse_time(
-            &id,
-            "last_used_at",
-            row.try_get("last_used_at").map_err(Error::Database)?,
-        )?,
+        expires_at: parse_time(&id, "expires_at", row.try_get("expires_at")?)?,
+        revoked_at: parse_time(&id, "revoked_at", row.try_get("revoked_at")?)?,
+        last_used_at: parse_time(&id, "last_used_at", row.try_get("last_used_at")?)?,
         id,
     })
 }
@@ -101,27 +89,28 @@ const TOKEN_COLUMNS: &str =
 
 impl Store {
     pub async fn count_users(&self) -> Result<i64, Error> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
             .fetch_one(&self.writer)
-            .await
-            .map_err(Error::Database)
+            .await?;
+        Ok(count)
     }
 
     /// Creates a user; `Error::Conflict` if (issuer, subject) exists.
     pub async fn create_user(&self, user: &UserRecord, event: &AuditEvent) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        sqlx::query("INSERT INTO users (id, issuer, subject, name, is_admin, created_at) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(user.id.as_str())
-            .bind(&user.issuer)
-            .bind(&user.subject)
-            .bind(&user.name)
-            .bind(i64::from(user.is_admin))
-            .bind(format_time(OffsetDateTime::now_utc()))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| if is_unique_violation(&e) { Error::Conflict("a user with this name already exists") } else { Error::Database(e) })?;
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
+        self.audited(event, async |conn| {
+            sqlx::query("INSERT INTO users (id, issuer, subject, name, is_admin, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(user.id.as_str())
+                .bind(&user.issuer)
+                .bind(&user.subject)
+                .bind(&user.name)
+                .bind(i64::from(user.is_admin))
+                .bind(format_time(OffsetDateTime::now_utc()))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| if is_unique_violation(&e) { Error::Conflict("a user with this name already exists") } else { Error::Database(e) })?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, Error> {
@@ -130,8 +119,7 @@ impl Store {
         )))
         .bind(id.as_str())
         .fetch_optional(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
@@ -146,8 +134,7 @@ impl Store {
         .bind(issuer)
         .bind(subject)
         .fetch_optional(&self.writer)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
@@ -156,25 +143,24 @@ impl Store {
             "SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"
         )))
         .fetch_all(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         rows.iter().map(user_from_row).collect()
     }
 
     pub async fn create_token(&self, token: &TokenRecord, event: &AuditEvent) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        sqlx::query("INSERT INTO tokens (id, user_id, name, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&token.id)
-            .bind(token.user.as_str())
-            .bind(&token.name)
-            .bind(&token.secret_hash)
-            .bind(format_time(token.created_at))
-            .bind(token.expires_at.map(format_time))
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::Database)?;
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
+        self.audited(event, async |conn| {
+            sqlx::query("INSERT INTO tokens (id, user_id, name, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(&token.id)
+                .bind(token.user.as_str())
+                .bind(&token.name)
+                .bind(&token.secret_hash)
+                .bind(format_time(token.created_at))
+                .bind(token.expires_at.map(format_time))
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, Error> {
@@ -183,8 +169,7 @@ impl Store {
         )))
         .bind(id)
         .fetch_optional(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         row.as_ref().map(token_from_row).transpose()
     }
 
@@ -194,8 +179,7 @@ impl Store {
         )))
         .bind(user.as_str())
         .fetch_all(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         rows.iter().map(token_from_row).collect()
     }
 
@@ -207,25 +191,24 @@ impl Store {
         user: Option<&UserId>,
         event: &AuditEvent,
     ) -> Result<bool, Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
         let user = user.map(UserId::as_str);
-        let done = sqlx::query(
-            "UPDATE tokens SET revoked_at = ?
-             WHERE id = ? AND (? IS NULL OR user_id = ?) AND revoked_at IS NULL",
-        )
-        .bind(format_time(OffsetDateTime::now_utc()))
-        .bind(id)
-        .bind(user)
-        .bind(user)
-        .execute(&mut *tx)
+        self.audited_if(async |conn| {
+            let done = sqlx::query(
+                "UPDATE tokens SET revoked_at = ?
+                 WHERE id = ? AND (? IS NULL OR user_id = ?) AND revoked_at IS NULL",
+            )
+            .bind(format_time(OffsetDateTime::now_utc()))
+            .bind(id)
+            .bind(user)
+            .bind(user)
+            .execute(&mut *conn)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Ok((false, None));
+            }
+            Ok((true, Some(event.clone())))
+        })
         .await
-        .map_err(Error::Database)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)?;
-        Ok(true)
     }
 
     /// Records that a token was used (callers throttle this to about once a minute per token).
@@ -234,8 +217,7 @@ impl Store {
             .bind(format_time(when))
             .bind(id)
             .execute(&self.writer)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         Ok(())
     }
 }

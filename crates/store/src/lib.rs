@@ -63,8 +63,7 @@ impl Store {
     pub async fn connect(settings: &StoreSettings) -> Result<Store, Error> {
         create_private_file(&settings.path)?;
         let url = format!("sqlite://{}", settings.path.display());
-        let options = SqliteConnectOptions::from_str(&url)
-            .map_err(Error::Database)?
+        let options = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(match settings.durability {
@@ -78,15 +77,13 @@ impl Store {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         migrations::apply(&writer).await?;
         let audit_key = audit::open_chain(&writer, &settings.audit_key_file).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         let (inserts, queue) = mpsc::channel(4096);
         tokio::spawn(tasks::run_group_commit(
             writer.clone(),
@@ -108,13 +105,11 @@ impl Store {
             .bind(key)
             .bind(fresh.as_slice())
             .execute(&self.writer)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         let value: Vec<u8> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
             .bind(key)
             .fetch_one(&self.writer)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         Ok(value)
     }
 

@@ -75,15 +75,14 @@ impl Store {
         .bind(key.owner_str())
         .bind(&key.name)
         .fetch_optional(&self.writer)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         row.map(|row| {
             Ok((
-                row.try_get("version").map_err(Error::Database)?,
+                row.try_get("version")?,
                 SealedRow {
-                    kek_id: row.try_get("kek_id").map_err(Error::Database)?,
-                    wrapped_key: row.try_get("wrapped_key").map_err(Error::Database)?,
-                    ciphertext: row.try_get("ciphertext").map_err(Error::Database)?,
+                    kek_id: row.try_get("kek_id")?,
+                    wrapped_key: row.try_get("wrapped_key")?,
+                    ciphertext: row.try_get("ciphertext")?,
                 },
             ))
         })
@@ -101,8 +100,7 @@ impl Store {
         .bind(key.owner_str())
         .bind(&key.name)
         .fetch_one(&self.writer)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         Ok(v.unwrap_or(0))
     }
 
@@ -118,47 +116,47 @@ impl Store {
         actor: &UserId,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        let live: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(version) FROM secrets WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND deleted_at IS NULL",
-        )
-        .bind(key.workspace.as_str())
-        .bind(key.scope())
-        .bind(key.owner_str())
-        .bind(&key.name)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(Error::Database)?;
-        if live != expected {
-            return Err(Error::Conflict(SECRET_CHANGED));
-        }
-        sqlx::query(
-            "INSERT INTO secrets (workspace, scope, owner, name, version, kek_id, wrapped_key, ciphertext, created_by, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(key.workspace.as_str())
-        .bind(key.scope())
-        .bind(key.owner_str())
-        .bind(&key.name)
-        .bind(version)
-        .bind(&sealed.kek_id)
-        .bind(&sealed.wrapped_key)
-        .bind(&sealed.ciphertext)
-        .bind(actor.as_str())
-        .bind(format_time(OffsetDateTime::now_utc()))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            // Another write took this version number (and was deleted again) since the caller
-            // chose it: the same situation as a changed live version.
-            if is_unique_violation(&e) {
-                Error::Conflict(SECRET_CHANGED)
-            } else {
-                Error::Database(e)
+        self.audited(event, async |conn| {
+            let live: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(version) FROM secrets WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND deleted_at IS NULL",
+            )
+            .bind(key.workspace.as_str())
+            .bind(key.scope())
+            .bind(key.owner_str())
+            .bind(&key.name)
+            .fetch_one(&mut *conn)
+            .await?;
+            if live != expected {
+                return Err(Error::Conflict(SECRET_CHANGED));
             }
-        })?;
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
+            sqlx::query(
+                "INSERT INTO secrets (workspace, scope, owner, name, version, kek_id, wrapped_key, ciphertext, created_by, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(key.workspace.as_str())
+            .bind(key.scope())
+            .bind(key.owner_str())
+            .bind(&key.name)
+            .bind(version)
+            .bind(&sealed.kek_id)
+            .bind(&sealed.wrapped_key)
+            .bind(&sealed.ciphertext)
+            .bind(actor.as_str())
+            .bind(format_time(OffsetDateTime::now_utc()))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| {
+                // Another write took this version number (and was deleted again) since the caller
+                // chose it: the same situation as a changed live version.
+                if is_unique_violation(&e) {
+                    Error::Conflict(SECRET_CHANGED)
+                } else {
+                    Error::Database(e)
+                }
+            })?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records that versions were delivered to a task, with their audit events, in one transaction.
@@ -166,7 +164,7 @@ impl Store {
         &self,
         uses: &[(SecretKey, i64, AuditEvent)],
     ) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let mut tx = self.writer.begin().await?;
         for (key, version, event) in uses {
             sqlx::query(
                 "UPDATE secrets SET last_used_at = ? WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND version = ?",
@@ -178,33 +176,32 @@ impl Store {
             .bind(&key.name)
             .bind(*version)
             .execute(&mut *tx)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
             audit::append(&mut tx, &self.audit_key, event).await?;
         }
-        tx.commit().await.map_err(Error::Database)
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Soft-deletes every version of a live secret; false if there is none.
     pub async fn delete_secret(&self, key: &SecretKey, event: &AuditEvent) -> Result<bool, Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        let done = sqlx::query(
-            "UPDATE secrets SET deleted_at = ? WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND deleted_at IS NULL",
-        )
-        .bind(format_time(OffsetDateTime::now_utc()))
-        .bind(key.workspace.as_str())
-        .bind(key.scope())
-        .bind(key.owner_str())
-        .bind(&key.name)
-        .execute(&mut *tx)
+        self.audited_if(async |conn| {
+            let done = sqlx::query(
+                "UPDATE secrets SET deleted_at = ? WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND deleted_at IS NULL",
+            )
+            .bind(format_time(OffsetDateTime::now_utc()))
+            .bind(key.workspace.as_str())
+            .bind(key.scope())
+            .bind(key.owner_str())
+            .bind(&key.name)
+            .execute(&mut *conn)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Ok((false, None));
+            }
+            Ok((true, Some(event.clone())))
+        })
         .await
-        .map_err(Error::Database)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)?;
-        Ok(true)
     }
 
     /// Removes soft-deleted versions deleted before `cutoff`; returns how many.
@@ -213,8 +210,7 @@ impl Store {
             sqlx::query("DELETE FROM secrets WHERE deleted_at IS NOT NULL AND deleted_at < ?")
                 .bind(format_time(cutoff))
                 .execute(&self.writer)
-                .await
-                .map_err(Error::Database)?;
+                .await?;
         Ok(done.rows_affected())
     }
 
@@ -237,19 +233,18 @@ impl Store {
         .bind(scope)
         .bind(owner.map(UserId::as_str).unwrap_or(""))
         .fetch_all(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok(SecretMeta {
-                    name: row.try_get("name").map_err(Error::Database)?,
+                    name: row.try_get("name")?,
                     scope,
-                    version: row.try_get("version").map_err(Error::Database)?,
-                    created_by: row.try_get("first_by").map_err(Error::Database)?,
-                    created_at: row.try_get("first_at").map_err(Error::Database)?,
-                    updated_by: row.try_get("last_by").map_err(Error::Database)?,
-                    updated_at: row.try_get("last_at").map_err(Error::Database)?,
-                    last_used_at: row.try_get("last_used_at").map_err(Error::Database)?,
+                    version: row.try_get("version")?,
+                    created_by: row.try_get("first_by")?,
+                    created_at: row.try_get("first_at")?,
+                    updated_by: row.try_get("last_by")?,
+                    updated_at: row.try_get("last_at")?,
+                    last_used_at: row.try_get("last_used_at")?,
                 })
             })
             .collect()
@@ -261,8 +256,7 @@ impl Store {
             "SELECT DISTINCT workspace, owner, name FROM secrets WHERE deleted_at IS NULL",
         )
         .fetch_all(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         rows.iter()
             .filter_map(|row| {
                 let ws: String = row.try_get("workspace").ok()?;
@@ -287,12 +281,11 @@ impl Store {
             "SELECT workspace, owner, name, version, kek_id, wrapped_key, ciphertext FROM secrets",
         )
         .fetch_all(&self.writer)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         rows.iter()
             .map(|row| {
-                let ws: String = row.try_get("workspace").map_err(Error::Database)?;
-                let owner: String = row.try_get("owner").map_err(Error::Database)?;
+                let ws: String = row.try_get("workspace")?;
+                let owner: String = row.try_get("owner")?;
                 let corrupt = |column: &'static str, e: tresor_domain::IdError| Error::Corrupt {
                     id: ws.clone(),
                     column,
@@ -306,13 +299,13 @@ impl Store {
                         } else {
                             Some(UserId::parse(&owner).map_err(|e| corrupt("owner", e))?)
                         },
-                        name: row.try_get("name").map_err(Error::Database)?,
+                        name: row.try_get("name")?,
                     },
-                    version: row.try_get("version").map_err(Error::Database)?,
+                    version: row.try_get("version")?,
                     sealed: SealedRow {
-                        kek_id: row.try_get("kek_id").map_err(Error::Database)?,
-                        wrapped_key: row.try_get("wrapped_key").map_err(Error::Database)?,
-                        ciphertext: row.try_get("ciphertext").map_err(Error::Database)?,
+                        kek_id: row.try_get("kek_id")?,
+                        wrapped_key: row.try_get("wrapped_key")?,
+                        ciphertext: row.try_get("ciphertext")?,
                     },
                 })
             })
@@ -325,24 +318,24 @@ impl Store {
         rewrapped: &[StoredVersion],
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        for v in rewrapped {
-            sqlx::query(
-                "UPDATE secrets SET kek_id = ?, wrapped_key = ? WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND version = ?",
-            )
-            .bind(&v.sealed.kek_id)
-            .bind(&v.sealed.wrapped_key)
-            .bind(v.key.workspace.as_str())
-            .bind(v.key.scope())
-            .bind(v.key.owner_str())
-            .bind(&v.key.name)
-            .bind(v.version)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::Database)?;
-        }
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
+        self.audited(event, async |conn| {
+            for v in rewrapped {
+                sqlx::query(
+                    "UPDATE secrets SET kek_id = ?, wrapped_key = ? WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND version = ?",
+                )
+                .bind(&v.sealed.kek_id)
+                .bind(&v.sealed.wrapped_key)
+                .bind(v.key.workspace.as_str())
+                .bind(v.key.scope())
+                .bind(v.key.owner_str())
+                .bind(&v.key.name)
+                .bind(v.version)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -3,7 +3,7 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use crate::audit::{self, AuditEvent};
+use crate::audit::AuditEvent;
 use crate::secrets::SealedRow;
 use crate::{Error, Store, format_time};
 
@@ -22,16 +22,16 @@ pub struct SigningKeyRow {
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SigningKeyRow, Error> {
     Ok(SigningKeyRow {
-        kid: row.try_get("kid").map_err(Error::Database)?,
-        alg: row.try_get("alg").map_err(Error::Database)?,
-        public_jwk: row.try_get("public_jwk").map_err(Error::Database)?,
+        kid: row.try_get("kid")?,
+        alg: row.try_get("alg")?,
+        public_jwk: row.try_get("public_jwk")?,
         sealed: SealedRow {
-            kek_id: row.try_get("kek_id").map_err(Error::Database)?,
-            wrapped_key: row.try_get("wrapped_key").map_err(Error::Database)?,
-            ciphertext: row.try_get("ciphertext").map_err(Error::Database)?,
+            kek_id: row.try_get("kek_id")?,
+            wrapped_key: row.try_get("wrapped_key")?,
+            ciphertext: row.try_get("ciphertext")?,
         },
-        created_at: row.try_get("created_at").map_err(Error::Database)?,
-        retired_at: row.try_get("retired_at").map_err(Error::Database)?,
+        created_at: row.try_get("created_at")?,
+        retired_at: row.try_get("retired_at")?,
     })
 }
 
@@ -42,8 +42,7 @@ impl Store {
             "SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid LIMIT 1",
         )
         .fetch_optional(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         row.as_ref().map(from_row).transpose()
     }
 
@@ -58,8 +57,7 @@ impl Store {
         )
         .bind(format_time(now))
         .fetch_all(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -67,8 +65,7 @@ impl Store {
     pub async fn all_signing_keys(&self) -> Result<Vec<SigningKeyRow>, Error> {
         let rows = sqlx::query("SELECT * FROM signing_keys")
             .fetch_all(&self.writer)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -82,52 +79,50 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<(), Error> {
         let now = format_time(OffsetDateTime::now_utc());
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        sqlx::query(
-            "UPDATE signing_keys SET retired_at = ?, publish_until = ? WHERE retired_at IS NULL",
-        )
-        .bind(&now)
-        .bind(format_time(old_publish_until))
-        .execute(&mut *tx)
+        self.audited(event, async |conn| {
+            sqlx::query(
+                "UPDATE signing_keys SET retired_at = ?, publish_until = ? WHERE retired_at IS NULL",
+            )
+            .bind(&now)
+            .bind(format_time(old_publish_until))
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "DELETE FROM signing_keys WHERE publish_until IS NOT NULL AND publish_until <= ?",
+            )
+            .bind(&now)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO signing_keys (kid, alg, public_jwk, kek_id, wrapped_key, ciphertext, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&key.kid)
+            .bind(&key.alg)
+            .bind(&key.public_jwk)
+            .bind(&key.sealed.kek_id)
+            .bind(&key.sealed.wrapped_key)
+            .bind(&key.sealed.ciphertext)
+            .bind(&key.created_at)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        })
         .await
-        .map_err(Error::Database)?;
-        sqlx::query(
-            "DELETE FROM signing_keys WHERE publish_until IS NOT NULL AND publish_until <= ?",
-        )
-        .bind(&now)
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::Database)?;
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, alg, public_jwk, kek_id, wrapped_key, ciphertext, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key.kid)
-        .bind(&key.alg)
-        .bind(&key.public_jwk)
-        .bind(&key.sealed.kek_id)
-        .bind(&key.sealed.wrapped_key)
-        .bind(&key.sealed.ciphertext)
-        .bind(&key.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::Database)?;
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
     }
 
     /// Replaces the wrapped data keys of signing keys (a KEK rotation), all or nothing.
     pub async fn replace_signing_key_wraps(&self, keys: &[SigningKeyRow]) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let mut tx = self.writer.begin().await?;
         for key in keys {
             sqlx::query("UPDATE signing_keys SET kek_id = ?, wrapped_key = ? WHERE kid = ?")
                 .bind(&key.sealed.kek_id)
                 .bind(&key.sealed.wrapped_key)
                 .bind(&key.kid)
                 .execute(&mut *tx)
-                .await
-                .map_err(Error::Database)?;
+                .await?;
         }
-        tx.commit().await.map_err(Error::Database)
+        tx.commit().await?;
+        Ok(())
     }
 }

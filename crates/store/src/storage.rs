@@ -37,13 +37,12 @@ impl Store {
         )
         .bind(workspace.as_str())
         .fetch_optional(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         row.map(|row| {
             Ok(StorageRow {
-                workspace: row.try_get("workspace").map_err(Error::Database)?,
-                bucket: row.try_get("bucket").map_err(Error::Database)?,
-                prefix: row.try_get("prefix").map_err(Error::Database)?,
+                workspace: row.try_get("workspace")?,
+                bucket: row.try_get("bucket")?,
+                prefix: row.try_get("prefix")?,
             })
         })
         .transpose()
@@ -53,14 +52,13 @@ impl Store {
     pub async fn all_workspace_storage(&self) -> Result<Vec<StorageRow>, Error> {
         let rows = sqlx::query("SELECT workspace, bucket, prefix FROM workspace_storage")
             .fetch_all(&self.writer)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(StorageRow {
-                    workspace: row.try_get("workspace").map_err(Error::Database)?,
-                    bucket: row.try_get("bucket").map_err(Error::Database)?,
-                    prefix: row.try_get("prefix").map_err(Error::Database)?,
+                    workspace: row.try_get("workspace")?,
+                    bucket: row.try_get("bucket")?,
+                    prefix: row.try_get("prefix")?,
                 })
             })
             .collect()
@@ -74,35 +72,34 @@ impl Store {
         actor: &str,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        match location {
-            Some((bucket, prefix)) => {
-                sqlx::query(
-                    "INSERT INTO workspace_storage (workspace, bucket, prefix, updated_by, updated_at)
-                     VALUES (?, ?, ?, ?, ?)
-                     ON CONFLICT (workspace) DO UPDATE SET bucket = excluded.bucket,
-                       prefix = excluded.prefix, updated_by = excluded.updated_by,
-                       updated_at = excluded.updated_at",
-                )
-                .bind(workspace.as_str())
-                .bind(bucket)
-                .bind(prefix)
-                .bind(actor)
-                .bind(format_time(OffsetDateTime::now_utc()))
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::Database)?;
-            }
-            None => {
-                sqlx::query("DELETE FROM workspace_storage WHERE workspace = ?")
+        self.audited(event, async |conn| {
+            match location {
+                Some((bucket, prefix)) => {
+                    sqlx::query(
+                        "INSERT INTO workspace_storage (workspace, bucket, prefix, updated_by, updated_at)
+                         VALUES (?, ?, ?, ?, ?)
+                         ON CONFLICT (workspace) DO UPDATE SET bucket = excluded.bucket,
+                           prefix = excluded.prefix, updated_by = excluded.updated_by,
+                           updated_at = excluded.updated_at",
+                    )
                     .bind(workspace.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(Error::Database)?;
+                    .bind(bucket)
+                    .bind(prefix)
+                    .bind(actor)
+                    .bind(format_time(OffsetDateTime::now_utc()))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM workspace_storage WHERE workspace = ?")
+                        .bind(workspace.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
             }
-        }
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
+            Ok(())
+        })
+        .await
     }
 
     /// The host directory an administrator gave a workspace for `file://` storage, if any.
@@ -110,19 +107,21 @@ impl Store {
         &self,
         workspace: &WorkspaceId,
     ) -> Result<Option<String>, Error> {
-        sqlx::query_scalar("SELECT dir FROM workspace_file_storage WHERE workspace = ?")
-            .bind(workspace.as_str())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(Error::Database)
+        let dir: Option<String> =
+            sqlx::query_scalar("SELECT dir FROM workspace_file_storage WHERE workspace = ?")
+                .bind(workspace.as_str())
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(dir)
     }
 
     /// Every administrator-given `file://` directory, as `(workspace, dir)`.
     pub async fn all_workspace_file_dirs(&self) -> Result<Vec<(String, String)>, Error> {
-        sqlx::query_as("SELECT workspace, dir FROM workspace_file_storage")
-            .fetch_all(&self.writer)
-            .await
-            .map_err(Error::Database)
+        let dirs: Vec<(String, String)> =
+            sqlx::query_as("SELECT workspace, dir FROM workspace_file_storage")
+                .fetch_all(&self.writer)
+                .await?;
+        Ok(dirs)
     }
 
     /// Sets (`Some`) or clears (`None`) a workspace's `file://` directory, audited in the same
@@ -134,33 +133,32 @@ impl Store {
         actor: &str,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        match dir {
-            Some(dir) => {
-                sqlx::query(
-                    "INSERT INTO workspace_file_storage (workspace, dir, updated_by, updated_at)
-                     VALUES (?, ?, ?, ?)
-                     ON CONFLICT (workspace) DO UPDATE SET dir = excluded.dir,
-                       updated_by = excluded.updated_by, updated_at = excluded.updated_at",
-                )
-                .bind(workspace.as_str())
-                .bind(dir)
-                .bind(actor)
-                .bind(format_time(OffsetDateTime::now_utc()))
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::Database)?;
-            }
-            None => {
-                sqlx::query("DELETE FROM workspace_file_storage WHERE workspace = ?")
+        self.audited(event, async |conn| {
+            match dir {
+                Some(dir) => {
+                    sqlx::query(
+                        "INSERT INTO workspace_file_storage (workspace, dir, updated_by, updated_at)
+                         VALUES (?, ?, ?, ?)
+                         ON CONFLICT (workspace) DO UPDATE SET dir = excluded.dir,
+                           updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+                    )
                     .bind(workspace.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(Error::Database)?;
+                    .bind(dir)
+                    .bind(actor)
+                    .bind(format_time(OffsetDateTime::now_utc()))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM workspace_file_storage WHERE workspace = ?")
+                        .bind(workspace.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
             }
-        }
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
+            Ok(())
+        })
+        .await
     }
 
     /// The host group recorded for a workspace's `file://` directory.
@@ -169,8 +167,7 @@ impl Store {
             sqlx::query_scalar("SELECT gid FROM workspace_groups WHERE workspace = ?")
                 .bind(workspace.as_str())
                 .fetch_optional(&self.reader)
-                .await
-                .map_err(Error::Database)?;
+                .await?;
         gid.map(|g| gid_from(workspace.as_str(), g)).transpose()
     }
 
@@ -187,46 +184,50 @@ impl Store {
         // The UNIQUE constraint on `gid` is what keeps two workspaces from one group; a lost
         // race (another allocation took the group in between) looks again.
         for _ in 0..3 {
-            let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-            let held: Option<i64> =
-                sqlx::query_scalar("SELECT gid FROM workspace_groups WHERE workspace = ?")
-                    .bind(workspace.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(Error::Database)?;
-            if let Some(gid) = held {
-                return gid_from(workspace.as_str(), gid).map(Some);
+            // `None`: the race was lost, look again. Only a new group is recorded.
+            let attempt: Option<Option<u32>> = self
+                .audited_if(async |conn| {
+                    let held: Option<i64> =
+                        sqlx::query_scalar("SELECT gid FROM workspace_groups WHERE workspace = ?")
+                            .bind(workspace.as_str())
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                    if let Some(gid) = held {
+                        let gid = gid_from(workspace.as_str(), gid)?;
+                        return Ok((Some(Some(gid)), None));
+                    }
+                    let taken: Vec<i64> = sqlx::query_scalar(
+                        "SELECT gid FROM workspace_groups WHERE gid BETWEEN ? AND ? ORDER BY gid",
+                    )
+                    .bind(i64::from(*gids.start()))
+                    .bind(i64::from(*gids.end()))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    let taken: BTreeSet<i64> = taken.into_iter().collect();
+                    let Some(gid) = gids.clone().find(|g| !taken.contains(&i64::from(*g))) else {
+                        return Ok((Some(None), None));
+                    };
+                    let inserted =
+                        sqlx::query("INSERT INTO workspace_groups (workspace, gid) VALUES (?, ?)")
+                            .bind(workspace.as_str())
+                            .bind(i64::from(gid))
+                            .execute(&mut *conn)
+                            .await;
+                    match inserted {
+                        Ok(_) => {}
+                        Err(e) if is_unique_violation(&e) => return Ok((None, None)),
+                        Err(e) => return Err(Error::Database(e)),
+                    }
+                    let event = AuditEvent {
+                        detail: Some(format!("gid {gid}")),
+                        ..event.clone()
+                    };
+                    Ok((Some(Some(gid)), Some(event)))
+                })
+                .await?;
+            if let Some(allocated) = attempt {
+                return Ok(allocated);
             }
-            let taken: Vec<i64> = sqlx::query_scalar(
-                "SELECT gid FROM workspace_groups WHERE gid BETWEEN ? AND ? ORDER BY gid",
-            )
-            .bind(i64::from(*gids.start()))
-            .bind(i64::from(*gids.end()))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(Error::Database)?;
-            let taken: BTreeSet<i64> = taken.into_iter().collect();
-            let Some(gid) = gids.clone().find(|g| !taken.contains(&i64::from(*g))) else {
-                return Ok(None);
-            };
-            let inserted =
-                sqlx::query("INSERT INTO workspace_groups (workspace, gid) VALUES (?, ?)")
-                    .bind(workspace.as_str())
-                    .bind(i64::from(gid))
-                    .execute(&mut *tx)
-                    .await;
-            match inserted {
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => continue,
-                Err(e) => return Err(Error::Database(e)),
-            }
-            let event = AuditEvent {
-                detail: Some(format!("gid {gid}")),
-                ..event.clone()
-            };
-            audit::append(&mut tx, &self.audit_key, &event).await?;
-            tx.commit().await.map_err(Error::Database)?;
-            return Ok(Some(gid));
         }
         Err(Error::Conflict(
             "other workspaces kept taking the free groups while this one's was chosen; try again",
@@ -240,8 +241,7 @@ impl Store {
             "SELECT workspace FROM workspace_groups_to_adopt ORDER BY workspace",
         )
         .fetch_all(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         ids.iter()
             .map(|id| {
                 WorkspaceId::parse(id).map_err(|e| Error::Corrupt {
@@ -262,12 +262,11 @@ impl Store {
         gid: Option<u32>,
         event: &AuditEvent,
     ) -> Result<bool, Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
+        let mut tx = self.writer.begin().await?;
         let listed = sqlx::query("DELETE FROM workspace_groups_to_adopt WHERE workspace = ?")
             .bind(workspace.as_str())
             .execute(&mut *tx)
-            .await
-            .map_err(Error::Database)?
+            .await?
             .rows_affected();
         let recorded = match gid.filter(|_| listed > 0) {
             // A group another workspace holds (or a workspace that has one) stays as it is.
@@ -278,8 +277,7 @@ impl Store {
                 .bind(workspace.as_str())
                 .bind(i64::from(gid))
                 .execute(&mut *tx)
-                .await
-                .map_err(Error::Database)?
+                .await?
                 .rows_affected();
                 (rows > 0).then_some(gid)
             }
@@ -292,16 +290,16 @@ impl Store {
             };
             audit::append(&mut tx, &self.audit_key, &event).await?;
         }
-        tx.commit().await.map_err(Error::Database)?;
+        tx.commit().await?;
         Ok(recorded.is_some())
     }
 
     /// Every workspace id, to check a new storage location against their default locations.
     pub async fn workspace_ids(&self) -> Result<Vec<String>, Error> {
-        sqlx::query_scalar("SELECT id FROM workspaces ORDER BY id")
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM workspaces ORDER BY id")
             .fetch_all(&self.writer)
-            .await
-            .map_err(Error::Database)
+            .await?;
+        Ok(ids)
     }
 }
 

@@ -156,15 +156,14 @@ async fn insert_batch(
 const COLUMNS: &str = "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes, created_by, compute_env, executor_ref, owner, lease_until";
 
 fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
-    let id: String = row.try_get("id").map_err(Error::Database)?;
+    let id: String = row.try_get("id")?;
     let corrupt = |column: &'static str, reason: String| Error::Corrupt {
         id: id.clone(),
         column,
         reason,
     };
-    let get_str = |column: &'static str| -> Result<String, Error> {
-        row.try_get::<String, _>(column).map_err(Error::Database)
-    };
+    let get_str =
+        |column: &'static str| -> Result<String, Error> { Ok(row.try_get::<String, _>(column)?) };
     let state = get_str("state")?;
     let creation_time = get_str("creation_time")?;
     let tags = get_str("tags")?;
@@ -174,26 +173,23 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
         id: TaskId::parse(&id).map_err(|e| corrupt("id", e.to_string()))?,
         workspace: WorkspaceId::parse(&workspace)
             .map_err(|e| corrupt("workspace", e.to_string()))?,
-        name: row.try_get("name").map_err(Error::Database)?,
+        name: row.try_get("name")?,
         state: TaskState::parse(&state).ok_or_else(|| corrupt("state", state.clone()))?,
-        cpu_cores: u32::try_from(
-            row.try_get::<i64, _>("cpu_cores")
-                .map_err(Error::Database)?,
-        )
-        .map_err(|e| corrupt("cpu_cores", e.to_string()))?,
+        cpu_cores: u32::try_from(row.try_get::<i64, _>("cpu_cores")?)
+            .map_err(|e| corrupt("cpu_cores", e.to_string()))?,
         creation_time: OffsetDateTime::parse(&creation_time, &Rfc3339)
             .map_err(|e| corrupt("creation_time", e.to_string()))?,
         spec: TaskSpec::from_stored(&get_str("spec")?).map_err(|e| corrupt("spec", e))?,
         tags: serde_json::from_str(&tags).map_err(|e| corrupt("tags", e.to_string()))?,
-        logs_json: row.try_get("logs").map_err(Error::Database)?,
+        logs_json: row.try_get("logs")?,
         notes: serde_json::from_str(&notes).map_err(|e| corrupt("notes", e.to_string()))?,
         created_by: UserId::parse(&get_str("created_by")?)
             .map_err(|e| corrupt("created_by", e.to_string()))?,
-        seq: row.try_get("seq").map_err(Error::Database)?,
+        seq: row.try_get("seq")?,
         compute_env: get_str("compute_env")?,
-        executor_ref: row.try_get("executor_ref").map_err(Error::Database)?,
-        owner: row.try_get("owner").map_err(Error::Database)?,
-        lease_until: row.try_get("lease_until").map_err(Error::Database)?,
+        executor_ref: row.try_get("executor_ref")?,
+        owner: row.try_get("owner")?,
+        lease_until: row.try_get("lease_until")?,
     })
 }
 
@@ -227,11 +223,7 @@ impl Store {
         q.push_bind(id.as_str());
         q.push(" AND workspace = ");
         q.push_bind(workspace.as_str());
-        let row = q
-            .build()
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(Error::Database)?;
+        let row = q.build().fetch_optional(&self.reader).await?;
         row.as_ref().map(task_from_row).transpose()
     }
 
@@ -239,11 +231,7 @@ impl Store {
     pub async fn get_task_for_system(&self, id: &TaskId) -> Result<Option<TaskRecord>, Error> {
         let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM tasks WHERE id = "));
         q.push_bind(id.as_str());
-        let row = q
-            .build()
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(Error::Database)?;
+        let row = q.build().fetch_optional(&self.reader).await?;
         row.as_ref().map(task_from_row).transpose()
     }
 
@@ -284,11 +272,7 @@ impl Store {
         }
         q.push(" ORDER BY seq DESC LIMIT ")
             .push_bind(i64::from(limit));
-        let rows = q
-            .build()
-            .fetch_all(&self.reader)
-            .await
-            .map_err(Error::Database)?;
+        let rows = q.build().fetch_all(&self.reader).await?;
         rows.iter().map(task_from_row).collect()
     }
 
@@ -320,11 +304,7 @@ impl Store {
         q.push(" WHERE id = ").push_bind(id.as_str());
         q.push(" AND state IN ");
         push_state_list(&mut q, &TaskState::predecessors(to));
-        let done = q
-            .build()
-            .execute(&self.writer)
-            .await
-            .map_err(Error::Database)?;
+        let done = q.build().execute(&self.writer).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -336,23 +316,23 @@ impl Store {
         logs_json: &str,
         event: &AuditEvent,
     ) -> Result<bool, Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "UPDATE tasks SET state = 'CANCELED', session_hash = NULL, bootstrap_hash = NULL, lease_until = NULL, logs = ",
-        );
-        q.push_bind(logs_json.to_owned());
-        q.push(", updated_at = ")
-            .push_bind(format_time(OffsetDateTime::now_utc()));
-        q.push(" WHERE id = ").push_bind(id.as_str());
-        q.push(" AND state IN ");
-        push_state_list(&mut q, &TaskState::predecessors(TaskState::Canceled));
-        let done = q.build().execute(&mut *tx).await.map_err(Error::Database)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)?;
-        Ok(true)
+        self.audited_if(async |conn| {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE tasks SET state = 'CANCELED', session_hash = NULL, bootstrap_hash = NULL, lease_until = NULL, logs = ",
+            );
+            q.push_bind(logs_json.to_owned());
+            q.push(", updated_at = ")
+                .push_bind(format_time(OffsetDateTime::now_utc()));
+            q.push(" WHERE id = ").push_bind(id.as_str());
+            q.push(" AND state IN ");
+            push_state_list(&mut q, &TaskState::predecessors(TaskState::Canceled));
+            let done = q.build().execute(&mut *conn).await?;
+            if done.rows_affected() == 0 {
+                return Ok((false, None));
+            }
+            Ok((true, Some(event.clone())))
+        })
+        .await
     }
 
     /// Replaces the logs of a task that is still in `state` (progress within a state).
@@ -369,8 +349,7 @@ impl Store {
                 .bind(id.as_str())
                 .bind(state.as_str())
                 .execute(&self.writer)
-                .await
-                .map_err(Error::Database)?;
+                .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -403,8 +382,7 @@ impl Store {
             .bind(compute_env)
             .bind(i64::from(max_cores))
             .fetch_optional(&self.writer)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         row.as_ref().map(task_from_row).transpose()
     }
 
@@ -417,8 +395,7 @@ impl Store {
         .bind(lease.until_ms)
         .bind(lease.owner.as_str())
         .execute(&self.writer)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         Ok(done.rows_affected())
     }
 
@@ -433,8 +410,7 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(owner)
             .fetch_all(&self.reader)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         rows.iter().map(task_from_row).collect()
     }
 
@@ -455,8 +431,7 @@ impl Store {
         .bind(id.as_str())
         .bind(from)
         .execute(&self.writer)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -467,8 +442,7 @@ impl Store {
             "SELECT id, spec, compute_env FROM tasks WHERE json_extract(spec, '$.version') IS NULL",
         )
         .fetch_all(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         rows.into_iter()
             .map(|(id, spec, env)| {
                 let task = TaskId::parse(&id).map_err(|e| Error::Corrupt {
@@ -489,8 +463,7 @@ impl Store {
         .bind(spec.to_stored())
         .bind(id.as_str())
         .execute(&self.writer)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         Ok(())
     }
 
@@ -500,8 +473,7 @@ impl Store {
             sqlx::query_scalar("SELECT session_hash FROM tasks WHERE id = ?")
                 .bind(id.as_str())
                 .fetch_optional(&self.reader)
-                .await
-                .map_err(Error::Database)?;
+                .await?;
         Ok(hash.flatten())
     }
 
@@ -512,8 +484,7 @@ impl Store {
         )
         .bind(id.as_str())
         .execute(&self.writer)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -525,8 +496,7 @@ impl Store {
         .bind(hash)
         .bind(id.as_str())
         .execute(&self.writer)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -536,8 +506,7 @@ impl Store {
             sqlx::query_scalar("SELECT bootstrap_hash FROM tasks WHERE id = ?")
                 .bind(id.as_str())
                 .fetch_optional(&self.reader)
-                .await
-                .map_err(Error::Database)?;
+                .await?;
         Ok(hash.flatten())
     }
 
@@ -558,8 +527,7 @@ impl Store {
         .bind(id.as_str())
         .bind(presented)
         .execute(&self.writer)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -569,8 +537,7 @@ impl Store {
             .bind(executor_ref)
             .bind(id.as_str())
             .execute(&self.writer)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         Ok(())
     }
 
@@ -585,11 +552,7 @@ impl Store {
         push_state_list(&mut q, states);
         q.push(" ORDER BY seq ASC LIMIT ")
             .push_bind(i64::from(limit));
-        let rows = q
-            .build()
-            .fetch_all(&self.reader)
-            .await
-            .map_err(Error::Database)?;
+        let rows = q.build().fetch_all(&self.reader).await?;
         rows.iter().map(task_from_row).collect()
     }
 }

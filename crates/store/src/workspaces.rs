@@ -4,7 +4,7 @@ use sqlx::{Row, SqliteConnection};
 use time::OffsetDateTime;
 use tresor_domain::{Role, UserId, WorkspaceId};
 
-use crate::audit::{self, AuditEvent};
+use crate::audit::AuditEvent;
 use crate::identity::UserRecord;
 use crate::{Error, Store, format_time, is_unique_violation};
 
@@ -25,8 +25,8 @@ fn corrupt(id: &str, column: &'static str, reason: impl ToString) -> Error {
 }
 
 fn workspace_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, Error> {
-    let id: String = row.try_get("id").map_err(Error::Database)?;
-    let personal: Option<String> = row.try_get("personal_of").map_err(Error::Database)?;
+    let id: String = row.try_get("id")?;
+    let personal: Option<String> = row.try_get("personal_of")?;
     Ok(WorkspaceRecord {
         personal_of: personal
             .map(|p| UserId::parse(&p).map_err(|e| corrupt(&id, "personal_of", e)))
@@ -56,8 +56,7 @@ async fn ensure_an_owner_remains(
             .bind(workspace.as_str())
             .bind(Role::Owner.as_str())
             .fetch_one(&mut *conn)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
     if owners == 0 {
         // Returning drops the transaction uncommitted, which rolls the change back.
         return Err(Error::Conflict(LAST_OWNER));
@@ -80,48 +79,46 @@ impl Store {
         owner: &UserId,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        let retired: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM retired_workspaces WHERE id = ?")
-                .bind(workspace.id.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(Error::Database)?;
-        if retired.is_some() {
-            return Err(Error::Conflict(RETIRED_ID));
-        }
-        sqlx::query(
-            "INSERT INTO workspaces (id, personal_of, created_by, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(workspace.id.as_str())
-        .bind(workspace.personal_of.as_ref().map(UserId::as_str))
-        .bind(owner.as_str())
-        .bind(format_time(OffsetDateTime::now_utc()))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                Error::Conflict("a workspace with this id already exists; choose another id")
-            } else {
-                Error::Database(e)
+        self.audited(event, async |conn| {
+            let retired: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM retired_workspaces WHERE id = ?")
+                    .bind(workspace.id.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if retired.is_some() {
+                return Err(Error::Conflict(RETIRED_ID));
             }
-        })?;
-        sqlx::query("INSERT INTO members (workspace, user_id, role) VALUES (?, ?, 'owner')")
+            sqlx::query(
+                "INSERT INTO workspaces (id, personal_of, created_by, created_at) VALUES (?, ?, ?, ?)",
+            )
             .bind(workspace.id.as_str())
+            .bind(workspace.personal_of.as_ref().map(UserId::as_str))
             .bind(owner.as_str())
-            .execute(&mut *tx)
+            .bind(format_time(OffsetDateTime::now_utc()))
+            .execute(&mut *conn)
             .await
-            .map_err(Error::Database)?;
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::Conflict("a workspace with this id already exists; choose another id")
+                } else {
+                    Error::Database(e)
+                }
+            })?;
+            sqlx::query("INSERT INTO members (workspace, user_id, role) VALUES (?, ?, 'owner')")
+                .bind(workspace.id.as_str())
+                .bind(owner.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn workspace_exists(&self, workspace: &WorkspaceId) -> Result<bool, Error> {
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM workspaces WHERE id = ?")
             .bind(workspace.as_str())
             .fetch_optional(&self.reader)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         Ok(found.is_some())
     }
 
@@ -134,8 +131,7 @@ impl Store {
             sqlx::query_scalar("SELECT compute_env FROM workspaces WHERE id = ?")
                 .bind(workspace.as_str())
                 .fetch_optional(&self.reader)
-                .await
-                .map_err(Error::Database)?;
+                .await?;
         Ok(env.flatten())
     }
 
@@ -147,15 +143,15 @@ impl Store {
         compute_env: Option<&str>,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        sqlx::query("UPDATE workspaces SET compute_env = ? WHERE id = ?")
-            .bind(compute_env)
-            .bind(workspace.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::Database)?;
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
+        self.audited(event, async |conn| {
+            sqlx::query("UPDATE workspaces SET compute_env = ? WHERE id = ?")
+                .bind(compute_env)
+                .bind(workspace.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn personal_workspace(
@@ -165,8 +161,7 @@ impl Store {
         let row = sqlx::query("SELECT id, personal_of FROM workspaces WHERE personal_of = ?")
             .bind(user.as_str())
             .fetch_optional(&self.reader)
-            .await
-            .map_err(Error::Database)?;
+            .await?;
         row.as_ref().map(workspace_from_row).transpose()
     }
 
@@ -181,8 +176,7 @@ impl Store {
                 .bind(workspace.as_str())
                 .bind(user.as_str())
                 .fetch_optional(&self.reader)
-                .await
-                .map_err(Error::Database)?;
+                .await?;
         role.map(|r| role_from(workspace.as_str(), &r)).transpose()
     }
 
@@ -194,12 +188,11 @@ impl Store {
         )
         .bind(user.as_str())
         .fetch_all(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         rows.iter()
             .map(|row| {
                 let ws = workspace_from_row(row)?;
-                let role: String = row.try_get("role").map_err(Error::Database)?;
+                let role: String = row.try_get("role")?;
                 let role = role_from(ws.id.as_str(), &role)?;
                 Ok((ws, role))
             })
@@ -214,18 +207,17 @@ impl Store {
         )
         .bind(workspace.as_str())
         .fetch_all(&self.reader)
-        .await
-        .map_err(Error::Database)?;
+        .await?;
         rows.iter()
             .map(|row| {
-                let role: String = row.try_get("role").map_err(Error::Database)?;
+                let role: String = row.try_get("role")?;
                 let user = UserRecord {
-                    id: UserId::parse(&row.try_get::<String, _>("id").map_err(Error::Database)?)
+                    id: UserId::parse(&row.try_get::<String, _>("id")?)
                         .map_err(|e| corrupt(workspace.as_str(), "user_id", e))?,
-                    issuer: row.try_get("issuer").map_err(Error::Database)?,
-                    subject: row.try_get("subject").map_err(Error::Database)?,
-                    name: row.try_get("name").map_err(Error::Database)?,
-                    is_admin: row.try_get::<i64, _>("is_admin").map_err(Error::Database)? != 0,
+                    issuer: row.try_get("issuer")?,
+                    subject: row.try_get("subject")?,
+                    name: row.try_get("name")?,
+                    is_admin: row.try_get::<i64, _>("is_admin")? != 0,
                 };
                 Ok((user, role_from(workspace.as_str(), &role)?))
             })
@@ -241,29 +233,28 @@ impl Store {
         role: Role,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        let previous: Option<String> =
-            sqlx::query_scalar("SELECT role FROM members WHERE workspace = ? AND user_id = ?")
-                .bind(workspace.as_str())
-                .bind(user.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(Error::Database)?;
-        sqlx::query(
-            "INSERT INTO members (workspace, user_id, role) VALUES (?, ?, ?)
-             ON CONFLICT (workspace, user_id) DO UPDATE SET role = excluded.role",
-        )
-        .bind(workspace.as_str())
-        .bind(user.as_str())
-        .bind(role.as_str())
-        .execute(&mut *tx)
+        self.audited(event, async |conn| {
+            let previous: Option<String> =
+                sqlx::query_scalar("SELECT role FROM members WHERE workspace = ? AND user_id = ?")
+                    .bind(workspace.as_str())
+                    .bind(user.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            sqlx::query(
+                "INSERT INTO members (workspace, user_id, role) VALUES (?, ?, ?)
+                 ON CONFLICT (workspace, user_id) DO UPDATE SET role = excluded.role",
+            )
+            .bind(workspace.as_str())
+            .bind(user.as_str())
+            .bind(role.as_str())
+            .execute(&mut *conn)
+            .await?;
+            if previous.as_deref() == Some(Role::Owner.as_str()) && role != Role::Owner {
+                ensure_an_owner_remains(&mut *conn, workspace).await?;
+            }
+            Ok(())
+        })
         .await
-        .map_err(Error::Database)?;
-        if previous.as_deref() == Some(Role::Owner.as_str()) && role != Role::Owner {
-            ensure_an_owner_remains(&mut tx, workspace).await?;
-        }
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
     }
 
     /// Removes a member; false if they were not one. `Error::Conflict` when they are the
@@ -274,24 +265,23 @@ impl Store {
         user: &UserId,
         event: &AuditEvent,
     ) -> Result<bool, Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        let removed: Option<String> = sqlx::query_scalar(
-            "DELETE FROM members WHERE workspace = ? AND user_id = ? RETURNING role",
-        )
-        .bind(workspace.as_str())
-        .bind(user.as_str())
-        .fetch_optional(&mut *tx)
+        self.audited_if(async |conn| {
+            let removed: Option<String> = sqlx::query_scalar(
+                "DELETE FROM members WHERE workspace = ? AND user_id = ? RETURNING role",
+            )
+            .bind(workspace.as_str())
+            .bind(user.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(removed) = removed else {
+                return Ok((false, None));
+            };
+            if removed == Role::Owner.as_str() {
+                ensure_an_owner_remains(&mut *conn, workspace).await?;
+            }
+            Ok((true, Some(event.clone())))
+        })
         .await
-        .map_err(Error::Database)?;
-        let Some(removed) = removed else {
-            return Ok(false);
-        };
-        if removed == Role::Owner.as_str() {
-            ensure_an_owner_remains(&mut tx, workspace).await?;
-        }
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)?;
-        Ok(true)
     }
 
     /// Deletes a workspace, its members and its ended tasks, and retires its id: no workspace
@@ -302,69 +292,65 @@ impl Store {
         workspace: &WorkspaceId,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await.map_err(Error::Database)?;
-        let personal_of: Option<Option<String>> =
-            sqlx::query_scalar("SELECT personal_of FROM workspaces WHERE id = ?")
-                .bind(workspace.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(Error::Database)?;
-        match personal_of {
-            // Nothing to delete, and no id to retire.
-            None => return Ok(()),
-            // Its id is its user's for good: retiring it would leave the user without one.
-            Some(Some(_)) => return Err(Error::Conflict(PERSONAL)),
-            Some(None) => {}
-        }
-        let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM tasks WHERE workspace = ? AND state IN ('QUEUED', 'INITIALIZING', 'RUNNING')",
-        )
-        .bind(workspace.as_str())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(Error::Database)?;
-        if active > 0 {
-            return Err(Error::Conflict(
-                "the workspace still has queued or running tasks; cancel them first",
-            ));
-        }
-        // Its secrets go too (soft-deleted, purged after the retention period).
-        sqlx::query("UPDATE secrets SET deleted_at = ? WHERE workspace = ? AND deleted_at IS NULL")
-            .bind(format_time(OffsetDateTime::now_utc()))
+        self.audited_if(async |conn| {
+            let personal_of: Option<Option<String>> =
+                sqlx::query_scalar("SELECT personal_of FROM workspaces WHERE id = ?")
+                    .bind(workspace.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            match personal_of {
+                // Nothing to delete, and no id to retire.
+                None => return Ok(((), None)),
+                // Its id is its user's for good: retiring it would leave the user without one.
+                Some(Some(_)) => return Err(Error::Conflict(PERSONAL)),
+                Some(None) => {}
+            }
+            let active: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM tasks WHERE workspace = ? AND state IN ('QUEUED', 'INITIALIZING', 'RUNNING')",
+            )
             .bind(workspace.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::Database)?;
-        for sql in [
-            "DELETE FROM tasks WHERE workspace = ?",
-            "DELETE FROM members WHERE workspace = ?",
-            // Its storage locations are freed, so they can be given to another workspace.
-            "DELETE FROM workspace_storage WHERE workspace = ?",
-            "DELETE FROM workspace_file_storage WHERE workspace = ?",
-            "DELETE FROM workspace_groups_to_adopt WHERE workspace = ?",
-            "DELETE FROM workspaces WHERE id = ?",
-        ] {
-            sqlx::query(sql)
+            .fetch_one(&mut *conn)
+            .await?;
+            if active > 0 {
+                return Err(Error::Conflict(
+                    "the workspace still has queued or running tasks; cancel them first",
+                ));
+            }
+            // Its secrets go too (soft-deleted, purged after the retention period).
+            sqlx::query("UPDATE secrets SET deleted_at = ? WHERE workspace = ? AND deleted_at IS NULL")
+                .bind(format_time(OffsetDateTime::now_utc()))
                 .bind(workspace.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::Database)?;
-        }
-        // What it leaves behind (its file:// directory, its objects under the default prefix,
-        // its group in `workspace_groups`, which stays) and what outside services trust (the
-        // `sub` of its tasks' identity tokens) all carry its id: a workspace created later with
-        // the id would inherit them, so none ever is.
-        sqlx::query(
-            "INSERT INTO retired_workspaces (id, deleted_at) VALUES (?, ?)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(workspace.as_str())
-        .bind(format_time(OffsetDateTime::now_utc()))
-        .execute(&mut *tx)
+                .execute(&mut *conn)
+                .await?;
+            for sql in [
+                "DELETE FROM tasks WHERE workspace = ?",
+                "DELETE FROM members WHERE workspace = ?",
+                // Its storage locations are freed, so they can be given to another workspace.
+                "DELETE FROM workspace_storage WHERE workspace = ?",
+                "DELETE FROM workspace_file_storage WHERE workspace = ?",
+                "DELETE FROM workspace_groups_to_adopt WHERE workspace = ?",
+                "DELETE FROM workspaces WHERE id = ?",
+            ] {
+                sqlx::query(sql)
+                    .bind(workspace.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            // What it leaves behind (its file:// directory, its objects under the default prefix,
+            // its group in `workspace_groups`, which stays) and what outside services trust (the
+            // `sub` of its tasks' identity tokens) all carry its id: a workspace created later with
+            // the id would inherit them, so none ever is.
+            sqlx::query(
+                "INSERT INTO retired_workspaces (id, deleted_at) VALUES (?, ?)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(workspace.as_str())
+            .bind(format_time(OffsetDateTime::now_utc()))
+            .execute(&mut *conn)
+            .await?;
+            Ok(((), Some(event.clone())))
+        })
         .await
-        .map_err(Error::Database)?;
-        audit::append(&mut tx, &self.audit_key, event).await?;
-        tx.commit().await.map_err(Error::Database)
     }
 }
 
