@@ -13,7 +13,7 @@ pub mod worker;
 pub use limits::{Enforcement, LimitSettings, TaskLimits};
 pub use local::{Attach, LocalExecutor, LocalSettings, WorkerExit};
 pub use protocol::{
-    BootstrapRequest, DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken,
+    BootstrapRequest, DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken, PhaseState,
     PresignedInputs, PresignedObject, PresignedUploads, SecretDelivery, StatusAck, TokenRequest,
     UploadRequest, WorkerPhase, WorkerSession, WorkerStatus, WorkerTask,
 };

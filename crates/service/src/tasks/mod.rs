@@ -1,6 +1,7 @@
 //! The tasks room: the TES use cases (create, get, list, cancel), validation, rendering, and the
 //! loops that run accepted tasks on their compute environments.
 
+mod assignment;
 mod batch;
 mod page_token;
 mod render;
@@ -23,6 +24,7 @@ use crate::identity::{IdentityService, IssuedToken, TaskSubject};
 use crate::platform::{self, PlatformService};
 use crate::secrets::SecretService;
 use crate::storage::{self, StorageService};
+pub use assignment::WorkerAssignment;
 pub use render::tes_state;
 pub use runner::DeclaredSecrets;
 
@@ -291,9 +293,11 @@ impl TaskService {
         &self,
         id: &str,
         token: &str,
-        request: tresor_executors::BootstrapRequest,
-    ) -> Result<tresor_executors::WorkerTask, ServiceError> {
-        batch::bootstrap(&self.inner, id, token, request).await
+        request: tresor_api_types::internal::BootstrapRequest,
+    ) -> Result<WorkerAssignment, ServiceError> {
+        batch::bootstrap(&self.inner, id, token, request)
+            .await
+            .map(WorkerAssignment)
     }
 
     /// A batch job's worker reports its status; the answer is the task's state now.
@@ -301,7 +305,7 @@ impl TaskService {
         &self,
         id: &str,
         credential: &str,
-        status: tresor_executors::WorkerStatus,
+        status: tresor_api_types::internal::WorkerStatus,
     ) -> Result<tresor_domain::TaskState, ServiceError> {
         batch::report(&self.inner, id, credential, status).await
     }

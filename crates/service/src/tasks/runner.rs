@@ -7,6 +7,7 @@ use std::time::Duration;
 use tresor_api_types::tes::{TesTask, TesTaskLog};
 use tresor_crypto::redact::MIN_SECRET_LEN;
 use tresor_domain::{Caller, TaskId, TaskState};
+use tresor_executors::PhaseState;
 use tresor_executors::limits::{self, Enforcement, LimitSettings, TaskLimits};
 use tresor_executors::{
     Attach, IdentityDelivery, SecretDelivery, WorkerExit, WorkerPhase, WorkerSession, WorkerStatus,
