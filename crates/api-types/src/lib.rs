@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod error;
+pub mod internal;
 pub mod platform;
 pub mod tes;
 

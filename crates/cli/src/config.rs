@@ -979,57 +979,59 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
             listen,
             data_dir: data_dir_path.clone(),
             app: AppSettings {
-                store: StoreSettings {
-                    path: data_dir_path.join("tresor.db"),
-                    durability,
-                    audit_key_file: audit_key_file.value,
-                },
-                local: LocalSettings {
-                    work_root: data_dir_path.join("work"),
-                    worker_program,
-                    sandbox: SandboxSettings { bwrap, run_as },
-                    allowed_dirs,
-                    log_tail_bytes,
-                    slots: slots.value,
-                    allow_network: allow_network.value,
-                    allow_private_http_inputs: file
-                        .local
-                        .allow_private_http_inputs
-                        .unwrap_or(false),
-                    runtime_dir,
-                    limits,
-                    task_ids,
-                    workspace_gids,
-                },
-                service: ServiceSettings {
-                    default_page_size,
-                    max_page_size,
-                    organization_name: file
-                        .tes
-                        .organization_name
-                        .clone()
-                        .unwrap_or_else(|| "tresor".to_owned()),
-                    organization_url: file
-                        .tes
-                        .organization_url
-                        .clone()
-                        .unwrap_or_else(|| "https://tresor.invalid".to_owned()),
-                    // Set to the bound address once the listener exists.
-                    callback_url: String::new(),
-                    task_lease: std::time::Duration::from_secs(task_lease_seconds),
+                services: tresor_service::app::Settings {
+                    store: StoreSettings {
+                        path: data_dir_path.join("tresor.db"),
+                        durability,
+                        audit_key_file: audit_key_file.value,
+                    },
+                    local: LocalSettings {
+                        work_root: data_dir_path.join("work"),
+                        worker_program,
+                        sandbox: SandboxSettings { bwrap, run_as },
+                        allowed_dirs,
+                        log_tail_bytes,
+                        slots: slots.value,
+                        allow_network: allow_network.value,
+                        allow_private_http_inputs: file
+                            .local
+                            .allow_private_http_inputs
+                            .unwrap_or(false),
+                        runtime_dir,
+                        limits,
+                        task_ids,
+                        workspace_gids,
+                    },
+                    tasks: ServiceSettings {
+                        default_page_size,
+                        max_page_size,
+                        organization_name: file
+                            .tes
+                            .organization_name
+                            .clone()
+                            .unwrap_or_else(|| "tresor".to_owned()),
+                        organization_url: file
+                            .tes
+                            .organization_url
+                            .clone()
+                            .unwrap_or_else(|| "https://tresor.invalid".to_owned()),
+                        // Set to the bound address once the listener exists.
+                        callback_url: String::new(),
+                        task_lease: std::time::Duration::from_secs(task_lease_seconds),
+                    },
+                    bootstrap_token_file: data_dir_path.join("bootstrap-admin-token"),
+                    oidc_issuers,
+                    kek_file: kek_file.value,
+                    secret_retention,
+                    log_redactor: Default::default(),
+                    secret_limits,
+                    identity,
+                    s3: s3.map(std::sync::Arc::new),
+                    outbound: outbound.map(std::sync::Arc::new),
+                    slurm,
                 },
                 max_body_bytes: max_body_bytes.value,
-                bootstrap_token_file: data_dir_path.join("bootstrap-admin-token"),
-                oidc_issuers,
-                kek_file: kek_file.value,
-                secret_retention,
-                log_redactor: Default::default(),
-                secret_limits,
                 limits: connection_limits,
-                identity,
-                s3: s3.map(std::sync::Arc::new),
-                outbound: outbound.map(std::sync::Arc::new),
-                slurm,
             },
         }),
         _ => Err(layers.problems.0),
@@ -1680,7 +1682,7 @@ mod tests {
         };
         let env = BTreeMap::from([("TRESOR_SLOTS".to_owned(), "7".to_owned())]);
         let settings = resolve(&args, &env).unwrap();
-        assert_eq!(settings.app.local.slots, 3);
+        assert_eq!(settings.app.services.local.slots, 3);
         assert_eq!(settings.listen.port(), 0);
     }
 
@@ -1694,7 +1696,7 @@ mod tests {
         };
         let settings = resolve(&args, &BTreeMap::new()).unwrap();
         assert_eq!(
-            settings.app.store.audit_key_file,
+            settings.app.services.store.audit_key_file,
             dir.path().join("data").join("audit-key")
         );
         let env = BTreeMap::from([(
@@ -1703,7 +1705,7 @@ mod tests {
         )]);
         let settings = resolve(&args, &env).unwrap();
         assert_eq!(
-            settings.app.store.audit_key_file,
+            settings.app.services.store.audit_key_file,
             PathBuf::from("/etc/tresor/audit-key")
         );
     }

@@ -448,7 +448,7 @@ async fn serve(
 ) -> ExitCode {
     let settings = match config::load(&args) {
         Ok(mut s) => {
-            s.app.log_redactor = redactor;
+            s.app.services.log_redactor = redactor;
             s
         }
         Err(problems) => {
@@ -477,7 +477,7 @@ async fn run_server(mut settings: config::Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    settings.app.service.callback_url = format!("http://{addr}");
+    settings.app.services.tasks.callback_url = format!("http://{addr}");
     let app = tresor_server::App::build(settings.app).await?;
     if let Some(path) = &app.bootstrap_token_file {
         // The path only: the token itself never goes to a terminal or a log.

@@ -18,7 +18,7 @@ pub use backend::{
 pub use limits::{Enforcement, LimitSettings, TaskLimits};
 pub use local::{Attach, LOCAL_ENV, LocalExecutor, LocalSettings, WorkerExit};
 pub use protocol::{
-    BootstrapRequest, DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken,
+    BootstrapRequest, DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken, PhaseState,
     PresignedInputs, PresignedObject, PresignedUploads, SecretDelivery, StatusAck, TokenRequest,
     UploadRequest, WorkerPhase, WorkerSession, WorkerStatus, WorkerTask,
 };

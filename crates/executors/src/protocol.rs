@@ -1,11 +1,19 @@
 //! What the server hands a worker (`task.json`) and what the worker reports back (`status.json`).
+//! The types that travel between worker and server over HTTP live in
+//! `tresor_api_types::internal` and are re-exported here; this module keeps what only executors
+//! and the service know: the task file and how a worker reaches the server.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use tresor_api_types::tes::TesTaskLog;
 use tresor_domain::TaskState;
 use tresor_domain::task::{Executor, Input, Output};
+
+pub use tresor_api_types::internal::{
+    BootstrapRequest, DeliveredSecret, DeliveredSecrets, ENV_BOOTSTRAP_TOKEN, ENV_SERVER_URL,
+    ENV_TASK_ID, IDENTITY_DIR, IssuedToken, PresignedInputs, PresignedObject, PresignedUploads,
+    StatusAck, TOKEN_FILE, TOKEN_SOCKET, TokenRequest, UploadRequest, WorkerPhase, WorkerStatus,
+};
 
 use crate::SandboxSettings;
 use crate::limits::TaskLimits;
@@ -89,94 +97,14 @@ pub struct IdentityDelivery {
     pub sdk_env: Vec<String>,
 }
 
-/// Where the identity token directory appears inside the sandbox.
-pub const IDENTITY_DIR: &str = "/run/tresor/identity";
-/// The token file (default audience) and the socket for other audiences, in `IDENTITY_DIR`.
-pub const TOKEN_FILE: &str = "token";
-pub const TOKEN_SOCKET: &str = "token.sock";
-
-/// A token as the server hands it to a worker.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IssuedToken {
-    pub token: String,
-    /// Unix seconds.
-    pub expires_at: i64,
+/// The task state a worker's phase stands for. The wire type knows no `TaskState` (api-types
+/// depends on nothing of ours), so the mapping lives here, beside the worker that reports it.
+pub trait PhaseState {
+    fn task_state(self) -> TaskState;
 }
 
-/// The body of a token request.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenRequest {
-    #[serde(default)]
-    pub audience: Option<String>,
-}
-
-/// Presigned downloads for a task's `s3://` inputs.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PresignedInputs {
-    pub inputs: Vec<PresignedObject>,
-}
-
-/// One object: where it goes in (or comes from) the task, and its presigned URL.
-#[derive(Serialize, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct PresignedObject {
-    pub path: String,
-    pub url: String,
-}
-
-impl std::fmt::Debug for PresignedObject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PresignedObject")
-            .field("path", &self.path)
-            .field("url", &"***")
-            .finish()
-    }
-}
-
-/// A request for presigned uploads, one per `s3://` URL, and the answer in the same order.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UploadRequest {
-    pub urls: Vec<String>,
-}
-
-#[derive(Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PresignedUploads {
-    pub urls: Vec<String>,
-}
-
-/// One secret as the server hands it to a worker.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeliveredSecret {
-    pub name: String,
-    pub value_base64: String,
-}
-
-/// The body of the internal secrets endpoint.
-#[derive(Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct DeliveredSecrets {
-    pub secrets: Vec<DeliveredSecret>,
-}
-
-/// Where the worker is in running its task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum WorkerPhase {
-    Initializing,
-    Running,
-    Complete,
-    ExecutorError,
-    SystemError,
-}
-
-impl WorkerPhase {
-    pub fn task_state(self) -> TaskState {
+impl PhaseState for WorkerPhase {
+    fn task_state(self) -> TaskState {
         match self {
             WorkerPhase::Initializing => TaskState::Initializing,
             WorkerPhase::Running => TaskState::Running,
@@ -185,39 +113,26 @@ impl WorkerPhase {
             WorkerPhase::SystemError => TaskState::SystemError,
         }
     }
+}
 
-    pub fn is_final(self) -> bool {
-        self.task_state().is_terminal()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_final_phase_is_a_terminal_state_and_only_it() {
+        for phase in [
+            WorkerPhase::Initializing,
+            WorkerPhase::Running,
+            WorkerPhase::Complete,
+            WorkerPhase::ExecutorError,
+            WorkerPhase::SystemError,
+        ] {
+            assert_eq!(
+                phase.is_final(),
+                phase.task_state().is_terminal(),
+                "{phase:?}"
+            );
+        }
     }
-}
-
-/// The worker's latest report, replaced atomically on every change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerStatus {
-    pub phase: WorkerPhase,
-    pub log: TesTaskLog,
-}
-
-/// The environment of a SLURM job's worker (see `slurm::SlurmExecutor::job_script`): all it gets.
-pub const ENV_TASK_ID: &str = "TRESOR_TASK_ID";
-pub const ENV_SERVER_URL: &str = "TRESOR_SERVER_URL";
-pub const ENV_BOOTSTRAP_TOKEN: &str = "TRESOR_BOOTSTRAP_TOKEN";
-
-/// What a batch job's worker sends with its bootstrap token; the answer is its `WorkerTask`,
-/// session included.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BootstrapRequest {
-    /// `SLURM_JOB_ID`: the server checks it is the job it submitted for the task.
-    #[serde(default)]
-    pub job_id: Option<String>,
-}
-
-/// The server's answer to a status report: the task's state as the server now sees it.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusAck {
-    /// `QUEUED`, `RUNNING`, `CANCELED`, …
-    pub state: String,
 }

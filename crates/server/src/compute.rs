@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tresor_executors::{BootstrapRequest, StatusAck, WorkerStatus, WorkerTask};
+use tresor_api_types::internal::{BootstrapRequest, StatusAck, WorkerStatus};
+use tresor_service::WorkerAssignment;
 
 use crate::extract::{Authenticated, CallerOf, Id, PathParam, StrictJson};
 use crate::identity::task_credential;
@@ -52,7 +53,7 @@ pub(crate) async fn bootstrap(
     PathParam(id, _): PathParam<Id>,
     headers: HeaderMap,
     StrictJson(body): StrictJson<BootstrapRequest>,
-) -> Result<Json<WorkerTask>, ApiError> {
+) -> Result<Json<WorkerAssignment>, ApiError> {
     let token = task_credential(&headers)?;
     Ok(Json(state.tasks.bootstrap_task(&id, token, body).await?))
 }

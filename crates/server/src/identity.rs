@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tresor_executors::{
+use tresor_api_types::internal::{
     IssuedToken, PresignedInputs, PresignedObject, PresignedUploads, TokenRequest, UploadRequest,
 };
 use tresor_service::{Location, ServiceError};

@@ -18,15 +18,11 @@ use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
-use tresor_auth::oidc::{OidcVerifier, TrustedIssuer};
-use tresor_crypto::KeyRing;
-use tresor_executors::{LocalExecutor, LocalSettings};
+use tresor_service::app::Services;
 use tresor_service::preflight::Preflight;
 use tresor_service::{
-    IdentityService, IdentitySettings, PlatformService, S3Settings, SecretService, ServiceSettings,
-    StorageService, TaskService,
+    IdentityService, PlatformService, SecretService, StorageService, TaskService,
 };
-use tresor_store::{Store, StoreSettings};
 
 pub use error::ApiError;
 pub use limits::ConnectionLimits;
@@ -35,31 +31,10 @@ pub use routes::{Access, RouteSpec, route_specs};
 /// Everything the server needs, resolved from configuration by the caller.
 #[derive(Debug, Clone)]
 pub struct AppSettings {
-    pub store: StoreSettings,
-    pub local: LocalSettings,
-    pub service: ServiceSettings,
+    /// What the use cases behind the handlers need.
+    pub services: tresor_service::app::Settings,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
-    /// Where the bootstrap admin's token is written on first start (0600).
-    pub bootstrap_token_file: PathBuf,
-    /// Identity providers whose JWTs are accepted.
-    pub oidc_issuers: Vec<TrustedIssuer>,
-    /// The key-encryption key file (created 0600 on first start).
-    pub kek_file: PathBuf,
-    /// How long deleted secrets are kept before they are purged.
-    pub secret_retention: std::time::Duration,
-    /// The redactor the process's log writer applies; kept loaded with every secret.
-    pub log_redactor: tresor_crypto::redact::SharedRedactor,
-    /// How much secret material a workspace and a user may keep.
-    pub secret_limits: tresor_service::SecretLimits,
-    /// tresor as an OIDC issuer for its tasks.
-    pub identity: IdentitySettings,
-    /// Object storage (S3 or compatible), if configured.
-    pub s3: Option<std::sync::Arc<S3Settings>>,
-    /// The server's own client credentials for outbound calls, if configured.
-    pub outbound: Option<std::sync::Arc<tresor_auth::client_credentials::ClientCredentials>>,
-    /// Compute environments of type `slurm`.
-    pub slurm: Vec<tresor_executors::SlurmSettings>,
     /// Connections, request timeouts and request rates.
     pub limits: ConnectionLimits,
 }
@@ -79,113 +54,34 @@ pub(crate) struct AppState {
 #[derive(Debug, Clone)]
 pub struct App {
     router: Router,
-    store: Store,
+    services: Services,
     limits: ConnectionLimits,
     /// Set when this start created the bootstrap admin.
     pub bootstrap_token_file: Option<PathBuf>,
 }
 
 impl App {
-    /// Opens the store, bootstraps the first admin, settles work left by a previous process
-    /// and starts the scheduler.
+    /// Opens the services (see `Services::open`) and builds the router in front of them.
     pub async fn build(settings: AppSettings) -> anyhow::Result<App> {
-        let store = Store::connect(&settings.store).await?;
-        let platform =
-            PlatformService::new(store.clone(), OidcVerifier::new(settings.oidc_issuers)?);
-        let bootstrap_token_file = platform.bootstrap(&settings.bootstrap_token_file).await?;
-        let keys = KeyRing::open_or_create(&settings.kek_file)?;
-        let secrets = SecretService::with_log_redactor(
-            store.clone(),
-            platform.clone(),
-            keys,
-            settings.log_redactor.clone(),
-            settings.secret_limits,
-        )
-        .await?;
-        tokio::spawn(purge_deleted_secrets(
-            store.clone(),
-            settings.secret_retention,
-        ));
-        let mut identity_settings = settings.identity;
-        if identity_settings.issuer.is_empty() {
-            identity_settings.issuer = settings
-                .service
-                .callback_url
-                .trim_end_matches('/')
-                .to_owned();
-        }
-        let identity = IdentityService::new(store.clone(), secrets.clone(), identity_settings);
-        identity.ensure_current_key().await?;
-        tokio::spawn(tresor_service::identity::rotate_on_schedule(
-            identity.clone(),
-        ));
-        let storage = StorageService::new(
-            store.clone(),
-            settings.s3,
-            settings.local.allowed_dirs.clone(),
-        );
-        let preflight = Preflight::new(
-            identity.clone(),
-            storage.clone(),
-            settings.local.clone(),
-            settings.outbound,
-        );
-        let executor = LocalExecutor::new(settings.local)?;
-        let slurm = settings
-            .slurm
-            .into_iter()
-            .map(tresor_executors::SlurmExecutor::new)
-            .collect::<Result<Vec<_>, _>>()?;
-        let tasks = TaskService::new(
-            store.clone(),
-            platform.clone(),
-            secrets.clone(),
-            identity.clone(),
-            storage.clone(),
-            tresor_service::Executors {
-                local: executor,
-                slurm,
-            },
-            settings.service,
-        )
-        .await?;
-        tasks.start().await?;
+        let (services, bootstrap_token_file) = Services::open(settings.services).await?;
         let router = router(
             AppState {
-                tasks,
-                platform,
-                secrets,
-                identity,
-                storage,
-                preflight,
+                tasks: services.tasks.clone(),
+                platform: services.platform.clone(),
+                secrets: services.secrets.clone(),
+                identity: services.identity.clone(),
+                storage: services.storage.clone(),
+                preflight: services.preflight.clone(),
             },
             settings.max_body_bytes,
             &settings.limits,
         );
         Ok(App {
             router,
-            store,
+            services,
             limits: settings.limits,
             bootstrap_token_file,
         })
-    }
-}
-
-/// Purges soft-deleted secrets past their retention: at start, then hourly.
-async fn purge_deleted_secrets(store: Store, retention: std::time::Duration) {
-    loop {
-        match store
-            .purge_deleted_secrets(time::OffsetDateTime::now_utc() - retention)
-            .await
-        {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(
-                purged,
-                "purged secret versions deleted longer ago than the retention period"
-            ),
-            Err(e) => tracing::warn!(error = %e, "purging deleted secrets"),
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
 }
 
@@ -239,7 +135,7 @@ pub async fn serve(
 
     let App {
         router,
-        store,
+        services,
         limits,
         ..
     } = app;
@@ -293,7 +189,7 @@ pub async fn serve(
     {
         tracing::warn!("requests still in flight after {DRAIN:?} of shutdown; stopping anyway");
     }
-    store.close().await;
+    services.close().await;
     Ok(())
 }
 

@@ -4,60 +4,15 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use time::format_description::well_known::Rfc3339;
 use tresor_api_types::platform::{
     CreateToken, CreateUser, CreateWorkspace, CreatedToken, Me, Member, SetMember, Token, User,
     Workspace,
 };
 use tresor_domain::Role;
-use tresor_store::{TokenRecord, UserRecord, WorkspaceRecord};
 
 use crate::extract::{Authenticated, CallerOf, PathParam, StrictJson, TokenParam, UserParam};
 use crate::routes::{Access, route_specs};
 use crate::{ApiError, AppState};
-
-fn time(t: time::OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
-fn user(u: UserRecord) -> User {
-    User {
-        id: u.id.to_string(),
-        name: u.name,
-        issuer: u.issuer,
-        subject: u.subject,
-        is_admin: u.is_admin,
-    }
-}
-
-fn token(t: TokenRecord) -> Token {
-    Token {
-        id: t.id,
-        name: t.name,
-        created_at: time(t.created_at),
-        expires_at: t.expires_at.map(time),
-        revoked_at: t.revoked_at.map(time),
-        last_used_at: t.last_used_at.map(time),
-    }
-}
-
-fn workspace(w: WorkspaceRecord, role: Role) -> Workspace {
-    Workspace {
-        tes_url: format!("/w/{}/ga4gh/tes/v1", w.id),
-        id: w.id.to_string(),
-        personal: w.personal_of.is_some(),
-        role: role.to_string(),
-    }
-}
-
-fn created(record: TokenRecord, secret: String) -> CreatedToken {
-    CreatedToken {
-        id: record.id,
-        name: record.name,
-        token: secret,
-        expires_at: record.expires_at.map(time),
-    }
-}
 
 fn parse_role(raw: &str) -> Result<Role, ApiError> {
     Role::parse(raw).ok_or_else(|| {
@@ -85,8 +40,7 @@ pub(crate) async fn list_users(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
 ) -> Result<Json<Vec<User>>, ApiError> {
-    let users = state.platform.list_users(&principal).await?;
-    Ok(Json(users.into_iter().map(user).collect()))
+    Ok(Json(state.platform.list_users(&principal).await?))
 }
 
 pub(crate) async fn create_user(
@@ -95,7 +49,7 @@ pub(crate) async fn create_user(
     StrictJson(body): StrictJson<CreateUser>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     let created = state.platform.create_user(&principal, &body.name).await?;
-    Ok((StatusCode::CREATED, Json(user(created))))
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub(crate) async fn create_user_token(
@@ -104,19 +58,18 @@ pub(crate) async fn create_user_token(
     PathParam(user, _): PathParam<UserParam>,
     StrictJson(body): StrictJson<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let (record, secret) = state
+    let created = state
         .platform
         .create_token(&principal, Some(&user), &body.name, body.expires_in_days)
         .await?;
-    Ok((StatusCode::CREATED, Json(created(record, secret))))
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub(crate) async fn list_tokens(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
 ) -> Result<Json<Vec<Token>>, ApiError> {
-    let tokens = state.platform.list_tokens(&principal).await?;
-    Ok(Json(tokens.into_iter().map(token).collect()))
+    Ok(Json(state.platform.list_tokens(&principal).await?))
 }
 
 pub(crate) async fn create_token(
@@ -124,11 +77,11 @@ pub(crate) async fn create_token(
     Authenticated(principal): Authenticated,
     StrictJson(body): StrictJson<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let (record, secret) = state
+    let created = state
         .platform
         .create_token(&principal, None, &body.name, body.expires_in_days)
         .await?;
-    Ok((StatusCode::CREATED, Json(created(record, secret))))
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub(crate) async fn revoke_token(
@@ -146,9 +99,8 @@ pub(crate) async fn list_workspaces(
 ) -> Result<Json<Vec<Workspace>>, ApiError> {
     // Make sure the personal workspace exists before listing.
     let caller = state.platform.caller(principal, None).await?;
-    let all = state.platform.list_workspaces(&caller.principal).await?;
     Ok(Json(
-        all.into_iter().map(|(w, r)| workspace(w, r)).collect(),
+        state.platform.list_workspaces(&caller.principal).await?,
     ))
 }
 
@@ -157,11 +109,11 @@ pub(crate) async fn create_workspace(
     Authenticated(principal): Authenticated,
     StrictJson(body): StrictJson<CreateWorkspace>,
 ) -> Result<(StatusCode, Json<Workspace>), ApiError> {
-    let record = state
+    let created = state
         .platform
         .create_workspace(&principal, &body.id)
         .await?;
-    Ok((StatusCode::CREATED, Json(workspace(record, Role::Owner))))
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub(crate) async fn get_workspace(CallerOf(caller): CallerOf) -> Result<Json<Workspace>, ApiError> {
@@ -186,17 +138,7 @@ pub(crate) async fn list_members(
     State(state): State<AppState>,
     CallerOf(caller): CallerOf,
 ) -> Result<Json<Vec<Member>>, ApiError> {
-    let members = state.platform.list_members(&caller).await?;
-    Ok(Json(
-        members
-            .into_iter()
-            .map(|(u, role)| Member {
-                user: u.id.to_string(),
-                name: u.name,
-                role: role.to_string(),
-            })
-            .collect(),
-    ))
+    Ok(Json(state.platform.list_members(&caller).await?))
 }
 
 pub(crate) async fn set_member(

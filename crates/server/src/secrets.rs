@@ -6,26 +6,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use tresor_api_types::internal::{DeliveredSecret, DeliveredSecrets};
 use tresor_api_types::platform::{PutSecret, Secret, SecretVersion};
 use tresor_crypto::SecretValue;
 use tresor_service::{PutCondition, PutOutcome, Scope};
-use tresor_store::SecretMeta;
 
 use crate::extract::{CallerOf, NameParam, PathParam};
 use crate::{ApiError, AppState};
-
-fn secret(m: SecretMeta) -> Secret {
-    Secret {
-        name: m.name,
-        scope: m.scope.to_owned(),
-        version: m.version,
-        created_by: m.created_by,
-        created_at: m.created_at,
-        updated_by: m.updated_by,
-        updated_at: m.updated_at,
-        last_used_at: m.last_used_at,
-    }
-}
 
 /// Parses the body without letting a parser message quote it: a malformed body holding a secret
 /// must not come back in an error.
@@ -129,16 +116,14 @@ pub(crate) async fn list_workspace(
     State(state): State<AppState>,
     CallerOf(caller): CallerOf,
 ) -> Result<Json<Vec<Secret>>, ApiError> {
-    let all = state.secrets.list(&caller, Scope::Workspace).await?;
-    Ok(Json(all.into_iter().map(secret).collect()))
+    Ok(Json(state.secrets.list(&caller, Scope::Workspace).await?))
 }
 
 pub(crate) async fn list_user(
     State(state): State<AppState>,
     CallerOf(caller): CallerOf,
 ) -> Result<Json<Vec<Secret>>, ApiError> {
-    let all = state.secrets.list(&caller, Scope::User).await?;
-    Ok(Json(all.into_iter().map(secret).collect()))
+    Ok(Json(state.secrets.list(&caller, Scope::User).await?))
 }
 
 pub(crate) async fn put_workspace(
@@ -188,7 +173,7 @@ pub(crate) async fn deliver(
     State(state): State<AppState>,
     PathParam(id, _): PathParam<crate::extract::Id>,
     headers: HeaderMap,
-) -> Result<Json<tresor_executors::DeliveredSecrets>, ApiError> {
+) -> Result<Json<DeliveredSecrets>, ApiError> {
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -199,10 +184,10 @@ pub(crate) async fn deliver(
             ))
         })?;
     let delivered = state.tasks.deliver_secrets(&id, credential.trim()).await?;
-    Ok(Json(tresor_executors::DeliveredSecrets {
+    Ok(Json(DeliveredSecrets {
         secrets: delivered
             .into_iter()
-            .map(|(name, value)| tresor_executors::DeliveredSecret {
+            .map(|(name, value)| DeliveredSecret {
                 name,
                 value_base64: base64::engine::general_purpose::STANDARD
                     .encode(value.expose_secret()),

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod app;
 mod error;
 pub mod identity;
 pub mod platform;
@@ -15,5 +16,5 @@ pub use secrets::{PutCondition, PutOutcome, Scope, SecretLimits, SecretService};
 pub use storage::{Location, S3Settings, StorageService};
 pub use tasks::{
     ComputeEnvInfo, DeclaredSecrets, Executors, LOCAL_ENV, ListTasksRequest, ServiceSettings,
-    TIME_LIMIT, TaskService, tes_state, validate,
+    TIME_LIMIT, TaskService, WorkerAssignment, tes_state, validate,
 };

@@ -223,11 +223,11 @@ async fn every_route_times_every_kind_of_caller_gets_the_matrix_status() {
     let files = traversable_tempdir();
     let files_dir = std::fs::canonicalize(files.path()).unwrap();
     let server = TestServer::start_with(|s| {
-        s.s3 = Some(std::sync::Arc::new(s3_settings(
+        s.services.s3 = Some(std::sync::Arc::new(s3_settings(
             "http://127.0.0.1:9",
             "unused",
         )));
-        s.local.allowed_dirs.push(files_dir.clone());
+        s.services.local.allowed_dirs.push(files_dir.clone());
     })
     .await;
     let http = reqwest::Client::new();

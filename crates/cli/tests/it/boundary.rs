@@ -146,7 +146,8 @@ async fn another_workspaces_files_cannot_be_read_listed_or_overwritten() {
 async fn an_administrator_gives_a_workspace_its_own_directory_and_no_two_overlap() {
     let extra = traversable_tempdir();
     let projects = std::fs::canonicalize(extra.path()).unwrap();
-    let server = TestServer::start_with(|s| s.local.allowed_dirs.push(projects.clone())).await;
+    let server =
+        TestServer::start_with(|s| s.services.local.allowed_dirs.push(projects.clone())).await;
     let area = server.storage.parent().unwrap().to_path_buf();
     let alice = server.user("alice").await;
     alice.platform.create_workspace("lab").await.unwrap();
@@ -248,7 +249,8 @@ async fn an_administrator_gives_a_workspace_its_own_directory_and_no_two_overlap
 #[tokio::test]
 async fn an_administrator_may_give_a_workspace_a_whole_bucket_of_its_own() {
     let s3 = S3Server::start().await;
-    let server = TestServer::start_with(|s| s.s3 = Some(std::sync::Arc::new(s3.settings()))).await;
+    let server =
+        TestServer::start_with(|s| s.services.s3 = Some(std::sync::Arc::new(s3.settings()))).await;
     let alice = server.user("alice").await;
     alice.platform.create_workspace("lab").await.unwrap();
     alice.platform.create_workspace("whole").await.unwrap();
@@ -438,7 +440,7 @@ async fn every_workspace_gets_a_recorded_group_of_its_own() {
         return;
     }
     let mut gids = None;
-    let server = TestServer::start_with(|s| gids = s.local.workspace_gids.clone()).await;
+    let server = TestServer::start_with(|s| gids = s.services.local.workspace_gids.clone()).await;
     let gids = gids.unwrap();
     let area = server.storage.parent().unwrap().to_path_buf();
     let store = server.store().await;

@@ -277,8 +277,8 @@ async fn each_running_task_has_a_host_user_no_other_user_can_reach_and_frees_it_
     let ids = first..=first + 1;
     let range = ids.clone();
     let server = TestServer::start_with(move |s| {
-        s.local.task_ids = Some(range);
-        s.local.slots = 2;
+        s.services.local.task_ids = Some(range);
+        s.services.local.slots = 2;
     })
     .await;
     let a = server
@@ -450,7 +450,7 @@ async fn file_copies_run_with_the_task_users_rights_not_roots() {
         return;
     }
     let mut gids = None;
-    let server = TestServer::start_with(|s| gids = s.local.workspace_gids.clone()).await;
+    let server = TestServer::start_with(|s| gids = s.services.local.workspace_gids.clone()).await;
     let gids = gids.unwrap();
     server.make_storage(&server.client, &server.storage).await;
     std::fs::write(server.storage.join("public.txt"), "public\n").unwrap();

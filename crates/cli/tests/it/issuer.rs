@@ -146,7 +146,7 @@ async fn task_tokens_verify_with_pyjwt_and_outlive_a_key_rotation() {
 #[tokio::test]
 async fn the_token_is_renewed_while_the_task_runs_and_gone_when_it_ends() {
     let server = TestServer::start_with(|s| {
-        s.identity.token_ttl = std::time::Duration::from_secs(6);
+        s.services.identity.token_ttl = std::time::Duration::from_secs(6);
     })
     .await;
     let script = r#"T="$TRESOR_IDENTITY_TOKEN_FILE"

@@ -144,7 +144,7 @@ async fn an_oidc_login_creates_the_user_and_maps_roles() {
     let key = ec_key("ec-1");
     let issuer = start_issuer(vec![key.jwk.clone()]).await;
     let trust = trusted(&issuer);
-    let server = TestServer::start_with(|s| s.oidc_issuers = vec![trust]).await;
+    let server = TestServer::start_with(|s| s.services.oidc_issuers = vec![trust]).await;
     server.admin.create_workspace("genomics").await.unwrap();
 
     let mut alice = claims(&issuer.url, "alice-sub");
@@ -183,7 +183,7 @@ async fn the_jwt_attack_set_is_refused_with_401_never_500() {
     let other_key = ec_key("other-1");
     let other = start_issuer(vec![other_key.jwk.clone()]).await;
     let trust = vec![trusted(&issuer), trusted(&other)];
-    let server = TestServer::start_with(|s| s.oidc_issuers = trust).await;
+    let server = TestServer::start_with(|s| s.services.oidc_issuers = trust).await;
 
     let good = claims(&issuer.url, "bob");
     assert_eq!(
@@ -272,7 +272,7 @@ async fn a_rotated_signing_key_is_picked_up_without_a_restart() {
     let first = ec_key("2026-11-a");
     let issuer = start_issuer(vec![first.jwk.clone()]).await;
     let trust = trusted(&issuer);
-    let server = TestServer::start_with(|s| s.oidc_issuers = vec![trust]).await;
+    let server = TestServer::start_with(|s| s.services.oidc_issuers = vec![trust]).await;
     assert_eq!(
         status_with(&server, &sign_ec(&first, &claims(&issuer.url, "carol"))).await,
         StatusCode::OK
@@ -303,7 +303,7 @@ async fn a_token_from_a_real_openid_provider_reaches_the_api() {
         roles_claim: None,
         role_mappings: Vec::new(),
     };
-    let server = TestServer::start_with(|s| s.oidc_issuers = vec![trust]).await;
+    let server = TestServer::start_with(|s| s.services.oidc_issuers = vec![trust]).await;
 
     // The OAuth2 client-credentials grant, as a pipeline service account would log in.
     let response: Value = reqwest::Client::new()

@@ -35,7 +35,7 @@ async fn tresor_check(server: &TestServer) -> std::process::Output {
 #[tokio::test]
 async fn preflight_passes_on_a_working_setup_and_says_what_to_fix_on_a_broken_one() {
     let s3 = S3Server::start().await;
-    let server = TestServer::start_with(|s| s.s3 = Some(Arc::new(s3.settings()))).await;
+    let server = TestServer::start_with(|s| s.services.s3 = Some(Arc::new(s3.settings()))).await;
     let report = server.admin.check("local", None).await.unwrap();
     assert!(report.ok, "{report:#?}");
     for name in [
@@ -68,10 +68,10 @@ async fn preflight_passes_on_a_working_setup_and_says_what_to_fix_on_a_broken_on
     // Every setting broken at once; each probe names what to fix.
     let data_dir = server.data.clone();
     let broken = TestServer::start_with(|s| {
-        s.s3 = Some(Arc::new(s3_settings(&s3.endpoint, "the-wrong-secret")));
-        s.identity.issuer = "http://127.0.0.1:9".to_owned();
-        s.local.sandbox.bwrap = PathBuf::from("/nonexistent/bwrap");
-        s.local.runtime_dir = data_dir.clone();
+        s.services.s3 = Some(Arc::new(s3_settings(&s3.endpoint, "the-wrong-secret")));
+        s.services.identity.issuer = "http://127.0.0.1:9".to_owned();
+        s.services.local.sandbox.bwrap = PathBuf::from("/nonexistent/bwrap");
+        s.services.local.runtime_dir = data_dir.clone();
     })
     .await;
     let report = broken.admin.check("local", None).await.unwrap();
@@ -167,7 +167,8 @@ async fn outbound_client_credentials_work_with_a_secret_and_with_private_key_jwt
     assert!(!err.contains("not-the-secret"));
 
     // Preflight reports the outbound credentials it is configured with.
-    let server = TestServer::start_with(|s| s.outbound = Some(Arc::new(with_secret))).await;
+    let server =
+        TestServer::start_with(|s| s.services.outbound = Some(Arc::new(with_secret))).await;
     let report = server.admin.check("local", None).await.unwrap();
     let c = check(&report, "outbound.client_credentials");
     assert!(

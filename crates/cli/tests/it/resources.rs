@@ -158,9 +158,9 @@ async fn a_task_past_its_time_limit_is_killed_naming_time() {
 #[tokio::test]
 async fn requests_beyond_the_servers_maxima_are_refused_naming_the_field() {
     let server = TestServer::start_with(|s| {
-        s.local.limits.max_ram_gb = 1.0;
-        s.local.limits.max_disk_gb = 2.0;
-        s.local.limits.max_run_seconds = 60;
+        s.services.local.limits.max_ram_gb = 1.0;
+        s.services.local.limits.max_disk_gb = 2.0;
+        s.services.local.limits.max_run_seconds = 60;
     })
     .await;
     let refused = |field: &'static str, task: TesTask| {
@@ -221,7 +221,7 @@ async fn requests_beyond_the_servers_maxima_are_refused_naming_the_field() {
 
 #[tokio::test]
 async fn a_task_log_keeps_only_its_share_and_says_it_truncated() {
-    let server = TestServer::start_with(|s| s.local.limits.max_log_bytes = 4096).await;
+    let server = TestServer::start_with(|s| s.services.local.limits.max_log_bytes = 4096).await;
     let mut task = sh_task("head -c 10000 /dev/zero | tr '\\0' x");
     task.executors.push(executor(&["echo", "more"]));
     let done = server.run(&task).await;
@@ -249,7 +249,7 @@ async fn a_task_log_keeps_only_its_share_and_says_it_truncated() {
 
 #[tokio::test]
 async fn a_task_over_its_process_limit_ends_naming_it() {
-    let server = TestServer::start_with(|s| s.local.limits.max_processes = 16).await;
+    let server = TestServer::start_with(|s| s.services.local.limits.max_processes = 16).await;
     let task = sh_task("for i in $(seq 1 40); do sleep 2 & done; wait");
     let id = server.client.create_task(&task).await.unwrap();
     let done = wait_terminal(&server.client, &id).await;

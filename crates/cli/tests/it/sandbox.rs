@@ -46,7 +46,7 @@ async fn the_environment_holds_only_the_executors_env() {
 #[tokio::test]
 async fn executors_run_unprivileged_with_their_own_proc() {
     let mut task_ids = None;
-    let server = TestServer::start_with(|s| task_ids = s.local.task_ids.clone()).await;
+    let server = TestServer::start_with(|s| task_ids = s.services.local.task_ids.clone()).await;
     let done = server
         .run(&sh_task(
             "id -u; ls /proc | grep -c '^[0-9]'; cat /proc/1/cmdline | tr '\\0' ' '",
@@ -122,7 +122,7 @@ async fn there_is_no_network_unless_asked_for_and_allowed() {
         "{err}"
     );
 
-    let open = TestServer::start_with(|s| s.local.allow_network = true).await;
+    let open = TestServer::start_with(|s| s.services.local.allow_network = true).await;
     let done = open.run(&network_probe(&open.url, false)).await;
     assert_eq!(
         stdout(&done, 0),

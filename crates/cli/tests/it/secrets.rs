@@ -774,7 +774,7 @@ async fn a_killed_worker_takes_its_secrets_tmpfs_with_it() {
 
 #[tokio::test]
 async fn a_deleted_workspace_takes_its_secrets_and_a_demoted_member_gets_none() {
-    let server = TestServer::start_with(|s| s.local.slots = 1).await;
+    let server = TestServer::start_with(|s| s.services.local.slots = 1).await;
     let tes = genomics_with(&server, &[("A", CANARY)]).await;
     let bob = server.user("bob").await;
     server
@@ -960,7 +960,7 @@ async fn a_value_shorter_than_the_minimum_stored_before_it_existed_is_never_deli
 #[tokio::test]
 async fn secret_counts_and_bytes_are_limited_per_workspace_and_per_user() {
     let server = TestServer::start_with(|s| {
-        s.secret_limits = tresor_service::SecretLimits {
+        s.services.secret_limits = tresor_service::SecretLimits {
             workspace_count: 3,
             workspace_bytes: 100,
             user_count: 2,

@@ -18,6 +18,7 @@ const CANARY: &[u8] = b"canary-7f3a9c-only-in-the-sandbox";
 /// The test dir of a server's settings (`settings_for` puts the database in `<dir>/data`).
 fn dir_of(settings: &tresor_server::AppSettings) -> PathBuf {
     settings
+        .services
         .store
         .path
         .parent()
@@ -28,8 +29,8 @@ fn dir_of(settings: &tresor_server::AppSettings) -> PathBuf {
 
 async fn slurm_server(s3: Option<&S3Server>) -> TestServer {
     TestServer::start_with(|s| {
-        s.slurm = vec![slurm_settings(&dir_of(s))];
-        s.s3 = s3.map(|s3| std::sync::Arc::new(s3.settings()));
+        s.services.slurm = vec![slurm_settings(&dir_of(s))];
+        s.services.s3 = s3.map(|s3| std::sync::Arc::new(s3.settings()));
     })
     .await
 }
@@ -382,7 +383,7 @@ async fn an_expired_bootstrap_token_is_refused_and_audited() {
         let mut slurm = slurm_settings(&dir);
         slurm.worker_program = slow;
         slurm.bootstrap_ttl = Duration::from_secs(1);
-        s.slurm = vec![slurm];
+        s.services.slurm = vec![slurm];
     })
     .await;
     let tes = cluster_workspace(&server, "slow").await;

@@ -27,7 +27,8 @@ fn s3_output(url: &str, path: &str, kind: TesFileType) -> TesOutput {
 #[tokio::test]
 async fn s3_inputs_and_outputs_run_end_to_end_through_presigned_urls() {
     let s3 = S3Server::start().await;
-    let server = TestServer::start_with(|s| s.s3 = Some(std::sync::Arc::new(s3.settings()))).await;
+    let server =
+        TestServer::start_with(|s| s.services.s3 = Some(std::sync::Arc::new(s3.settings()))).await;
     let alice = server.user("alice").await;
     alice.platform.create_workspace("lab").await.unwrap();
     let base = "workspaces/lab";
@@ -108,7 +109,8 @@ async fn s3_inputs_and_outputs_run_end_to_end_through_presigned_urls() {
 #[tokio::test]
 async fn tasks_reach_only_their_own_workspaces_storage() {
     let s3 = S3Server::start().await;
-    let server = TestServer::start_with(|s| s.s3 = Some(std::sync::Arc::new(s3.settings()))).await;
+    let server =
+        TestServer::start_with(|s| s.services.s3 = Some(std::sync::Arc::new(s3.settings()))).await;
     let alice = server.user("alice").await;
     alice.platform.create_workspace("lab").await.unwrap();
     alice.platform.create_workspace("other").await.unwrap();

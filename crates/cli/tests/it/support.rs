@@ -80,58 +80,60 @@ pub fn settings_for(dir: &Path) -> AppSettings {
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::create_dir_all(&storage).unwrap();
     AppSettings {
-        store: StoreSettings {
-            path: data.join("tresor.db"),
-            durability: Durability::Normal,
-            audit_key_file: data.join("audit-key"),
-        },
-        local: LocalSettings {
-            work_root: data.join("work"),
-            worker_program: PathBuf::from(TRESOR),
-            sandbox: SandboxSettings {
-                bwrap: bwrap(),
-                run_as: is_root().then_some((65534, 65534)),
+        services: tresor_service::app::Settings {
+            store: StoreSettings {
+                path: data.join("tresor.db"),
+                durability: Durability::Normal,
+                audit_key_file: data.join("audit-key"),
             },
-            allowed_dirs: vec![std::fs::canonicalize(&storage).unwrap()],
-            log_tail_bytes: 64 * 1024,
-            slots: 4,
-            allow_network: false,
-            // The tests' http fixtures listen on loopback.
-            allow_private_http_inputs: true,
-            runtime_dir: PathBuf::from("/dev/shm"),
-            limits: tresor_executors::LimitSettings::default(),
-            task_ids: is_root().then(next_task_ids),
-            workspace_gids: is_root().then(next_workspace_gids),
-        },
-        service: ServiceSettings {
-            default_page_size: 256,
-            max_page_size: 2047,
-            organization_name: "tresor tests".to_owned(),
-            organization_url: "https://tresor.invalid".to_owned(),
-            callback_url: String::new(),
-            task_lease: std::time::Duration::from_secs(15),
+            local: LocalSettings {
+                work_root: data.join("work"),
+                worker_program: PathBuf::from(TRESOR),
+                sandbox: SandboxSettings {
+                    bwrap: bwrap(),
+                    run_as: is_root().then_some((65534, 65534)),
+                },
+                allowed_dirs: vec![std::fs::canonicalize(&storage).unwrap()],
+                log_tail_bytes: 64 * 1024,
+                slots: 4,
+                allow_network: false,
+                // The tests' http fixtures listen on loopback.
+                allow_private_http_inputs: true,
+                runtime_dir: PathBuf::from("/dev/shm"),
+                limits: tresor_executors::LimitSettings::default(),
+                task_ids: is_root().then(next_task_ids),
+                workspace_gids: is_root().then(next_workspace_gids),
+            },
+            tasks: ServiceSettings {
+                default_page_size: 256,
+                max_page_size: 2047,
+                organization_name: "tresor tests".to_owned(),
+                organization_url: "https://tresor.invalid".to_owned(),
+                callback_url: String::new(),
+                task_lease: std::time::Duration::from_secs(15),
+            },
+            bootstrap_token_file: data.join("bootstrap-admin-token"),
+            oidc_issuers: Vec::new(),
+            kek_file: data.join("kek"),
+            secret_retention: std::time::Duration::from_secs(30 * 24 * 3600),
+            log_redactor: Default::default(),
+            secret_limits: Default::default(),
+            identity: tresor_service::IdentitySettings {
+                issuer: String::new(),
+                token_ttl: Duration::from_secs(600),
+                audiences: vec!["tresor".to_owned(), "vault".to_owned()],
+                rotation_period: Duration::from_secs(30 * 86_400),
+                sdk_env: vec![
+                    "AWS_WEB_IDENTITY_TOKEN_FILE".to_owned(),
+                    "AZURE_FEDERATED_TOKEN_FILE".to_owned(),
+                ],
+            },
+            s3: None,
+            outbound: None,
+            slurm: Vec::new(),
         },
         max_body_bytes: 4 * 1024 * 1024,
-        bootstrap_token_file: data.join("bootstrap-admin-token"),
-        oidc_issuers: Vec::new(),
-        kek_file: data.join("kek"),
-        secret_retention: std::time::Duration::from_secs(30 * 24 * 3600),
-        log_redactor: Default::default(),
-        secret_limits: Default::default(),
         limits: Default::default(),
-        identity: tresor_service::IdentitySettings {
-            issuer: String::new(),
-            token_ttl: Duration::from_secs(600),
-            audiences: vec!["tresor".to_owned(), "vault".to_owned()],
-            rotation_period: Duration::from_secs(30 * 86_400),
-            sdk_env: vec![
-                "AWS_WEB_IDENTITY_TOKEN_FILE".to_owned(),
-                "AZURE_FEDERATED_TOKEN_FILE".to_owned(),
-            ],
-        },
-        s3: None,
-        outbound: None,
-        slurm: Vec::new(),
     }
 }
 
@@ -162,11 +164,11 @@ impl TestServer {
         let dir = traversable_tempdir();
         let mut settings = settings_for(dir.path());
         adjust(&mut settings);
-        let storage_area = settings.local.allowed_dirs.first().cloned();
+        let storage_area = settings.services.local.allowed_dirs.first().cloned();
         let data = dir.path().join("data");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        settings.service.callback_url = url.clone();
+        settings.services.tasks.callback_url = url.clone();
         let app = tresor_server::App::build(settings).await.unwrap();
         let token_file = app
             .bootstrap_token_file

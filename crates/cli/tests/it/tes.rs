@@ -507,7 +507,7 @@ async fn cancel_kills_the_whole_process_group() {
 
 #[tokio::test]
 async fn slots_bound_concurrency_by_requested_cores() {
-    let server = TestServer::start_with(|s| s.local.slots = 2).await;
+    let server = TestServer::start_with(|s| s.services.local.slots = 2).await;
     let mut big = sh_task("sleep 30");
     big.resources = Some(TesResources {
         cpu_cores: Some(2),
@@ -582,7 +582,8 @@ async fn unsupported_backend_parameters_are_dropped_or_refused() {
 async fn http_inputs_from_private_addresses_are_refused_by_default() {
     // The worker downloads on the host's network, outside the sandbox: without this rule a task
     // could read loopback-only services or cloud metadata into its inputs.
-    let server = TestServer::start_with(|s| s.local.allow_private_http_inputs = false).await;
+    let server =
+        TestServer::start_with(|s| s.services.local.allow_private_http_inputs = false).await;
     let http = http_fixture("internal only").await;
     let mut task = sh_task("cat /data/in");
     task.inputs = Some(vec![TesInput {

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tresor_api_types::platform::{CreatedToken, Member, Token, User, Workspace};
 use tresor_auth::oidc::{OidcError, OidcVerifier};
 use tresor_auth::pat;
 use tresor_domain::{Action, Caller, Principal, Role, UserId, WorkspaceId};
@@ -85,6 +87,41 @@ pub(crate) fn caller_event(caller: &Caller, action: &str, object: String) -> Aud
 fn new_user_id() -> Result<UserId, ServiceError> {
     UserId::parse(&uuid::Uuid::now_v7().simple().to_string())
         .map_err(|e| ServiceError::Internal(e.into()))
+}
+
+/// A time as the platform API spells it.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn user_view(u: UserRecord) -> User {
+    User {
+        id: u.id.to_string(),
+        name: u.name,
+        issuer: u.issuer,
+        subject: u.subject,
+        is_admin: u.is_admin,
+    }
+}
+
+fn token_view(t: TokenRecord) -> Token {
+    Token {
+        id: t.id,
+        name: t.name,
+        created_at: rfc3339(t.created_at),
+        expires_at: t.expires_at.map(rfc3339),
+        revoked_at: t.revoked_at.map(rfc3339),
+        last_used_at: t.last_used_at.map(rfc3339),
+    }
+}
+
+fn workspace_view(w: WorkspaceRecord, role: Role) -> Workspace {
+    Workspace {
+        tes_url: format!("/w/{}/ga4gh/tes/v1", w.id),
+        id: w.id.to_string(),
+        personal: w.personal_of.is_some(),
+        role: role.to_string(),
+    }
 }
 
 /// A user's personal workspace id: stable, derived from the user id.
@@ -487,7 +524,7 @@ impl PlatformService {
         &self,
         principal: &Principal,
         name: &str,
-    ) -> Result<UserRecord, ServiceError> {
+    ) -> Result<User, ServiceError> {
         Self::require_admin(principal)?;
         if name.is_empty()
             || name.len() > 64
@@ -519,11 +556,11 @@ impl PlatformService {
                 ),
             )
             .await?;
-        Ok(user)
+        Ok(user_view(user))
     }
 
     /// Finds the user an OIDC token names, creating them on first login.
-    pub async fn user_for_subject(
+    pub(crate) async fn user_for_subject(
         &self,
         issuer: &str,
         subject: &str,
@@ -569,9 +606,15 @@ impl PlatformService {
         }
     }
 
-    pub async fn list_users(&self, principal: &Principal) -> Result<Vec<UserRecord>, ServiceError> {
+    pub async fn list_users(&self, principal: &Principal) -> Result<Vec<User>, ServiceError> {
         Self::require_admin(principal)?;
-        Ok(self.store.list_users().await?)
+        Ok(self
+            .store
+            .list_users()
+            .await?
+            .into_iter()
+            .map(user_view)
+            .collect())
     }
 
     /// Issues a token for oneself, or (administrators) for another user. The token is returned once.
@@ -581,7 +624,7 @@ impl PlatformService {
         for_user: Option<&str>,
         name: &str,
         expires_in_days: Option<u32>,
-    ) -> Result<(TokenRecord, String), ServiceError> {
+    ) -> Result<CreatedToken, ServiceError> {
         if name.trim().is_empty() || name.len() > 128 {
             return Err(ServiceError::invalid(
                 "name",
@@ -606,15 +649,25 @@ impl PlatformService {
                     .id
             }
         };
-        self.issue_token(principal, &user, name, expires_in_days)
-            .await
+        let (record, token) = self
+            .issue_token(principal, &user, name, expires_in_days)
+            .await?;
+        Ok(CreatedToken {
+            id: record.id,
+            name: record.name,
+            token,
+            expires_at: record.expires_at.map(rfc3339),
+        })
     }
 
-    pub async fn list_tokens(
-        &self,
-        principal: &Principal,
-    ) -> Result<Vec<TokenRecord>, ServiceError> {
-        Ok(self.store.list_tokens(&principal.user).await?)
+    pub async fn list_tokens(&self, principal: &Principal) -> Result<Vec<Token>, ServiceError> {
+        Ok(self
+            .store
+            .list_tokens(&principal.user)
+            .await?
+            .into_iter()
+            .map(token_view)
+            .collect())
     }
 
     /// Revokes one of the caller's own tokens; a platform administrator may revoke anyone's, to
@@ -643,7 +696,7 @@ impl PlatformService {
         &self,
         principal: &Principal,
         id: &str,
-    ) -> Result<WorkspaceRecord, ServiceError> {
+    ) -> Result<Workspace, ServiceError> {
         let id = WorkspaceId::parse(id).map_err(|e| ServiceError::invalid("id", e.to_string()))?;
         if id.as_str().starts_with("personal-") {
             return Err(ServiceError::invalid(
@@ -668,15 +721,21 @@ impl PlatformService {
                 ),
             )
             .await?;
-        Ok(record)
+        Ok(workspace_view(record, Role::Owner))
     }
 
     /// The caller's workspaces with their role in each.
     pub async fn list_workspaces(
         &self,
         principal: &Principal,
-    ) -> Result<Vec<(WorkspaceRecord, Role)>, ServiceError> {
-        Ok(self.store.memberships(&principal.user).await?)
+    ) -> Result<Vec<Workspace>, ServiceError> {
+        Ok(self
+            .store
+            .memberships(&principal.user)
+            .await?
+            .into_iter()
+            .map(|(w, role)| workspace_view(w, role))
+            .collect())
     }
 
     pub async fn delete_workspace(&self, caller: &Caller) -> Result<(), ServiceError> {
@@ -704,10 +763,7 @@ impl PlatformService {
             .await?)
     }
 
-    pub async fn list_members(
-        &self,
-        caller: &Caller,
-    ) -> Result<Vec<(UserRecord, Role)>, ServiceError> {
+    pub async fn list_members(&self, caller: &Caller) -> Result<Vec<Member>, ServiceError> {
         self.require(
             caller,
             Action::Read,
@@ -715,7 +771,17 @@ impl PlatformService {
             format!("workspace:{}", caller.workspace),
         )
         .await?;
-        Ok(self.store.members(&caller.workspace).await?)
+        Ok(self
+            .store
+            .members(&caller.workspace)
+            .await?
+            .into_iter()
+            .map(|(u, role)| Member {
+                user: u.id.to_string(),
+                name: u.name,
+                role: role.to_string(),
+            })
+            .collect())
     }
 
     /// Adds a member or changes their role. Granting or taking away `owner` needs an owner, and

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tresor_api_types::platform::Secret;
 use tresor_crypto::fingerprint::fingerprint;
 use tresor_crypto::redact::{IndexedValue, MIN_SECRET_LEN};
 use tresor_crypto::{KeyProvider, KeyRing, Sealed, SecretValue, envelope};
@@ -180,6 +181,20 @@ pub(crate) fn aad(key: &SecretKey, version: i64) -> Vec<u8> {
         key.name
     )
     .into_bytes()
+}
+
+/// A secret's metadata as the platform API shows it.
+fn secret_view(m: SecretMeta) -> Secret {
+    Secret {
+        name: m.name,
+        scope: m.scope.to_owned(),
+        version: m.version,
+        created_by: m.created_by,
+        created_at: m.created_at,
+        updated_by: m.updated_by,
+        updated_at: m.updated_at,
+        last_used_at: m.last_used_at,
+    }
 }
 
 fn to_row(sealed: Sealed) -> SealedRow {
@@ -504,11 +519,8 @@ impl SecretService {
         })
     }
 
-    pub async fn list(
-        &self,
-        caller: &Caller,
-        scope: Scope,
-    ) -> Result<Vec<SecretMeta>, ServiceError> {
+    /// The metadata of the caller's secrets in `scope`; never a value.
+    pub async fn list(&self, caller: &Caller, scope: Scope) -> Result<Vec<Secret>, ServiceError> {
         match scope {
             Scope::Workspace => {
                 self.platform
@@ -518,7 +530,13 @@ impl SecretService {
             Scope::User => self.require(caller, scope, "list", "*").await?,
         }
         let owner = (scope == Scope::User).then_some(&caller.principal.user);
-        Ok(self.store.list_secrets(&caller.workspace, owner).await?)
+        Ok(self
+            .store
+            .list_secrets(&caller.workspace, owner)
+            .await?
+            .into_iter()
+            .map(secret_view)
+            .collect())
     }
 
     pub async fn delete(

@@ -2,6 +2,7 @@
 //! rendering, the worker endpoints' use cases, and the supervisor that runs accepted tasks on
 //! their compute environments' backends.
 
+mod assignment;
 mod page_token;
 mod render;
 pub mod spec;
@@ -26,6 +27,7 @@ use crate::identity::{IdentityService, IssuedToken, TaskSubject};
 use crate::platform::{self, PlatformService};
 use crate::secrets::SecretService;
 use crate::storage::{self, StorageService};
+pub use assignment::WorkerAssignment;
 pub use render::tes_state;
 pub use spec::TIME_LIMIT;
 pub use supervisor::{Supervisor, SupervisorSettings, WorkerDefaults};
@@ -306,9 +308,11 @@ impl TaskService {
         &self,
         id: &str,
         token: &str,
-        request: tresor_executors::BootstrapRequest,
-    ) -> Result<tresor_executors::WorkerTask, ServiceError> {
-        worker_api::bootstrap(&self.inner, id, token, request).await
+        request: tresor_api_types::internal::BootstrapRequest,
+    ) -> Result<WorkerAssignment, ServiceError> {
+        worker_api::bootstrap(&self.inner, id, token, request)
+            .await
+            .map(WorkerAssignment)
     }
 
     /// A batch job's worker reports its status; the answer is the task's state now.
@@ -316,7 +320,7 @@ impl TaskService {
         &self,
         id: &str,
         credential: &str,
-        status: tresor_executors::WorkerStatus,
+        status: tresor_api_types::internal::WorkerStatus,
     ) -> Result<tresor_domain::TaskState, ServiceError> {
         worker_api::report(&self.inner, id, credential, status).await
     }

@@ -29,8 +29,8 @@ use tresor_api_types::tes::TesTaskLog;
 use tresor_domain::{TaskId, TaskState};
 use tresor_executors::{
     BackendEvent, CapacityUnit, ComputeBackend, Events, HandOff, IdentityDelivery, Launch,
-    Observation, SandboxSettings, SecretDelivery, Start, WorkerPhase, WorkerSession, WorkerStatus,
-    WorkerTask,
+    Observation, PhaseState, SandboxSettings, SecretDelivery, Start, WorkerPhase, WorkerSession,
+    WorkerStatus, WorkerTask,
 };
 use tresor_store::{Lease, Store, TaskRecord};
 
