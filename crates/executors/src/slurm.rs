@@ -405,7 +405,7 @@ impl SlurmExecutor {
                 .any(|m| m.contains("exceeded memory limit") || m.contains("DUE TO TIME LIMIT"));
         Observation::Ended {
             how: format!(
-                "SLURM ended job {} as {} (reason: {})",
+                "SLURM ended job {} as {} (reason: {}) without a result from the worker",
                 job.job_id, job.state, job.reason
             ),
             hit_limit,

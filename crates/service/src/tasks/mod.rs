@@ -241,9 +241,10 @@ impl TaskService {
         }
     }
 
-    /// The compute environments of this server.
+    /// The compute environments of this server, the default (local) first.
     pub fn compute_envs(&self) -> Vec<ComputeEnvInfo> {
-        self.inner
+        let mut envs: Vec<ComputeEnvInfo> = self
+            .inner
             .supervisor
             .backends()
             .map(|b| ComputeEnvInfo {
@@ -251,7 +252,9 @@ impl TaskService {
                 kind: b.env().kind.as_str().to_owned(),
                 default: b.env().id == LOCAL_ENV,
             })
-            .collect()
+            .collect();
+        envs.sort_by_key(|e| !e.default);
+        envs
     }
 
     /// The compute environment the caller's workspace runs new tasks in.

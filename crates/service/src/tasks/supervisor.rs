@@ -808,7 +808,7 @@ impl Supervisor {
                         self.fail(
                             &id,
                             Some(status.log),
-                            "the worker stopped while no server watched it, after its executors had started"
+                            "the worker stopped while the server was down (no server process watched it), after its executors had started"
                                 .to_owned(),
                         )
                         .await;
