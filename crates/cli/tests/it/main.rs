@@ -15,6 +15,7 @@ mod limits;
 mod oidc;
 mod preflight;
 mod pytes;
+mod replicas;
 mod resources;
 mod sandbox;
 mod secrets;

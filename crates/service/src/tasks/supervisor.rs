@@ -418,6 +418,7 @@ impl Supervisor {
     ) {
         let id = record.id.clone();
         let env = backend.env().id.clone();
+        tracing::info!(task = %id, env = %env, owner = %self.owner, "starting the task's work");
         let result = async {
             match backend.capabilities().hand_off {
                 HandOff::Direct => {
