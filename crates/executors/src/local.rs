@@ -112,7 +112,10 @@ impl LocalExecutor {
                 "creating the work root {}",
                 settings.work_root.display()
             )))?;
-        let ids = settings.task_ids.clone().map(TaskIds::new);
+        let ids = settings
+            .task_ids
+            .clone()
+            .map(|range| TaskIds::new(range, &settings.work_root));
         if let Some(ids) = &ids {
             let entries = std::fs::read_dir(&settings.work_root).map_err(Error::io(format!(
                 "listing the work root {}",
@@ -190,21 +193,23 @@ impl LocalExecutor {
     /// and a future that resolves when it exits.
     pub async fn start(&self, id: &TaskId, task: &WorkerTask) -> Result<(i32, WorkerExit), Error> {
         let mut task = task.clone();
+        let dir = self.task_dir(id);
+        // A leftover directory belongs to an earlier attempt that provably never ran (the
+        // reconciler only requeues when the lock was free and no executor had started).
+        self.release(id);
+        remove_dir(&dir)?;
+        // The directory exists before the task claims a host id, so a claim without a directory
+        // is known to be stale (see `TaskIds`).
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&dir)
+            .map_err(Error::io(format!("creating {}", dir.display())))?;
         if let Some(ids) = &self.ids {
             let uid = ids
                 .acquire(id)
                 .ok_or_else(|| Error::NoFreeId { size: ids.size() })?;
             task.sandbox.run_as = Some((uid, uid));
         }
-        let dir = self.task_dir(id);
-        // A leftover directory belongs to an earlier attempt that provably never ran (the
-        // reconciler only requeues when the lock was free and no executor had started).
-        self.release(id);
-        remove_dir(&dir)?;
-        std::fs::DirBuilder::new()
-            .mode(0o711)
-            .create(&dir)
-            .map_err(Error::io(format!("creating {}", dir.display())))?;
         let spec = serde_json::to_vec(&task).map_err(Error::Encode)?;
         write_private(&dir.join(TASK_FILE), &spec)?;
 

@@ -11,17 +11,68 @@ use tresor_domain::TaskId;
 /// Which task holds which id of the range. An id is held from the task's start until its
 /// directory is removed (after its worker has exited), and a restarted server rebuilds the map
 /// from the task directories, so two running tasks never share an id.
+///
+/// Server processes that share a work root (replicas on one host) also share the ids: each id a
+/// task holds is claimed by a file `<work root>/.task-ids/<id>` naming the task, created
+/// exclusively, so two processes never hand out the same id. A claim whose task has no directory
+/// is stale (a task's directory exists before its claim and outlives it) and is taken.
 #[derive(Debug)]
 pub(crate) struct TaskIds {
     range: RangeInclusive<u32>,
     held: Mutex<BTreeMap<u32, TaskId>>,
+    work_root: std::path::PathBuf,
 }
 
+/// Where the id claims live, in the work root.
+const CLAIMS_DIR: &str = ".task-ids";
+
 impl TaskIds {
-    pub fn new(range: RangeInclusive<u32>) -> TaskIds {
+    pub fn new(range: RangeInclusive<u32>, work_root: &std::path::Path) -> TaskIds {
         TaskIds {
             range,
             held: Mutex::new(BTreeMap::new()),
+            work_root: work_root.to_owned(),
+        }
+    }
+
+    /// Claims `id` for `task` across processes; false if a live task of any process holds it.
+    fn claim(&self, id: u32, task: &TaskId) -> bool {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.work_root.join(CLAIMS_DIR);
+        if std::fs::create_dir_all(&dir).is_err() {
+            return false;
+        }
+        let path = dir.join(id.to_string());
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(mut file) => return file.write_all(task.as_str().as_bytes()).is_ok(),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    if holder == task.as_str() {
+                        return true;
+                    }
+                    let stale = !holder.is_empty() && !self.work_root.join(&holder).exists();
+                    if !stale || std::fs::remove_file(&path).is_err() {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Drops the cross-process claim of `id`, if `task` holds it.
+    fn unclaim(&self, id: u32, task: &TaskId) {
+        let path = self.work_root.join(CLAIMS_DIR).join(id.to_string());
+        if std::fs::read_to_string(&path).is_ok_and(|holder| holder == task.as_str()) {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -42,14 +93,27 @@ impl TaskIds {
         if let Some((&id, _)) = held.iter().find(|(_, holder)| *holder == task) {
             return Some(id);
         }
-        let id = self.range.clone().find(|id| !held.contains_key(id))?;
+        let id = self
+            .range
+            .clone()
+            .filter(|id| !held.contains_key(id))
+            .find(|id| self.claim(*id, task))?;
         held.insert(id, task.clone());
         Some(id)
     }
 
     /// Frees whatever `task` holds.
     pub fn release(&self, task: &TaskId) {
-        self.held().retain(|_, holder| *holder != *task);
+        let mut held = self.held();
+        let ids: Vec<u32> = held
+            .iter()
+            .filter(|(_, holder)| *holder == task)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.unclaim(id, task);
+            held.remove(&id);
+        }
     }
 
     /// How many ids the range has.
@@ -112,7 +176,8 @@ mod tests {
 
     #[test]
     fn each_task_gets_its_own_id_until_it_releases_it() {
-        let ids = TaskIds::new(100..=102);
+        let root = tempfile::tempdir().unwrap();
+        let ids = TaskIds::new(100..=102, root.path());
         let task = |n: u32| TaskId::parse(&format!("task-{n}")).unwrap();
         ids.hold(101, task(0));
         assert_eq!(ids.acquire(&task(1)), Some(100));
@@ -122,5 +187,35 @@ mod tests {
         ids.release(&task(0));
         assert_eq!(ids.acquire(&task(3)), Some(101));
         assert_eq!(ids.size(), 3);
+    }
+
+    #[test]
+    fn processes_sharing_a_work_root_never_hand_out_the_same_id() {
+        let root = tempfile::tempdir().unwrap();
+        let task = |n: u32| {
+            let id = TaskId::parse(&format!("task-{n}")).unwrap();
+            std::fs::create_dir_all(root.path().join(id.as_str())).unwrap();
+            id
+        };
+        let (a, b) = (
+            TaskIds::new(100..=101, root.path()),
+            TaskIds::new(100..=101, root.path()),
+        );
+        assert_eq!(a.acquire(&task(1)), Some(100));
+        assert_eq!(
+            b.acquire(&task(2)),
+            Some(101),
+            "the other process's id is taken"
+        );
+        assert_eq!(b.acquire(&task(3)), None);
+        a.release(&task(1));
+        assert_eq!(
+            b.acquire(&task(3)),
+            Some(100),
+            "a released id is free again"
+        );
+        // A claim whose task has no directory is stale: its process died before starting it.
+        std::fs::remove_dir(root.path().join("task-2")).unwrap();
+        assert_eq!(a.acquire(&task(4)), Some(101));
     }
 }
