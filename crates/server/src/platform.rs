@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
 use tresor_api_types::platform::{
     CreateToken, CreateUser, CreateWorkspace, CreatedToken, Me, Member, SetMember, Token, User,
     Workspace,
@@ -11,7 +10,6 @@ use tresor_api_types::platform::{
 use tresor_domain::Role;
 
 use crate::extract::{Authenticated, CallerOf, PathParam, StrictJson, TokenParam, UserParam};
-use crate::routes::{Access, route_specs};
 use crate::{ApiError, AppState};
 
 fn parse_role(raw: &str) -> Result<Role, ApiError> {
@@ -159,74 +157,4 @@ pub(crate) async fn remove_member(
 ) -> Result<StatusCode, ApiError> {
     state.platform.remove_member(&caller, &user).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The OpenAPI 3.0 document of the platform API, generated from the route table.
-pub(crate) async fn openapi() -> Json<Value> {
-    let mut paths = serde_json::Map::new();
-    for spec in route_specs()
-        .into_iter()
-        .filter(|s| s.path.starts_with("/api/v1"))
-    {
-        let security = match spec.access {
-            Access::Open => json!([]),
-            _ => json!([{ "bearer": [] }, { "basic": [] }]),
-        };
-        let access = match spec.access {
-            Access::Open => "open".to_owned(),
-            Access::Authenticated => "any authenticated user".to_owned(),
-            Access::Admin => "platform administrators".to_owned(),
-            Access::TaskCredential => "a task's worker, with its credential".to_owned(),
-            Access::Workspace(action) => format!(
-                "workspace members with role {} or above",
-                tresor_domain::permissions::required_role(action)
-            ),
-        };
-        let parameters: Vec<Value> = spec
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
-            .collect();
-        let operation = json!({
-            "summary": spec.summary,
-            "description": format!("Access: {access}."),
-            "parameters": parameters,
-            "security": security,
-            "responses": {
-                "200": { "description": "success" },
-                "400": { "$ref": "#/components/responses/Error" },
-                "401": { "$ref": "#/components/responses/Error" },
-                "403": { "$ref": "#/components/responses/Error" },
-                "404": { "$ref": "#/components/responses/Error" },
-            },
-        });
-        let entry = paths
-            .entry(spec.path.to_owned())
-            .or_insert_with(|| json!({}));
-        if let Some(map) = entry.as_object_mut() {
-            map.insert(spec.method.as_str().to_ascii_lowercase(), operation);
-        }
-    }
-    Json(json!({
-        "openapi": "3.0.3",
-        "info": { "title": "tresor platform API", "version": env!("CARGO_PKG_VERSION") },
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "bearer": { "type": "http", "scheme": "bearer", "description": "a tresor access token or an OIDC access token" },
-                "basic": { "type": "http", "scheme": "basic", "description": "any username, an access token as the password" },
-            },
-            "responses": {
-                "Error": {
-                    "description": "an error; `code` is stable",
-                    "content": { "application/json": { "schema": {
-                        "type": "object",
-                        "required": ["code", "message"],
-                        "properties": { "code": { "type": "string" }, "message": { "type": "string" } },
-                    } } },
-                },
-            },
-        },
-    }))
 }

@@ -80,6 +80,7 @@ struct Inner {
     /// What service-info says of the local executor.
     local: LocalFacts,
     supervisor: Arc<Supervisor>,
+    workers: worker_api::WorkerApi,
 }
 
 /// What the TES service-info and validation need to know of the local executor.
@@ -151,6 +152,11 @@ impl TaskService {
         );
         let supervisor = Supervisor::new(store.clone(), storage, backends, supervisor_settings);
         convert_legacy_specs(&store, &supervisor).await?;
+        let workers = worker_api::WorkerApi {
+            store: store.clone(),
+            secrets: secrets.clone(),
+            supervisor: supervisor.clone(),
+        };
         Ok(TaskService {
             inner: Arc::new(Inner {
                 store,
@@ -160,6 +166,7 @@ impl TaskService {
                 secrets,
                 identity,
                 local: local_facts,
+                workers,
                 supervisor,
             }),
         })
@@ -313,7 +320,7 @@ impl TaskService {
         token: &str,
         request: tresor_api_types::internal::BootstrapRequest,
     ) -> Result<WorkerAssignment, ServiceError> {
-        worker_api::bootstrap(&self.inner, id, token, request)
+        worker_api::bootstrap(&self.inner.workers, id, token, request)
             .await
             .map(WorkerAssignment)
     }
@@ -325,7 +332,7 @@ impl TaskService {
         credential: &str,
         status: tresor_api_types::internal::WorkerStatus,
     ) -> Result<tresor_domain::TaskState, ServiceError> {
-        worker_api::report(&self.inner, id, credential, status).await
+        worker_api::report(&self.inner.workers, id, credential, status).await
     }
 
     /// CreateTask: validates, stores durably as QUEUED, wakes the scheduler.
@@ -426,7 +433,7 @@ impl TaskService {
         id: &str,
         credential: &str,
     ) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
-        worker_api::deliver_secrets(&self.inner, id, credential).await
+        worker_api::deliver_secrets(&self.inner.workers, id, credential).await
     }
 
     /// A running task's identity token for one of the allowed audiences.
@@ -436,7 +443,7 @@ impl TaskService {
         credential: &str,
         audience: Option<&str>,
     ) -> Result<IssuedToken, ServiceError> {
-        let record = worker_api::authorized_task(&self.inner, id, credential).await?;
+        let record = worker_api::authorized_task(&self.inner.workers, id, credential).await?;
         let subject = TaskSubject {
             workspace: record.workspace.to_string(),
             user: record.created_by.to_string(),
@@ -452,7 +459,7 @@ impl TaskService {
         id: &str,
         credential: &str,
     ) -> Result<Vec<storage::PresignedInput>, ServiceError> {
-        let record = worker_api::authorized_task(&self.inner, id, credential).await?;
+        let record = worker_api::authorized_task(&self.inner.workers, id, credential).await?;
         self.inner
             .supervisor
             .storage()
@@ -467,7 +474,7 @@ impl TaskService {
         credential: &str,
         urls: &[String],
     ) -> Result<Vec<String>, ServiceError> {
-        let record = worker_api::authorized_task(&self.inner, id, credential).await?;
+        let record = worker_api::authorized_task(&self.inner.workers, id, credential).await?;
         self.inner
             .supervisor
             .storage()

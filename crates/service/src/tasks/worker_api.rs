@@ -7,9 +7,18 @@ use tresor_domain::{TaskId, TaskState};
 use tresor_executors::{BootstrapRequest, WorkerStatus, WorkerTask};
 use tresor_store::{AuditEvent, TaskRecord};
 
-use super::Inner;
-use super::supervisor::new_credential;
+use super::supervisor::{Supervisor, new_credential};
 use crate::ServiceError;
+use crate::secrets::SecretService;
+
+/// What the worker endpoints need: the store, the secrets, and the supervisor that owns the
+/// tasks' states.
+#[derive(Debug)]
+pub(crate) struct WorkerApi {
+    pub store: tresor_store::Store,
+    pub secrets: SecretService,
+    pub supervisor: std::sync::Arc<Supervisor>,
+}
 
 fn refused() -> ServiceError {
     ServiceError::Unauthenticated("the task credential is invalid or the task has ended".to_owned())
@@ -19,7 +28,7 @@ fn refused() -> ServiceError {
 /// the store, so a worker re-attached after a server restart keeps it; it is cleared when the
 /// task ends.
 pub(crate) async fn check_session(
-    inner: &Inner,
+    inner: &WorkerApi,
     id: &str,
     credential: &str,
 ) -> Result<TaskId, ServiceError> {
@@ -34,7 +43,10 @@ pub(crate) async fn check_session(
 
 /// The task's record, if it has not ended and its submitter may still launch in its workspace:
 /// a removed or demoted member's work gets no secrets, tokens or storage URLs.
-pub(crate) async fn active_task(inner: &Inner, id: &TaskId) -> Result<TaskRecord, ServiceError> {
+pub(crate) async fn active_task(
+    inner: &WorkerApi,
+    id: &TaskId,
+) -> Result<TaskRecord, ServiceError> {
     let record = inner
         .store
         .get_task_for_system(id)
@@ -59,7 +71,7 @@ pub(crate) async fn active_task(inner: &Inner, id: &TaskId) -> Result<TaskRecord
 
 /// The active task behind a worker's credential.
 pub(crate) async fn authorized_task(
-    inner: &Inner,
+    inner: &WorkerApi,
     id: &str,
     credential: &str,
 ) -> Result<TaskRecord, ServiceError> {
@@ -69,7 +81,7 @@ pub(crate) async fn authorized_task(
 
 /// Hands a starting task its secrets, once: a matching credential is consumed by its first use.
 pub(crate) async fn deliver_secrets(
-    inner: &Inner,
+    inner: &WorkerApi,
     id: &str,
     credential: &str,
 ) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
@@ -118,7 +130,7 @@ pub(crate) async fn deliver_secrets(
 
 /// A worker's status report. Returns the task's state as the server now sees it.
 pub(crate) async fn report(
-    inner: &Inner,
+    inner: &WorkerApi,
     id: &str,
     credential: &str,
     status: WorkerStatus,
@@ -144,7 +156,7 @@ fn bootstrap_refused() -> ServiceError {
 }
 
 /// Records a refused bootstrap attempt with the real reason (the caller only learns "refused").
-async fn audit_refusal(inner: &Inner, record: Option<&TaskRecord>, id: &str, reason: &str) {
+async fn audit_refusal(inner: &WorkerApi, record: Option<&TaskRecord>, id: &str, reason: &str) {
     tracing::warn!(task = %id, %reason, "bootstrap token refused");
     let event = AuditEvent {
         actor: "-".to_owned(),
@@ -164,7 +176,7 @@ async fn audit_refusal(inner: &Inner, record: Option<&TaskRecord>, id: &str, rea
 /// must be the task's armed one and unused, and the backend must report the task's job running
 /// for less than its bootstrap TTL; each refusal is audited with its reason.
 pub(crate) async fn bootstrap(
-    inner: &Inner,
+    inner: &WorkerApi,
     id: &str,
     token: &str,
     request: BootstrapRequest,
