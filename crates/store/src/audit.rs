@@ -331,7 +331,7 @@ impl Store {
         event: &AuditEvent,
         change: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let out = change(&mut *tx).await?;
         append(&mut tx, &self.audit_key, event).await?;
         tx.commit().await?;
@@ -347,7 +347,7 @@ impl Store {
         &self,
         change: impl AsyncFnOnce(&mut SqliteConnection) -> Result<(T, Option<AuditEvent>), Error>,
     ) -> Result<T, Error> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let (out, event) = change(&mut *tx).await?;
         if let Some(event) = event {
             append(&mut tx, &self.audit_key, &event).await?;

@@ -113,6 +113,16 @@ impl Store {
         Ok(value)
     }
 
+    /// A write transaction that takes the database's write lock at once (waiting up to the busy
+    /// timeout for another process to let go). A deferred one that reads first and writes later
+    /// fails at once with SQLITE_BUSY when another process wrote meanwhile, which two server
+    /// processes on one database make common.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, Error> {
+        Ok(self.writer.begin_with(BEGIN_WRITE).await?)
+    }
+
     /// Closes both pools, waiting for in-flight statements.
     pub async fn close(&self) {
         self.reader.close().await;
@@ -129,6 +139,9 @@ pub(crate) fn test_settings(dir: &std::path::Path) -> StoreSettings {
         audit_key_file: dir.join("audit-key"),
     }
 }
+
+/// How every write transaction begins (see `Store::begin_write`).
+pub(crate) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 /// Timestamps are stored as RFC 3339 text.
 pub(crate) fn format_time(t: time::OffsetDateTime) -> String {

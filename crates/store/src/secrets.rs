@@ -164,7 +164,7 @@ impl Store {
         &self,
         uses: &[(SecretKey, i64, AuditEvent)],
     ) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         for (key, version, event) in uses {
             sqlx::query(
                 "UPDATE secrets SET last_used_at = ? WHERE workspace = ? AND scope = ? AND owner = ? AND name = ? AND version = ?",

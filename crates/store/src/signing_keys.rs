@@ -113,7 +113,7 @@ impl Store {
 
     /// Replaces the wrapped data keys of signing keys (a KEK rotation), all or nothing.
     pub async fn replace_signing_key_wraps(&self, keys: &[SigningKeyRow]) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         for key in keys {
             sqlx::query("UPDATE signing_keys SET kek_id = ?, wrapped_key = ? WHERE kid = ?")
                 .bind(&key.sealed.kek_id)

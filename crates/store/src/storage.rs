@@ -262,7 +262,7 @@ impl Store {
         gid: Option<u32>,
         event: &AuditEvent,
     ) -> Result<bool, Error> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let listed = sqlx::query("DELETE FROM workspace_groups_to_adopt WHERE workspace = ?")
             .bind(workspace.as_str())
             .execute(&mut *tx)

@@ -120,7 +120,7 @@ async fn insert_batch(
     audit_key: &ring::hmac::Key,
     batch: &[InsertRequest],
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with(crate::BEGIN_WRITE).await?;
     for InsertRequest { task, .. } in batch {
         let now = format_time(OffsetDateTime::now_utc());
         let tags = serde_json::to_string(&task.tags).unwrap_or_else(|_| "{}".to_owned());

@@ -467,8 +467,20 @@ impl Supervisor {
                 self.clean_up(backend, &id);
                 return;
             }
+            Err(ServiceError::Unavailable(cause)) => {
+                // Nothing of the task has started: it waits for the next round instead of
+                // failing for a dependency's moment of trouble.
+                tracing::warn!(task = %id, error = ?cause, "could not prepare the task; requeued");
+                if let Err(e) = backend.clean_up(&id) {
+                    tracing::warn!(task = %id, error = %e, "cleaning up before a requeue");
+                }
+                self.requeue(&id, "a dependency was unavailable").await;
+                return;
+            }
             Err(e) => {
-                self.fail(&id, None, e.to_string()).await;
+                tracing::error!(task = %id, error = ?e, "could not prepare the task");
+                self.fail(&id, None, format!("could not prepare the task: {e}"))
+                    .await;
                 self.clean_up(backend, &id);
                 return;
             }

@@ -307,7 +307,7 @@ async fn a_task_is_claimed_started_reported_ended_and_cleaned_up() {
     let f = fixture(4, CapacityUnit::Cores, false).await;
     let id = f.task("t", 1).await;
     f.supervisor.fill().await.unwrap();
-    assert_eq!(f.backend.with(|s| s.submitted.clone()), [id.clone()]);
+    assert_eq!(f.backend.with(|s| s.submitted.clone()), vec![id.clone()]);
     let record = f.store.get_task_for_system(&id).await.unwrap().unwrap();
     assert_eq!(record.state, TaskState::Initializing);
     assert_eq!(record.owner.as_deref(), Some(f.supervisor.owner()));
@@ -323,7 +323,7 @@ async fn a_task_is_claimed_started_reported_ended_and_cleaned_up() {
     assert_eq!(f.state(&id).await, TaskState::Complete);
 
     f.ended(&id).await;
-    assert_eq!(f.backend.with(|s| s.cleaned.clone()), [id.clone()]);
+    assert_eq!(f.backend.with(|s| s.cleaned.clone()), vec![id.clone()]);
     assert!(!f.supervisor.runs(&id));
     let record = f.store.get_task_for_system(&id).await.unwrap().unwrap();
     assert_eq!(record.lease_until, None, "an ended task holds no lease");
@@ -375,7 +375,7 @@ async fn capacity_holds_tasks_back_until_a_slot_frees_oldest_first() {
     let big = f.task("big", 2).await;
     let c = f.task("c", 1).await;
     f.supervisor.fill().await.unwrap();
-    assert_eq!(f.backend.with(|s| s.submitted.clone()), [a.clone()]);
+    assert_eq!(f.backend.with(|s| s.submitted.clone()), vec![a.clone()]);
     assert_eq!(
         f.state(&big).await,
         TaskState::Queued,
@@ -413,7 +413,7 @@ async fn cancel_against_complete_and_a_report_after_cancel() {
         .unwrap()
         .unwrap();
     f.supervisor.cancel_work(&record).await;
-    assert_eq!(f.backend.with(|s| s.canceled.clone()), [canceled.clone()]);
+    assert_eq!(f.backend.with(|s| s.canceled.clone()), vec![canceled.clone()]);
     f.report(&canceled, WorkerPhase::Complete).await;
     assert_eq!(f.state(&canceled).await, TaskState::Canceled);
 
@@ -491,7 +491,7 @@ async fn a_restart_between_claim_and_start_requeues_the_task_and_it_runs_once() 
     assert_eq!(claimed.id, id);
 
     f.supervisor.take_over_lapsed().await.unwrap();
-    assert_eq!(f.backend.with(|s| s.adopted.clone()), [id.clone()]);
+    assert_eq!(f.backend.with(|s| s.adopted.clone()), vec![id.clone()]);
     let record = f.store.get_task_for_system(&id).await.unwrap().unwrap();
     assert_eq!(record.state, TaskState::Queued);
     assert_eq!(record.owner, None);
@@ -534,7 +534,7 @@ async fn a_lapsed_lease_is_taken_over_by_exactly_one_process_and_a_live_one_by_n
         1,
         "exactly one process follows the task"
     );
-    assert_eq!(f.backend.with(|s| s.adopted.clone()), [lapsed.clone()]);
+    assert_eq!(f.backend.with(|s| s.adopted.clone()), vec![lapsed.clone()]);
     assert!(!f.supervisor.runs(&live) && !other.runs(&live));
     let record = f.store.get_task_for_system(&live).await.unwrap().unwrap();
     assert_eq!(record.owner.as_deref(), Some("elsewhere:2:b"));
