@@ -184,6 +184,14 @@ impl SlurmExecutor {
             None => PathBuf::from(program),
         };
         let mut cmd = tokio::process::Command::new(path);
+        // None of the server's environment reaches SLURM's commands, nor (through
+        // `--export=ALL`) a job: only where the commands are and where SLURM's configuration is.
+        cmd.env_clear();
+        for name in ["PATH", "SLURM_CONF"] {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -199,8 +207,12 @@ impl SlurmExecutor {
             format!("--job-name={JOB_NAME_PREFIX}{id}"),
             format!("--chdir={}", dir.display()),
             format!("--output={}", dir.join(LOG_FILE).display()),
-            // The job gets none of the server's environment; the script sets what it needs.
-            "--export=NONE".to_owned(),
+            // The job gets exactly the environment of the `sbatch` process, which is cleared to
+            // `PATH` (and `SLURM_CONF`) in `command`; the script sets what else it needs. Not
+            // `--export=NONE`: that makes slurmd load the user's login environment first (an
+            // implied `--get-user-env`, a login shell), which delayed every job's start by
+            // 0.2 to 1.3 s on the test cluster.
+            "--export=ALL".to_owned(),
             "--no-requeue".to_owned(),
             format!("--cpus-per-task={}", resources.cpu_cores.max(1)),
         ];
@@ -720,7 +732,7 @@ mod tests {
             "--time=10:00",
             "--partition=debug",
             "--constraint=ssd",
-            "--export=NONE",
+            "--export=ALL",
         ] {
             assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
         }
