@@ -141,9 +141,37 @@ async fn run_task(
     report.publish().await?;
 
     let root = task_dir.join(ROOT_DIR);
-    let outcome = match mount_disk(task, &root) {
-        Ok(disk) => {
-            let outcome = execute(task, &root, &mut report, disk.as_ref()).await;
+    let session = task
+        .session
+        .as_ref()
+        .map(Session::new)
+        .transpose()
+        .map_err(|e| SystemError(format!("preparing the task session: {e}")));
+    // The disk is made on a thread while the secrets and the identity token are fetched.
+    let mounting = {
+        let (task, root) = (task.clone(), root.clone());
+        tokio::task::spawn_blocking(move || mount_disk(&task, &root))
+    };
+    let credentials = async {
+        match &session {
+            Ok(session) => fetch_credentials(task, session.as_ref()).await,
+            Err(e) => Err(SystemError(e.0.clone())),
+        }
+    };
+    let (mounted, credentials) = tokio::join!(mounting, credentials);
+    let mounted = mounted
+        .unwrap_or_else(|e| Err(SystemError(format!("making the task's disk stopped: {e}"))));
+    let (outcome, disk) = match (mounted, session) {
+        (Ok(disk), Ok(session)) => {
+            let outcome = execute(
+                task,
+                &root,
+                &mut report,
+                disk.as_ref(),
+                session,
+                credentials,
+            )
+            .await;
             let outcome = match outcome {
                 // Inputs that do not fit the disk the task asked for are the task's failure.
                 Err(SystemError(message)) if disk.as_ref().is_some_and(TaskDisk::is_full) => {
@@ -153,11 +181,9 @@ async fn run_task(
                 }
                 other => other,
             };
-            // Unmounted (and its image removed) before the tree's mount point goes.
-            drop(disk);
-            outcome
+            (outcome, disk)
         }
-        Err(e) => Err(e),
+        (Err(e), _) | (_, Err(e)) => (Err(e), None),
     };
     let phase = match outcome {
         Ok(phase) => phase,
@@ -166,14 +192,20 @@ async fn run_task(
             WorkerPhase::SystemError
         }
     };
+    // The result is known once the executors are done and the outputs delivered: it is
+    // reported before the task's disk is taken down, which is cleanup the task does not wait
+    // for. The server removes whatever this worker leaves when it exits.
+    report.status.phase = phase;
+    report.status.log.end_time = Some(now());
+    let published = report.publish().await;
+    // Unmounted (and its image removed) before the tree's mount point goes.
+    drop(disk);
     if let Err(e) = std::fs::remove_dir_all(&root)
         && e.kind() != std::io::ErrorKind::NotFound
     {
-        report.system_log(format!("removing the task's files: {e}"));
+        tracing::warn!(error = %e, "removing the task's files");
     }
-    report.status.phase = phase;
-    report.status.log.end_time = Some(now());
-    report.publish().await
+    published
 }
 
 /// Keeps the current status and writes it atomically.
@@ -186,6 +218,12 @@ struct Reporter {
     status: WorkerStatus,
     /// Set once the task's secrets are known: every log line is redacted with it.
     redactor: Option<Redactor>,
+    /// Progress goes to the server from a task of its own, in order, so the task never waits
+    /// for it; the final report waits until progress sent before it has arrived.
+    progress: Option<(
+        tokio::sync::mpsc::UnboundedSender<WorkerStatus>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl Reporter {
@@ -193,6 +231,19 @@ impl Reporter {
         let mut metadata = BTreeMap::new();
         metadata.insert("runtime".to_owned(), "host".to_owned());
         metadata.insert("sandbox".to_owned(), "bubblewrap".to_owned());
+        let progress = remote.clone().map(|session| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<WorkerStatus>();
+            let sender = tokio::spawn(async move {
+                while let Some(mut status) = rx.recv().await {
+                    // Only the latest progress matters: skip what a newer report replaces.
+                    while let Ok(newer) = rx.try_recv() {
+                        status = newer;
+                    }
+                    send(&session, &status, 1).await;
+                }
+            });
+            (tx, sender)
+        });
         Reporter {
             dir: dir.to_owned(),
             remote,
@@ -206,6 +257,7 @@ impl Reporter {
                 },
             },
             redactor: None,
+            progress,
         }
     }
 
@@ -222,13 +274,24 @@ impl Reporter {
             .push(line);
     }
 
-    /// Replaces `status.json` atomically, then tells the server if this worker reports to it.
+    /// Replaces `status.json` atomically, then tells the server if this worker reports to it:
+    /// progress in the background, the final status in order after it, awaited.
     /// No fsync: the rename survives a killed process, and after a machine crash the reconciler
     /// treats a task without a final status as failed.
-    async fn publish(&self) -> Result<(), String> {
+    async fn publish(&mut self) -> Result<(), String> {
         self.write_file()?;
+        if !self.status.phase.is_final() {
+            if let Some((progress, _)) = &self.progress {
+                let _ = progress.send(self.status.clone());
+            }
+            return Ok(());
+        }
+        if let Some((progress, sender)) = self.progress.take() {
+            drop(progress);
+            let _ = sender.await;
+        }
         if let Some(remote) = &self.remote {
-            self.send(remote).await;
+            send(remote, &self.status, self.final_attempts).await;
         }
         Ok(())
     }
@@ -247,32 +310,27 @@ impl Reporter {
         };
         write().map_err(|e| format!("writing {STATUS_FILE}: {e}"))
     }
+}
 
-    /// Sends the status to the server. Progress is sent once; the final report is retried
-    /// `final_attempts` times, 2 s apart (the server may be restarting). If it never arrives,
-    /// the server reads the same status from the status file when the work has ended.
-    async fn send(&self, remote: &Session) {
-        let attempts = if self.status.phase.is_final() {
-            self.final_attempts
-        } else {
-            1
-        };
-        for attempt in 1..=attempts {
-            match remote
-                .call::<crate::StatusAck>("status", Some(&self.status))
-                .await
-            {
-                Ok(_) => return,
-                // The server refused it (the task ended, or was canceled): nothing to retry.
-                Err(e) if e.status.is_some_and(|s| s < 500) => {
-                    tracing::warn!(error = %e, "the server refused a status report");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "reporting the status failed");
-                    if attempt < attempts {
-                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                    }
+/// Sends a status to the server, up to `attempts` times 2 s apart (the server may be
+/// restarting). If the final report never arrives, the server reads the same status from the
+/// status file when the work has ended.
+async fn send(remote: &Session, status: &WorkerStatus, attempts: u32) {
+    for attempt in 1..=attempts {
+        match remote
+            .call::<crate::StatusAck>("status", Some(status))
+            .await
+        {
+            Ok(_) => return,
+            // The server refused it (the task ended, or was canceled): nothing to retry.
+            Err(e) if e.status.is_some_and(|s| s < 500) => {
+                tracing::warn!(error = %e, "the server refused a status report");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "reporting the status failed");
+                if attempt < attempts {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 }
             }
         }
@@ -306,11 +364,47 @@ fn disk_exceeded(task: &WorkerTask, root: &Path, disk: Option<&TaskDisk>) -> boo
     }
 }
 
+/// The task's secrets and its identity (the first token, and its refresh), fetched from the
+/// server while the task's disk is made.
+type Credentials = (Vec<(String, SecretValue)>, Option<Identity>);
+
+/// Fetches the task's secrets and its first identity token: two round trips, in parallel.
+async fn fetch_credentials(
+    task: &WorkerTask,
+    session: Option<&Session>,
+) -> Result<Credentials, SystemError> {
+    let secrets = async {
+        match (&task.secrets, session) {
+            (Some(_), Some(session)) => fetch_secrets(session).await,
+            (Some(_), None) => Err(SystemError(
+                "the task declares secrets but has no session to fetch them".to_owned(),
+            )),
+            _ => Ok(Vec::new()),
+        }
+    };
+    // Held until the executors are done: dropping it stops the token's refresh and removes it.
+    let identity = async {
+        match (&task.identity, session) {
+            (Some(delivery), Some(session)) => {
+                Identity::start(&task.task_id, delivery, session, task.sandbox.run_as)
+                    .await
+                    .map(Some)
+                    .map_err(SystemError)
+            }
+            _ => Ok(None),
+        }
+    };
+    let (secrets, identity) = tokio::join!(secrets, identity);
+    Ok((secrets?, identity?))
+}
+
 async fn execute(
     task: &WorkerTask,
     root: &Path,
     report: &mut Reporter,
     disk: Option<&TaskDisk>,
+    session: Option<Session>,
+    credentials: Result<Credentials, SystemError>,
 ) -> Result<WorkerPhase, SystemError> {
     let (dirs, mounts) = paths::task_dirs(task);
     prepare_tree(root, &dirs)?;
@@ -318,12 +412,6 @@ async fn execute(
         // The tree is the task user's before `file://` inputs are copied in with its rights.
         chown_tree(root, owner)?;
     }
-    let session = task
-        .session
-        .as_ref()
-        .map(Session::new)
-        .transpose()
-        .map_err(|e| SystemError(format!("preparing the task session: {e}")))?;
     stage_file_inputs(task, root).await?;
     for input in &task.inputs {
         stage_input(task, root, input).await?;
@@ -338,30 +426,7 @@ async fn execute(
     if let Some(owner) = task.sandbox.run_as {
         chown_tree(root, owner)?;
     }
-    // The secrets and the first identity token are two round trips to the server: in parallel.
-    let secrets = async {
-        match (&task.secrets, &session) {
-            (Some(_), Some(session)) => fetch_secrets(session).await,
-            (Some(_), None) => Err(SystemError(
-                "the task declares secrets but has no session to fetch them".to_owned(),
-            )),
-            _ => Ok(Vec::new()),
-        }
-    };
-    // Held until the executors are done: dropping it stops the token's refresh and removes it.
-    let identity = async {
-        match (&task.identity, &session) {
-            (Some(delivery), Some(session)) => {
-                Identity::start(&task.task_id, delivery, session, task.sandbox.run_as)
-                    .await
-                    .map(Some)
-                    .map_err(SystemError)
-            }
-            _ => Ok(None),
-        }
-    };
-    let (secrets, identity) = tokio::join!(secrets, identity);
-    let (secrets, identity) = (secrets?, identity?);
+    let (secrets, identity) = credentials?;
     report.redactor = Some(Redactor::new(secrets.iter().map(|(_, v)| v)));
     let identity_binds: Vec<(PathBuf, String)> = identity
         .iter()

@@ -253,7 +253,7 @@ async fn kill_9_loses_no_accepted_task_and_reattaches_running_work() {
 
     let work = dir.path().join("data/work");
     wait_until("every task directory is removed", || {
-        entries(&work).is_empty()
+        task_entries(&work).is_empty()
     })
     .await;
     assert!(
@@ -299,7 +299,7 @@ async fn a_worker_gone_with_the_server_becomes_a_system_error_with_the_reason() 
         "{}",
         system_logs(&task)
     );
-    assert!(entries(&dir.path().join("data/work")).is_empty());
+    assert!(task_entries(&dir.path().join("data/work")).is_empty());
 }
 
 #[test]

@@ -125,7 +125,10 @@ async fn a_task_over_its_disk_limit_ends_naming_disk() {
         "no file got past the limit of {limit} bytes: {sizes:?}"
     );
     assert_released(&server, &id).await;
-    assert!(entries(&server.data.join("work")).is_empty());
+    assert_eq!(
+        wait_for_no_task_dirs(&server.data.join("work")).await,
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test]

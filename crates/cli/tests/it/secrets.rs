@@ -704,13 +704,13 @@ async fn secrets_are_delivered_once_per_task_and_nothing_is_left_behind() {
         )
         .await;
     for _ in 0..200 {
-        if entries(&server.data.join("work")).is_empty() {
+        if task_entries(&server.data.join("work")).is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(files_with_canary(&server.data), Vec::<String>::new());
-    assert!(entries(&server.data.join("work")).is_empty());
+    assert!(task_entries(&server.data.join("work")).is_empty());
 }
 
 #[tokio::test]

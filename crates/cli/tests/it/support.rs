@@ -375,6 +375,28 @@ pub fn processes_with(needle: &str) -> Vec<String> {
 }
 
 /// Entries left in a directory (empty when it does not exist).
+/// What a work root holds of tasks: every entry but the executor's own (its host-id claims and
+/// its disk templates), which outlive every task.
+pub fn task_entries(work_root: &Path) -> Vec<String> {
+    entries(work_root)
+        .into_iter()
+        .filter(|name| name != ".task-ids" && name != ".disk-templates")
+        .collect()
+}
+
+/// Waits (up to 5 s) until the work root holds no task's directory: a task's result is
+/// reported before its worker takes down its disk and exits, and the server removes the
+/// directory when the worker has exited.
+pub async fn wait_for_no_task_dirs(work_root: &Path) -> Vec<String> {
+    for _ in 0..500 {
+        if task_entries(work_root).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task_entries(work_root)
+}
+
 pub fn entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|rd| {

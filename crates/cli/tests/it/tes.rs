@@ -168,8 +168,9 @@ async fn a_task_stages_inputs_runs_executors_and_delivers_outputs() {
     );
     assert!(log.start_time.is_some() && log.end_time.is_some());
     assert!(system_logs(&done).contains("runtime: host"));
-    assert!(
-        entries(&server.data.join("work")).is_empty(),
+    assert_eq!(
+        wait_for_no_task_dirs(&server.data.join("work")).await,
+        Vec::<String>::new(),
         "the task directory is removed"
     );
 }
@@ -497,12 +498,12 @@ async fn cancel_kills_the_whole_process_group() {
 
     // The watcher removes the task directory once the worker is reaped.
     for _ in 0..200 {
-        if entries(&server.data.join("work")).is_empty() {
+        if task_entries(&server.data.join("work")).is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(entries(&server.data.join("work")).is_empty());
+    assert!(task_entries(&server.data.join("work")).is_empty());
 }
 
 #[tokio::test]
