@@ -549,7 +549,6 @@ impl TaskDisk {
             .and_then(Path::parent)
             .ok_or("the task root has no work root")?
             .join(TEMPLATES_DIR);
-        let template = disk_template(&templates, bytes, tools)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -562,8 +561,15 @@ impl TaskDisk {
             root: root.to_owned(),
             image: image.clone(),
         };
-        copy_template(&template, &file, bytes)
-            .map_err(|e| format!("copying the disk template into the task's image: {e}"))?;
+        let (template, source) = disk_template(&templates, bytes, tools)?;
+        if let Err(e) = copy_template(source, &file, bytes) {
+            // A damaged template (a crash while it was written, say) is made anew, once.
+            tracing::warn!(template = %template.display(), error = %e, "remaking a disk template");
+            let _ = std::fs::remove_file(&template);
+            let (_, source) = disk_template(&templates, bytes, tools)?;
+            copy_template(source, &file, bytes)
+                .map_err(|e| format!("copying the disk template into the task's image: {e}"))?;
+        }
         drop(file);
         run_tool(
             std::process::Command::new(&tools.mount)
@@ -607,17 +613,24 @@ const MAX_TEMPLATES: usize = 16;
 /// The template of a file system of `bytes`, formatted on first use: the data of a freshly
 /// formatted sparse image, kept compactly as `(offset, length, bytes)` records (an empty ext4
 /// holds a few hundred KiB), so that the work root holds no large sparse file between tasks.
-/// Made under a name of its own and renamed into place, so concurrent workers never read a
-/// half-made template.
-fn disk_template(dir: &Path, bytes: u64, tools: &DiskTools) -> Result<PathBuf, String> {
+/// Made under a name of its own, synced and renamed into place, so concurrent workers never
+/// read a half-made template. Returned open, so an eviction cannot take it away before it is
+/// copied.
+fn disk_template(
+    dir: &Path,
+    bytes: u64,
+    tools: &DiskTools,
+) -> Result<(PathBuf, std::fs::File), String> {
     use std::os::unix::fs::DirBuilderExt;
     let template = dir.join(format!("{bytes}.extents"));
-    if template.is_file() {
+    if let Ok(file) = std::fs::File::options()
+        .read(true)
+        .append(true)
+        .open(&template)
+    {
         // Marks it recently used, for eviction.
-        if let Ok(file) = std::fs::File::options().append(true).open(&template) {
-            let _ = file.set_modified(std::time::SystemTime::now());
-        }
-        return Ok(template);
+        let _ = file.set_modified(std::time::SystemTime::now());
+        return Ok((template, file));
     }
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -632,9 +645,16 @@ fn disk_template(dir: &Path, bytes: u64, tools: &DiskTools) -> Result<PathBuf, S
     let _ = std::fs::remove_file(&image);
     let _ = std::fs::remove_file(&making);
     made?;
+    let file =
+        std::fs::File::open(&template).map_err(|e| format!("opening a disk template: {e}"))?;
     evict_templates(dir);
-    Ok(template)
+    Ok((template, file))
 }
+
+/// The first bytes of a template, and the record that ends one: a template without both is
+/// damaged.
+const TEMPLATE_MAGIC: &[u8; 8] = b"tresorfs";
+const TEMPLATE_END: u64 = u64::MAX;
 
 /// Formats a sparse image of `bytes` at `image` and writes its data extents to `extents`.
 fn format_template(
@@ -672,6 +692,9 @@ fn format_template(
             .open(extents)
             .map_err(|e| format!("creating a disk template: {e}"))?,
     );
+    out.write_all(TEMPLATE_MAGIC)
+        .and_then(|()| out.write_all(&bytes.to_le_bytes()))
+        .map_err(|e| format!("writing a disk template: {e}"))?;
     let mut offset = 0u64;
     while offset < bytes {
         let start = match seek(&source, SeekFrom::Data(offset)) {
@@ -691,7 +714,10 @@ fn format_template(
             .map_err(|e| format!("writing a disk template: {e}"))?;
         offset = end;
     }
-    out.flush()
+    out.write_all(&TEMPLATE_END.to_le_bytes())
+        .and_then(|()| out.write_all(&0u64.to_le_bytes()))
+        .and_then(|()| out.into_inner().map_err(|e| e.into_error()))
+        .and_then(|file| file.sync_all())
         .map_err(|e| format!("writing a disk template: {e}"))
 }
 
@@ -714,23 +740,33 @@ fn evict_templates(dir: &Path) {
     }
 }
 
-/// Writes a template's records into the empty image `to` and sizes it to `len`.
-fn copy_template(template: &Path, to: &std::fs::File, len: u64) -> std::io::Result<()> {
+/// Writes a template's records into the empty image `to` and sizes it to `len`. A template
+/// of another size, or without its magic or its end record, is refused as damaged.
+fn copy_template(template: std::fs::File, to: &std::fs::File, len: u64) -> std::io::Result<()> {
     use std::io::Read;
     use std::os::unix::fs::FileExt;
+    let damaged = |what: &str| std::io::Error::other(format!("the disk template {what}"));
     to.set_len(len)?;
-    let mut records = std::io::BufReader::new(std::fs::File::open(template)?);
+    let mut records = std::io::BufReader::new(template);
     let mut header = [0u8; 16];
+    records
+        .read_exact(&mut header)
+        .map_err(|_| damaged("is truncated"))?;
+    let (magic, size) = header.split_at(8);
+    if magic != TEMPLATE_MAGIC || size != len.to_le_bytes() {
+        return Err(damaged("is not one of this size"));
+    }
     let mut data = Vec::new();
     loop {
-        match records.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
-        }
+        records
+            .read_exact(&mut header)
+            .map_err(|_| damaged("ends without its end record"))?;
         let (offset, length) = header.split_at(8);
         let offset = u64::from_le_bytes(offset.try_into().map_err(std::io::Error::other)?);
         let length = u64::from_le_bytes(length.try_into().map_err(std::io::Error::other)?);
+        if offset == TEMPLATE_END {
+            return Ok(());
+        }
         if offset.checked_add(length).is_none_or(|end| end > len) {
             return Err(std::io::Error::other("a record lies beyond the image"));
         }
@@ -837,20 +873,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let templates = dir.path().join(TEMPLATES_DIR);
         let bytes = 64 << 20;
-        let template = disk_template(&templates, bytes, &tools()).unwrap();
+        let (template, source) = disk_template(&templates, bytes, &tools()).unwrap();
         let kept = std::fs::metadata(&template).unwrap().len();
         assert!(
             kept < bytes / 16,
             "the template keeps only data: {kept} bytes"
         );
         assert_eq!(
-            disk_template(&templates, bytes, &tools()).unwrap(),
+            disk_template(&templates, bytes, &tools()).unwrap().0,
             template,
             "made once per size"
         );
         let image = dir.path().join("disk.img");
         let file = std::fs::File::create(&image).unwrap();
-        copy_template(&template, &file, bytes).unwrap();
+        copy_template(source, &file, bytes).unwrap();
         drop(file);
         assert_eq!(std::fs::metadata(&image).unwrap().len(), bytes);
         let check = std::process::Command::new("/usr/sbin/e2fsck")
@@ -869,7 +905,7 @@ mod tests {
     fn templates_beyond_the_limit_are_evicted_least_recently_used_first() {
         let dir = tempfile::tempdir().unwrap();
         let templates = dir.path().join(TEMPLATES_DIR);
-        let first = disk_template(&templates, MIN_DISK_BYTES, &tools()).unwrap();
+        let (first, _) = disk_template(&templates, MIN_DISK_BYTES, &tools()).unwrap();
         for i in 1..=MAX_TEMPLATES as u64 {
             std::thread::sleep(std::time::Duration::from_millis(5));
             disk_template(&templates, MIN_DISK_BYTES + i * 4096, &tools()).unwrap();
@@ -880,16 +916,37 @@ mod tests {
     }
 
     #[test]
-    fn a_record_beyond_the_image_is_refused() {
+    fn a_damaged_template_is_refused_and_a_record_beyond_the_image_too() {
         let dir = tempfile::tempdir().unwrap();
-        let template = dir.path().join("bad.extents");
-        let mut record = Vec::new();
-        record.extend_from_slice(&(1u64 << 30).to_le_bytes());
-        record.extend_from_slice(&4u64.to_le_bytes());
-        record.extend_from_slice(b"evil");
-        std::fs::write(&template, record).unwrap();
-        let file = std::fs::File::create(dir.path().join("disk.img")).unwrap();
-        assert!(copy_template(&template, &file, 1 << 20).is_err());
+        let image = std::fs::File::create(dir.path().join("disk.img")).unwrap();
+        let copy = |bytes: &[u8]| {
+            let template = dir.path().join("t.extents");
+            std::fs::write(&template, bytes).unwrap();
+            copy_template(std::fs::File::open(&template).unwrap(), &image, 1 << 20)
+        };
+        let record = |offset: u64, data: &[u8]| {
+            let mut r = offset.to_le_bytes().to_vec();
+            r.extend_from_slice(&(data.len() as u64).to_le_bytes());
+            r.extend_from_slice(data);
+            r
+        };
+        let mut whole = TEMPLATE_MAGIC.to_vec();
+        whole.extend_from_slice(&(1u64 << 20).to_le_bytes());
+        whole.extend(record(1024, b"data"));
+        let mut ended = whole.clone();
+        ended.extend(record(TEMPLATE_END, b""));
+        assert!(copy(&ended).is_ok());
+        assert!(copy(&whole).is_err(), "no end record: truncated");
+        assert!(copy(b"").is_err(), "empty");
+        assert!(copy(&ended[..12]).is_err(), "cut in its header");
+        let mut other_size = ended.clone();
+        other_size[8..16].copy_from_slice(&(2u64 << 20).to_le_bytes());
+        assert!(copy(&other_size).is_err(), "another size's template");
+        let mut beyond = TEMPLATE_MAGIC.to_vec();
+        beyond.extend_from_slice(&(1u64 << 20).to_le_bytes());
+        beyond.extend(record(1 << 30, b"evil"));
+        beyond.extend(record(TEMPLATE_END, b""));
+        assert!(copy(&beyond).is_err(), "a record beyond the image");
     }
 
     #[test]

@@ -344,11 +344,16 @@ impl LocalExecutor {
                 }
             }
         }
+        let recorded = std::fs::read(self.task_dir(id).join(TASK_FILE))
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<RecordedUser>(&raw).ok())
+            .and_then(|r| r.sandbox.run_as)
+            .map(|(uid, _)| uid);
         remove_dir(&self.task_dir(id))?;
         if let Some(ids) = &self.ids
             && !worker_alive
         {
-            ids.release(id);
+            ids.release(id, recorded);
         }
         Ok(())
     }

@@ -35,45 +35,49 @@ impl TaskIds {
         }
     }
 
-    /// Claims `id` for `task` across processes; false if a live task of any process holds it.
-    fn claim(&self, id: u32, task: &TaskId) -> bool {
-        use std::io::Write;
+    /// Runs `f` on the claims directory under an exclusive lock that every process sharing the
+    /// work root takes, so a stale claim is taken over (or a claim dropped) by one process at a
+    /// time. `None` if the directory or its lock cannot be had.
+    fn with_claims<T>(&self, f: impl FnOnce(&std::path::Path) -> T) -> Option<T> {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = self.work_root.join(CLAIMS_DIR);
-        if std::fs::create_dir_all(&dir).is_err() {
-            return false;
-        }
-        let path = dir.join(id.to_string());
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
-                Ok(mut file) => return file.write_all(task.as_str().as_bytes()).is_ok(),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                    if holder == task.as_str() {
-                        return true;
-                    }
-                    let stale = !holder.is_empty() && !self.work_root.join(&holder).exists();
-                    if !stale || std::fs::remove_file(&path).is_err() {
-                        return false;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-        false
+        std::fs::create_dir_all(&dir).ok()?;
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(".lock"))
+            .ok()?;
+        lock.lock().ok()?;
+        Some(f(&dir))
+    }
+
+    /// Claims `id` for `task` across processes; false if a live task of any process holds it.
+    fn claim(&self, id: u32, task: &TaskId) -> bool {
+        self.with_claims(|dir| {
+            let path = dir.join(id.to_string());
+            let holder = std::fs::read_to_string(&path).ok();
+            let free = match holder.as_deref() {
+                None => true,
+                Some(holder) if holder == task.as_str() => return true,
+                // Stale: its task's directory is gone.
+                Some(holder) => holder.is_empty() || !self.work_root.join(holder).exists(),
+            };
+            free && std::fs::write(&path, task.as_str()).is_ok()
+        })
+        .unwrap_or(false)
     }
 
     /// Drops the cross-process claim of `id`, if `task` holds it.
     fn unclaim(&self, id: u32, task: &TaskId) {
-        let path = self.work_root.join(CLAIMS_DIR).join(id.to_string());
-        if std::fs::read_to_string(&path).is_ok_and(|holder| holder == task.as_str()) {
-            let _ = std::fs::remove_file(path);
-        }
+        self.with_claims(|dir| {
+            let path = dir.join(id.to_string());
+            if std::fs::read_to_string(&path).is_ok_and(|holder| holder == task.as_str()) {
+                let _ = std::fs::remove_file(path);
+            }
+        });
     }
 
     fn held(&self) -> MutexGuard<'_, BTreeMap<u32, TaskId>> {
@@ -102,14 +106,16 @@ impl TaskIds {
         Some(id)
     }
 
-    /// Frees whatever `task` holds.
-    pub fn release(&self, task: &TaskId) {
+    /// Frees whatever `task` holds, and `recorded`, the id its task file names (a task another
+    /// process started holds an id this one never handed out).
+    pub fn release(&self, task: &TaskId, recorded: Option<u32>) {
         let mut held = self.held();
-        let ids: Vec<u32> = held
+        let mut ids: Vec<u32> = held
             .iter()
             .filter(|(_, holder)| *holder == task)
             .map(|(id, _)| *id)
             .collect();
+        ids.extend(recorded.filter(|id| !ids.contains(id)));
         for id in ids {
             self.unclaim(id, task);
             held.remove(&id);
@@ -184,7 +190,7 @@ mod tests {
         assert_eq!(ids.acquire(&task(1)), Some(100), "a task keeps its id");
         assert_eq!(ids.acquire(&task(2)), Some(102));
         assert_eq!(ids.acquire(&task(3)), None);
-        ids.release(&task(0));
+        ids.release(&task(0), None);
         assert_eq!(ids.acquire(&task(3)), Some(101));
         assert_eq!(ids.size(), 3);
     }
@@ -208,7 +214,7 @@ mod tests {
             "the other process's id is taken"
         );
         assert_eq!(b.acquire(&task(3)), None);
-        a.release(&task(1));
+        a.release(&task(1), None);
         assert_eq!(
             b.acquire(&task(3)),
             Some(100),

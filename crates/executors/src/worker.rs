@@ -183,7 +183,11 @@ async fn run_task(
             };
             (outcome, disk)
         }
-        (Err(e), _) | (_, Err(e)) => (Err(e), None),
+        (Err(e), _) | (_, Err(e)) => {
+            // Nothing ran: the identity token and the secrets go before the result is reported.
+            drop(credentials);
+            (Err(e), None)
+        }
     };
     let phase = match outcome {
         Ok(phase) => phase,

@@ -414,22 +414,26 @@ impl Store {
         rows.iter().map(task_from_row).collect()
     }
 
-    /// Takes an active task over for `lease`'s owner if `from` still owns it (compare and swap):
-    /// of two processes taking over the same task, exactly one succeeds.
+    /// Takes an active task over for `lease`'s owner if `from` still owns it with the lease the
+    /// caller saw lapse (compare and swap): of two processes taking over the same task, exactly
+    /// one succeeds, and a renewal that landed meanwhile keeps the task with its owner.
     pub async fn take_over(
         &self,
         id: &TaskId,
         from: Option<&str>,
+        seen_until: Option<i64>,
         lease: &Lease,
     ) -> Result<bool, Error> {
         let done = sqlx::query(
             "UPDATE tasks SET owner = ?, lease_until = ?
-             WHERE id = ? AND owner IS ? AND state IN ('INITIALIZING', 'RUNNING')",
+             WHERE id = ? AND owner IS ? AND lease_until IS ?
+               AND state IN ('INITIALIZING', 'RUNNING')",
         )
         .bind(lease.owner.as_str())
         .bind(lease.until_ms)
         .bind(id.as_str())
         .bind(from)
+        .bind(seen_until)
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -113,11 +113,22 @@ pub(crate) fn logs_json(log: TesTaskLog) -> Option<String> {
     serde_json::to_string(&vec![log]).ok()
 }
 
-/// This host's name, as owners are named after it.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
+/// Where this process's pids mean something: the host's name, its boot, and the pid namespace.
+/// Another owner's pid is checked only when its place is the same; replicas in other pid
+/// namespaces (containers sharing a host name) or before a reboot wait for their leases.
+pub(crate) fn pid_place() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_owned());
+    let host = read("/proc/sys/kernel/hostname").unwrap_or_default();
+    let boot = read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|l| {
+            l.to_string_lossy()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    format!("{host}@{boot}@{namespace}")
 }
 
 /// A new random credential (worker session or bootstrap token) and the SHA-256 the store keeps.
@@ -148,7 +159,7 @@ impl Supervisor {
         let (events, receiver) = mpsc::unbounded_channel();
         let owner = format!(
             "{}:{}:{}",
-            host_name(),
+            pid_place(),
             std::process::id(),
             // The random tail of a v7 uuid: two processes that reuse a pid differ.
             &uuid::Uuid::now_v7().simple().to_string()[24..]
@@ -335,7 +346,9 @@ impl Supervisor {
                         missing: 0,
                     },
                 );
-                self.start_task(backend.as_ref(), record, credential).await;
+                if !self.start_task(backend.as_ref(), record, credential).await {
+                    break;
+                }
             }
         }
         Ok(())
@@ -410,12 +423,15 @@ impl Supervisor {
         })
     }
 
+    /// Starts a claimed task's work. Returns false if the task went back to the queue (a
+    /// dependency or every host id was unavailable), so the caller stops filling this backend
+    /// for the round instead of claiming the same task again at once.
     async fn start_task(
         &self,
         backend: &dyn ComputeBackend,
         record: TaskRecord,
         credential: String,
-    ) {
+    ) -> bool {
         let id = record.id.clone();
         let env = backend.env().id.clone();
         tracing::info!(task = %id, env = %env, owner = %self.owner, "starting the task's work");
@@ -459,13 +475,22 @@ impl Supervisor {
             Ok(Some(Ok(submitted))) => submitted,
             Ok(None) => {
                 self.untrack(&id);
-                return;
+                return true;
+            }
+            Ok(Some(Err(e @ tresor_executors::Error::NoFreeId { .. }))) => {
+                // Every host id is held, by this process or another on the host: it waits.
+                tracing::warn!(task = %id, error = %e, "no host id free; requeued");
+                if let Err(e) = backend.clean_up(&id) {
+                    tracing::warn!(task = %id, error = %e, "cleaning up before a requeue");
+                }
+                self.requeue(&id, "every host id was held").await;
+                return false;
             }
             Ok(Some(Err(e))) => {
                 let reason = format!("could not start the task on compute environment {env}: {e}");
                 self.fail(&id, None, reason).await;
                 self.clean_up(backend, &id);
-                return;
+                return true;
             }
             Err(ServiceError::Unavailable(cause)) => {
                 // Nothing of the task has started: it waits for the next round instead of
@@ -475,14 +500,14 @@ impl Supervisor {
                     tracing::warn!(task = %id, error = %e, "cleaning up before a requeue");
                 }
                 self.requeue(&id, "a dependency was unavailable").await;
-                return;
+                return false;
             }
             Err(e) => {
                 tracing::error!(task = %id, error = ?e, "could not prepare the task");
                 self.fail(&id, None, format!("could not prepare the task: {e}"))
                     .await;
                 self.clean_up(backend, &id);
-                return;
+                return true;
             }
         };
         self.update(&id, |t| {
@@ -519,6 +544,7 @@ impl Supervisor {
         {
             tracing::warn!(task = %id, error = %e, "stopping a task canceled while it was submitted");
         }
+        true
     }
 
     /// A worker's status report. Moves the task to the reported state (or records progress
@@ -601,6 +627,16 @@ impl Supervisor {
     /// status file, else end the task with the backend's reason; then clean up.
     async fn settle(&self, backend: &dyn ComputeBackend, id: &TaskId, seen: &Observation) {
         let record = self.store.get_task_for_system(id).await.ok().flatten();
+        if let Some(record) = &record
+            && !record.state.is_terminal()
+            && record.owner.as_deref() != Some(self.owner.as_str())
+        {
+            // Another process took the task over (this one's lease lapsed): it is that
+            // process's to settle, and what this one knew of its work is stale.
+            tracing::warn!(task = %id, owner = ?record.owner, "the task was taken over; leaving it");
+            self.untrack(id);
+            return;
+        }
         if let Some(record) = record.filter(|r| !r.state.is_terminal()) {
             match backend.last_status(id) {
                 Some(status) if status.phase.is_final() => {
@@ -730,8 +766,9 @@ impl Supervisor {
         }
     }
 
-    /// Whether `owner`'s claim has lapsed: its lease ran out, or it names a process of this
-    /// host that no longer exists (a restarted server takes over its tasks at once).
+    /// Whether `owner`'s claim has lapsed: its lease ran out, or it names a process that no
+    /// longer exists in this process's own pid namespace since this boot (a restarted server
+    /// takes over its tasks at once).
     fn lapsed(&self, record: &TaskRecord) -> bool {
         let Some(owner) = &record.owner else {
             return true;
@@ -742,7 +779,7 @@ impl Supervisor {
         let mut parts = owner.rsplitn(3, ':');
         let (_nonce, pid, host) = (parts.next(), parts.next(), parts.next());
         match (host, pid.and_then(|p| p.parse::<i32>().ok())) {
-            (Some(host), Some(pid)) if host == host_name() => rustix::process::Pid::from_raw(pid)
+            (Some(host), Some(pid)) if host == pid_place() => rustix::process::Pid::from_raw(pid)
                 .is_none_or(|pid| {
                     matches!(
                         rustix::process::test_kill_process(pid),
@@ -761,7 +798,12 @@ impl Supervisor {
             }
             if !self
                 .store
-                .take_over(&record.id, record.owner.as_deref(), &self.lease())
+                .take_over(
+                    &record.id,
+                    record.owner.as_deref(),
+                    record.lease_until,
+                    &self.lease(),
+                )
                 .await?
             {
                 continue; // another process was faster, or the task moved on
@@ -827,11 +869,13 @@ impl Supervisor {
                         .await;
                     }
                     _ if record.state == TaskState::Initializing => {
-                        self.requeue(&id, "its worker never started an executor")
-                            .await;
+                        // Cleaned up first: once requeued, it may be claimed and started again
+                        // at once, and a later clean-up would remove the new run's files.
                         if let Err(e) = backend.clean_up(&id) {
                             tracing::warn!(task = %id, error = %e, "cleaning up before a requeue");
                         }
+                        self.requeue(&id, "its worker never started an executor")
+                            .await;
                         return Ok(());
                     }
                     other => {

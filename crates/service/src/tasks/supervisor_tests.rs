@@ -413,7 +413,10 @@ async fn cancel_against_complete_and_a_report_after_cancel() {
         .unwrap()
         .unwrap();
     f.supervisor.cancel_work(&record).await;
-    assert_eq!(f.backend.with(|s| s.canceled.clone()), vec![canceled.clone()]);
+    assert_eq!(
+        f.backend.with(|s| s.canceled.clone()),
+        vec![canceled.clone()]
+    );
     f.report(&canceled, WorkerPhase::Complete).await;
     assert_eq!(f.state(&canceled).await, TaskState::Canceled);
 
@@ -480,8 +483,8 @@ async fn a_restart_between_claim_and_start_requeues_the_task_and_it_runs_once() 
     let f = fixture(4, CapacityUnit::Cores, false).await;
     let id = f.task("t", 1).await;
     // A process on this host claimed it and died before its worker started.
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-    let dead = lease(&format!("{}:2000000000:gone", host.trim()), i64::MAX);
+    let place = super::supervisor::pid_place();
+    let dead = lease(&format!("{place}:2000000000:gone"), i64::MAX);
     let claimed = f
         .store
         .claim_next_task("fake", 4, b"h", &dead)
@@ -575,4 +578,42 @@ async fn adopted_work_that_is_gone_keeps_its_result_or_fails() {
             .contains("after its executors had started")
     );
     assert_eq!(f.backend.with(|s| s.cleaned.len()), 2);
+}
+
+#[tokio::test]
+async fn a_process_whose_task_was_taken_over_leaves_it_to_its_new_owner() {
+    let f = fixture(4, CapacityUnit::Cores, false).await;
+    let id = f.task("t", 1).await;
+    f.supervisor.fill().await.unwrap();
+    f.report(&id, WorkerPhase::Running).await;
+    let record = f.store.get_task_for_system(&id).await.unwrap().unwrap();
+    // A renewal landed after the other process looked: its takeover fails.
+    assert!(
+        !f.store
+            .take_over(
+                &id,
+                record.owner.as_deref(),
+                Some(1),
+                &lease("elsewhere:9:z", i64::MAX)
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        f.store
+            .take_over(
+                &id,
+                record.owner.as_deref(),
+                record.lease_until,
+                &lease("elsewhere:9:z", i64::MAX)
+            )
+            .await
+            .unwrap()
+    );
+    // This process's view of the work is stale now: it neither ends the task nor removes its
+    // files.
+    f.ended(&id).await;
+    assert_eq!(f.state(&id).await, TaskState::Running);
+    assert!(f.backend.with(|s| s.cleaned.is_empty()));
+    assert!(!f.supervisor.runs(&id));
 }
