@@ -614,13 +614,7 @@ impl ComputeBackend for LocalExecutor {
     }
 
     fn leftovers(&self) -> Vec<TaskId> {
-        let Ok(entries) = std::fs::read_dir(&self.settings.work_root) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| TaskId::parse(n).ok()))
-            .collect()
+        crate::paths::task_dirs_in(&self.settings.work_root)
     }
 
     fn job<'a>(&'a self, _handle: &'a str) -> BoxFuture<'a, Result<Option<JobView>, Error>> {

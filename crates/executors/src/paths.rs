@@ -245,6 +245,22 @@ pub fn is_within(path: &Path, allowed: &[PathBuf]) -> bool {
     allowed.iter().any(|dir| path.starts_with(dir))
 }
 
+/// The tasks with a directory in `dir` (a work root): every entry named like a task id. The
+/// executors' own entries (`.task-ids`, `.disk-templates`) are not task ids.
+pub fn task_dirs_in(dir: &Path) -> Vec<tresor_domain::TaskId> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| tresor_domain::TaskId::parse(n).ok())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -387,13 +387,7 @@ impl SlurmExecutor {
 
     /// Task directories present in the shared work dir.
     pub fn task_dirs(&self) -> Vec<TaskId> {
-        let Ok(entries) = std::fs::read_dir(&self.settings.work_dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| TaskId::parse(n).ok()))
-            .collect()
+        crate::paths::task_dirs_in(&self.settings.work_dir)
     }
 }
 

@@ -439,6 +439,20 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Gives up `owner`'s claim on an active task it could not follow: the task has no owner
+    /// until a process takes it over.
+    pub async fn disown(&self, id: &TaskId, owner: &str) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE tasks SET owner = NULL, lease_until = NULL
+             WHERE id = ? AND owner = ? AND state IN ('INITIALIZING', 'RUNNING')",
+        )
+        .bind(id.as_str())
+        .bind(owner)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     /// Tasks whose stored document predates the typed task (a TES document): `(id, document,
     /// compute environment, cores)`, to be converted once at start.
     pub async fn legacy_task_specs(&self) -> Result<Vec<(TaskId, String, String)>, Error> {

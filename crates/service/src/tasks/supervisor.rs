@@ -809,7 +809,14 @@ impl Supervisor {
                 continue; // another process was faster, or the task moved on
             }
             tracing::info!(task = %record.id, from = ?record.owner, "took over a task");
-            self.adopt(record).await?;
+            let id = record.id.clone();
+            if let Err(e) = self.adopt(record).await {
+                // Let the claim lapse at once, so the next round (here or in another process)
+                // tries again, instead of holding a task nobody follows.
+                tracing::error!(task = %id, error = ?e, "adopting a task failed; it will be tried again");
+                self.untrack(&id);
+                self.store.disown(&id, &self.owner).await?;
+            }
         }
         Ok(())
     }
