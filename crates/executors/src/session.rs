@@ -20,6 +20,8 @@ use crate::protocol::{
 #[derive(Debug)]
 pub(crate) struct CallError {
     pub status: Option<u16>,
+    /// No connection to the server was made: the request never reached it.
+    pub unconnected: bool,
     pub message: String,
 }
 
@@ -91,6 +93,7 @@ impl Session {
             .await
             .map_err(|e| CallError {
                 status: None,
+                unconnected: e.is_connect(),
                 message: format!("the server is unreachable: {}", e.without_url()),
             })?;
         let status = response.status();
@@ -102,17 +105,40 @@ impl Session {
                 .unwrap_or(text);
             return Err(CallError {
                 status: Some(status.as_u16()),
+                unconnected: false,
                 message: format!("the server answered {status}: {message}"),
             });
         }
         response.json().await.map_err(|e| CallError {
             status: None,
+            unconnected: false,
             message: format!("the server's answer does not parse: {}", e.without_url()),
         })
     }
 
     pub async fn token(&self, audience: Option<String>) -> Result<IssuedToken, CallError> {
         self.call("token", Some(&TokenRequest { audience })).await
+    }
+
+    /// `call`, retried while the server cannot be connected to, for up to two minutes: a task
+    /// starting while its server restarts (a batch job launched meanwhile) waits for it. Only a
+    /// refused or failed connection is retried: such a request never reached the server, so
+    /// even a call that works once (the secrets) is safe to repeat.
+    pub async fn call_patiently<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, CallError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match self.call(path, body).await {
+                Err(e) if e.unconnected && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, path, "the server is not reachable; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -265,7 +291,7 @@ impl Identity {
                 .map_err(|e| format!("handing the identity directory to the task's user: {e}"))?;
         }
         let first = session
-            .token(None)
+            .call_patiently::<IssuedToken>("token", Some(&TokenRequest { audience: None }))
             .await
             .map_err(|e| format!("could not get the task's identity token: {e}"))?;
         write_token(&dir, &first.token, owner)

@@ -842,7 +842,7 @@ fn open_stdio(
 async fn fetch_secrets(session: &Session) -> Result<Vec<(String, SecretValue)>, SystemError> {
     let failed = |why: String| SystemError(format!("could not fetch the task's secrets: {why}"));
     let body: DeliveredSecrets = session
-        .call("secrets", None::<&()>)
+        .call_patiently("secrets", None::<&()>)
         .await
         .map_err(|e| failed(e.message))?;
     body.secrets

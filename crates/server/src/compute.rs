@@ -1,5 +1,5 @@
 //! Compute environments: the list, a workspace's choice, and the two internal endpoints of a
-//! batch job's worker (spending its bootstrap token, reporting its status).
+//! task's worker (a batch job's spending its bootstrap token; any worker reporting its status).
 
 use axum::Json;
 use axum::extract::State;

@@ -415,7 +415,7 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Method::POST,
                 "/internal/v1/tasks/{id}/status",
                 Access::TaskCredential,
-                "A batch job's worker reports its task's status",
+                "A task's worker reports its task's status",
             ),
             post(compute::report_status),
         ),

@@ -47,7 +47,7 @@ pub struct ServiceSettings {
     pub organization_url: String,
     /// The server's own URL as workers reach it (to fetch their task's secrets).
     pub callback_url: String,
-    /// How long a server process's claim on a task holds without renewal (`tasks.lease_seconds`).
+    /// How long a server process's claim on a task holds without renewal (`tes.task_lease_seconds`).
     pub task_lease: Duration,
 }
 
@@ -325,7 +325,7 @@ impl TaskService {
             .map(WorkerAssignment)
     }
 
-    /// A batch job's worker reports its status; the answer is the task's state now.
+    /// A task's worker (on any backend) reports its status; the answer is the task's state now.
     pub async fn report_status(
         &self,
         id: &str,
