@@ -129,10 +129,7 @@ impl LocalExecutor {
                 else {
                     continue;
                 };
-                let recorded = std::fs::read(entry.path().join(TASK_FILE))
-                    .ok()
-                    .and_then(|raw| serde_json::from_slice::<RecordedUser>(&raw).ok());
-                if let Some((uid, _)) = recorded.and_then(|r| r.sandbox.run_as) {
+                if let Some(uid) = recorded_uid(&entry.path()) {
                     ids.hold(uid, id);
                 }
             }
@@ -344,11 +341,7 @@ impl LocalExecutor {
                 }
             }
         }
-        let recorded = std::fs::read(self.task_dir(id).join(TASK_FILE))
-            .ok()
-            .and_then(|raw| serde_json::from_slice::<RecordedUser>(&raw).ok())
-            .and_then(|r| r.sandbox.run_as)
-            .map(|(uid, _)| uid);
+        let recorded = recorded_uid(&self.task_dir(id));
         remove_dir(&self.task_dir(id))?;
         if let Some(ids) = &self.ids
             && !worker_alive
@@ -366,6 +359,13 @@ impl LocalExecutor {
             id.as_str(),
         );
     }
+}
+
+/// The host uid the task file in `task_dir` says its task runs as.
+fn recorded_uid(task_dir: &Path) -> Option<u32> {
+    let raw = std::fs::read(task_dir.join(TASK_FILE)).ok()?;
+    let recorded: RecordedUser = serde_json::from_slice(&raw).ok()?;
+    recorded.sandbox.run_as.map(|(uid, _)| uid)
 }
 
 fn remove_dir(dir: &Path) -> Result<(), Error> {

@@ -136,33 +136,24 @@ async fn run_task(
     remote: Option<Session>,
     final_attempts: u32,
 ) -> Result<(), String> {
+    // One session for the whole run: the reports, the credentials and the task's storage.
+    let session = remote.clone();
     let mut report = Reporter::new(task_dir, remote, final_attempts);
     report.status.log.system_logs = Some(vec![RUNTIME_NOTE.to_owned()]);
     report.publish().await?;
 
     let root = task_dir.join(ROOT_DIR);
-    let session = task
-        .session
-        .as_ref()
-        .map(Session::new)
-        .transpose()
-        .map_err(|e| SystemError(format!("preparing the task session: {e}")));
     // The disk is made on a thread while the secrets and the identity token are fetched.
     let mounting = {
         let (task, root) = (task.clone(), root.clone());
         tokio::task::spawn_blocking(move || mount_disk(&task, &root))
     };
-    let credentials = async {
-        match &session {
-            Ok(session) => fetch_credentials(task, session.as_ref()).await,
-            Err(e) => Err(SystemError(e.0.clone())),
-        }
-    };
+    let credentials = fetch_credentials(task, session.as_ref());
     let (mounted, credentials) = tokio::join!(mounting, credentials);
     let mounted = mounted
         .unwrap_or_else(|e| Err(SystemError(format!("making the task's disk stopped: {e}"))));
-    let (outcome, disk) = match (mounted, session) {
-        (Ok(disk), Ok(session)) => {
+    let (outcome, disk) = match mounted {
+        Ok(disk) => {
             let outcome = execute(
                 task,
                 &root,
@@ -183,7 +174,7 @@ async fn run_task(
             };
             (outcome, disk)
         }
-        (Err(e), _) | (_, Err(e)) => {
+        Err(e) => {
             // Nothing ran: the identity token and the secrets go before the result is reported.
             drop(credentials);
             (Err(e), None)

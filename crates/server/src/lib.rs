@@ -19,10 +19,6 @@ use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tresor_service::app::Services;
-use tresor_service::preflight::Preflight;
-use tresor_service::{
-    IdentityService, PlatformService, SecretService, StorageService, TaskService,
-};
 
 pub use error::ApiError;
 pub use limits::ConnectionLimits;
@@ -39,16 +35,8 @@ pub struct AppSettings {
     pub limits: ConnectionLimits,
 }
 
-/// The services every handler reaches through axum state.
-#[derive(Debug, Clone)]
-pub(crate) struct AppState {
-    pub tasks: TaskService,
-    pub platform: PlatformService,
-    pub secrets: SecretService,
-    pub identity: IdentityService,
-    pub storage: StorageService,
-    pub preflight: Preflight,
-}
+/// The services every handler reaches through axum state: the service crate's bundle itself.
+pub(crate) type AppState = Services;
 
 /// A built application: its router and the services behind it.
 #[derive(Debug, Clone)]
@@ -64,18 +52,7 @@ impl App {
     /// Opens the services (see `Services::open`) and builds the router in front of them.
     pub async fn build(settings: AppSettings) -> anyhow::Result<App> {
         let (services, bootstrap_token_file) = Services::open(settings.services).await?;
-        let router = router(
-            AppState {
-                tasks: services.tasks.clone(),
-                platform: services.platform.clone(),
-                secrets: services.secrets.clone(),
-                identity: services.identity.clone(),
-                storage: services.storage.clone(),
-                preflight: services.preflight.clone(),
-            },
-            settings.max_body_bytes,
-            &settings.limits,
-        );
+        let router = router(services.clone(), settings.max_body_bytes, &settings.limits);
         Ok(App {
             router,
             services,

@@ -246,7 +246,7 @@ pub fn accept_task(mut task: TesTask, limits: &Limits) -> Result<AcceptedTask, S
     for (i, volume) in task.volumes.iter().flatten().enumerate() {
         check_path(&format!("volumes[{i}]"), volume, true)?;
     }
-    let (_, _, notes) = check_resources(task.resources.as_mut(), limits)?;
+    let notes = check_resources(task.resources.as_mut(), limits)?;
     // The spec asks the server to fill in `type` once known; FILE is its default.
     for input in task.inputs.iter_mut().flatten() {
         input.file_type.get_or_insert(TesFileType::File);
@@ -261,13 +261,14 @@ pub fn accept_task(mut task: TesTask, limits: &Limits) -> Result<AcceptedTask, S
 }
 
 /// Checks resources and backend parameters; unsupported parameters are dropped (and noted)
-/// unless `backend_parameters_strict`, as TES 1.1 requires.
+/// unless `backend_parameters_strict`, as TES 1.1 requires. Returns those notes; the resolved
+/// values (cores, network, time limit) are read from the document once, in `spec::from_tes`.
 fn check_resources(
     resources: Option<&mut TesResources>,
     limits: &Limits,
-) -> Result<(u32, bool, Vec<String>), ServiceError> {
+) -> Result<Vec<String>, ServiceError> {
     let Some(resources) = resources else {
-        return Ok((1, false, Vec::new()));
+        return Ok(Vec::new());
     };
     let cpu_cores = match resources.cpu_cores {
         None => 1,
@@ -384,7 +385,7 @@ fn check_resources(
             "this server does not allow network access for tasks",
         ));
     }
-    Ok((cpu_cores, network, notes))
+    Ok(notes)
 }
 
 #[cfg(test)]
