@@ -5,7 +5,7 @@
 use std::os::unix::fs::MetadataExt;
 
 use reqwest::StatusCode;
-use tresor_api_types::tes::{TesFileType, TesInput, TesOutput, TesState, TesTask};
+use tresor_api_types::tes::{TesFileType, TesInput, TesOutput, TesState, TesTask, TesView};
 use tresor_domain::WorkspaceId;
 
 use crate::host_users::root_or_skip;
@@ -503,4 +503,61 @@ async fn every_workspace_gets_a_recorded_group_of_its_own() {
         "{}",
         system_logs(&done)
     );
+}
+
+/// Every worker now reports over HTTP. A worker's session is bound to its own task: another
+/// workspace's task cannot be moved with it, and neither can its own task once it ended.
+#[tokio::test]
+async fn a_task_credential_reports_for_its_own_task_only() {
+    let server = TestServer::start().await;
+    for ws in ["lab", "rival"] {
+        server.admin.create_workspace(ws).await.unwrap();
+    }
+    let tes = |ws: &str| {
+        tresor_client::TesClient::for_workspace(&server.url, ws, &server.admin_token).unwrap()
+    };
+    let (lab, rival) = (tes("lab"), tes("rival"));
+    let mine = lab.create_task(&sh_task("sleep 30")).await.unwrap();
+    let theirs = rival.create_task(&sh_task("sleep 30")).await.unwrap();
+    wait_state(&lab, &mine, TesState::Running).await;
+    wait_state(&rival, &theirs, TesState::Running).await;
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(server.data.join("work").join(&mine).join("task.json")).unwrap(),
+    )
+    .unwrap();
+    let credential = spec["session"]["credential"].as_str().unwrap().to_owned();
+    let report = |id: &str| {
+        let url = format!("{}/internal/v1/tasks/{id}/status", server.url);
+        let credential = credential.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(credential)
+                .json(&serde_json::json!({
+                    "phase": "COMPLETE",
+                    "log": { "logs": [], "outputs": [] },
+                }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(report(&theirs).await, StatusCode::UNAUTHORIZED);
+    let task = rival.get_task(&theirs, TesView::Minimal).await.unwrap();
+    assert_eq!(
+        task.state,
+        Some(TesState::Running),
+        "the other task did not move"
+    );
+
+    lab.cancel_task(&mine).await.unwrap();
+    assert_eq!(report(&mine).await, StatusCode::UNAUTHORIZED);
+    let task = lab.get_task(&mine, TesView::Minimal).await.unwrap();
+    assert_eq!(
+        task.state,
+        Some(TesState::Canceled),
+        "an ended task is not revived"
+    );
+    rival.cancel_task(&theirs).await.unwrap();
 }

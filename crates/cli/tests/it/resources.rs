@@ -303,3 +303,33 @@ async fn a_running_tasks_processes_are_held_to_its_cores_in_its_cgroup() {
     wait_terminal(&server.client, &id).await;
     assert_released(&server, &id).await;
 }
+
+/// Each disk size gets a formatted template, and `disk_gb` is the submitter's to choose: a user
+/// cycling through sizes cannot fill the work root with templates.
+#[tokio::test]
+async fn a_user_cycling_through_disk_sizes_keeps_at_most_sixteen_templates() {
+    let server = TestServer::start().await;
+    for i in 0..20 {
+        let task = TesTask {
+            resources: Some(TesResources {
+                disk_gb: Some(0.01 + f64::from(i) * 0.001),
+                ..TesResources::default()
+            }),
+            ..sh_task("true")
+        };
+        let id = server.client.create_task(&task).await.unwrap();
+        let done = wait_terminal(&server.client, &id).await;
+        assert_eq!(
+            done.state,
+            Some(TesState::Complete),
+            "{}",
+            system_logs(&done)
+        );
+    }
+    let templates = entries(&server.data.join("work").join(".disk-templates"));
+    assert!(
+        (1..=16).contains(&templates.len()),
+        "{} templates: {templates:?}",
+        templates.len()
+    );
+}
