@@ -24,6 +24,11 @@ if [ ! -d "$oidc/node_modules/oidc-provider" ]; then
     npm ci --prefix "$oidc" --no-audit --no-fund --loglevel=error
 fi
 
+# Two real OCI registries on loopback (one with logins) and images built here from Debian
+# packages, for the image tests; it exports TRESOR_TEST_REGISTRY and friends.
+say "starting the OCI registries"
+. scripts/lib/registry-up.sh
+
 # A real single-node SLURM cluster for the SLURM executor's tests.
 say "starting SLURM"
 bash scripts/lib/slurm-up.sh

@@ -254,6 +254,7 @@ fn bare_bwrap(runs: usize) -> Result<Duration> {
         command: &command,
         secret_fds: &[],
         ro_binds: &[],
+        image_root: None,
     };
     let argv = bwrap_args(&spec);
     let mut samples = Vec::new();

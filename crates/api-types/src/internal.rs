@@ -79,6 +79,18 @@ pub struct DeliveredSecret {
 #[serde(deny_unknown_fields)]
 pub struct DeliveredSecrets {
     pub secrets: Vec<DeliveredSecret>,
+    /// Registry logins for the task's images (from the workspace secrets its image policy
+    /// names): for the worker's pulls only, never shown to the task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_logins: Vec<DeliveredLogin>,
+}
+
+/// A registry login: the registry (`host[:port]`) and the secret's value, `username:password`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveredLogin {
+    pub registry: String,
+    pub value_base64: String,
 }
 
 /// Where the worker is in running its task.

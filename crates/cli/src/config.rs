@@ -65,6 +65,8 @@ struct ConfigFile {
     oidc: OidcSection,
     #[serde(default)]
     identity: IdentitySection,
+    #[serde(default)]
+    images: ImagesSection,
     s3: Option<S3Section>,
     outbound: Option<OutboundSection>,
     /// More compute environments, by id (workspaces choose one; `local` is always there).
@@ -101,6 +103,9 @@ struct ComputeEnvSection {
     max_jobs: Option<u32>,
     /// Where sbatch, squeue and scancel are (default: found through PATH).
     bin_dir: Option<PathBuf>,
+    /// The nodes' image cache (default `<work_dir>/.images`, shared by every node; a
+    /// directory on each node's own disk pulls each image once per node instead).
+    image_cache_dir: Option<PathBuf>,
 }
 
 /// How much secret material a workspace, a user and the server may keep (every live value is
@@ -136,6 +141,27 @@ struct LimitsSection {
     requests_per_second: Option<u32>,
     /// Requests above that rate a credential may send at once (default 400).
     request_burst: Option<u32>,
+}
+
+/// Container images: where executors run, each host's cache, and registry mirrors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImagesSection {
+    /// `oci` (the default): each executor runs in its image, pulled by tresor. `host`: on the
+    /// host's own /usr, the image recorded but not used.
+    runtime: Option<String>,
+    /// Each host's image cache (blobs and unpacked roots), at most, in GB (default 20).
+    cache_max_gb: Option<f64>,
+    /// The most one image may unpack to, in GB (default 10).
+    max_image_gb: Option<f64>,
+    /// Seconds a workspace's resolution of a tag to a digest is kept (default 300).
+    tag_ttl_seconds: Option<u64>,
+    /// Registries (`host:port`) reached over plain HTTP, such as a mirror on loopback.
+    #[serde(default)]
+    plain_http: Vec<String>,
+    /// Registry → where it is pulled from instead: `"docker.io" = "mirror.example.org/hub"`.
+    #[serde(default)]
+    mirrors: std::collections::BTreeMap<String, String>,
 }
 
 /// tresor as an OIDC issuer for its tasks.
@@ -879,6 +905,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     }
 
     let identity = resolve_identity(&file.identity, &file_name, &mut layers.problems);
+    let images = resolve_images(&file.images, &file_name, &mut layers.problems);
     let s3 = file
         .s3
         .as_ref()
@@ -1029,12 +1056,79 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                     s3: s3.map(std::sync::Arc::new),
                     outbound: outbound.map(std::sync::Arc::new),
                     slurm,
+                    images,
                 },
                 max_body_bytes: max_body_bytes.value,
                 limits: connection_limits,
             },
         }),
         _ => Err(layers.problems.0),
+    }
+}
+
+fn resolve_images(
+    section: &ImagesSection,
+    file_name: &str,
+    problems: &mut Problems,
+) -> tresor_service::ImageSettings {
+    let defaults = tresor_service::ImageSettings::default();
+    let runtime = match section.runtime.as_deref() {
+        None | Some("oci") => tresor_service::ImageRuntime::Oci,
+        Some("host") => tresor_service::ImageRuntime::Host,
+        Some(other) => {
+            problems.add(
+                "images.runtime",
+                file_name,
+                format!("{other:?} is not a runtime; use \"oci\" or \"host\""),
+            );
+            defaults.runtime
+        }
+    };
+    let mut bytes = |key: &str, gb: Option<f64>, default: u64| match gb {
+        None => default,
+        Some(gb) if gb.is_finite() && gb > 0.0 && gb < 1e6 => (gb * 1e9) as u64,
+        Some(gb) => {
+            problems.add(
+                &format!("images.{key}"),
+                file_name,
+                format!("{gb} must be a positive number of GB"),
+            );
+            default
+        }
+    };
+    let max_cache_bytes = bytes(
+        "cache_max_gb",
+        section.cache_max_gb,
+        defaults.max_cache_bytes,
+    );
+    let max_image_bytes = bytes(
+        "max_image_gb",
+        section.max_image_gb,
+        defaults.max_image_bytes,
+    );
+    for (registry, mirror) in &section.mirrors {
+        let host = mirror.split('/').next().unwrap_or_default();
+        if registry.is_empty()
+            || registry.contains('/')
+            || host.is_empty()
+            || mirror.contains("://")
+        {
+            problems.add(
+                "images.mirrors",
+                file_name,
+                format!(
+                    "{registry:?} = {mirror:?} must map a registry host to host[:port][/path], such as \"docker.io\" = \"mirror.example.org/hub\""
+                ),
+            );
+        }
+    }
+    tresor_service::ImageSettings {
+        runtime,
+        max_cache_bytes,
+        max_image_bytes,
+        tag_ttl_seconds: section.tag_ttl_seconds.unwrap_or(defaults.tag_ttl_seconds),
+        plain_http: section.plain_http.clone(),
+        mirrors: section.mirrors.clone(),
     }
 }
 
@@ -1260,6 +1354,7 @@ fn resolve_compute_envs(
             bootstrap_ttl: std::time::Duration::from_secs(ttl),
             max_jobs: section.max_jobs.unwrap_or(1000).max(1),
             bin_dir: section.bin_dir.clone(),
+            image_cache: section.image_cache_dir.clone(),
         });
     }
     envs

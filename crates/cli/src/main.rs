@@ -137,6 +137,26 @@ enum AdminCommand {
         #[arg(long, env = "TRESOR_AUDIT_KEY_FILE")]
         audit_key_file: Option<PathBuf>,
     },
+    /// Import an image from an OCI image layout (a directory, or a tar of one) into a host's
+    /// image cache under a name, for air-gapped sites: tasks naming it need no registry, and it
+    /// is never evicted. Run it as the server's user.
+    ImportImage {
+        /// The OCI layout directory or archive.
+        source: PathBuf,
+        /// The name tasks use, such as docker.io/library/alpine:3.20 or site.local/tools/bwa:1.
+        #[arg(long)]
+        name: String,
+        /// The layout's manifest to import, by its `org.opencontainers.image.ref.name`, when it
+        /// holds several.
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long, default_value = "tresor-data")]
+        data_dir: PathBuf,
+        /// The image cache (default: the local executor's, <data-dir>/work/.images; for a SLURM
+        /// environment, its image_cache_dir or <work_dir>/.images).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -273,6 +293,22 @@ fn main() -> ExitCode {
                     audit_key_file,
                 },
         } => runtime.block_on(rotate_signing_key(&data_dir, kek_file, audit_key_file)),
+        Command::Admin {
+            command:
+                AdminCommand::ImportImage {
+                    source,
+                    name,
+                    tag,
+                    data_dir,
+                    cache,
+                },
+        } => runtime.block_on(import_image(
+            &source,
+            &name,
+            tag.as_deref(),
+            &data_dir,
+            cache,
+        )),
         Command::Check {
             client,
             compute_env,
@@ -285,6 +321,46 @@ fn main() -> ExitCode {
                 &compute_env,
                 workspace.as_deref(),
             ))
+        }
+    }
+}
+
+async fn import_image(
+    source: &std::path::Path,
+    name: &str,
+    tag: Option<&str>,
+    data_dir: &std::path::Path,
+    cache: Option<PathBuf>,
+) -> ExitCode {
+    let result = async {
+        let name =
+            tresor_images::ImageName::parse(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+        let dir = cache.unwrap_or_else(|| {
+            data_dir
+                .join("work")
+                .join(tresor_executors::local::IMAGE_CACHE_DIR)
+        });
+        let defaults = tresor_service::ImageSettings::default();
+        let cache = tresor_images::ImageCache::open(tresor_images::CacheSettings {
+            dir,
+            max_bytes: defaults.max_cache_bytes,
+            max_image_bytes: defaults.max_image_bytes,
+            tag_ttl_seconds: defaults.tag_ttl_seconds,
+            plain_http: Vec::new(),
+        })?;
+        let digest = cache.import_layout(source, tag, &name).await?;
+        anyhow::Ok((name, digest))
+    }
+    .await;
+    match result {
+        Ok((name, digest)) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "imported {} as {digest}", name.full());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -335,6 +335,31 @@ impl PlatformClient {
         .map(|_| ())
     }
 
+    /// A workspace's image policy: allowed images, digest pinning, registry logins by secret name.
+    pub async fn image_policy(&self, workspace: &str) -> Result<serde_json::Value, ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::GET,
+            &format!("workspaces/{workspace}/image-policy"),
+            None,
+        )
+        .await
+    }
+
+    /// Replaces a workspace's image policy (workspace admins).
+    pub async fn set_image_policy(
+        &self,
+        workspace: &str,
+        policy: &serde_json::Value,
+    ) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            &format!("workspaces/{workspace}/image-policy"),
+            Some(policy),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Runs the preflight probes of a compute environment, using `workspace`'s storage.
     pub async fn check(
         &self,

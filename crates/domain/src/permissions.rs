@@ -62,6 +62,8 @@ pub enum Action {
     ManageWorkspaceSecrets,
     /// Choose the compute environment the workspace's tasks run in.
     ChooseComputeEnv,
+    /// Set which images the workspace may run and its registry logins.
+    ManageImagePolicy,
     /// Delete the workspace.
     DeleteWorkspace,
 }
@@ -103,6 +105,11 @@ pub const MATRIX: &[(Action, Role, &str)] = &[
         Action::ChooseComputeEnv,
         Role::Admin,
         "choose the compute environment tasks run in",
+    ),
+    (
+        Action::ManageImagePolicy,
+        Role::Admin,
+        "set the image policy (allowed images, registry logins)",
     ),
     (Action::DeleteWorkspace, Role::Owner, "delete the workspace"),
 ];
@@ -160,6 +167,7 @@ mod tests {
             Action::ManageOwnSecrets,
             Action::ManageWorkspaceSecrets,
             Action::ChooseComputeEnv,
+            Action::ManageImagePolicy,
             Action::DeleteWorkspace,
         ] {
             assert_eq!(

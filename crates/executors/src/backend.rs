@@ -69,6 +69,9 @@ pub struct Capabilities {
     pub handle_key: Option<&'static str>,
     /// How long after its work starts a bootstrap token may be exchanged.
     pub bootstrap_ttl: Option<Duration>,
+    /// The image cache of the machines where workers run (the shared work dir, or a directory
+    /// on each node's own disk).
+    pub image_cache: PathBuf,
 }
 
 /// How a task's worker starts.

@@ -78,6 +78,8 @@ pub enum Attach {
 
 /// The id of the local compute environment, which every workspace uses until it chooses another.
 pub const LOCAL_ENV: &str = "local";
+/// The image cache inside a work root (the local one, or a SLURM environment's shared one).
+pub const IMAGE_CACHE_DIR: &str = ".images";
 
 #[derive(Debug)]
 pub struct LocalExecutor {
@@ -156,6 +158,7 @@ impl LocalExecutor {
             runtime_dir: settings.runtime_dir.clone(),
             handle_key: None,
             bootstrap_ttl: None,
+            image_cache: settings.work_root.join(IMAGE_CACHE_DIR),
         };
         Ok(LocalExecutor {
             settings,

@@ -10,9 +10,10 @@ use tresor_domain::TaskState;
 use tresor_domain::task::{Executor, Input, Output};
 
 pub use tresor_api_types::internal::{
-    BootstrapRequest, DeliveredSecret, DeliveredSecrets, ENV_BOOTSTRAP_TOKEN, ENV_SERVER_URL,
-    ENV_TASK_ID, IDENTITY_DIR, IssuedToken, PresignedInputs, PresignedObject, PresignedUploads,
-    StatusAck, TOKEN_FILE, TOKEN_SOCKET, TokenRequest, UploadRequest, WorkerPhase, WorkerStatus,
+    BootstrapRequest, DeliveredLogin, DeliveredSecret, DeliveredSecrets, ENV_BOOTSTRAP_TOKEN,
+    ENV_SERVER_URL, ENV_TASK_ID, IDENTITY_DIR, IssuedToken, PresignedInputs, PresignedObject,
+    PresignedUploads, StatusAck, TOKEN_FILE, TOKEN_SOCKET, TokenRequest, UploadRequest,
+    WorkerPhase, WorkerStatus,
 };
 
 use crate::SandboxSettings;
@@ -55,6 +56,23 @@ pub struct WorkerTask {
     /// host enforces it.
     #[serde(default)]
     pub limits: TaskLimits,
+    /// The executors' images, when this host runs them (`images.runtime = "oci"`); without
+    /// it, executors run on the host's own `/usr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImageDelivery>,
+}
+
+/// How the worker gets each executor's image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageDelivery {
+    pub cache: tresor_images::CacheSettings,
+    /// The task's workspace: resolutions of names are kept per workspace.
+    pub workspace: String,
+    /// One per executor, in order.
+    pub pulls: Vec<tresor_images::PullPlan>,
+    /// Whether the workspace has registry logins for some of them (fetched with the secrets).
+    pub logins: bool,
 }
 
 /// The worker's line to the server: the task's internal endpoints and a credential bound to the

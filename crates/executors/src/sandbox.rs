@@ -53,6 +53,9 @@ pub struct SandboxSpec<'a> {
     pub secret_fds: &'a [(String, i32)],
     /// Host directories shown read-only at a sandbox path (the identity token directory).
     pub ro_binds: &'a [(PathBuf, String)],
+    /// The executor's image root, shown read-only as `/` instead of the host's system
+    /// directories.
+    pub image_root: Option<&'a Path>,
 }
 
 /// Where secret files appear inside the sandbox.
@@ -72,22 +75,16 @@ pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
     if spec.network {
         args.push("--share-net".to_owned());
     }
-    for dir in READ_ONLY_DIRS {
-        if Path::new(dir).is_dir() {
-            args.extend(["--ro-bind", dir, dir].map(str::to_owned));
+    if let Some(image) = spec.image_root {
+        // Every place bubblewrap mounts something of the task's own.
+        let mut targets: Vec<&str> = spec.mounts.iter().map(String::as_str).collect();
+        targets.extend(spec.ro_binds.iter().map(|(_, dest)| dest.as_str()));
+        if !spec.secret_fds.is_empty() {
+            targets.push(SECRETS_DIR);
         }
-    }
-    for entry in LINK_OR_DIRS {
-        let path = Path::new(entry);
-        if let Ok(target) = std::fs::read_link(path) {
-            args.extend([
-                "--symlink".to_owned(),
-                target.to_string_lossy().into_owned(),
-                (*entry).to_owned(),
-            ]);
-        } else if path.is_dir() {
-            args.extend(["--ro-bind", entry, entry].map(str::to_owned));
-        }
+        image_root_args(&mut args, image, "", &targets);
+    } else {
+        host_system_args(&mut args);
     }
     args.extend(["--proc", "/proc", "--dev", "/dev"].map(str::to_owned));
     for mount in spec.mounts {
@@ -125,11 +122,77 @@ pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
     args.push("--".to_owned());
     // bubblewrap sets PWD after --chdir, even over --unsetenv; env(1) removes it again so the
     // command sees exactly the executor's env. It also turns "no such program" into exit 127.
-    if !spec.env.contains_key("PWD") {
+    // An image need not have env(1); there PWD is the working directory, as in other runtimes.
+    if !spec.env.contains_key("PWD") && spec.image_root.is_none() {
         args.extend(["/usr/bin/env", "-u", "PWD", "--"].map(str::to_owned));
     }
     args.extend(spec.command.iter().cloned());
     args
+}
+
+/// The host's system directories, read-only.
+fn host_system_args(args: &mut Vec<String>) {
+    for dir in READ_ONLY_DIRS {
+        if Path::new(dir).is_dir() {
+            args.extend(["--ro-bind", dir, dir].map(str::to_owned));
+        }
+    }
+    for entry in LINK_OR_DIRS {
+        let path = Path::new(entry);
+        if let Ok(target) = std::fs::read_link(path) {
+            args.extend([
+                "--symlink".to_owned(),
+                target.to_string_lossy().into_owned(),
+                (*entry).to_owned(),
+            ]);
+        } else if path.is_dir() {
+            args.extend(["--ro-bind", entry, entry].map(str::to_owned));
+        }
+    }
+}
+
+/// Entries of an image root that the sandbox provides itself.
+const SANDBOX_OWN: &[&str] = &["/proc", "/dev", "/sys"];
+
+/// The image's directory `host` shown read-only at sandbox path `at` ("" for `/`), entry by
+/// entry on bubblewrap's own root, so the task's mount points (`targets`) can be made beside
+/// them: a directory that holds a target is made anew and descended into, an entry that is a
+/// target is left to the task's mount. Symbolic links are recreated, never bound: bubblewrap
+/// would resolve a bound one on the host, while a recreated one resolves inside the sandbox.
+fn image_root_args(args: &mut Vec<String>, host: &Path, at: &str, targets: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(host) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = format!("{at}/{name}");
+        if SANDBOX_OWN.contains(&path.as_str()) || targets.contains(&path.as_str()) {
+            continue;
+        }
+        let below = format!("{path}/");
+        let holds_target = targets.iter().any(|t| t.starts_with(&below));
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let source = entry.path().to_string_lossy().into_owned();
+        if kind.is_symlink() {
+            // A target below a link gets a real directory from bubblewrap instead.
+            if let (false, Ok(target)) = (holds_target, std::fs::read_link(entry.path())) {
+                args.extend([
+                    "--symlink".to_owned(),
+                    target.to_string_lossy().into_owned(),
+                    path,
+                ]);
+            }
+        } else if kind.is_dir() && holds_target {
+            args.extend(["--dir".to_owned(), path.clone()]);
+            image_root_args(args, &entry.path(), &path, targets);
+        } else if kind.is_dir() || kind.is_file() {
+            args.extend(["--ro-bind".to_owned(), source, path]);
+        }
+    }
 }
 
 /// Descriptor in bubblewrap from which it reads the `--setenv` arguments (see `env_args`).

@@ -56,6 +56,8 @@ pub struct SlurmSettings {
     pub max_jobs: u32,
     /// Where the SLURM commands are (empty: found through `PATH`).
     pub bin_dir: Option<PathBuf>,
+    /// The nodes' image cache (None: `<work_dir>/.images`, shared by all nodes).
+    pub image_cache: Option<PathBuf>,
 }
 
 /// What a job asks SLURM for, from the task's resources.
@@ -158,6 +160,10 @@ impl SlurmExecutor {
             runtime_dir: settings.runtime_dir.clone(),
             handle_key: Some("slurm_job_id"),
             bootstrap_ttl: Some(settings.bootstrap_ttl),
+            image_cache: settings
+                .image_cache
+                .clone()
+                .unwrap_or_else(|| settings.work_dir.join(crate::local::IMAGE_CACHE_DIR)),
         };
         SlurmExecutor {
             env: ComputeEnv {
@@ -698,6 +704,7 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             bootstrap_ttl: Duration::from_secs(300),
             max_jobs: 10,
+            image_cache: None,
             bin_dir: None,
         });
         let id = TaskId::parse("t1").unwrap();

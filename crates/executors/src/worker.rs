@@ -33,9 +33,17 @@ pub const PID_FILE: &str = "worker.pid";
 pub const LOG_FILE: &str = "worker.log";
 pub const ROOT_DIR: &str = "root";
 
-/// The line that tells users where their commands really ran.
+/// The line that tells users where their commands really ran, on a host that runs no images.
 pub const RUNTIME_NOTE: &str = "runtime: host; each executor ran in a bubblewrap sandbox on the \
      host, and the executor's image was recorded but not pulled or used";
+/// The same, where each executor runs in its image.
+pub const IMAGE_RUNTIME_NOTE: &str = "runtime: oci; each executor ran in a bubblewrap sandbox \
+     with its image's root as /";
+
+/// `PATH` where neither the image nor the executor sets one (what OCI runtimes give).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// `HOME` where neither sets one: writable, on the task's own disk.
+pub const DEFAULT_HOME: &str = "/tmp";
 
 fn now() -> String {
     time::OffsetDateTime::now_utc()
@@ -139,7 +147,15 @@ async fn run_task(
     // One session for the whole run: the reports, the credentials and the task's storage.
     let session = remote.clone();
     let mut report = Reporter::new(task_dir, remote, final_attempts);
-    report.status.log.system_logs = Some(vec![RUNTIME_NOTE.to_owned()]);
+    let note = if task.images.is_some() {
+        if let Some(metadata) = report.status.log.metadata.as_mut() {
+            metadata.insert("runtime".to_owned(), "oci".to_owned());
+        }
+        IMAGE_RUNTIME_NOTE
+    } else {
+        RUNTIME_NOTE
+    };
+    report.status.log.system_logs = Some(vec![note.to_owned()]);
     report.publish().await?;
 
     let root = task_dir.join(ROOT_DIR);
@@ -361,20 +377,25 @@ fn disk_exceeded(task: &WorkerTask, root: &Path, disk: Option<&TaskDisk>) -> boo
 
 /// The task's secrets and its identity (the first token, and its refresh), fetched from the
 /// server while the task's disk is made.
-type Credentials = (Vec<(String, SecretValue)>, Option<Identity>);
+type Credentials = (
+    Vec<(String, SecretValue)>,
+    Option<Identity>,
+    Vec<tresor_images::RegistryLogin>,
+);
 
 /// Fetches the task's secrets and its first identity token: two round trips, in parallel.
 async fn fetch_credentials(
     task: &WorkerTask,
     session: Option<&Session>,
 ) -> Result<Credentials, SystemError> {
+    let logins = task.images.as_ref().is_some_and(|i| i.logins);
     let secrets = async {
-        match (&task.secrets, session) {
-            (Some(_), Some(session)) => fetch_secrets(session).await,
-            (Some(_), None) => Err(SystemError(
+        match (task.secrets.is_some() || logins, session) {
+            (true, Some(session)) => fetch_secrets(session).await,
+            (true, None) => Err(SystemError(
                 "the task declares secrets but has no session to fetch them".to_owned(),
             )),
-            _ => Ok(Vec::new()),
+            (false, _) => Ok((Vec::new(), Vec::new())),
         }
     };
     // Held until the executors are done: dropping it stops the token's refresh and removes it.
@@ -390,7 +411,8 @@ async fn fetch_credentials(
         }
     };
     let (secrets, identity) = tokio::join!(secrets, identity);
-    Ok((secrets?, identity?))
+    let (secrets, logins) = secrets?;
+    Ok((secrets, identity?, logins))
 }
 
 async fn execute(
@@ -407,12 +429,45 @@ async fn execute(
         // The tree is the task user's before `file://` inputs are copied in with its rights.
         chown_tree(root, owner)?;
     }
-    stage_file_inputs(task, root).await?;
-    for input in &task.inputs {
-        stage_input(task, root, input).await?;
+    let (secrets, identity, logins) = credentials?;
+    // Registry passwords are hidden from the task's logs like its secrets.
+    let login_values: Vec<SecretValue> = logins
+        .iter()
+        .map(|l| SecretValue::new(l.password.as_bytes().to_vec()))
+        .collect();
+    report.redactor = Some(Redactor::new(
+        secrets.iter().map(|(_, v)| v).chain(&login_values),
+    ));
+    drop(login_values);
+    // Images are pulled while the inputs are staged.
+    let staging = async {
+        stage_file_inputs(task, root).await?;
+        for input in &task.inputs {
+            stage_input(task, root, input).await?;
+        }
+        if task.inputs.iter().any(is_s3_input) {
+            stage_s3_inputs(session.as_ref(), root).await?;
+        }
+        Ok::<(), SystemError>(())
+    };
+    let (staged, images) = tokio::join!(staging, ready_images(task, logins));
+    staged?;
+    let images = images?;
+    if let Some(metadata) = report.status.log.metadata.as_mut() {
+        for (index, image) in images.iter().enumerate() {
+            if let Some((plan, ready)) = image {
+                metadata.insert(format!("executor.{index}.image"), plan.name.clone());
+                metadata.insert(
+                    format!("executor.{index}.image_digest"),
+                    ready.digest.clone(),
+                );
+            }
+        }
     }
-    if task.inputs.iter().any(is_s3_input) {
-        stage_s3_inputs(session.as_ref(), root).await?;
+    for (index, image) in images.iter().enumerate() {
+        for note in image.iter().flat_map(|(_, ready)| &ready.notes) {
+            report.system_log(format!("executor {index}: image: {note}"));
+        }
     }
     if disk.is_none() && disk_exceeded(task, root, None) {
         report.system_log(format!("the task's inputs {}", disk_limit(&task.limits)));
@@ -421,8 +476,6 @@ async fn execute(
     if let Some(owner) = task.sandbox.run_as {
         chown_tree(root, owner)?;
     }
-    let (secrets, identity) = credentials?;
-    report.redactor = Some(Redactor::new(secrets.iter().map(|(_, v)| v)));
     let identity_binds: Vec<(PathBuf, String)> = identity
         .iter()
         .map(|i| (i.dir().to_owned(), IDENTITY_DIR.to_owned()))
@@ -469,6 +522,7 @@ async fn execute(
             root,
             &mounts,
             executor,
+            images[index].as_ref().map(|(_, ready)| ready.as_ref()),
             &secrets,
             report.redactor.as_ref(),
             &sandbox_extras,
@@ -509,6 +563,8 @@ async fn execute(
         }
     }
     drop(cgroup);
+    // The images may be evicted from here on.
+    drop(images);
 
     drop(identity);
     let mut s3_files = Vec::new();
@@ -830,21 +886,99 @@ fn open_stdio(
 }
 
 /// Fetches the declared secrets from the server, once, with the task's credential.
-async fn fetch_secrets(session: &Session) -> Result<Vec<(String, SecretValue)>, SystemError> {
+/// The task's secrets and its registry logins, fetched once.
+async fn fetch_secrets(
+    session: &Session,
+) -> Result<
+    (
+        Vec<(String, SecretValue)>,
+        Vec<tresor_images::RegistryLogin>,
+    ),
+    SystemError,
+> {
     let failed = |why: String| SystemError(format!("could not fetch the task's secrets: {why}"));
     let body: DeliveredSecrets = session
         .call_patiently("secrets", None::<&()>)
         .await
         .map_err(|e| failed(e.message))?;
-    body.secrets
-        .into_iter()
+    let decode = |value: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(value.as_bytes())
+            .map(zeroize::Zeroizing::new)
+    };
+    let secrets = body
+        .secrets
+        .iter()
         .map(|s| {
-            base64::engine::general_purpose::STANDARD
-                .decode(s.value_base64.as_bytes())
-                .map(|bytes| (s.name.clone(), SecretValue::new(bytes)))
+            decode(&s.value_base64)
+                .map(|bytes| (s.name.clone(), SecretValue::new(bytes.to_vec())))
                 .map_err(|_| failed(format!("the value of {} is not base64", s.name)))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut logins = Vec::new();
+    for login in &body.registry_logins {
+        let value = decode(&login.value_base64)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+            .map(zeroize::Zeroizing::new);
+        let Some((username, password)) = value.as_deref().and_then(|v| v.split_once(':')) else {
+            return Err(failed(format!(
+                "the registry login for {} is not username:password",
+                login.registry
+            )));
+        };
+        logins.push(tresor_images::RegistryLogin {
+            registry: login.registry.clone(),
+            username: username.to_owned(),
+            password: zeroize::Zeroizing::new(password.to_owned()),
+        });
+    }
+    Ok((secrets, logins))
+}
+
+/// One ready image per executor (`None` on a host that runs no images); each distinct image is
+/// made ready once, on the host's network, outside any sandbox.
+async fn ready_images(
+    task: &WorkerTask,
+    logins: Vec<tresor_images::RegistryLogin>,
+) -> Result<
+    Vec<
+        Option<(
+            tresor_images::PullPlan,
+            std::sync::Arc<tresor_images::ReadyImage>,
+        )>,
+    >,
+    SystemError,
+> {
+    let Some(delivery) = &task.images else {
+        return Ok(vec![None; task.executors.len()]);
+    };
+    if delivery.pulls.len() != task.executors.len() {
+        return Err(SystemError(
+            "the task file names an image for each executor, and does not".to_owned(),
+        ));
+    }
+    let cache = tresor_images::ImageCache::open(delivery.cache.clone())
+        .map_err(|e| SystemError(format!("the image cache: {e}")))?;
+    let mut ready: BTreeMap<String, std::sync::Arc<tresor_images::ReadyImage>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(delivery.pulls.len());
+    for (index, plan) in delivery.pulls.iter().enumerate() {
+        let image = match ready.get(&plan.source) {
+            Some(image) => image.clone(),
+            None => {
+                let login = logins.iter().find(|l| l.registry == plan.registry);
+                let image = cache
+                    .ensure(plan, &delivery.workspace, login)
+                    .await
+                    .map_err(|e| SystemError(format!("executor {index}: {e}")))?;
+                let image = std::sync::Arc::new(image);
+                ready.insert(plan.source.clone(), image.clone());
+                image
+            }
+        };
+        out.push(Some((plan.clone(), image)));
+    }
+    Ok(out)
 }
 
 fn is_s3_input(input: &Input) -> bool {
@@ -994,6 +1128,30 @@ struct SandboxExtras<'a> {
     env: &'a [(String, String)],
 }
 
+/// The executor's environment: the image's `Env`, then the executor's `env` over it, then a
+/// default `PATH` and a writable `HOME` where neither set them.
+fn executor_env(
+    image: Option<&tresor_images::ReadyImage>,
+    executor: &Executor,
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = image
+        .and_then(|i| i.config.env.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(name, _)| !name.is_empty())
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    if let Some(own) = &executor.env {
+        env.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    env.entry("PATH".to_owned())
+        .or_insert_with(|| DEFAULT_PATH.to_owned());
+    env.entry("HOME".to_owned())
+        .or_insert_with(|| DEFAULT_HOME.to_owned());
+    env
+}
+
 /// What holds one executor to its task's limits.
 struct Confinement<'a> {
     /// The task's cgroup; without one, rlimits on bubblewrap.
@@ -1123,6 +1281,7 @@ async fn run_executor(
     root: &Path,
     mounts: &[String],
     executor: &Executor,
+    image: Option<&tresor_images::ReadyImage>,
     secrets: &[(String, SecretValue)],
     redactor: Option<&Redactor>,
     extras: &SandboxExtras<'_>,
@@ -1198,17 +1357,28 @@ async fn run_executor(
         ));
     }
 
-    let empty = BTreeMap::new();
+    let env = executor_env(image, executor);
+    let workdir = match (executor.workdir.as_deref(), image) {
+        (Some(dir), _) => dir,
+        (None, Some(image)) => image
+            .config
+            .working_dir
+            .as_deref()
+            .filter(|d| d.starts_with('/'))
+            .unwrap_or("/"),
+        (None, None) => "/tmp",
+    };
     let spec = SandboxSpec {
         settings: &task.sandbox,
         root,
         mounts,
         network: task.network,
-        workdir: executor.workdir.as_deref().unwrap_or("/tmp"),
-        env: executor.env.as_ref().unwrap_or(&empty),
+        workdir,
+        env: &env,
         command: &executor.command,
         secret_fds: &secret_fds,
         ro_binds: extras.ro_binds,
+        image_root: image.map(|i| i.rootfs.as_path()),
     };
     // The environment travels as bubblewrap arguments through a pipe (see `sandbox::env_args`).
     let env_bytes = zeroize::Zeroizing::new(sandbox::env_args(

@@ -4,6 +4,7 @@ mod compute;
 mod error;
 mod extract;
 mod identity;
+mod images;
 mod limits;
 mod platform;
 pub mod routes;

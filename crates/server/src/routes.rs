@@ -8,7 +8,7 @@ use axum::routing::MethodRouter;
 use serde_json::{Value, json};
 use tresor_domain::Action;
 
-use crate::{AppState, compute, identity, platform, secrets, tes};
+use crate::{AppState, compute, identity, images, platform, secrets, tes};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,6 +418,24 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "A task's worker reports its task's status",
             ),
             post(compute::report_status),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/workspaces/{workspace}/image-policy",
+                Access::Workspace(Action::Read),
+                "The workspace's image policy: allowed images, digest pinning, registry logins (secret names)",
+            ),
+            get(images::get_policy),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/api/v1/workspaces/{workspace}/image-policy",
+                Access::Workspace(Action::ManageImagePolicy),
+                "Replace the workspace's image policy",
+            ),
+            put(images::put_policy),
         ),
         (
             spec(

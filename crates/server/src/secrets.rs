@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use tresor_api_types::internal::{DeliveredSecret, DeliveredSecrets};
+use tresor_api_types::internal::{DeliveredLogin, DeliveredSecret, DeliveredSecrets};
 use tresor_api_types::platform::{PutSecret, Secret, SecretVersion};
 use tresor_crypto::SecretValue;
 use tresor_service::{PutCondition, PutOutcome, Scope};
@@ -184,13 +184,24 @@ pub(crate) async fn deliver(
             ))
         })?;
     let delivered = state.tasks.deliver_secrets(&id, credential.trim()).await?;
+    let encode = |value: &tresor_crypto::SecretValue| {
+        base64::engine::general_purpose::STANDARD.encode(value.expose_secret())
+    };
     Ok(Json(DeliveredSecrets {
         secrets: delivered
-            .into_iter()
+            .secrets
+            .iter()
             .map(|(name, value)| DeliveredSecret {
-                name,
-                value_base64: base64::engine::general_purpose::STANDARD
-                    .encode(value.expose_secret()),
+                name: name.clone(),
+                value_base64: encode(value),
+            })
+            .collect(),
+        registry_logins: delivered
+            .registry_logins
+            .iter()
+            .map(|(registry, value)| DeliveredLogin {
+                registry: registry.clone(),
+                value_base64: encode(value),
             })
             .collect(),
     }))

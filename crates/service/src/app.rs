@@ -14,8 +14,8 @@ use tresor_store::{Store, StoreSettings};
 
 use crate::preflight::Preflight;
 use crate::{
-    Executors, IdentityService, IdentitySettings, PlatformService, S3Settings, SecretLimits,
-    SecretService, ServiceSettings, StorageService, TaskService,
+    Executors, IdentityService, IdentitySettings, ImageService, ImageSettings, PlatformService,
+    Rooms, S3Settings, SecretLimits, SecretService, ServiceSettings, StorageService, TaskService,
 };
 
 /// Everything the use cases need, resolved from configuration by the caller.
@@ -45,6 +45,8 @@ pub struct Settings {
     pub outbound: Option<Arc<ClientCredentials>>,
     /// Compute environments of type `slurm`.
     pub slurm: Vec<SlurmSettings>,
+    /// The image runtime, the nodes' image caches and the registry mirrors.
+    pub images: ImageSettings,
 }
 
 /// Every use case of a running server, wired to one store; cheap to clone.
@@ -55,6 +57,7 @@ pub struct Services {
     pub secrets: SecretService,
     pub identity: IdentityService,
     pub storage: StorageService,
+    pub images: ImageService,
     pub preflight: Preflight,
     /// Kept to be closed at shutdown, after the last request.
     store: Store,
@@ -100,6 +103,12 @@ impl Services {
             settings.local.clone(),
             settings.outbound,
         );
+        let images = ImageService::new(
+            store.clone(),
+            platform.clone(),
+            secrets.clone(),
+            settings.images,
+        );
         let executor = LocalExecutor::new(settings.local)?;
         let slurm = settings
             .slurm
@@ -108,10 +117,13 @@ impl Services {
             .collect::<Result<Vec<_>, _>>()?;
         let tasks = TaskService::new(
             store.clone(),
-            platform.clone(),
-            secrets.clone(),
-            identity.clone(),
-            storage.clone(),
+            Rooms {
+                platform: platform.clone(),
+                secrets: secrets.clone(),
+                identity: identity.clone(),
+                storage: storage.clone(),
+                images: images.clone(),
+            },
             Executors {
                 local: executor,
                 slurm,
@@ -127,6 +139,7 @@ impl Services {
                 secrets,
                 identity,
                 storage,
+                images,
                 preflight,
                 store,
             },

@@ -3,6 +3,7 @@
 pub mod app;
 mod error;
 pub mod identity;
+pub mod images;
 pub mod platform;
 pub mod preflight;
 pub mod secrets;
@@ -11,10 +12,11 @@ pub mod tasks;
 
 pub use error::{Entity, ServiceError};
 pub use identity::{IdentityService, IdentitySettings, IssuedToken, TaskSubject};
+pub use images::{ImageRuntime, ImageService, ImageSettings};
 pub use platform::{Credential, PlatformService};
 pub use secrets::{PutCondition, PutOutcome, Scope, SecretLimits, SecretService};
 pub use storage::{Location, S3Settings, StorageService};
 pub use tasks::{
-    ComputeEnvInfo, DeclaredSecrets, Executors, LOCAL_ENV, ListTasksRequest, ServiceSettings,
-    TIME_LIMIT, TaskService, WorkerAssignment, tes_state, validate,
+    ComputeEnvInfo, DeclaredSecrets, Executors, LOCAL_ENV, ListTasksRequest, Rooms,
+    ServiceSettings, TIME_LIMIT, TaskService, WorkerAssignment, tes_state, validate,
 };

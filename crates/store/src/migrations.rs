@@ -56,6 +56,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "task_leases",
         include_str!("../migrations/sqlite/0009_task_leases.sql"),
     ),
+    (
+        10,
+        "image_policy",
+        include_str!("../migrations/sqlite/0010_image_policy.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -154,6 +154,37 @@ impl Store {
         .await
     }
 
+    /// A workspace's image policy (JSON), if it has one.
+    pub async fn workspace_image_policy(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<String>, Error> {
+        let policy: Option<Option<String>> =
+            sqlx::query_scalar("SELECT image_policy FROM workspaces WHERE id = ?")
+                .bind(workspace.as_str())
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(policy.flatten())
+    }
+
+    /// Sets (or with None removes) a workspace's image policy, recording `event` with it.
+    pub async fn set_workspace_image_policy(
+        &self,
+        workspace: &WorkspaceId,
+        policy: Option<&str>,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        self.audited(event, async |conn| {
+            sqlx::query("UPDATE workspaces SET image_policy = ? WHERE id = ?")
+                .bind(policy)
+                .bind(workspace.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn personal_workspace(
         &self,
         user: &UserId,

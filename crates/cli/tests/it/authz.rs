@@ -145,6 +145,11 @@ fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<se
             fill(path),
             Some(serde_json::json!({ "compute_env": "local" })),
         ),
+        (Method::GET, "/api/v1/workspaces/{workspace}/image-policy") => (fill(path), None),
+        (Method::PUT, "/api/v1/workspaces/{workspace}/image-policy") => (
+            fill(path),
+            Some(serde_json::json!({ "allowed": ["docker.io/library/*"] })),
+        ),
         (Method::POST, "/internal/v1/tasks/{id}/bootstrap") => (
             path.replace("{id}", &f.task),
             Some(serde_json::json!({ "job_id": "1" })),

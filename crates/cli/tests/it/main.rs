@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod host_users;
 mod identity;
+mod images;
 mod issuer;
 mod limits;
 mod oidc;

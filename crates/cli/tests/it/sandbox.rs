@@ -20,7 +20,8 @@ async fn the_environment_holds_only_the_executors_env() {
         ..TesTask::default()
     };
     let done = server.run(&task).await;
-    // The executor's env, plus the variables that point at the task's identity token.
+    // The executor's env, the variables that point at the task's identity token, and the
+    // PATH and writable HOME that OCI runtimes give where neither image nor executor sets them.
     let token = "/run/tresor/identity/token";
     let mut seen: Vec<String> = stdout(&done, 0).lines().map(str::to_owned).collect();
     seen.sort();
@@ -30,7 +31,9 @@ async fn the_environment_holds_only_the_executors_env() {
             "AND=that".to_owned(),
             format!("AWS_WEB_IDENTITY_TOKEN_FILE={token}"),
             format!("AZURE_FEDERATED_TOKEN_FILE={token}"),
+            "HOME=/tmp".to_owned(),
             "ONLY=this".to_owned(),
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
             "TRESOR_IDENTITY_SOCKET=/run/tresor/identity/token.sock".to_owned(),
             format!("TRESOR_IDENTITY_TOKEN_FILE={token}"),
         ]

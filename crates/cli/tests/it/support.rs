@@ -131,6 +131,11 @@ pub fn settings_for(dir: &Path) -> AppSettings {
             s3: None,
             outbound: None,
             slurm: Vec::new(),
+            // Most tests run host tools (the venv's Python, say); `images.rs` runs images.
+            images: tresor_service::ImageSettings {
+                runtime: tresor_service::ImageRuntime::Host,
+                ..Default::default()
+            },
         },
         max_body_bytes: 4 * 1024 * 1024,
         limits: Default::default(),
@@ -564,6 +569,7 @@ pub fn slurm_settings(dir: &Path) -> tresor_executors::SlurmSettings {
         bootstrap_ttl: Duration::from_secs(120),
         max_jobs: 100,
         bin_dir: None,
+        image_cache: None,
     }
 }
 

@@ -438,6 +438,7 @@ impl Preflight {
             command: &command,
             secret_fds: &[],
             ro_binds: &[],
+            image_root: None,
         };
         let output = tresor_executors::sandbox::command(&spec, false)
             .output()

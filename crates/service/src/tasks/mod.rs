@@ -11,7 +11,9 @@ pub mod supervisor;
 mod supervisor_tests;
 pub mod validate;
 mod worker_api;
+pub use worker_api::Delivery;
 
+use crate::images::{ImageRuntime, ImageService};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +81,7 @@ struct Inner {
     identity: IdentityService,
     /// What service-info says of the local executor.
     local: LocalFacts,
+    images: ImageService,
     supervisor: Arc<Supervisor>,
     workers: worker_api::WorkerApi,
 }
@@ -100,6 +103,16 @@ pub struct Executors {
     pub slurm: Vec<SlurmExecutor>,
 }
 
+/// The other rooms the task use cases call on.
+#[derive(Debug, Clone)]
+pub struct Rooms {
+    pub platform: PlatformService,
+    pub secrets: SecretService,
+    pub identity: IdentityService,
+    pub storage: StorageService,
+    pub images: ImageService,
+}
+
 /// A compute environment as users see it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ComputeEnvInfo {
@@ -115,13 +128,17 @@ impl TaskService {
     /// Builds the service; call `start` to reconcile and begin scheduling.
     pub async fn new(
         store: Store,
-        platform: PlatformService,
-        secrets: SecretService,
-        identity: IdentityService,
-        storage: StorageService,
+        rooms: Rooms,
         executors: Executors,
         settings: ServiceSettings,
     ) -> Result<TaskService, ServiceError> {
+        let Rooms {
+            platform,
+            secrets,
+            identity,
+            storage,
+            images,
+        } = rooms;
         let Executors { local, slurm } = executors;
         let page_secret = store.server_secret("page_token_key").await?;
         let local_settings = local.settings();
@@ -150,11 +167,18 @@ impl TaskService {
                 .into_iter()
                 .map(|e| Arc::new(e) as Arc<dyn ComputeBackend>),
         );
-        let supervisor = Supervisor::new(store.clone(), storage, backends, supervisor_settings);
+        let supervisor = Supervisor::new(
+            store.clone(),
+            storage,
+            images.clone(),
+            backends,
+            supervisor_settings,
+        );
         convert_legacy_specs(&store, &supervisor).await?;
         let workers = worker_api::WorkerApi {
             store: store.clone(),
             secrets: secrets.clone(),
+            images: images.clone(),
             supervisor: supervisor.clone(),
         };
         Ok(TaskService {
@@ -166,6 +190,7 @@ impl TaskService {
                 secrets,
                 identity,
                 local: local_facts,
+                images,
                 workers,
                 supervisor,
             }),
@@ -194,8 +219,15 @@ impl TaskService {
                 version: "1.1.0".to_owned(),
             },
             description: Some(format!(
-                "tresor, a secure processing environment. Runtime: host; every executor runs in a \
-                 bubblewrap sandbox on the server's host, and its image is recorded but not used.{}",
+                "tresor, a secure processing environment. {}{}",
+                match self.inner.images.runtime() {
+                    ImageRuntime::Oci =>
+                        "Runtime: oci; every executor runs in its OCI image, \
+                        pulled by tresor and unpacked read-only, as / of a bubblewrap sandbox.",
+                    ImageRuntime::Host =>
+                        "Runtime: host; every executor runs in a bubblewrap \
+                        sandbox on the host's own /usr, and its image is recorded but not used.",
+                },
                 if local.own_users {
                     " Each running task has a host user of its own."
                 } else {
@@ -365,6 +397,10 @@ impl TaskService {
         let accepted = validate::accept_task(task, &self.limits(backend.as_ref()))?;
         self.check_secrets(caller, &accepted.spec).await?;
         self.inner
+            .images
+            .check_task(&caller.workspace, &accepted.spec)
+            .await?;
+        self.inner
             .supervisor
             .storage()
             .check_task(&caller.workspace, &accepted.spec)
@@ -432,7 +468,7 @@ impl TaskService {
         &self,
         id: &str,
         credential: &str,
-    ) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
+    ) -> Result<worker_api::Delivery, ServiceError> {
         worker_api::deliver_secrets(&self.inner.workers, id, credential).await
     }
 

@@ -20,6 +20,7 @@
 //!   active task whose owner's lease lapsed (or whose owner is a dead process on this host) with
 //!   a compare-and-swap on the owner, then adopts its work, so no task is run twice.
 
+use crate::images::ImageService;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,6 +84,7 @@ struct Tracked {
 pub struct Supervisor {
     store: Store,
     storage: StorageService,
+    images: ImageService,
     backends: BTreeMap<String, Arc<dyn ComputeBackend>>,
     settings: SupervisorSettings,
     /// This process's id as a task owner: `host:pid:nonce`.
@@ -153,6 +155,7 @@ impl Supervisor {
     pub fn new(
         store: Store,
         storage: StorageService,
+        images: ImageService,
         backends: Vec<Arc<dyn ComputeBackend>>,
         settings: SupervisorSettings,
     ) -> Arc<Supervisor> {
@@ -167,6 +170,7 @@ impl Supervisor {
         Arc::new(Supervisor {
             store,
             storage,
+            images,
             backends: backends
                 .into_iter()
                 .map(|b| (b.env().id.clone(), b))
@@ -390,6 +394,7 @@ impl Supervisor {
         let defaults = &self.settings.worker;
         let mut limits = backend.worker_limits(spec);
         limits.log_bytes = limits.log_bytes.or(Some(defaults.max_log_bytes));
+        let images = self.images.delivery(record, &caps.image_cache).await?;
         Ok(WorkerTask {
             task_id: record.id.to_string(),
             inputs: spec.inputs.clone(),
@@ -420,6 +425,7 @@ impl Supervisor {
                 sdk_env: defaults.sdk_env.clone(),
             }),
             limits,
+            images,
         })
     }
 

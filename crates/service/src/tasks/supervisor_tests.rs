@@ -66,6 +66,7 @@ impl FakeBackend {
                 runtime_dir: "/dev/shm".into(),
                 handle_key: Some("fake_job_id"),
                 bootstrap_ttl: None,
+                image_cache: "/nonexistent/images".into(),
             },
             script: Mutex::new(Script::default()),
         })
@@ -182,10 +183,33 @@ struct Fixture {
     supervisor: Arc<Supervisor>,
 }
 
-fn supervisor(store: &Store, backend: &Arc<FakeBackend>) -> Arc<Supervisor> {
+async fn supervisor(
+    store: &Store,
+    backend: &Arc<FakeBackend>,
+    dir: &std::path::Path,
+) -> Arc<Supervisor> {
+    let platform = crate::PlatformService::new(
+        store.clone(),
+        tresor_auth::oidc::OidcVerifier::new(Vec::new()).unwrap(),
+    );
+    let keys = tresor_crypto::KeyRing::open_or_create(&dir.join("kek")).unwrap();
+    let secrets = crate::SecretService::new(store.clone(), platform.clone(), keys)
+        .await
+        .unwrap();
+    // The fake backend runs nothing, so the tasks need no images.
+    let images = crate::ImageService::new(
+        store.clone(),
+        platform,
+        secrets,
+        crate::ImageSettings {
+            runtime: crate::ImageRuntime::Host,
+            ..Default::default()
+        },
+    );
     Supervisor::new(
         store.clone(),
         StorageService::new(store.clone(), None, Vec::new()),
+        images,
         vec![backend.clone() as Arc<dyn ComputeBackend>],
         SupervisorSettings {
             lease: Duration::from_secs(30),
@@ -216,7 +240,7 @@ async fn fixture(capacity: u32, unit: CapacityUnit, poll: bool) -> Fixture {
     .await
     .unwrap();
     let backend = FakeBackend::new(capacity, unit, poll);
-    let supervisor = supervisor(&store, &backend);
+    let supervisor = supervisor(&store, &backend, dir.path()).await;
     Fixture {
         _dir: dir,
         store,
@@ -528,7 +552,7 @@ async fn a_lapsed_lease_is_taken_over_by_exactly_one_process_and_a_live_one_by_n
     });
 
     // Two more processes on the same database race for it.
-    let other = supervisor(&f.store, &f.backend);
+    let other = supervisor(&f.store, &f.backend, f._dir.path()).await;
     let (a, b) = tokio::join!(f.supervisor.take_over_lapsed(), other.take_over_lapsed());
     a.unwrap();
     b.unwrap();

@@ -17,6 +17,7 @@ use crate::secrets::SecretService;
 pub(crate) struct WorkerApi {
     pub store: tresor_store::Store,
     pub secrets: SecretService,
+    pub images: crate::images::ImageService,
     pub supervisor: std::sync::Arc<Supervisor>,
 }
 
@@ -79,12 +80,20 @@ pub(crate) async fn authorized_task(
     active_task(inner, &id).await
 }
 
+/// What a starting task's worker gets once: its declared secrets by name, and the registry
+/// logins for its images by registry.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    pub secrets: Vec<(String, tresor_crypto::SecretValue)>,
+    pub registry_logins: Vec<(String, tresor_crypto::SecretValue)>,
+}
+
 /// Hands a starting task its secrets, once: a matching credential is consumed by its first use.
 pub(crate) async fn deliver_secrets(
     inner: &WorkerApi,
     id: &str,
     credential: &str,
-) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
+) -> Result<Delivery, ServiceError> {
     let record = authorized_task(inner, id, credential).await?;
     let id = record.id.clone();
     if !inner.store.claim_secret_delivery(&id).await? {
@@ -122,10 +131,14 @@ pub(crate) async fn deliver_secrets(
         .secrets
         .record_deliveries(&uses, id.as_str(), record.created_by.as_str())
         .await?;
-    Ok(resolved
-        .into_iter()
-        .map(|(name, _, _, value)| (name, value))
-        .collect())
+    let registry_logins = inner.images.logins(&record).await?;
+    Ok(Delivery {
+        secrets: resolved
+            .into_iter()
+            .map(|(name, _, _, value)| (name, value))
+            .collect(),
+        registry_logins,
+    })
 }
 
 /// A worker's status report. Returns the task's state as the server now sees it.
