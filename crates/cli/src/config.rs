@@ -362,6 +362,7 @@ const ENV_KEYS: &[&str] = &[
     "TRESOR_KEK_FILE",
     "TRESOR_AUDIT_KEY_FILE",
     "TRESOR_REQUESTS_PER_SECOND",
+    "TRESOR_IMAGE_RUNTIME",
     "TRESOR_LOG",
     // read by the client commands, harmless here
     "TRESOR_URL",
@@ -905,7 +906,17 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     }
 
     let identity = resolve_identity(&file.identity, &file_name, &mut layers.problems);
-    let images = resolve_images(&file.images, &file_name, &mut layers.problems);
+    let mut images = resolve_images(&file.images, &file_name, &mut layers.problems);
+    images.runtime = layers
+        .pick(
+            "image_runtime",
+            None,
+            "TRESOR_IMAGE_RUNTIME",
+            parse_runtime,
+            None,
+            || images.runtime,
+        )
+        .value;
     let s3 = file
         .s3
         .as_ref()
@@ -1066,21 +1077,27 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     }
 }
 
+fn parse_runtime(raw: &str) -> Result<tresor_service::ImageRuntime, String> {
+    match raw {
+        "oci" => Ok(tresor_service::ImageRuntime::Oci),
+        "host" => Ok(tresor_service::ImageRuntime::Host),
+        other => Err(format!(
+            "{other:?} is not a runtime; use \"oci\" or \"host\""
+        )),
+    }
+}
+
 fn resolve_images(
     section: &ImagesSection,
     file_name: &str,
     problems: &mut Problems,
 ) -> tresor_service::ImageSettings {
     let defaults = tresor_service::ImageSettings::default();
-    let runtime = match section.runtime.as_deref() {
-        None | Some("oci") => tresor_service::ImageRuntime::Oci,
-        Some("host") => tresor_service::ImageRuntime::Host,
-        Some(other) => {
-            problems.add(
-                "images.runtime",
-                file_name,
-                format!("{other:?} is not a runtime; use \"oci\" or \"host\""),
-            );
+    let runtime = match section.runtime.as_deref().map(parse_runtime) {
+        None => defaults.runtime,
+        Some(Ok(runtime)) => runtime,
+        Some(Err(e)) => {
+            problems.add("images.runtime", file_name, e);
             defaults.runtime
         }
     };

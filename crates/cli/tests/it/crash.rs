@@ -74,6 +74,8 @@ fn spawn_server_command(
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("TRESOR_LOG", "trace")
+        // These tests run host tools; images.rs runs images.
+        .env("TRESOR_IMAGE_RUNTIME", "host")
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()

@@ -144,6 +144,7 @@ async fn a_data_dir_that_tasks_cannot_reach_is_refused_at_start_naming_the_direc
         .arg(closed.path().join("data"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TRESOR_IMAGE_RUNTIME", "host")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
