@@ -42,9 +42,13 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     scale_secrets: usize,
     /// Run only these measures (comma-separated): creations, latency, cancels, redaction,
-    /// secret-delivery, storage, slurm, secrets-at-scale. Default: all.
+    /// secret-delivery, storage, slurm, secrets-at-scale, images. Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Cold pulls of the 50 MB image, each against `skopeo copy` + `umoci unpack` (0 skips the
+    /// image rows; they need scripts/lib/registry-up.sh).
+    #[arg(long, default_value_t = 3)]
+    image_runs: usize,
     /// The tresor binary (default: `tresor` beside this program).
     #[arg(long)]
     tresor: Option<PathBuf>,
@@ -91,6 +95,12 @@ fn start_server_with(
 
 /// Starts a server whose data lives in `dir` (kept by the caller, so it can be restarted).
 fn start_server_in(tresor: &Path, slots: u32, dir: &Path, extra: Vec<String>) -> Result<Server> {
+    // The measures run host tools unless they bring a config of their own (the image ones).
+    let runtime = if extra.iter().any(|a| a == "--config") {
+        None
+    } else {
+        Some("host")
+    };
     let dir = dir.to_path_buf();
     let mut child = Command::new(tresor)
         .args([
@@ -108,6 +118,7 @@ fn start_server_in(tresor: &Path, slots: u32, dir: &Path, extra: Vec<String>) ->
         .env("TRESOR_LOG", "warn")
         // The bench drives the server from one credential far past any per-user rate.
         .env("TRESOR_REQUESTS_PER_SECOND", "1000000")
+        .envs(runtime.map(|r| ("TRESOR_IMAGE_RUNTIME", r)))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -227,6 +238,11 @@ async fn latency(tresor: &Path, args: &Args) -> Result<(Duration, Duration)> {
 
 /// p50 of spawning bubblewrap with tresor's own sandbox arguments around `true`.
 fn bare_bwrap(runs: usize) -> Result<Duration> {
+    bare_bwrap_in(runs, None)
+}
+
+/// The same, with an image's root as `/` when given.
+fn bare_bwrap_in(runs: usize, image_root: Option<&Path>) -> Result<Duration> {
     use tresor_executors::sandbox::{SandboxSettings, SandboxSpec, bwrap_args};
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("tmp"))?;
@@ -254,7 +270,7 @@ fn bare_bwrap(runs: usize) -> Result<Duration> {
         command: &command,
         secret_fds: &[],
         ro_binds: &[],
-        image_root: None,
+        image_root,
     };
     let argv = bwrap_args(&spec);
     let mut samples = Vec::new();
@@ -275,6 +291,175 @@ fn bare_bwrap(runs: usize) -> Result<Duration> {
     samples.remove(0);
     samples.sort();
     Ok(percentile(&samples, 0.5))
+}
+
+/// The registry scripts/lib/registry-up.sh starts, its access log, and two of its images.
+const REGISTRY: &str = "127.0.0.1:5000";
+const REGISTRY_LOG: &str = "/var/tmp/tresor-registry/open.log";
+const DEBIAN_IMAGE: &str = "lab/debian:12";
+const BUSYBOX_IMAGE: &str = "lab/busybox:1";
+
+struct ImageBench {
+    cold: Duration,
+    skopeo_umoci: Duration,
+    warm_p50: Duration,
+    bare_p50: Duration,
+    concurrent_downloads: usize,
+    concurrent_wall: Duration,
+}
+
+/// A server whose executors run in images pulled from the local registry.
+fn image_server(tresor: &Path, slots: u32) -> Result<Server> {
+    start_server_with(tresor, slots, |dir| {
+        let config = dir.join("images.toml");
+        std::fs::write(
+            &config,
+            format!("[images]\nruntime = \"oci\"\nplain_http = [\"{REGISTRY}\"]\n"),
+        )?;
+        Ok(vec!["--config".to_owned(), config.display().to_string()])
+    })
+}
+
+fn image_task(image: &str, command: &[&str]) -> TesTask {
+    let mut t = task(command, 1);
+    t.executors[0].image = format!("{REGISTRY}/{image}");
+    t
+}
+
+async fn run_to_end(client: &TesClient, body: &TesTask, deadline: Instant) -> Result<TesTask> {
+    let id = client.create_task(body).await?;
+    loop {
+        let t = client.get_task(&id, TesView::Basic).await?;
+        match t.state {
+            Some(TesState::Complete) => return Ok(t),
+            Some(s) if s.is_terminal() => bail!("image task ended {s:?}: {:?}", t.logs),
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+        if Instant::now() > deadline {
+            bail!("image run exceeded --max-seconds");
+        }
+    }
+}
+
+/// The digest of `image`'s only layer, as the registry's manifest says.
+fn layer_digest(image: &str) -> Result<String> {
+    let raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{REGISTRY}/{image}"),
+        ],
+    )?;
+    let manifest: serde_json::Value = serde_json::from_str(&raw)?;
+    manifest["layers"][0]["digest"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the image has no layer")
+}
+
+fn downloads_of(repo: &str, digest: &str) -> usize {
+    let needle = format!("\"GET /v2/{repo}/blobs/{digest} ");
+    std::fs::read_to_string(REGISTRY_LOG)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// Cold pulls against skopeo + umoci, a warm `true` against bare bubblewrap on the same root,
+/// and twenty tasks starting at once on one uncached image.
+async fn images(tresor: &Path, args: &Args) -> Result<ImageBench> {
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let mut cold = Vec::new();
+    let mut baseline = Vec::new();
+    for _ in 0..args.image_runs {
+        // A fresh server is a fresh cache.
+        let server = image_server(tresor, 2)?;
+        let start = Instant::now();
+        run_to_end(&server.client, &image_task(DEBIAN_IMAGE, &["true"]), deadline).await?;
+        cold.push(start.elapsed());
+        drop(server);
+
+        let dir = tempfile::tempdir()?;
+        let layout = format!("oci:{}:12", dir.path().join("layout").display());
+        let bundle = dir.path().join("bundle").display().to_string();
+        let start = Instant::now();
+        run(
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                &format!("docker://{REGISTRY}/{DEBIAN_IMAGE}"),
+                &layout,
+            ],
+        )?;
+        let layout_dir = dir.path().join("layout").display().to_string();
+        run(
+            "umoci",
+            &["unpack", "--rootless", "--image", &format!("{layout_dir}:12"), &bundle],
+        )?;
+        baseline.push(start.elapsed());
+    }
+    cold.sort();
+    baseline.sort();
+
+    // Warm: the image is cached after the first task.
+    let server = image_server(tresor, 2)?;
+    let body = image_task(BUSYBOX_IMAGE, &["true"]);
+    let first = run_to_end(&server.client, &body, deadline).await?;
+    let mut samples = Vec::new();
+    for _ in 0..args.latency_runs {
+        let start = Instant::now();
+        run_to_end(&server.client, &body, deadline).await?;
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    let digest = first
+        .logs
+        .as_ref()
+        .and_then(|l| l.first())
+        .and_then(|l| l.metadata.as_ref())
+        .and_then(|m| m.get("executor.0.image_digest"))
+        .context("no image digest in the task log")?;
+    let server_dir = server._dir.as_ref().context("server dir")?.path();
+    let rootfs = server_dir
+        .join("data/work/.images/images")
+        .join(digest.trim_start_matches("sha256:"))
+        .join("rootfs");
+    let bare = bare_bwrap_in(args.latency_runs, Some(&rootfs))?;
+    drop(server);
+
+    // Twenty at once on an uncached image: one download.
+    let server = image_server(tresor, 20)?;
+    let layer = layer_digest(BUSYBOX_IMAGE)?;
+    let repo = BUSYBOX_IMAGE.split(':').next().unwrap_or_default();
+    let before = downloads_of(repo, &layer);
+    let start = Instant::now();
+    let body = image_task(BUSYBOX_IMAGE, &["true"]);
+    let mut runs = Vec::new();
+    for _ in 0..20 {
+        let client = server.client.clone();
+        let body = body.clone();
+        runs.push(tokio::spawn(async move {
+            run_to_end(&client, &body, deadline).await
+        }));
+    }
+    for r in runs {
+        r.await??;
+    }
+    let concurrent_wall = start.elapsed();
+    let concurrent_downloads = downloads_of(repo, &layer) - before;
+    Ok(ImageBench {
+        cold: percentile(&cold, 0.5),
+        skopeo_umoci: percentile(&baseline, 0.5),
+        warm_p50: percentile(&samples, 0.5),
+        bare_p50: bare,
+        concurrent_downloads,
+        concurrent_wall,
+    })
 }
 
 fn is_root() -> bool {
@@ -843,6 +1028,33 @@ async fn main() -> Result<()> {
         record("scale_put_p99_ms", ms(scale.put_p99));
         record("scale_submit_p99_ms", ms(scale.submit_p99));
         record("scale_restart_ms", ms(scale.restart_full));
+    }
+    if args.runs("images") && args.image_runs > 0 {
+        let b = images(&tresor, &args).await?;
+        println!(
+            "| image: cold pull + unpack of {REGISTRY}/{DEBIAN_IMAGE} (~50 MB, submit->COMPLETE of `true`, p50 of {}) | {:.0} ms | `skopeo copy` + `umoci unpack` {:.0} ms | {:.2}x | <= 1x |",
+            args.image_runs,
+            ms(b.cold),
+            ms(b.skopeo_umoci),
+            b.cold.as_secs_f64() / b.skopeo_umoci.as_secs_f64().max(f64::EPSILON)
+        );
+        println!(
+            "| image: warm `true` in {BUSYBOX_IMAGE}, submit->COMPLETE p50 ({} runs) | {:.1} ms | bare bwrap `true` on the same root {:.1} ms | {:.2}x | <= 2x |",
+            args.latency_runs,
+            ms(b.warm_p50),
+            ms(b.bare_p50),
+            b.warm_p50.as_secs_f64() / b.bare_p50.as_secs_f64().max(f64::EPSILON)
+        );
+        println!(
+            "| image: 20 tasks at once on an uncached image | {} layer download(s), all done in {:.0} ms | - | - | exactly 1 download |",
+            b.concurrent_downloads,
+            ms(b.concurrent_wall)
+        );
+        record("image_cold_ms", ms(b.cold));
+        record("image_skopeo_umoci_ms", ms(b.skopeo_umoci));
+        record("image_warm_p50_ms", ms(b.warm_p50));
+        record("image_bare_bwrap_p50_ms", ms(b.bare_p50));
+        record("image_concurrent_downloads", b.concurrent_downloads as f64);
     }
     if args.runs("slurm") && args.slurm_runs > 0 {
         let (ours, raw, poll) = slurm(&tresor, &args).await?;
