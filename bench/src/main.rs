@@ -378,7 +378,12 @@ async fn images(tresor: &Path, args: &Args) -> Result<ImageBench> {
         // A fresh server is a fresh cache.
         let server = image_server(tresor, 2)?;
         let start = Instant::now();
-        run_to_end(&server.client, &image_task(DEBIAN_IMAGE, &["true"]), deadline).await?;
+        run_to_end(
+            &server.client,
+            &image_task(DEBIAN_IMAGE, &["true"]),
+            deadline,
+        )
+        .await?;
         cold.push(start.elapsed());
         drop(server);
 
@@ -399,7 +404,13 @@ async fn images(tresor: &Path, args: &Args) -> Result<ImageBench> {
         let layout_dir = dir.path().join("layout").display().to_string();
         run(
             "umoci",
-            &["unpack", "--rootless", "--image", &format!("{layout_dir}:12"), &bundle],
+            &[
+                "unpack",
+                "--rootless",
+                "--image",
+                &format!("{layout_dir}:12"),
+                &bundle,
+            ],
         )?;
         baseline.push(start.elapsed());
     }

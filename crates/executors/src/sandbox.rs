@@ -235,3 +235,50 @@ pub fn command(spec: &SandboxSpec<'_>, env_from_fd: bool) -> tokio::process::Com
     }
     cmd
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_root_is_bound_entry_by_entry_around_the_tasks_mounts() {
+        let image = tempfile::tempdir().unwrap();
+        let root = image.path();
+        for dir in ["usr/lib", "etc", "run/lock", "proc", "tmp", "data"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+        // A link to the host's /etc must stay a link, resolved inside the sandbox.
+        std::os::unix::fs::symlink("/etc", root.join("hostetc")).unwrap();
+        let mut args = Vec::new();
+        image_root_args(&mut args, root, "", &["/tmp", "/data", "/run/secrets"]);
+        let line = args.join(" ");
+        let host = |p: &str| root.join(p).display().to_string();
+        assert!(
+            line.contains(&format!("--ro-bind {} /etc", host("etc"))),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("--ro-bind {} /usr", host("usr"))),
+            "{line}"
+        );
+        assert!(line.contains("--symlink usr/lib /lib"), "{line}");
+        assert!(line.contains("--symlink /etc /hostetc"), "{line}");
+        // /run holds a mount point: made anew, its entries bound one by one.
+        assert!(line.contains("--dir /run"), "{line}");
+        assert!(
+            line.contains(&format!("--ro-bind {} /run/lock", host("run/lock"))),
+            "{line}"
+        );
+        assert!(!line.contains(&format!("{} /run ", host("run"))), "{line}");
+        // The task's own directories and the sandbox's /proc replace the image's.
+        for own in ["/tmp", "/data", "/proc"] {
+            assert!(
+                !args.iter().any(|a| a == own),
+                "{own} bound from the image: {line}"
+            );
+        }
+    }
+}

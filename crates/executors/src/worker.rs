@@ -936,6 +936,10 @@ async fn fetch_secrets(
     Ok((secrets, logins))
 }
 
+/// The longest a task waits for its images (a registry that trickles its answer cannot hold a
+/// task in INITIALIZING for ever).
+const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// One ready image per executor (`None` on a host that runs no images); each distinct image is
 /// made ready once, on the host's network, outside any sandbox.
 async fn ready_images(
@@ -967,10 +971,19 @@ async fn ready_images(
             Some(image) => image.clone(),
             None => {
                 let login = logins.iter().find(|l| l.registry == plan.registry);
-                let image = cache
-                    .ensure(plan, &delivery.workspace, login)
-                    .await
-                    .map_err(|e| SystemError(format!("executor {index}: {e}")))?;
+                let pulled = tokio::time::timeout(
+                    PULL_TIMEOUT,
+                    cache.ensure(plan, &delivery.workspace, login),
+                )
+                .await
+                .map_err(|_| {
+                    SystemError(format!(
+                        "executor {index}: image {} was not ready within {} minutes",
+                        plan.name,
+                        PULL_TIMEOUT.as_secs() / 60
+                    ))
+                })?;
+                let image = pulled.map_err(|e| SystemError(format!("executor {index}: {e}")))?;
                 let image = std::sync::Arc::new(image);
                 ready.insert(plan.source.clone(), image.clone());
                 image

@@ -134,7 +134,9 @@ struct Import {
 /// The cache, opened by a worker for its task.
 pub struct ImageCache {
     settings: CacheSettings,
-    client: oci_client::Client,
+    /// Made at the first request: building it loads the TLS roots, which a warm start, served
+    /// from the cache alone, never needs.
+    client: std::sync::OnceLock<oci_client::Client>,
 }
 
 const SUBDIRS: &[&str] = &[
@@ -256,15 +258,20 @@ impl ImageCache {
         for sub in SUBDIRS {
             mkdirs(&settings.dir.join(sub))?;
         }
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(settings.plain_http.clone()),
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(120)),
-            ..ClientConfig::default()
-        };
         Ok(ImageCache {
-            client: oci_client::Client::new(config),
+            client: std::sync::OnceLock::new(),
             settings,
+        })
+    }
+
+    fn client(&self) -> &oci_client::Client {
+        self.client.get_or_init(|| {
+            oci_client::Client::new(ClientConfig {
+                protocol: ClientProtocol::HttpsExcept(self.settings.plain_http.clone()),
+                connect_timeout: Some(Duration::from_secs(10)),
+                read_timeout: Some(Duration::from_secs(120)),
+                ..ClientConfig::default()
+            })
         })
     }
 
@@ -285,13 +292,11 @@ impl ImageCache {
         scope: &str,
         login: Option<&RegistryLogin>,
     ) -> Result<ReadyImage, PullError> {
-        let source = ImageName::parse(&plan.source)
-            .map_err(|e| PullError(format!("image {}: {e}", plan.name)))?;
         let auth = match login {
             Some(l) => RegistryAuth::Basic(l.username.clone(), l.password.to_string()),
             None => RegistryAuth::Anonymous,
         };
-        let (digest, manifest) = self.resolve(plan, &source, scope, &auth).await?;
+        let (digest, manifest) = self.resolve(plan, scope, &auth).await?;
         let hex = check_digest(&digest).map_err(PullError)?.to_owned();
         if let Some(ready) = self.try_use(&hex, Vec::new()).await? {
             return Ok(ready);
@@ -315,6 +320,7 @@ impl ImageCache {
                 plan.name
             )));
         }
+        let source = parse_source(plan)?;
         let blobs: Vec<&OciDescriptor> = std::iter::once(&manifest.config)
             .chain(&manifest.layers)
             .collect();
@@ -336,7 +342,6 @@ impl ImageCache {
     async fn resolve(
         &self,
         plan: &PullPlan,
-        source: &ImageName,
         scope: &str,
         auth: &RegistryAuth,
     ) -> Result<(String, OciImageManifest), PullError> {
@@ -367,8 +372,9 @@ impl ImageCache {
         if let Some(found) = self.fresh_resolution(&path)? {
             return Ok(found);
         }
+        let source = parse_source(plan)?;
         let (manifest, digest) = self
-            .client
+            .client()
             .pull_image_manifest(source.reference(), auth)
             .await
             .map_err(|e| PullError(format!("image {}: {}", plan.name, describe(&e))))?;
@@ -436,7 +442,7 @@ impl ImageCache {
         let file = tokio::fs::File::create(&tmp)
             .await
             .map_err(io_error(format!("creating {}", tmp.display())))?;
-        let pulled = self.client.pull_blob(source, blob, file).await;
+        let pulled = self.client().pull_blob(source, blob, file).await;
         let verified = match pulled {
             Ok(()) => {
                 let path = tmp.clone();
@@ -709,6 +715,12 @@ impl ImageCache {
     }
 }
 
+/// The reference to contact. Parsed only on the way to the network: the parser's regular
+/// expression costs a fresh worker tens of milliseconds, which a cached image never needs.
+fn parse_source(plan: &PullPlan) -> Result<ImageName, PullError> {
+    ImageName::parse(&plan.source).map_err(|e| PullError(format!("image {}: {e}", plan.name)))
+}
+
 /// What an oci-client error means for a user.
 fn describe(e: &oci_client::errors::OciDistributionError) -> String {
     use oci_client::errors::OciDistributionError as E;
@@ -795,11 +807,15 @@ fn decompress(mut file: File, media_type: &str) -> Result<Box<dyn Read>, String>
     }
 }
 
+/// Temporaries older than this are left by a worker that was killed mid-pull.
+const STALE_TEMPORARY: Duration = Duration::from_secs(6 * 3600);
+
 fn evict_blocking(dir: &Path, max: u64, keep: Option<&str>) -> Result<usize, PullError> {
     let _evicting = lock(
         &dir.join("locks/evict.lock"),
         rustix::fs::FlockOperation::LockExclusive,
     )?;
+    remove_stale_temporaries(&dir.join("tmp"));
     struct Entry {
         hex: String,
         record: ImageRecord,
@@ -865,6 +881,28 @@ fn evict_blocking(dir: &Path, max: u64, keep: Option<&str>) -> Result<usize, Pul
         }
     }
     Ok(evicted)
+}
+
+fn remove_stale_temporaries(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TEMPORARY);
+        if stale {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                remove_tree(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
 }
 
 /// Removes one image unless a task holds it. Whether it was removed.
