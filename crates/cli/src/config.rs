@@ -159,7 +159,13 @@ struct ImagesSection {
     /// Registries (`host:port`) reached over plain HTTP, such as a mirror on loopback.
     #[serde(default)]
     plain_http: Vec<String>,
-    /// Registry → where it is pulled from instead: `"docker.io" = "mirror.example.org/hub"`.
+    /// Registries on loopback, private or link-local addresses that tasks may name (those in
+    /// `plain_http` and the mirrors' may be named anyway).
+    #[serde(default)]
+    private_registries: Vec<String>,
+    /// Registry, or registry/path, → where it is pulled from instead: `"docker.io" =
+    /// "mirror.example.org/hub"`, `"docker.io/library" = "registry.example.org/official"` (the
+    /// longest match wins).
     #[serde(default)]
     mirrors: std::collections::BTreeMap<String, String>,
 }
@@ -1125,16 +1131,19 @@ fn resolve_images(
     );
     for (registry, mirror) in &section.mirrors {
         let host = mirror.split('/').next().unwrap_or_default();
-        if registry.is_empty()
-            || registry.contains('/')
-            || host.is_empty()
-            || mirror.contains("://")
-        {
+        let plain = |s: &str| {
+            !s.is_empty()
+                && !s.contains("://")
+                && !s.starts_with('/')
+                && !s.contains("//")
+                && s.chars().all(|c| c.is_ascii_graphic() && !"*@".contains(c))
+        };
+        if !plain(registry) || !plain(mirror) || host.is_empty() {
             problems.add(
                 "images.mirrors",
                 file_name,
                 format!(
-                    "{registry:?} = {mirror:?} must map a registry host to host[:port][/path], such as \"docker.io\" = \"mirror.example.org/hub\""
+                    "{registry:?} = {mirror:?} must map a registry (or registry/path) to host[:port][/path], such as \"docker.io\" = \"mirror.example.org/hub\""
                 ),
             );
         }
@@ -1145,6 +1154,7 @@ fn resolve_images(
         max_image_bytes,
         tag_ttl_seconds: section.tag_ttl_seconds.unwrap_or(defaults.tag_ttl_seconds),
         plain_http: section.plain_http.clone(),
+        private_registries: section.private_registries.clone(),
         mirrors: section.mirrors.clone(),
     }
 }
@@ -1687,6 +1697,46 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected} in {text}");
         }
+    }
+
+    #[test]
+    fn image_settings_are_checked_and_the_runtime_can_come_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tresor.toml");
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            data_dir: Some(dir.path().join("data")),
+            ..ServeArgs::default()
+        };
+        std::fs::write(
+            &file,
+            "[images]\nruntime = \"docker\"\ncache_max_gb = -1\n[images.mirrors]\n\"docker.io\" = \"https://mirror\"\n",
+        )
+        .unwrap();
+        let text = resolve(&args, &BTreeMap::new()).unwrap_err().join("\n");
+        for expected in [
+            "images.runtime (from",
+            "\"docker\" is not a runtime",
+            "images.cache_max_gb (from",
+            "images.mirrors (from",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        std::fs::write(
+            &file,
+            "[images]\nplain_http = [\"127.0.0.1:5000\"]\n[images.mirrors]\n\"docker.io/library\" = \"127.0.0.1:5000/official\"\n",
+        )
+        .unwrap();
+        let settings = resolve(&args, &BTreeMap::new()).unwrap();
+        let images = &settings.app.services.images;
+        assert_eq!(images.runtime, tresor_service::ImageRuntime::Oci);
+        assert_eq!(images.plain_http, ["127.0.0.1:5000"]);
+        let env = BTreeMap::from([("TRESOR_IMAGE_RUNTIME".to_owned(), "host".to_owned())]);
+        let settings = resolve(&args, &env).unwrap();
+        assert_eq!(
+            settings.app.services.images.runtime,
+            tresor_service::ImageRuntime::Host
+        );
     }
 
     #[test]

@@ -205,6 +205,11 @@ pub const ENV_ARGS_FD: i32 = 9;
 pub fn env_args<'a>(vars: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in vars {
+        // A NUL would end the argument early and make the rest bubblewrap options. Every
+        // source refuses them before this; a variable that still holds one is left out.
+        if name.as_bytes().contains(&0) || value.contains(&0) {
+            continue;
+        }
         for part in [b"--setenv".as_slice(), name.as_bytes(), value] {
             out.extend_from_slice(part);
             out.push(0);
@@ -240,6 +245,16 @@ pub fn command(spec: &SandboxSpec<'_>, env_from_fd: bool) -> tokio::process::Com
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_variable_holding_a_nul_never_becomes_bubblewrap_options() {
+        let args = env_args([
+            ("OK", b"fine".as_slice()),
+            ("X", b"a\0--bind\0/\0/host".as_slice()),
+            ("Y\0--share-net", b"v".as_slice()),
+        ]);
+        assert_eq!(args, b"--setenv\0OK\0fine\0");
+    }
 
     #[test]
     fn an_image_root_is_bound_entry_by_entry_around_the_tasks_mounts() {

@@ -1152,7 +1152,9 @@ fn executor_env(
         .into_iter()
         .flatten()
         .filter_map(|pair| pair.split_once('='))
-        .filter(|(name, _)| !name.is_empty())
+        // The cache keeps only well-formed variables; checked again, since a NUL would split
+        // the `--setenv` arguments bubblewrap reads into options of the image author's.
+        .filter(|(name, value)| tresor_images::cache::env_var_ok(name, value))
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
     if let Some(own) = &executor.env {

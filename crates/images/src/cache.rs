@@ -11,18 +11,26 @@
 //! <dir>/images/<hex>/image.json     config, blobs and size; a shared lock on it = "in use"
 //! <dir>/images/<hex>/used           its mtime is the last use
 //! <dir>/refs/<key>.json             a workspace's resolution of a name to a digest, with its time
+//! <dir>/scopes/<key>/<hex>          a workspace fetched and verified this blob itself
 //! <dir>/imports/<key>.json          names an administrator imported (never evicted)
 //! <dir>/locks/, <dir>/tmp/
 //! ```
 //!
-//! Resolutions are kept per workspace: a workspace never runs an image through another's
-//! resolution, so content pulled with one workspace's registry credentials is reached by another
-//! only after the registry has let that workspace see the same manifest.
+//! The cache is shared by every workspace of the host, but what a workspace may use is its own:
+//! it resolves names itself (its resolutions are kept apart), and it uses a cached blob, or a
+//! root made of blobs, only once it has downloaded and verified each of them from its own
+//! registry (`scopes/`). So knowing another workspace's digests gets nothing: a registry that
+//! lists a private layer's digest must also serve its bytes. Roots are shared; only
+//! administrator imports are everyone's without a download.
+//!
+//! Only the cache's owner may enter it, except `images/` (each task's user traverses to its
+//! root): blobs, resolutions and locks are 0700/0600, so no other host user can read a private
+//! blob or hold a lock. Unpacked roots keep no group or other write bits.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -86,6 +94,37 @@ pub struct RunConfig {
     pub cmd: Option<Vec<String>>,
 }
 
+/// Whether an image's `Env` entry may reach an executor: a POSIX name, and neither part holding
+/// a NUL (which would split the `--setenv` arguments bubblewrap reads).
+pub fn env_var_ok(name: &str, value: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !value.contains('\0')
+}
+
+/// The image's `Env` without entries that may not reach an executor, with a note for each.
+fn checked_env(config: &mut RunConfig) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(env) = config.env.as_mut() {
+        env.retain(|pair| {
+            let ok = pair
+                .split_once('=')
+                .is_some_and(|(name, value)| env_var_ok(name, value));
+            if !ok && notes.len() < unpack::MAX_NOTES {
+                notes.push(format!(
+                    "left out the image's Env entry {}",
+                    pair.escape_default()
+                ));
+            }
+            ok
+        });
+    }
+    notes
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct ConfigFile {
     #[serde(default)]
@@ -139,23 +178,97 @@ pub struct ImageCache {
     client: std::sync::OnceLock<oci_client::Client>,
 }
 
-const SUBDIRS: &[&str] = &[
-    "blobs/sha256",
-    "manifests",
-    "images",
-    "refs",
-    "imports",
-    "locks",
-    "tmp",
+/// The cache's directories and their modes: task users traverse to their image's root and list
+/// nothing; everything else is the owner's alone.
+const SUBDIRS: &[(&str, u32)] = &[
+    ("blobs", 0o700),
+    ("blobs/sha256", 0o700),
+    ("manifests", 0o700),
+    ("images", 0o711),
+    ("refs", 0o700),
+    ("scopes", 0o700),
+    ("imports", 0o700),
+    ("locks", 0o700),
+    ("tmp", 0o700),
 ];
 
-fn mkdirs(dir: &Path) -> Result<(), PullError> {
+/// Makes `dir` (and its parents) and gives it `mode` whatever the umask.
+fn mkdirs(dir: &Path, mode: u32) -> Result<(), PullError> {
     std::fs::DirBuilder::new()
         .recursive(true)
-        // Task users traverse to their image's root; they list nothing.
-        .mode(0o711)
+        .mode(mode)
         .create(dir)
-        .map_err(io_error(format!("creating {}", dir.display())))
+        .map_err(io_error(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(io_error(format!("chmod {}", dir.display())))
+}
+
+/// The largest image config accepted (they are a few KiB).
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// A temporary file, removed when dropped unless kept: a pull cut short (an error, a timeout
+/// that drops the future) leaves nothing behind.
+struct Temporary(Option<PathBuf>);
+
+impl Temporary {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Renames it to `dest`; from then on it is no longer removed.
+    fn keep_as(mut self, dest: &Path) -> Result<(), PullError> {
+        let path = self.0.take().unwrap_or_default();
+        std::fs::rename(&path, dest).map_err(io_error(format!("keeping {}", dest.display())))
+    }
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A file being downloaded that refuses more bytes than its descriptor declared, so a registry
+/// cannot fill the disk by streaming without end.
+struct Capped {
+    file: tokio::fs::File,
+    left: u64,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the registry sent more bytes than the image's manifest declares",
+            )));
+        }
+        let this = &mut *self;
+        let written = std::pin::Pin::new(&mut this.file).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &written {
+            this.left -= *n as u64;
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.file).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.file).poll_shutdown(cx)
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -186,7 +299,7 @@ fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), PullErr
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(io_error(format!("writing {}", tmp.display())))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
         .map_err(io_error(format!("chmod {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(io_error(format!("renaming to {}", path.display())))
 }
@@ -214,6 +327,7 @@ fn lock(path: &Path, op: rustix::fs::FlockOperation) -> Result<File, PullError> 
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(path)
         .map_err(io_error(format!("opening lock {}", path.display())))?;
     rustix::fs::flock(&file, op)
@@ -255,8 +369,19 @@ fn make_writable(path: &Path) {
 
 impl ImageCache {
     pub fn open(settings: CacheSettings) -> Result<ImageCache, PullError> {
-        for sub in SUBDIRS {
-            mkdirs(&settings.dir.join(sub))?;
+        mkdirs(&settings.dir, 0o711)?;
+        // A cache another user made, or may write, could hold their blobs under any name.
+        let meta = std::fs::symlink_metadata(&settings.dir)
+            .map_err(io_error(settings.dir.display().to_string()))?;
+        let me = rustix::process::geteuid().as_raw();
+        if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+            return Err(PullError(format!(
+                "the image cache {} must be a directory of uid {me} that no one else may write",
+                settings.dir.display()
+            )));
+        }
+        for (sub, mode) in SUBDIRS {
+            mkdirs(&settings.dir.join(sub), *mode)?;
         }
         Ok(ImageCache {
             client: std::sync::OnceLock::new(),
@@ -296,9 +421,21 @@ impl ImageCache {
             Some(l) => RegistryAuth::Basic(l.username.clone(), l.password.to_string()),
             None => RegistryAuth::Anonymous,
         };
-        let (digest, manifest) = self.resolve(plan, scope, &auth).await?;
+        let (digest, manifest, imported) = self.resolve(plan, scope, &auth).await?;
         let hex = check_digest(&digest).map_err(PullError)?.to_owned();
-        if let Some(ready) = self.try_use(&hex, Vec::new()).await? {
+        let scope_dir = self.path("scopes").join(sha256_hex(scope.as_bytes()));
+        let blobs: Vec<&OciDescriptor> = std::iter::once(&manifest.config)
+            .chain(&manifest.layers)
+            .collect();
+        let proven = |blob: &OciDescriptor| -> bool {
+            imported
+                || check_digest(&blob.digest).is_ok_and(|h| {
+                    scope_dir.join(h).exists() && self.path("blobs/sha256").join(h).exists()
+                })
+        };
+        if blobs.iter().all(|b| proven(b))
+            && let Some(ready) = self.try_use(&hex, Vec::new()).await?
+        {
             return Ok(ready);
         }
         let _making = lock_async(
@@ -306,29 +443,44 @@ impl ImageCache {
             rustix::fs::FlockOperation::LockExclusive,
         )
         .await?;
-        if let Some(ready) = self.try_use(&hex, Vec::new()).await? {
-            return Ok(ready);
-        }
-        let declared: u64 = manifest
+        // Eviction leaves blobs alone while any pull holds this.
+        let pulling = lock_async(
+            self.path("locks/pull.lock"),
+            rustix::fs::FlockOperation::LockShared,
+        )
+        .await?;
+        let declared = manifest
             .layers
             .iter()
-            .map(|l| u64::try_from(l.size).unwrap_or(0))
-            .sum();
+            .map(|l| u64::try_from(l.size).unwrap_or(u64::MAX))
+            .fold(0u64, u64::saturating_add);
         if declared > self.settings.max_image_bytes || declared > self.settings.max_bytes {
             return Err(PullError(format!(
                 "image {} has {declared} bytes of layers, more than this host's image limit",
                 plan.name
             )));
         }
-        let source = parse_source(plan)?;
-        let blobs: Vec<&OciDescriptor> = std::iter::once(&manifest.config)
-            .chain(&manifest.layers)
-            .collect();
-        for blob in &blobs {
-            self.fetch_blob(source.reference(), blob, &plan.name)
-                .await?;
+        let missing: Vec<&OciDescriptor> = blobs.iter().copied().filter(|b| !proven(b)).collect();
+        if !missing.is_empty() {
+            mkdirs(&scope_dir, 0o700)?;
+            let source = parse_source(plan)?;
+            for blob in missing {
+                let limit = if blob.digest == manifest.config.digest {
+                    MAX_CONFIG_BYTES
+                } else {
+                    self.settings.max_image_bytes
+                };
+                self.fetch_blob(source.reference(), blob, limit, &plan.name)
+                    .await?;
+                let hex = check_digest(&blob.digest).map_err(PullError)?;
+                File::create(scope_dir.join(hex)).map_err(io_error("recording a verified blob"))?;
+            }
+        }
+        if let Some(ready) = self.try_use(&hex, Vec::new()).await? {
+            return Ok(ready);
         }
         let notes = self.unpack(&hex, &manifest, false).await?;
+        drop(pulling);
         self.evict(Some(hex.clone())).await;
         self.try_use(&hex, notes).await?.ok_or_else(|| {
             PullError(format!(
@@ -338,13 +490,14 @@ impl ImageCache {
         })
     }
 
-    /// The digest and manifest `plan` names for workspace `scope`.
+    /// The digest and manifest `plan` names for workspace `scope`, and whether it is an
+    /// administrator's import.
     async fn resolve(
         &self,
         plan: &PullPlan,
         scope: &str,
         auth: &RegistryAuth,
-    ) -> Result<(String, OciImageManifest), PullError> {
+    ) -> Result<(String, OciImageManifest, bool), PullError> {
         // Names an administrator imported need no registry.
         for name in [&plan.name, &plan.source] {
             let path = self
@@ -356,21 +509,21 @@ impl ImageCache {
                 let manifest = self
                     .stored_manifest(&import.digest)?
                     .ok_or_else(|| PullError(format!("imported image {name} lost its manifest")))?;
-                return Ok((import.digest, manifest));
+                return Ok((import.digest, manifest, true));
             }
         }
         let key = sha256_hex(format!("{scope}\n{}", plan.source).as_bytes());
         let path = self.path("refs").join(format!("{key}.json"));
-        if let Some(found) = self.fresh_resolution(&path)? {
-            return Ok(found);
+        if let Some((digest, manifest)) = self.fresh_resolution(&path)? {
+            return Ok((digest, manifest, false));
         }
         let _resolving = lock_async(
             self.path("locks").join(format!("ref-{key}.lock")),
             rustix::fs::FlockOperation::LockExclusive,
         )
         .await?;
-        if let Some(found) = self.fresh_resolution(&path)? {
-            return Ok(found);
+        if let Some((digest, manifest)) = self.fresh_resolution(&path)? {
+            return Ok((digest, manifest, false));
         }
         let source = parse_source(plan)?;
         let (manifest, digest) = self
@@ -394,7 +547,7 @@ impl ImageCache {
         })
         .map_err(|e| PullError(e.to_string()))?;
         write_atomic(&tmp, &path, &resolution)?;
-        Ok((digest, manifest))
+        Ok((digest, manifest, false))
     }
 
     fn stored_manifest(&self, digest: &str) -> Result<Option<OciImageManifest>, PullError> {
@@ -432,20 +585,37 @@ impl ImageCache {
         &self,
         source: &Reference,
         blob: &OciDescriptor,
+        limit: u64,
         name: &str,
     ) -> Result<(), PullError> {
         let dest = self.blob_path(&blob.digest)?;
-        if dest.exists() {
-            return Ok(());
+        let size = u64::try_from(blob.size).unwrap_or(u64::MAX);
+        if size > limit {
+            return Err(PullError(format!(
+                "image {name}: blob {} declares {} bytes, more than this host's limit of {limit}",
+                blob.digest, blob.size
+            )));
         }
-        let tmp = self.path("tmp").join(format!("blob-{}", nonce()));
-        let file = tokio::fs::File::create(&tmp)
+        let tmp = Temporary(Some(self.path("tmp").join(format!("blob-{}", nonce()))));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp.path())
             .await
-            .map_err(io_error(format!("creating {}", tmp.display())))?;
-        let pulled = self.client().pull_blob(source, blob, file).await;
+            .map_err(io_error(format!("creating {}", tmp.path().display())))?;
+        // Foreign layers' `urls` would send the worker wherever the manifest says.
+        let descriptor = OciDescriptor {
+            urls: None,
+            ..blob.clone()
+        };
+        let pulled = self
+            .client()
+            .pull_blob(source, &descriptor, Capped { file, left: size })
+            .await;
         let verified = match pulled {
             Ok(()) => {
-                let path = tmp.clone();
+                let path = tmp.path().to_owned();
                 let digest = blob.digest.clone();
                 tokio::task::spawn_blocking(move || {
                     // oci-client checks too; this is the check the cache relies on.
@@ -465,10 +635,11 @@ impl ImageCache {
             Err(e) => Err(PullError(describe(&e))),
         };
         if let Err(e) = verified {
-            let _ = std::fs::remove_file(&tmp);
             return Err(PullError(format!("image {name}: {e}")));
         }
-        std::fs::rename(&tmp, &dest).map_err(io_error(format!("keeping {}", dest.display())))
+        // Another workspace may have kept the same bytes meanwhile; the rename replaces them
+        // with an identical copy.
+        tmp.keep_as(&dest)
     }
 
     /// Unpacks the image's layers into a fresh directory and renames it into place, so a half
@@ -493,9 +664,11 @@ impl ImageCache {
             max_bytes: self.settings.max_image_bytes,
             max_entries: 1_000_000,
         };
+        let mut run_config = config.config.unwrap_or_default();
+        let env_notes = checked_env(&mut run_config);
         let record = ImageRecord {
             digest: format!("sha256:{hex}"),
-            config: config.config.unwrap_or_default(),
+            config: run_config,
             blobs: std::iter::once(&manifest.config)
                 .chain(&manifest.layers)
                 .map(|d| d.digest.clone())
@@ -505,7 +678,8 @@ impl ImageCache {
         };
         let tmp = self.path("tmp");
         tokio::task::spawn_blocking(move || {
-            let result = unpack_into(&work, &layers, &limits).and_then(|(bytes, notes)| {
+            let result = unpack_into(&work, &layers, &limits).and_then(|(bytes, mut notes)| {
+                notes.extend(env_notes);
                 let record = ImageRecord { bytes, ..record };
                 let json = serde_json::to_vec(&record).map_err(|e| PullError(e.to_string()))?;
                 write_atomic(&tmp, &work.join("image.json"), &json)?;
@@ -592,7 +766,7 @@ impl ImageCache {
         let extracted;
         let layout_dir = if layout.is_file() {
             extracted = self.path("tmp").join(format!("layout-{}", nonce()));
-            mkdirs(&extracted)?;
+            mkdirs(&extracted, 0o700)?;
             let archive =
                 File::open(layout).map_err(io_error(format!("opening {}", layout.display())))?;
             // An administrator's archive, but unpacked with the tar crate's own refusals of
@@ -641,19 +815,23 @@ impl ImageCache {
             )));
         };
         let mut digest = entry["digest"].as_str().unwrap_or_default().to_owned();
-        let layout_blob = |digest: &str| -> Result<PathBuf, PullError> {
+        // Read once and checked in memory: what is parsed is what was hashed.
+        let layout_json = |digest: &str| -> Result<serde_json::Value, PullError> {
             let hex = check_digest(digest).map_err(PullError)?;
             let path = layout.join("blobs/sha256").join(hex);
-            let actual = file_sha256(&path)?;
-            if actual != hex {
+            let bytes =
+                std::fs::read(&path).map_err(io_error(format!("reading {}", path.display())))?;
+            if bytes.len() as u64 > MAX_CONFIG_BYTES || sha256_hex(&bytes) != hex {
                 return Err(PullError(format!(
                     "{} does not match its digest",
                     path.display()
                 )));
             }
-            Ok(path)
+            serde_json::from_slice(&bytes)
+                .map_err(|e| PullError(format!("{}: {e}", path.display())))
         };
-        let mut manifest = read_json(layout_blob(&digest)?)?;
+        let index_digest = digest.clone();
+        let mut manifest = layout_json(&digest)?;
         if manifest["manifests"].is_array() {
             // An index: this host's platform.
             let platform = manifest["manifests"]
@@ -667,7 +845,15 @@ impl ImageCache {
                 .ok_or_else(|| PullError("the index has no linux/amd64 image".to_owned()))?
                 .to_owned();
             digest = platform;
-            manifest = read_json(layout_blob(&digest)?)?;
+            manifest = layout_json(&digest)?;
+        }
+        if let Some(pinned) = name.reference().digest()
+            && pinned != digest
+            && pinned != index_digest
+        {
+            return Err(PullError(format!(
+                "--name pins {pinned}, but the layout's image is {digest}"
+            )));
         }
         let manifest: OciImageManifest = serde_json::from_value(manifest)
             .map_err(|e| PullError(format!("the image manifest: {e}")))?;
@@ -678,14 +864,22 @@ impl ImageCache {
         )
         .await?;
         for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
-            let dest = self.blob_path(&blob.digest)?;
-            if !dest.exists() {
-                let src = layout_blob(&blob.digest)?;
-                let tmp = self.path("tmp").join(format!("blob-{}", nonce()));
-                std::fs::copy(&src, &tmp)
-                    .map_err(io_error(format!("copying {}", src.display())))?;
-                std::fs::rename(&tmp, &dest).map_err(io_error("keeping a blob"))?;
+            let hex = check_digest(&blob.digest).map_err(PullError)?;
+            let src = layout.join("blobs/sha256").join(hex);
+            // Copied first, then the copy hashed: a layout changed meanwhile cannot put other
+            // bytes under this digest.
+            let tmp = Temporary(Some(self.path("tmp").join(format!("blob-{}", nonce()))));
+            std::fs::copy(&src, tmp.path())
+                .map_err(io_error(format!("copying {}", src.display())))?;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o600))
+                .map_err(io_error("chmod a blob"))?;
+            if file_sha256(tmp.path())? != hex {
+                return Err(PullError(format!(
+                    "{} does not match its digest",
+                    src.display()
+                )));
             }
+            tmp.keep_as(&self.blob_path(&blob.digest)?)?;
         }
         let tmp = self.path("tmp");
         let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| PullError(e.to_string()))?;
@@ -694,11 +888,21 @@ impl ImageCache {
             &self.path("manifests").join(format!("{hex}.json")),
             &manifest_bytes,
         )?;
-        let existing = self.path("images").join(&hex);
-        if existing.exists() {
-            remove_tree(&existing).map_err(io_error("replacing the unpacked image"))?;
+        // An image already unpacked (pulled, or imported before) is kept, running tasks and
+        // all, and only marked as never to be evicted.
+        let record_path = self.path("images").join(&hex).join("image.json");
+        match std::fs::read(&record_path) {
+            Ok(bytes) => {
+                let mut record: ImageRecord = serde_json::from_slice(&bytes)
+                    .map_err(|e| PullError(format!("{}: {e}", record_path.display())))?;
+                record.pinned = true;
+                let json = serde_json::to_vec(&record).map_err(|e| PullError(e.to_string()))?;
+                write_atomic(&tmp, &record_path, &json)?;
+            }
+            Err(_) => {
+                self.unpack(&hex, &manifest, true).await?;
+            }
         }
-        self.unpack(&hex, &manifest, true).await?;
         let import = serde_json::to_vec(&Import {
             name: name.full(),
             digest: digest.clone(),
@@ -721,8 +925,22 @@ fn parse_source(plan: &PullPlan) -> Result<ImageName, PullError> {
     ImageName::parse(&plan.source).map_err(|e| PullError(format!("image {}: {e}", plan.name)))
 }
 
-/// What an oci-client error means for a user.
+/// What an oci-client error means for a user, cut to a line: a registry's error bodies are
+/// the registry's to choose.
 fn describe(e: &oci_client::errors::OciDistributionError) -> String {
+    let text = describe_fully(e);
+    let mut line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(400)
+        .collect();
+    if text.chars().count() > 400 {
+        line.push('…');
+    }
+    line
+}
+
+fn describe_fully(e: &oci_client::errors::OciDistributionError) -> String {
     use oci_client::errors::OciDistributionError as E;
     match e {
         E::ImageManifestNotFoundError(_) => "the registry has no such image or tag".to_owned(),
@@ -767,7 +985,7 @@ fn unpack_into(
     limits: &unpack::UnpackLimits,
 ) -> Result<(u64, Vec<String>), PullError> {
     let rootfs = work.join("rootfs");
-    mkdirs(&rootfs)?;
+    mkdirs(&rootfs, 0o755)?;
     std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o755))
         .map_err(io_error("chmod the image root"))?;
     let mut unpacker = unpack::Unpacker::new(&rootfs, *limits)
@@ -801,7 +1019,7 @@ fn decompress(mut file: File, media_type: &str) -> Result<Box<dyn Read>, String>
     } else if zstd || media_type.ends_with("zstd") {
         let decoder = ruzstd::decoding::StreamingDecoder::new(std::io::BufReader::new(stream))
             .map_err(|e| format!("not zstd: {e}"))?;
-        Ok(Box::new(decoder))
+        Ok(Box::new(ZstdFrames(Some(decoder))))
     } else {
         Ok(Box::new(std::io::BufReader::with_capacity(1 << 16, stream)))
     }
@@ -809,6 +1027,35 @@ fn decompress(mut file: File, media_type: &str) -> Result<Box<dyn Read>, String>
 
 /// Temporaries older than this are left by a worker that was killed mid-pull.
 const STALE_TEMPORARY: Duration = Duration::from_secs(6 * 3600);
+
+/// A zstd stream of any number of frames (ruzstd's decoder reads one): a layer cut after its
+/// first frame would unpack as a smaller, wrong root.
+struct ZstdFrames<R: std::io::BufRead>(
+    Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+);
+
+impl<R: std::io::BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(decoder) = self.0.as_mut() else {
+                return Ok(0);
+            };
+            let n = decoder.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            let Some(decoder) = self.0.take() else {
+                return Ok(0);
+            };
+            let mut rest = decoder.into_inner();
+            if rest.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            self.0 =
+                Some(ruzstd::decoding::StreamingDecoder::new(rest).map_err(std::io::Error::other)?);
+        }
+    }
+}
 
 fn evict_blocking(dir: &Path, max: u64, keep: Option<&str>) -> Result<usize, PullError> {
     let _evicting = lock(
@@ -853,30 +1100,51 @@ fn evict_blocking(dir: &Path, max: u64, keep: Option<&str>) -> Result<usize, Pul
     images.sort_by_key(|i| i.used);
     let mut evicted = 0;
     let mut kept: Vec<&Entry> = Vec::new();
-    let mut removed: Vec<&Entry> = Vec::new();
     for image in &images {
         let evictable = total > max && !image.record.pinned && keep != Some(image.hex.as_str());
-        if evictable && evict_one(dir, &image.hex)? {
+        // One image that cannot be removed must not stop the others from being.
+        let removed_now = evictable
+            && evict_one(dir, &image.hex).unwrap_or_else(|e| {
+                tracing::warn!("evicting image {}: {e}", image.hex);
+                false
+            });
+        if removed_now {
             total = total.saturating_sub(image.record.bytes);
-            removed.push(image);
             evicted += 1;
         } else {
             kept.push(image);
         }
     }
-    if removed.is_empty() {
-        return Ok(0);
-    }
+    // Blobs no kept image is made of: those of evicted images, and those a failed or cut-short
+    // pull left. Only while no pull is under way, since a pull's blobs belong to no image yet.
+    let Ok(_no_pulls) = lock(
+        &dir.join("locks/pull.lock"),
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    ) else {
+        return Ok(evicted);
+    };
     let needed: BTreeSet<&str> = kept
         .iter()
         .flat_map(|i| i.record.blobs.iter().map(String::as_str))
         .collect();
-    for image in removed {
-        for blob in &image.record.blobs {
-            if !needed.contains(blob.as_str())
-                && let Ok(hex) = check_digest(blob)
+    for blob in blob_sizes.keys() {
+        if !needed.contains(blob.as_str())
+            && let Ok(hex) = check_digest(blob)
+        {
+            let _ = std::fs::remove_file(blob_dir.join(hex));
+        }
+    }
+    // What workspaces proved of blobs that are gone proves nothing any more.
+    if let Ok(scopes) = std::fs::read_dir(dir.join("scopes")) {
+        for scope in scopes.flatten() {
+            for marker in std::fs::read_dir(scope.path())
+                .into_iter()
+                .flatten()
+                .flatten()
             {
-                let _ = std::fs::remove_file(blob_dir.join(hex));
+                if !blob_dir.join(marker.file_name()).exists() {
+                    let _ = std::fs::remove_file(marker.path());
+                }
             }
         }
     }
@@ -924,4 +1192,103 @@ fn evict_one(dir: &Path, hex: &str) -> Result<bool, PullError> {
     drop(record);
     remove_tree(&trash).map_err(io_error(format!("removing evicted {hex}")))?;
     Ok(true)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path) -> CacheSettings {
+        CacheSettings {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 30,
+            max_image_bytes: 1 << 30,
+            tag_ttl_seconds: 60,
+            plain_http: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_frame_of_a_zstd_layer_is_read() {
+        use ruzstd::encoding::{CompressionLevel, compress_to_vec};
+        let mut stream = compress_to_vec(&b"first frame, "[..], CompressionLevel::Fastest);
+        stream.extend(compress_to_vec(
+            &b"second frame"[..],
+            CompressionLevel::Fastest,
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("layer");
+        std::fs::write(&path, &stream).unwrap();
+        let mut text = String::new();
+        decompress(
+            File::open(&path).unwrap(),
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        )
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+        assert_eq!(text, "first frame, second frame");
+    }
+
+    #[test]
+    fn a_cache_others_may_write_is_refused_and_its_parts_are_the_owners_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+        // Made again with safe modes: an existing directory is put right, not trusted.
+        ImageCache::open(settings(&cache)).unwrap();
+        let mode = |p: &str| std::fs::metadata(cache.join(p)).unwrap().mode() & 0o777;
+        assert_eq!(mode(""), 0o711);
+        assert_eq!(mode("images"), 0o711);
+        for private in [
+            "blobs/sha256",
+            "refs",
+            "scopes",
+            "locks",
+            "tmp",
+            "manifests",
+        ] {
+            assert_eq!(mode(private), 0o700, "{private}");
+        }
+        // Someone else's directory is not ours to fix (the suite runs as root, as CI does).
+        std::os::unix::fs::chown(&cache, Some(12345), None).unwrap();
+        let refused = ImageCache::open(settings(&cache)).err().unwrap();
+        assert!(refused.0.contains("no one else may write"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_download_longer_than_declared_is_cut_off() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = tokio::fs::File::create(dir.path().join("blob"))
+            .await
+            .unwrap();
+        let mut capped = Capped { file, left: 8 };
+        capped.write_all(b"12345678").await.unwrap();
+        let err = capped.write_all(b"9").await.unwrap_err();
+        assert!(err.to_string().contains("more bytes than"), "{err}");
+    }
+
+    #[test]
+    fn an_image_env_keeps_only_variables_that_can_reach_an_executor() {
+        let mut config = RunConfig {
+            env: Some(vec![
+                "PATH=/bin".to_owned(),
+                "X=a\0--bind\0/\0/host".to_owned(),
+                "1BAD=x".to_owned(),
+                "NOEQUALS".to_owned(),
+                "GOOD_2=with=equals".to_owned(),
+            ]),
+            ..RunConfig::default()
+        };
+        let notes = checked_env(&mut config);
+        assert_eq!(
+            config.env.unwrap(),
+            ["PATH=/bin".to_owned(), "GOOD_2=with=equals".to_owned()]
+        );
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes.iter().all(|n| !n.contains('\0')), "{notes:?}");
+    }
 }

@@ -48,16 +48,24 @@ impl ImageName {
         &self.0
     }
 
-    /// The name as pulled through `mirrors` (registry → `host[:port][/prefix]`).
+    /// The name as pulled through `mirrors`: the longest key that is `registry` or a path prefix
+    /// of `registry/repository` (`docker.io`, `docker.io/library`) is replaced by its value
+    /// (`host[:port][/path]`), so one table holds both mirrors and rewrites.
     pub fn through(&self, mirrors: &BTreeMap<String, String>) -> ImageName {
-        let Some(mirror) = mirrors.get(self.0.registry()) else {
+        let path = self.repository_path();
+        let best = mirrors
+            .iter()
+            .filter(|(key, _)| path == **key || path.starts_with(&format!("{key}/")))
+            .max_by_key(|(key, _)| key.len());
+        let Some((key, target)) = best else {
             return self.clone();
         };
-        let (host, prefix) = match mirror.split_once('/') {
-            Some((host, prefix)) => (host.to_owned(), format!("{}/", prefix.trim_matches('/'))),
-            None => (mirror.clone(), String::new()),
+        let rewritten = format!("{}{}", target.trim_end_matches('/'), &path[key.len()..]);
+        // A rewrite that leaves no repository is a configuration mistake: the name is kept.
+        let Some((host, repository)) = rewritten.split_once('/') else {
+            return self.clone();
         };
-        let repository = format!("{prefix}{}", self.0.repository());
+        let (host, repository) = (host.to_owned(), repository.to_owned());
         let reference = match (self.0.tag(), self.0.digest()) {
             (Some(tag), Some(digest)) => {
                 Reference::with_tag_and_digest(host, repository, tag.to_owned(), digest.to_owned())
@@ -239,6 +247,28 @@ mod tests {
         assert_eq!(plan.registry, "127.0.0.1:5000");
         let other = ImageName::parse("quay.io/lab/x:1").unwrap().plan(&mirrors);
         assert_eq!(other.source, "quay.io/lab/x:1");
+        // A rewrite of one path wins over the registry's mirror.
+        let rewrites = BTreeMap::from([
+            ("docker.io".to_owned(), "hub.example.org".to_owned()),
+            (
+                "docker.io/library".to_owned(),
+                "127.0.0.1:5000/official".to_owned(),
+            ),
+        ]);
+        let plan = ImageName::parse("ubuntu").unwrap().plan(&rewrites);
+        assert_eq!(plan.source, "127.0.0.1:5000/official/ubuntu:latest");
+        let plan = ImageName::parse(&format!("lab/tool@sha256:{}", "b".repeat(64)))
+            .unwrap()
+            .plan(&rewrites);
+        assert_eq!(
+            plan.source,
+            format!("hub.example.org/lab/tool@sha256:{}", "b".repeat(64))
+        );
+        assert_eq!(plan.registry, "hub.example.org");
+        // `docker.io/lib` is not a path prefix of `docker.io/library/…`.
+        let partial = BTreeMap::from([("docker.io/lib".to_owned(), "x.org/y".to_owned())]);
+        let plan = ImageName::parse("alpine").unwrap().plan(&partial);
+        assert_eq!(plan.source, "docker.io/library/alpine:latest");
     }
 
     #[test]

@@ -68,7 +68,17 @@ pub struct LayerStats {
     pub bytes: u64,
     pub entries: u64,
     pub notes: Vec<String>,
+    /// Notes beyond `MAX_NOTES`, counted only.
+    pub notes_dropped: u64,
 }
+
+/// Notes kept per image: a layer of a million device nodes must not become a million log lines.
+pub const MAX_NOTES: usize = 50;
+
+/// The mode bits kept on unpacked files and directories. Roots are shared by every workspace's
+/// tasks and live on the host: nobody but the cache's owner may change them, so group and
+/// other write bits go with setuid, setgid and sticky.
+const SHARED_MODE: u32 = 0o755;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -201,7 +211,14 @@ impl Unpacker {
                     .map_err(io_err(&shown))?;
             }
         }
-        Ok(self.stats)
+        let mut stats = self.stats;
+        if stats.notes_dropped > 0 {
+            stats.notes.push(format!(
+                "and {} more entries like these",
+                stats.notes_dropped
+            ));
+        }
+        Ok(stats)
     }
 
     fn apply_entries<R: Read>(&mut self, stream: &mut R) -> Result<(), UnpackError> {
@@ -270,7 +287,7 @@ impl Unpacker {
                     .open(self.root.join(&target))
                     .map_err(io_err(&shown))?;
                 io::copy(entry, &mut file).map_err(io_err(&shown))?;
-                file.set_permissions(Permissions::from_mode(mode & 0o777))
+                file.set_permissions(Permissions::from_mode(mode & SHARED_MODE))
                     .map_err(io_err(&shown))?;
                 let mtime = entry.header().mtime().ok().map(Duration::from_secs);
                 if let Some(mtime) = mtime.and_then(|t| SystemTime::UNIX_EPOCH.checked_add(t)) {
@@ -294,7 +311,7 @@ impl Unpacker {
                 if !self.clear(&target, true, &shown)? {
                     make_dir(&self.root.join(&target)).map_err(io_err(&shown))?;
                 }
-                self.dir_modes.insert(target.clone(), mode & 0o777);
+                self.dir_modes.insert(target.clone(), mode & SHARED_MODE);
                 layer.record(&target);
             }
             EntryType::Symlink => {
@@ -505,8 +522,14 @@ impl Unpacker {
         }
     }
 
+    /// Records a note for the task's system logs: the first `MAX_NOTES`, control characters
+    /// (an entry's name is the image author's) shown escaped, then only a count.
     fn note(&mut self, note: String) {
-        self.stats.notes.push(note);
+        if self.stats.notes.len() < MAX_NOTES {
+            self.stats.notes.push(note.escape_default().to_string());
+        } else {
+            self.stats.notes_dropped += 1;
+        }
     }
 }
 

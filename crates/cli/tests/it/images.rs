@@ -17,6 +17,7 @@ const REGISTRY: &str = "127.0.0.1:5000";
 const AUTH_REGISTRY: &str = "127.0.0.1:5001";
 const AUTH_USER: &str = "tresor-test";
 const AUTH_PASSWORD: &str = "registry-pass-8e1f";
+const DEAD_REGISTRY: &str = "127.0.0.1:9";
 const REGISTRY_LOG: &str = "/var/tmp/tresor-registry/open.log";
 const REGISTRY_DATA: &str = "/var/tmp/tresor-registry/open";
 const BUSYBOX_LAYOUT: &str = "/var/tmp/tresor-registry/build/busybox";
@@ -41,6 +42,8 @@ fn image_settings() -> tresor_service::ImageSettings {
     tresor_service::ImageSettings {
         runtime: tresor_service::ImageRuntime::Oci,
         plain_http: vec![REGISTRY.to_owned(), AUTH_REGISTRY.to_owned()],
+        // Nothing listens there: the "registry that is down".
+        private_registries: vec![DEAD_REGISTRY.to_owned()],
         mirrors: BTreeMap::from([("docker.io".to_owned(), format!("{REGISTRY}/mirror"))]),
         ..Default::default()
     }
@@ -491,7 +494,10 @@ async fn a_corrupt_blob_a_missing_tag_and_a_dead_registry_are_clear_errors() {
     );
 
     let done = server
-        .run(&image_task("127.0.0.1:9/lab/busybox:1", "true"))
+        .run(&image_task(
+            &format!("{DEAD_REGISTRY}/lab/busybox:1"),
+            "true",
+        ))
         .await;
     assert_eq!(done.state, Some(TesState::SystemError));
     assert!(
@@ -554,6 +560,13 @@ async fn registry_logins_come_from_workspace_secrets_and_never_reach_the_task() 
         "the password reached the task: {everything}"
     );
     assert!(files_containing(&server.data, AUTH_PASSWORD.as_bytes()).is_empty());
+    // Not even hidden: the redactor would turn a leaked password into ***.
+    assert!(!stdout(&done, 0).contains("***"), "{}", stdout(&done, 0));
+    assert!(
+        !stdout(&done, 0).contains(AUTH_USER),
+        "{}",
+        stdout(&done, 0)
+    );
 
     // Bob's workspace names the same image without a login: the cached copy is not his.
     let bob = server.user("bob").await;
@@ -561,6 +574,11 @@ async fn registry_logins_come_from_workspace_secrets_and_never_reach_the_task() 
     assert_eq!(
         done.state,
         Some(TesState::SystemError),
+        "{}",
+        system_logs(&done)
+    );
+    assert!(
+        system_logs(&done).contains("refused access"),
         "{}",
         system_logs(&done)
     );
@@ -642,6 +660,21 @@ async fn a_workspace_policy_refuses_images_at_creation_naming_executor_and_rule(
     let pinned = image_task(&format!("{REGISTRY}/lab/busybox@{digest}"), "echo pinned");
     let done = run_in(&strict, &pinned).await;
     assert_eq!(stdout(&done, 0), "pinned\n", "{}", system_logs(&done));
+
+    // A registry on a private address the site did not list is refused at creation: the
+    // worker would reach it on the host's network.
+    let sneaky = image_task("10.11.12.13:5000/x/y:1", "true");
+    let resp = server
+        .client
+        .post_raw("tasks", serde_json::to_vec(&sneaky).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.body);
+    assert!(
+        resp.body.contains("images.private_registries"),
+        "{}",
+        resp.body
+    );
 
     // A bad policy is a 400 that says what to fix; a launcher may not set one.
     let bad = alice
@@ -762,4 +795,44 @@ async fn slurm_tasks_run_in_images_from_the_shared_cache() {
         1,
         "the image is in the shared work dir's cache"
     );
+}
+
+#[tokio::test]
+async fn an_image_larger_than_the_hosts_limits_is_refused_before_it_fills_the_disk() {
+    // The Debian image has ~50 MB of layers; a 1 MB compressed layer that unpacks beyond the
+    // limit is stopped while unpacking, from the tar headers.
+    let server = TestServer::start_with(|s| {
+        s.services.images = tresor_service::ImageSettings {
+            max_image_bytes: 10 << 20,
+            ..image_settings()
+        };
+    })
+    .await;
+    let done = server.run(&image_task("ubuntu", "true")).await;
+    assert_eq!(done.state, Some(TesState::SystemError));
+    assert!(
+        system_logs(&done).contains("more than this host's image limit"),
+        "{}",
+        system_logs(&done)
+    );
+    let repo = unique_repo("bomb");
+    let zeros = vec![0u8; 11 << 20];
+    push_image(
+        &format!("{repo}:1"),
+        &[
+            busybox_layer(&repo),
+            layer(&[Entry::File("zeros", &zeros, 0o644)]),
+        ],
+        &[],
+    );
+    let done = server
+        .run(&image_task(&format!("{REGISTRY}/{repo}:1"), "true"))
+        .await;
+    assert_eq!(done.state, Some(TesState::SystemError));
+    assert!(
+        system_logs(&done).contains("limit"),
+        "{}",
+        system_logs(&done)
+    );
+    assert!(entries(&cache_dir(&server).join("images")).is_empty());
 }

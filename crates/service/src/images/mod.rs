@@ -47,6 +47,9 @@ pub struct ImageSettings {
     pub tag_ttl_seconds: u64,
     /// Registries reached over plain HTTP.
     pub plain_http: Vec<String>,
+    /// Registries on loopback, private or link-local addresses that tasks may name (besides
+    /// those in `plain_http` and the mirrors'): the worker pulls on the host's network.
+    pub private_registries: Vec<String>,
     /// Registry → `host[:port][/prefix]` it is pulled through.
     pub mirrors: BTreeMap<String, String>,
 }
@@ -59,6 +62,7 @@ impl Default for ImageSettings {
             max_image_bytes: 10 << 30,
             tag_ttl_seconds: 300,
             plain_http: Vec::new(),
+            private_registries: Vec::new(),
             mirrors: BTreeMap::new(),
         }
     }
@@ -198,6 +202,19 @@ impl ImageService {
             let field = format!("executors[{index}].image");
             let name = ImageName::parse(&executor.image)
                 .map_err(|e| ServiceError::invalid(field.clone(), e))?;
+            let registry = name
+                .through(&self.inner.settings.mirrors)
+                .registry()
+                .to_owned();
+            if on_private_address(&registry) && !self.site_registry(&registry) {
+                return Err(ServiceError::invalid(
+                    field,
+                    format!(
+                        "{} is on a loopback, private or link-local address, which the worker would reach on the host's network; a site administrator lists such registries in images.private_registries",
+                        registry
+                    ),
+                ));
+            }
             if let Some(rule) = policy.refusal(&name) {
                 return Err(ServiceError::invalid(
                     field,
@@ -209,6 +226,17 @@ impl ImageService {
             }
         }
         Ok(())
+    }
+
+    /// A registry the site configured: reached over plain HTTP, a mirror, or listed as private.
+    fn site_registry(&self, registry: &str) -> bool {
+        let settings = &self.inner.settings;
+        settings.plain_http.iter().any(|r| r == registry)
+            || settings.private_registries.iter().any(|r| r == registry)
+            || settings
+                .mirrors
+                .values()
+                .any(|m| m.split('/').next() == Some(registry))
     }
 
     /// What the task's worker needs to pull its executors' images into `cache_dir`; `None` on
@@ -224,6 +252,17 @@ impl ImageService {
         let settings = &self.inner.settings;
         let pulls = self.pulls(&record.spec)?;
         let policy = self.stored_policy(&record.workspace).await?;
+        // The policy may have changed while the task was queued: it holds when the task starts.
+        for (index, executor) in record.spec.executors.iter().enumerate() {
+            let name = ImageName::parse(&executor.image)
+                .map_err(|e| ServiceError::invalid(format!("executors[{index}].image"), e))?;
+            if let Some(rule) = policy.refusal(&name) {
+                return Err(ServiceError::Conflict(format!(
+                    "executor {index}: {} is refused by the workspace's image policy, changed since the task was created: {rule}",
+                    executor.image
+                )));
+            }
+        }
         let logins = pulls
             .iter()
             .any(|p| policy.credentials.contains_key(&p.registry));
@@ -296,10 +335,66 @@ impl ImageService {
     }
 }
 
+/// Whether a registry (`host[:port]`) is `localhost` or an IP literal on a loopback, private,
+/// link-local or unspecified address. Names are not resolved here.
+fn on_private_address(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => registry.rsplit_once(':').map_or(registry, |(h, _)| h),
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_unique_local()
+                || ip.is_unicast_link_local()
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local())
+        }
+        Err(_) => false,
+    }
+}
+
 fn workspace_secret(workspace: &WorkspaceId, name: &str) -> tresor_store::SecretKey {
     tresor_store::SecretKey {
         workspace: workspace.clone(),
         owner: None,
         name: name.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_private_address;
+
+    #[test]
+    fn registries_on_private_addresses_are_recognised() {
+        for private in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "10.1.2.3",
+            "192.168.0.1:443",
+            "169.254.169.254",
+            "[::1]:5000",
+            "[fd00::1]",
+            "0.0.0.0",
+        ] {
+            assert!(on_private_address(private), "{private}");
+        }
+        for public in [
+            "docker.io",
+            "registry.example.org:5000",
+            "8.8.8.8",
+            "[2001:db8::1]:443",
+        ] {
+            assert!(!on_private_address(public), "{public}");
+        }
     }
 }
