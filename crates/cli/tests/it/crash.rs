@@ -193,20 +193,30 @@ async fn kill_9_loses_no_accepted_task_and_reattaches_running_work() {
 
     // Submit a burst and kill the server in the middle of it.
     let mut submitters = Vec::new();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for _ in 0..4 {
         let client = first.client.clone();
+        let answered = answered.clone();
         submitters.push(tokio::spawn(async move {
             let mut accepted = Vec::new();
             for _ in 0..200 {
                 match client.create_task(&sh_task("true")).await {
-                    Ok(id) => accepted.push(id),
+                    Ok(id) => {
+                        accepted.push(id);
+                        answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     Err(_) => break,
                 }
             }
             accepted
         }));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Killed mid-stream: once some creates were answered (however busy the machine is), while
+    // the rest are still being sent.
+    wait_until("some creates were answered", || {
+        answered.load(std::sync::atomic::Ordering::SeqCst) >= 20
+    })
+    .await;
     first.kill_9();
     let mut accepted = Vec::new();
     for s in submitters {
