@@ -224,6 +224,14 @@ fn downloads(repo: &str, digest: &str) -> usize {
     log.lines().filter(|l| l.contains(&needle)).count()
 }
 
+/// Asserts the task ended SYSTEM_ERROR with `reason` in its system logs.
+#[track_caller]
+fn assert_system_error(done: &TesTask, reason: &str) {
+    let logs = system_logs(done);
+    assert_eq!(done.state, Some(TesState::SystemError), "{logs}");
+    assert!(logs.contains(reason), "{reason:?} not in {logs}");
+}
+
 async fn run_in(client: &TesClient, task: &TesTask) -> TesTask {
     let id = client.create_task(task).await.unwrap();
     wait_terminal(client, &id).await
@@ -366,12 +374,7 @@ async fn crafted_layers_cannot_write_outside_their_root() {
     let done = server
         .run(&image_task(&format!("{REGISTRY}/{repo}:1"), "true"))
         .await;
-    assert_eq!(done.state, Some(TesState::SystemError));
-    assert!(
-        system_logs(&done).contains("escapes the image root"),
-        "{}",
-        system_logs(&done)
-    );
+    assert_system_error(&done, "escapes the image root");
     assert!(!target.exists());
     // Nothing half-unpacked is kept.
     assert!(entries(&cache_dir(&server).join("images")).is_empty());
@@ -435,12 +438,7 @@ async fn crafted_layers_cannot_write_outside_their_root() {
     let done = server
         .run(&image_task(&format!("{REGISTRY}/{repo}:1"), "true"))
         .await;
-    assert_eq!(done.state, Some(TesState::SystemError));
-    assert!(
-        system_logs(&done).contains("hard"),
-        "{}",
-        system_logs(&done)
-    );
+    assert_system_error(&done, "hard");
     assert_eq!(std::fs::read(&host_file).unwrap(), b"host");
     assert_eq!(
         std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(&host_file).unwrap()),
@@ -468,12 +466,7 @@ async fn a_corrupt_blob_a_missing_tag_and_a_dead_registry_are_clear_errors() {
     let done = server
         .run(&image_task(&format!("{REGISTRY}/{repo}:1"), "true"))
         .await;
-    assert_eq!(done.state, Some(TesState::SystemError));
-    assert!(
-        system_logs(&done).contains("digest"),
-        "{}",
-        system_logs(&done)
-    );
+    assert_system_error(&done, "digest");
     assert!(entries(&cache_dir(&server).join("images")).is_empty());
     assert!(
         !entries(&cache_dir(&server).join("blobs/sha256")).contains(&hex.to_owned()),
@@ -486,12 +479,7 @@ async fn a_corrupt_blob_a_missing_tag_and_a_dead_registry_are_clear_errors() {
             "true",
         ))
         .await;
-    assert_eq!(done.state, Some(TesState::SystemError));
-    assert!(
-        system_logs(&done).contains("no such image or tag"),
-        "{}",
-        system_logs(&done)
-    );
+    assert_system_error(&done, "no such image or tag");
 
     let done = server
         .run(&image_task(
@@ -499,12 +487,7 @@ async fn a_corrupt_blob_a_missing_tag_and_a_dead_registry_are_clear_errors() {
             "true",
         ))
         .await;
-    assert_eq!(done.state, Some(TesState::SystemError));
-    assert!(
-        system_logs(&done).contains("cannot be reached"),
-        "{}",
-        system_logs(&done)
-    );
+    assert_system_error(&done, "cannot be reached");
 }
 
 #[tokio::test]
@@ -518,12 +501,7 @@ async fn registry_logins_come_from_workspace_secrets_and_never_reach_the_task() 
     // No login: the registry refuses, and says what to do.
     let script = "env; cat /proc/self/environ; ls -laR /run /tmp 2>&1; true";
     let done = run_in(&lab, &image_task(&private, script)).await;
-    assert_eq!(done.state, Some(TesState::SystemError));
-    assert!(
-        system_logs(&done).contains("image policy"),
-        "{}",
-        system_logs(&done)
-    );
+    assert_system_error(&done, "image policy");
 
     // A policy naming a secret that does not exist is refused.
     let policy = json!({"credentials": {AUTH_REGISTRY: "REGISTRY_LOGIN"}});
@@ -571,17 +549,7 @@ async fn registry_logins_come_from_workspace_secrets_and_never_reach_the_task() 
     // Bob's workspace names the same image without a login: the cached copy is not his.
     let bob = server.user("bob").await;
     let done = run_in(&bob.tes, &image_task(&private, "true")).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::SystemError),
-        "{}",
-        system_logs(&done)
-    );
-    assert!(
-        system_logs(&done).contains("refused access"),
-        "{}",
-        system_logs(&done)
-    );
+    assert_system_error(&done, "refused access");
 
     // Bob cannot read or set the lab's policy: another workspace's is a 404.
     let resp = bob
@@ -763,15 +731,7 @@ async fn the_cache_evicts_the_least_recently_used_image_to_stay_under_its_limit(
 async fn slurm_tasks_run_in_images_from_the_shared_cache() {
     let server = TestServer::start_with(|s| {
         s.services.images = image_settings();
-        let dir = s
-            .services
-            .store
-            .path
-            .parent()
-            .and_then(Path::parent)
-            .unwrap()
-            .to_path_buf();
-        s.services.slurm = vec![slurm_settings(&dir)];
+        s.services.slurm = vec![slurm_settings(&crate::slurm::dir_of(s))];
     })
     .await;
     server.admin.create_workspace("cluster").await.unwrap();
@@ -809,12 +769,7 @@ async fn an_image_larger_than_the_hosts_limits_is_refused_before_it_fills_the_di
     })
     .await;
     let done = server.run(&image_task("ubuntu", "true")).await;
-    assert_eq!(done.state, Some(TesState::SystemError));
-    assert!(
-        system_logs(&done).contains("more than this host's image limit"),
-        "{}",
-        system_logs(&done)
-    );
+    assert_system_error(&done, "more than this host's image limit");
     let repo = unique_repo("bomb");
     let zeros = vec![0u8; 11 << 20];
     push_image(
@@ -828,11 +783,6 @@ async fn an_image_larger_than_the_hosts_limits_is_refused_before_it_fills_the_di
     let done = server
         .run(&image_task(&format!("{REGISTRY}/{repo}:1"), "true"))
         .await;
-    assert_eq!(done.state, Some(TesState::SystemError));
-    assert!(
-        system_logs(&done).contains("limit"),
-        "{}",
-        system_logs(&done)
-    );
+    assert_system_error(&done, "limit");
     assert!(entries(&cache_dir(&server).join("images")).is_empty());
 }

@@ -16,7 +16,7 @@ use crate::support::*;
 const CANARY: &[u8] = b"canary-7f3a9c-only-in-the-sandbox";
 
 /// The test dir of a server's settings (`settings_for` puts the database in `<dir>/data`).
-fn dir_of(settings: &tresor_server::AppSettings) -> PathBuf {
+pub(crate) fn dir_of(settings: &tresor_server::AppSettings) -> PathBuf {
     settings
         .services
         .store
