@@ -378,7 +378,12 @@ async fn images(tresor: &Path, args: &Args) -> Result<ImageBench> {
         // A fresh server is a fresh cache. One task of another image first, so the cold run
         // pays for the pull and unpack, not for the server's first task (its disk template).
         let server = image_server(tresor, 2)?;
-        run_to_end(&server.client, &image_task(BUSYBOX_IMAGE, &["true"]), deadline).await?;
+        run_to_end(
+            &server.client,
+            &image_task(BUSYBOX_IMAGE, &["true"]),
+            deadline,
+        )
+        .await?;
         let start = Instant::now();
         run_to_end(
             &server.client,
