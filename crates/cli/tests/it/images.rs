@@ -786,3 +786,50 @@ async fn an_image_larger_than_the_hosts_limits_is_refused_before_it_fills_the_di
     assert_system_error(&done, "limit");
     assert!(entries(&cache_dir(&server).join("images")).is_empty());
 }
+
+#[tokio::test]
+async fn secrets_and_the_identity_token_reach_an_executor_in_its_image() {
+    let server = image_server().await;
+    let info = server.client.service_info().await.unwrap();
+    assert!(
+        info.description
+            .unwrap_or_default()
+            .contains("Runtime: oci"),
+        "service-info names the runtime"
+    );
+    let value = b"image-secret-5c1e0d9a-value";
+    server
+        .admin
+        .put_secret(
+            &server.admin.me().await.unwrap().personal_workspace,
+            false,
+            "API_KEY",
+            value,
+            None,
+        )
+        .await
+        .unwrap();
+    // The image has its own /run: the secrets tmpfs and the identity directory are made inside
+    // it. The output is compared through a hash so the log's redactor does not hide it.
+    let mut task = image_task(
+        &format!("{REGISTRY}/lab/busybox:1"),
+        "busybox sha256sum \"$TRESOR_SECRETS_DIR/API_KEY\" | cut -c1-64; \
+         test \"$API_KEY\" = \"$(cat $TRESOR_SECRETS_DIR/API_KEY)\" && echo env-matches; \
+         test -s \"$TRESOR_IDENTITY_TOKEN_FILE\" && echo token",
+    );
+    task.tags = Some(BTreeMap::from([
+        ("tresor.secrets".to_owned(), "API_KEY".to_owned()),
+        ("tresor.secrets.env".to_owned(), "API_KEY".to_owned()),
+    ]));
+    let done = server.run(&task).await;
+    assert_eq!(
+        done.state,
+        Some(TesState::Complete),
+        "{}",
+        system_logs(&done)
+    );
+    assert_eq!(
+        stdout(&done, 0),
+        format!("{}\nenv-matches\ntoken\n", sha256_hex(value))
+    );
+}
