@@ -82,6 +82,8 @@ const SHARED_MODE: u32 = 0o755;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    #[error("a layer has a long-name or PAX record of {size} bytes; at most {limit} are accepted")]
+    MetadataTooLarge { size: u64, limit: u64 },
     #[error("layer entry {path} escapes the image root")]
     Escapes { path: String },
     #[error("layer entry {path} is a hard link to {target}, which escapes the image root")]
@@ -182,7 +184,7 @@ impl Unpacker {
             .saturating_add(remaining_bytes)
             .saturating_add(STREAM_SLACK);
         let mut stream = Capped {
-            inner: layer,
+            inner: MetadataCap::new(layer),
             left: limit,
             exceeded: false,
         };
@@ -193,6 +195,12 @@ impl Unpacker {
         });
         if stream.exceeded {
             return Err(UnpackError::StreamTooLarge { limit });
+        }
+        if let Some(size) = stream.inner.oversized {
+            return Err(UnpackError::MetadataTooLarge {
+                size,
+                limit: MAX_METADATA_BYTES,
+            });
         }
         applied
     }
@@ -607,6 +615,113 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
+/// The largest GNU long-name or long-link, or PAX, record a layer may hold. The tar crate reads
+/// each into memory whole, so without this a layer of a few MB of compressed zeros could make
+/// the worker allocate gigabytes.
+pub const MAX_METADATA_BYTES: u64 = 1 << 20;
+
+/// Follows the tar headers in a stream as it is read, and stops it at a metadata record (GNU
+/// `L`/`K`, PAX `x`/`g`) larger than `MAX_METADATA_BYTES`, before the tar crate buffers it.
+/// A header it cannot parse ends the watching, not the stream: the tar crate refuses what is
+/// truly malformed.
+struct MetadataCap<R> {
+    inner: R,
+    /// Bytes read so far.
+    pos: u64,
+    /// Where the next header starts; None once watching stopped.
+    next_header: Option<u64>,
+    header: Vec<u8>,
+    /// The size of the record that stopped the stream.
+    oversized: Option<u64>,
+}
+
+impl<R> MetadataCap<R> {
+    fn new(inner: R) -> Self {
+        MetadataCap {
+            inner,
+            pos: 0,
+            next_header: Some(0),
+            header: Vec::with_capacity(512),
+            oversized: None,
+        }
+    }
+
+    /// Watches `bytes`, which start at offset `self.pos`. An error for an oversized record.
+    fn watch(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut at = 0usize;
+        while let Some(next) = self.next_header {
+            let offset = self.pos + at as u64;
+            if next > offset {
+                let skip = usize::try_from(next - offset).unwrap_or(usize::MAX);
+                if skip >= bytes.len() - at {
+                    break;
+                }
+                at += skip;
+            }
+            let want = 512 - self.header.len();
+            let take = want.min(bytes.len() - at);
+            self.header.extend_from_slice(&bytes[at..at + take]);
+            at += take;
+            if self.header.len() < 512 {
+                break;
+            }
+            let header = std::mem::take(&mut self.header);
+            self.next_header = match header_size(&header) {
+                Some(size) => {
+                    let metadata = matches!(header[156], b'L' | b'K' | b'x' | b'g');
+                    if metadata && size > MAX_METADATA_BYTES {
+                        self.oversized = Some(size);
+                        return Err(io::Error::other("a tar metadata record is too large"));
+                    }
+                    next.checked_add(512)
+                        .and_then(|n| n.checked_add(size.div_ceil(512) * 512))
+                }
+                None => None,
+            };
+            if at >= bytes.len() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The size field of a tar header: octal digits, or base-256 when its first byte's high bit is
+/// set. None if it is neither.
+fn header_size(header: &[u8]) -> Option<u64> {
+    let field = &header[124..136];
+    if field[0] & 0x80 != 0 {
+        let mut size: u64 = u64::from(field[0] & 0x7f);
+        for &b in &field[1..] {
+            size = size.checked_mul(256)?.checked_add(u64::from(b))?;
+        }
+        return Some(size);
+    }
+    let digits: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ')
+        .take_while(|b| b.is_ascii_digit())
+        .collect();
+    if digits.is_empty() {
+        // An all-zero block (the end of the archive) has no size: zero.
+        return field.iter().all(|b| *b == 0).then_some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(&digits).ok()?, 8).ok()
+}
+
+impl<R: Read> Read for MetadataCap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.oversized.is_some() {
+            return Err(io::Error::other("a tar metadata record is too large"));
+        }
+        let n = self.inner.read(buf)?;
+        self.watch(&buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -765,6 +880,71 @@ mod tests {
             .unwrap();
         assert_eq!(unpacker.finish().unwrap().entries, 1);
         assert_eq!(fs::read(f.root.join(long)).unwrap(), b"hi");
+    }
+
+    /// Hands out its bytes a few at a time, as a slow decompressor might.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(7);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn long_names_and_pax_records_read_in_small_pieces_still_apply() {
+        let f = fixture();
+        let long = format!("{}/{}/file", "e".repeat(150), "f".repeat(150));
+        let mut builder = Builder::new(Vec::new());
+        let mut header = Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(3);
+        builder
+            .append_data(&mut header, &long, &b"abc"[..])
+            .unwrap();
+        builder
+            .append_pax_extensions([("comment", "x".repeat(2000).as_bytes())])
+            .unwrap();
+        let mut header = Header::new_ustar();
+        header.set_mode(0o644);
+        header.set_size(1);
+        builder
+            .append_data(&mut header, "after-pax", &b"z"[..])
+            .unwrap();
+        let bytes = builder.into_inner().unwrap();
+        let mut unpacker = Unpacker::new(&f.root, LIMITS).unwrap();
+        unpacker.apply_layer(Trickle(&bytes)).unwrap();
+        unpacker.finish().unwrap();
+        assert_eq!(fs::read(f.root.join(long)).unwrap(), b"abc");
+        assert_eq!(fs::read(f.root.join("after-pax")).unwrap(), b"z");
+    }
+
+    #[test]
+    fn a_huge_pax_record_is_refused_before_it_is_buffered() {
+        let f = fixture();
+        let mut builder = Builder::new(Vec::new());
+        let huge = "y".repeat(usize::try_from(MAX_METADATA_BYTES).unwrap() + 1);
+        builder
+            .append_pax_extensions([("comment", huge.as_bytes())])
+            .unwrap();
+        let mut header = Header::new_ustar();
+        header.set_mode(0o644);
+        header.set_size(1);
+        builder
+            .append_data(&mut header, "victim", &b"z"[..])
+            .unwrap();
+        let bytes = builder.into_inner().unwrap();
+        let limits = UnpackLimits {
+            max_bytes: 1 << 40,
+            max_entries: 1_000_000,
+        };
+        let mut unpacker = Unpacker::new(&f.root, limits).unwrap();
+        let err = unpacker.apply_layer(Trickle(&bytes)).unwrap_err();
+        assert!(matches!(err, UnpackError::MetadataTooLarge { .. }), "{err}");
+        assert!(!f.root.join("victim").exists());
     }
 
     #[test]
