@@ -1025,6 +1025,9 @@ fn decompress(mut file: File, media_type: &str) -> Result<Box<dyn Read>, String>
     }
 }
 
+/// Resolutions, and manifests of images no longer kept, older than this are removed.
+const STALE_RECORD: Duration = Duration::from_secs(24 * 3600);
+
 /// Temporaries older than this are left by a worker that was killed mid-pull.
 const STALE_TEMPORARY: Duration = Duration::from_secs(6 * 3600);
 
@@ -1132,6 +1135,44 @@ fn evict_blocking(dir: &Path, max: u64, keep: Option<&str>) -> Result<usize, Pul
             && let Ok(hex) = check_digest(blob)
         {
             let _ = std::fs::remove_file(blob_dir.join(hex));
+        }
+    }
+    // Resolutions older than a day are asked again anyway; manifests of images neither kept nor
+    // imported are fetched again with their next resolution.
+    let imported: BTreeSet<String> = std::fs::read_dir(dir.join("imports"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|bytes| serde_json::from_slice::<Import>(&bytes).ok())
+        .filter_map(|i| check_digest(&i.digest).ok().map(str::to_owned))
+        .collect();
+    let old = |entry: &std::fs::DirEntry| {
+        entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_RECORD)
+    };
+    for entry in std::fs::read_dir(dir.join("refs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if old(&entry) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    for entry in std::fs::read_dir(dir.join("manifests"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let hex = name.trim_end_matches(".json");
+        if old(&entry) && !images_dir.join(hex).exists() && !imported.contains(hex) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
     // What workspaces proved of blobs that are gone proves nothing any more.
@@ -1256,6 +1297,70 @@ mod tests {
         std::os::unix::fs::chown(&cache, Some(12345), None).unwrap();
         let refused = ImageCache::open(settings(&cache)).err().unwrap();
         assert!(refused.0.contains("no one else may write"), "{refused}");
+    }
+
+    #[test]
+    fn collection_keeps_what_kept_images_need_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        ImageCache::open(settings(&cache)).unwrap();
+        let (kept, orphan, image) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let blobs = cache.join("blobs/sha256");
+        std::fs::write(blobs.join(&kept), b"kept").unwrap();
+        std::fs::write(blobs.join(&orphan), b"left by a failed pull").unwrap();
+        let root = cache.join("images").join(&image);
+        std::fs::create_dir_all(root.join("rootfs")).unwrap();
+        let record = ImageRecord {
+            digest: format!("sha256:{image}"),
+            config: RunConfig::default(),
+            blobs: vec![format!("sha256:{kept}")],
+            bytes: 4,
+            pinned: false,
+        };
+        std::fs::write(
+            root.join("image.json"),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        let scope = cache.join("scopes/s");
+        std::fs::create_dir_all(&scope).unwrap();
+        for marker in [&kept, &orphan] {
+            File::create(scope.join(marker)).unwrap();
+        }
+        let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86_400);
+        let aged = |path: PathBuf| {
+            File::create(&path)
+                .unwrap()
+                .set_modified(two_days_ago)
+                .unwrap();
+            path
+        };
+        let old_ref = aged(cache.join("refs/old.json"));
+        let old_manifest = aged(cache.join(format!("manifests/{}.json", "d".repeat(64))));
+        let kept_manifest = aged(cache.join(format!("manifests/{image}.json")));
+        let fresh_ref = cache.join("refs/fresh.json");
+        File::create(&fresh_ref).unwrap();
+
+        assert_eq!(evict_blocking(&cache, u64::MAX, None).unwrap(), 0);
+        assert!(blobs.join(&kept).exists());
+        assert!(!blobs.join(&orphan).exists(), "an orphan blob is collected");
+        assert!(scope.join(&kept).exists());
+        assert!(
+            !scope.join(&orphan).exists(),
+            "a marker of a gone blob is removed"
+        );
+        assert!(!old_ref.exists() && fresh_ref.exists());
+        assert!(!old_manifest.exists() && kept_manifest.exists());
+
+        // While a pull runs, no blob is collected.
+        std::fs::write(blobs.join(&orphan), b"being pulled").unwrap();
+        let _pulling = lock(
+            &cache.join("locks/pull.lock"),
+            rustix::fs::FlockOperation::LockShared,
+        )
+        .unwrap();
+        evict_blocking(&cache, u64::MAX, None).unwrap();
+        assert!(blobs.join(&orphan).exists());
     }
 
     #[tokio::test]
