@@ -114,10 +114,10 @@ fn checked_env(config: &mut RunConfig) -> Vec<String> {
                 .split_once('=')
                 .is_some_and(|(name, value)| env_var_ok(name, value));
             if !ok && notes.len() < unpack::MAX_NOTES {
-                notes.push(format!(
+                notes.push(unpack::shorten(&format!(
                     "left out the image's Env entry {}",
                     pair.escape_default()
-                ));
+                )));
             }
             ok
         });
@@ -369,17 +369,25 @@ fn make_writable(path: &Path) {
 
 impl ImageCache {
     pub fn open(settings: CacheSettings) -> Result<ImageCache, PullError> {
-        mkdirs(&settings.dir, 0o711)?;
-        // A cache another user made, or may write, could hold their blobs under any name.
-        let meta = std::fs::symlink_metadata(&settings.dir)
-            .map_err(io_error(settings.dir.display().to_string()))?;
+        // A cache another user made, or may write, could hold their blobs or roots under any
+        // name: checked before anything in it is changed, and refused rather than put right.
         let me = rustix::process::geteuid().as_raw();
-        if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
-            return Err(PullError(format!(
-                "the image cache {} must be a directory of uid {me} that no one else may write",
-                settings.dir.display()
-            )));
+        for path in std::iter::once(settings.dir.clone())
+            .chain(SUBDIRS.iter().map(|(sub, _)| settings.dir.join(sub)))
+        {
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() && meta.uid() == me && meta.mode() & 0o022 == 0 => {}
+                Ok(_) => {
+                    return Err(PullError(format!(
+                        "the image cache's {} must be a directory of uid {me} that no one else may write",
+                        path.display()
+                    )));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(PullError(format!("{}: {e}", path.display()))),
+            }
         }
+        mkdirs(&settings.dir, 0o711)?;
         for (sub, mode) in SUBDIRS {
             mkdirs(&settings.dir.join(sub), *mode)?;
         }
@@ -427,19 +435,16 @@ impl ImageCache {
         let blobs: Vec<&OciDescriptor> = std::iter::once(&manifest.config)
             .chain(&manifest.layers)
             .collect();
-        let proven = |blob: &OciDescriptor| -> bool {
-            imported
-                || check_digest(&blob.digest).is_ok_and(|h| {
-                    scope_dir.join(h).exists() && self.path("blobs/sha256").join(h).exists()
-                })
-        };
-        if blobs.iter().all(|b| proven(b))
+        if blobs.iter().all(|b| self.proven(&scope_dir, imported, b))
             && let Some(ready) = self.try_use(&hex, Vec::new()).await?
         {
             return Ok(ready);
         }
-        let _making = lock_async(
-            self.path("locks").join(format!("{hex}.lock")),
+        // One download per workspace and image at a time: the image's own lock is taken only to
+        // unpack, so a workspace whose registry is slow holds up no other workspace's pull.
+        let fetching = lock_async(
+            self.path("locks")
+                .join(format!("{}-{hex}.lock", sha256_hex(scope.as_bytes()))),
             rustix::fs::FlockOperation::LockExclusive,
         )
         .await?;
@@ -449,6 +454,34 @@ impl ImageCache {
             rustix::fs::FlockOperation::LockShared,
         )
         .await?;
+        let made = self
+            .fetch_and_unpack(plan, &manifest, &hex, &scope_dir, imported, pulling)
+            .await;
+        drop(fetching);
+        // After a failure too: what a failed pull left is collected.
+        self.evict(made.as_ref().ok().map(|_| hex.clone())).await;
+        let notes = made?;
+        self.try_use(&hex, notes).await?.ok_or_else(|| {
+            PullError(format!(
+                "image {} was evicted right after unpacking; the cache is too small",
+                plan.name
+            ))
+        })
+    }
+
+    /// Fetches the blobs this workspace has not proved, then unpacks the image unless another
+    /// task did meanwhile. `pulling` (the shared pull lock) is held until the unpack ends, even
+    /// if this future is dropped.
+    async fn fetch_and_unpack(
+        &self,
+        plan: &PullPlan,
+        manifest: &OciImageManifest,
+        hex: &str,
+        scope_dir: &Path,
+        imported: bool,
+        pulling: File,
+    ) -> Result<Vec<String>, PullError> {
+        let blobs = std::iter::once(&manifest.config).chain(&manifest.layers);
         let declared = manifest
             .layers
             .iter()
@@ -460,9 +493,11 @@ impl ImageCache {
                 plan.name
             )));
         }
-        let missing: Vec<&OciDescriptor> = blobs.iter().copied().filter(|b| !proven(b)).collect();
+        let missing: Vec<&OciDescriptor> = blobs
+            .filter(|b| !self.proven(scope_dir, imported, b))
+            .collect();
         if !missing.is_empty() {
-            mkdirs(&scope_dir, 0o700)?;
+            mkdirs(scope_dir, 0o700)?;
             let source = parse_source(plan)?;
             for blob in missing {
                 let limit = if blob.digest == manifest.config.digest {
@@ -476,18 +511,25 @@ impl ImageCache {
                 File::create(scope_dir.join(hex)).map_err(io_error("recording a verified blob"))?;
             }
         }
-        if let Some(ready) = self.try_use(&hex, Vec::new()).await? {
-            return Ok(ready);
+        let making = lock_async(
+            self.path("locks").join(format!("{hex}.lock")),
+            rustix::fs::FlockOperation::LockExclusive,
+        )
+        .await?;
+        if self.path("images").join(hex).join("image.json").exists() {
+            return Ok(Vec::new());
         }
-        let notes = self.unpack(&hex, &manifest, false).await?;
-        drop(pulling);
-        self.evict(Some(hex.clone())).await;
-        self.try_use(&hex, notes).await?.ok_or_else(|| {
-            PullError(format!(
-                "image {} was evicted right after unpacking; the cache is too small",
-                plan.name
-            ))
-        })
+        self.unpack(hex, manifest, false, vec![making, pulling])
+            .await
+    }
+
+    /// Whether the workspace whose proofs are in `scope_dir` may use `blob`: it fetched and
+    /// verified it itself and the blob is still here, or the image is an administrator's import.
+    fn proven(&self, scope_dir: &Path, imported: bool, blob: &OciDescriptor) -> bool {
+        imported
+            || check_digest(&blob.digest).is_ok_and(|h| {
+                scope_dir.join(h).exists() && self.path("blobs/sha256").join(h).exists()
+            })
     }
 
     /// The digest and manifest `plan` names for workspace `scope`, and whether it is an
@@ -644,11 +686,13 @@ impl ImageCache {
 
     /// Unpacks the image's layers into a fresh directory and renames it into place, so a half
     /// unpacked root is never seen. Returns the unpacker's notes.
+    /// `guards` (locks) are held until the unpacking itself ends, even if the caller is dropped.
     async fn unpack(
         &self,
         hex: &str,
         manifest: &OciImageManifest,
         pinned: bool,
+        guards: Vec<File>,
     ) -> Result<Vec<String>, PullError> {
         let config_bytes = std::fs::read(self.blob_path(&manifest.config.digest)?)
             .map_err(io_error("reading the image config"))?;
@@ -678,12 +722,16 @@ impl ImageCache {
         };
         let tmp = self.path("tmp");
         tokio::task::spawn_blocking(move || {
+            let _guards = guards;
             let result = unpack_into(&work, &layers, &limits).and_then(|(bytes, mut notes)| {
                 notes.extend(env_notes);
                 let record = ImageRecord { bytes, ..record };
                 let json = serde_json::to_vec(&record).map_err(|e| PullError(e.to_string()))?;
                 write_atomic(&tmp, &work.join("image.json"), &json)?;
                 File::create(work.join("used")).map_err(io_error("marking the image used"))?;
+                if record.pinned {
+                    File::create(work.join(PINNED)).map_err(io_error("pinning the image"))?;
+                }
                 std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o711))
                     .map_err(io_error("chmod the image directory"))?;
                 std::fs::rename(&work, &dest)
@@ -858,9 +906,14 @@ impl ImageCache {
         let manifest: OciImageManifest = serde_json::from_value(manifest)
             .map_err(|e| PullError(format!("the image manifest: {e}")))?;
         let hex = check_digest(&digest).map_err(PullError)?.to_owned();
-        let _making = lock_async(
+        let making = lock_async(
             self.path("locks").join(format!("{hex}.lock")),
             rustix::fs::FlockOperation::LockExclusive,
+        )
+        .await?;
+        let pulling = lock_async(
+            self.path("locks/pull.lock"),
+            rustix::fs::FlockOperation::LockShared,
         )
         .await?;
         for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
@@ -889,19 +942,14 @@ impl ImageCache {
             &manifest_bytes,
         )?;
         // An image already unpacked (pulled, or imported before) is kept, running tasks and
-        // all, and only marked as never to be evicted.
-        let record_path = self.path("images").join(&hex).join("image.json");
-        match std::fs::read(&record_path) {
-            Ok(bytes) => {
-                let mut record: ImageRecord = serde_json::from_slice(&bytes)
-                    .map_err(|e| PullError(format!("{}: {e}", record_path.display())))?;
-                record.pinned = true;
-                let json = serde_json::to_vec(&record).map_err(|e| PullError(e.to_string()))?;
-                write_atomic(&tmp, &record_path, &json)?;
-            }
-            Err(_) => {
-                self.unpack(&hex, &manifest, true).await?;
-            }
+        // all, and marked never to be evicted by a file of its own: `image.json`, whose lock
+        // running tasks hold, is never replaced.
+        let root = self.path("images").join(&hex);
+        if root.join("image.json").exists() {
+            File::create(root.join(PINNED)).map_err(io_error("pinning the image"))?;
+        } else {
+            self.unpack(&hex, &manifest, true, vec![making, pulling])
+                .await?;
         }
         let import = serde_json::to_vec(&Import {
             name: name.full(),
@@ -1008,8 +1056,8 @@ fn unpack_into(
 fn decompress(mut file: File, media_type: &str) -> Result<Box<dyn Read>, String> {
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic).map_err(|e| e.to_string())?;
-    let head = std::io::Cursor::new(magic[..n].to_vec());
-    let stream = head.chain(file);
+    std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
+    let stream = file;
     let gzip = magic[..n].starts_with(&[0x1f, 0x8b]);
     let zstd = magic[..n].starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
     if gzip || media_type.ends_with("gzip") {
@@ -1017,13 +1065,17 @@ fn decompress(mut file: File, media_type: &str) -> Result<Box<dyn Read>, String>
             std::io::BufReader::with_capacity(1 << 16, stream),
         )))
     } else if zstd || media_type.ends_with("zstd") {
-        let decoder = ruzstd::decoding::StreamingDecoder::new(std::io::BufReader::new(stream))
-            .map_err(|e| format!("not zstd: {e}"))?;
-        Ok(Box::new(ZstdFrames(Some(decoder))))
+        Ok(Box::new(ZstdFrames {
+            decoder: None,
+            rest: Some(std::io::BufReader::new(stream)),
+        }))
     } else {
         Ok(Box::new(std::io::BufReader::with_capacity(1 << 16, stream)))
     }
 }
+
+/// In an image's directory: an administrator imported it, so it is never evicted.
+const PINNED: &str = "pinned";
 
 /// Resolutions, and manifests of images no longer kept, older than this are removed.
 const STALE_RECORD: Duration = Duration::from_secs(24 * 3600);
@@ -1031,30 +1083,41 @@ const STALE_RECORD: Duration = Duration::from_secs(24 * 3600);
 /// Temporaries older than this are left by a worker that was killed mid-pull.
 const STALE_TEMPORARY: Duration = Duration::from_secs(6 * 3600);
 
-/// A zstd stream of any number of frames (ruzstd's decoder reads one): a layer cut after its
-/// first frame would unpack as a smaller, wrong root.
-struct ZstdFrames<R: std::io::BufRead>(
-    Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
-);
+/// A zstd stream of any number of frames (ruzstd's decoder reads one), skippable frames (as
+/// zstd:chunked layers hold) passed over: a layer cut after its first frame would unpack as a
+/// smaller, wrong root.
+struct ZstdFrames<R: std::io::BufRead> {
+    decoder: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+    /// The stream between frames.
+    rest: Option<R>,
+}
 
 impl<R: std::io::BufRead> Read for ZstdFrames<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
-            let Some(decoder) = self.0.as_mut() else {
+            if let Some(decoder) = self.decoder.as_mut() {
+                let n = decoder.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                self.rest = self.decoder.take().map(|d| d.into_inner());
+            }
+            let Some(mut rest) = self.rest.take() else {
                 return Ok(0);
             };
-            let n = decoder.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            let Some(decoder) = self.0.take() else {
-                return Ok(0);
-            };
-            let mut rest = decoder.into_inner();
-            if rest.fill_buf()?.is_empty() {
+            let head = rest.fill_buf()?;
+            if head.is_empty() {
                 return Ok(0);
             }
-            self.0 =
+            // Magic 0x184D2A50..=0x184D2A5F (little-endian), then the frame's length.
+            if head.len() >= 8 && head[1..4] == [0x2a, 0x4d, 0x18] && head[0] & 0xf0 == 0x50 {
+                let length = u64::from(u32::from_le_bytes([head[4], head[5], head[6], head[7]]));
+                rest.consume(8);
+                std::io::copy(&mut (&mut rest).take(length), &mut std::io::sink())?;
+                self.rest = Some(rest);
+                continue;
+            }
+            self.decoder =
                 Some(ruzstd::decoding::StreamingDecoder::new(rest).map_err(std::io::Error::other)?);
         }
     }
@@ -1070,6 +1133,7 @@ fn evict_blocking(dir: &Path, max: u64, keep: Option<&str>) -> Result<usize, Pul
         hex: String,
         record: ImageRecord,
         used: SystemTime,
+        pinned: bool,
     }
     let mut images = Vec::new();
     let images_dir = dir.join("images");
@@ -1087,7 +1151,13 @@ fn evict_blocking(dir: &Path, max: u64, keep: Option<&str>) -> Result<usize, Pul
         let used = std::fs::metadata(entry.path().join("used"))
             .and_then(|m| m.modified())
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        images.push(Entry { hex, record, used });
+        let pinned = record.pinned || entry.path().join(PINNED).exists();
+        images.push(Entry {
+            hex,
+            record,
+            used,
+            pinned,
+        });
     }
     let blob_dir = dir.join("blobs/sha256");
     let blob_sizes: BTreeMap<String, u64> = std::fs::read_dir(&blob_dir)
@@ -1101,10 +1171,17 @@ fn evict_blocking(dir: &Path, max: u64, keep: Option<&str>) -> Result<usize, Pul
     let mut total: u64 =
         images.iter().map(|i| i.record.bytes).sum::<u64>() + blob_sizes.values().sum::<u64>();
     images.sort_by_key(|i| i.used);
+    // How many images use each blob: evicting an image frees the blobs only it used.
+    let mut users: BTreeMap<&str, usize> = BTreeMap::new();
+    for image in &images {
+        for blob in &image.record.blobs {
+            *users.entry(blob.as_str()).or_default() += 1;
+        }
+    }
     let mut evicted = 0;
     let mut kept: Vec<&Entry> = Vec::new();
     for image in &images {
-        let evictable = total > max && !image.record.pinned && keep != Some(image.hex.as_str());
+        let evictable = total > max && !image.pinned && keep != Some(image.hex.as_str());
         // One image that cannot be removed must not stop the others from being.
         let removed_now = evictable
             && evict_one(dir, &image.hex).unwrap_or_else(|e| {
@@ -1113,6 +1190,14 @@ fn evict_blocking(dir: &Path, max: u64, keep: Option<&str>) -> Result<usize, Pul
             });
         if removed_now {
             total = total.saturating_sub(image.record.bytes);
+            for blob in &image.record.blobs {
+                if let Some(count) = users.get_mut(blob.as_str()) {
+                    *count -= 1;
+                    if *count == 0 {
+                        total = total.saturating_sub(blob_sizes.get(blob).copied().unwrap_or(0));
+                    }
+                }
+            }
             evicted += 1;
         } else {
             kept.push(image);
@@ -1231,7 +1316,10 @@ fn evict_one(dir: &Path, hex: &str) -> Result<bool, PullError> {
     let trash = dir.join("tmp").join(format!("evicted-{hex}-{}", nonce()));
     std::fs::rename(&path, &trash).map_err(io_error(format!("evicting {hex}")))?;
     drop(record);
-    remove_tree(&trash).map_err(io_error(format!("removing evicted {hex}")))?;
+    // Out of use from the rename on; a removal that fails is retried with stale temporaries.
+    if let Err(e) = remove_tree(&trash) {
+        tracing::warn!("removing evicted image {hex}: {e}");
+    }
     Ok(true)
 }
 
@@ -1253,7 +1341,14 @@ mod tests {
     #[test]
     fn every_frame_of_a_zstd_layer_is_read() {
         use ruzstd::encoding::{CompressionLevel, compress_to_vec};
-        let mut stream = compress_to_vec(&b"first frame, "[..], CompressionLevel::Fastest);
+        // zstd:chunked layers hold skippable frames, first and between the others.
+        let skippable = [0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, b'x', b'y', b'z'];
+        let mut stream = skippable.to_vec();
+        stream.extend(compress_to_vec(
+            &b"first frame, "[..],
+            CompressionLevel::Fastest,
+        ));
+        stream.extend(skippable);
         stream.extend(compress_to_vec(
             &b"second frame"[..],
             CompressionLevel::Fastest,
@@ -1278,7 +1373,10 @@ mod tests {
         let cache = dir.path().join("cache");
         std::fs::create_dir(&cache).unwrap();
         std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
-        // Made again with safe modes: an existing directory is put right, not trusted.
+        // One others could write is refused, not put right: they may have planted anything.
+        let refused = ImageCache::open(settings(&cache)).err().unwrap();
+        assert!(refused.0.contains("no one else may write"), "{refused}");
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
         ImageCache::open(settings(&cache)).unwrap();
         let mode = |p: &str| std::fs::metadata(cache.join(p)).unwrap().mode() & 0o777;
         assert_eq!(mode(""), 0o711);

@@ -75,6 +75,15 @@ pub struct LayerStats {
 /// Notes kept per image: a layer of a million device nodes must not become a million log lines.
 pub const MAX_NOTES: usize = 50;
 
+/// A note cut to 300 characters: entry names (up to the metadata budget) are the image author's.
+pub fn shorten(note: &str) -> String {
+    let mut short: String = note.chars().take(300).collect();
+    if short.len() < note.len() {
+        short.push('…');
+    }
+    short
+}
+
 /// The mode bits kept on unpacked files and directories. Roots are shared by every workspace's
 /// tasks and live on the host: nobody but the cache's owner may change them, so group and
 /// other write bits go with setuid, setgid and sticky.
@@ -82,8 +91,8 @@ const SHARED_MODE: u32 = 0o755;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("a layer has a long-name or PAX record of {size} bytes; at most {limit} are accepted")]
-    MetadataTooLarge { size: u64, limit: u64 },
+    #[error("a layer entry's headers and long-name or PAX records exceed {limit} bytes")]
+    MetadataTooLarge { limit: u64 },
     #[error("layer entry {path} escapes the image root")]
     Escapes { path: String },
     #[error("layer entry {path} is a hard link to {target}, which escapes the image root")]
@@ -184,7 +193,7 @@ impl Unpacker {
             .saturating_add(remaining_bytes)
             .saturating_add(STREAM_SLACK);
         let mut stream = Capped {
-            inner: MetadataCap::new(layer),
+            inner: layer,
             left: limit,
             exceeded: false,
         };
@@ -195,12 +204,6 @@ impl Unpacker {
         });
         if stream.exceeded {
             return Err(UnpackError::StreamTooLarge { limit });
-        }
-        if let Some(size) = stream.inner.oversized {
-            return Err(UnpackError::MetadataTooLarge {
-                size,
-                limit: MAX_METADATA_BYTES,
-            });
         }
         applied
     }
@@ -230,13 +233,38 @@ impl Unpacker {
     }
 
     fn apply_entries<R: Read>(&mut self, stream: &mut R) -> Result<(), UnpackError> {
-        let mut archive = tar::Archive::new(stream);
+        let budget = std::rc::Rc::new(std::cell::Cell::new(None));
+        let spent = std::rc::Rc::new(std::cell::Cell::new(false));
+        let mut archive = tar::Archive::new(Budgeted {
+            inner: stream,
+            budget: budget.clone(),
+            spent: spent.clone(),
+        });
+        let mut entries = archive.entries().map_err(UnpackError::Tar)?;
         let mut layer = LayerState::default();
-        for entry in archive.entries().map_err(UnpackError::Tar)? {
-            let mut entry = entry.map_err(UnpackError::Tar)?;
+        loop {
+            // Everything the tar crate reads to find the next entry is within the budget: each
+            // entry's data was read to its end below, so only headers and records remain.
+            budget.set(Some(MAX_METADATA_BYTES));
+            let next = entries.next();
+            budget.set(None);
+            let Some(entry) = next else {
+                return Ok(());
+            };
+            let mut entry = entry.map_err(|e| {
+                if spent.get() {
+                    UnpackError::MetadataTooLarge {
+                        limit: MAX_METADATA_BYTES,
+                    }
+                } else {
+                    UnpackError::Tar(e)
+                }
+            })?;
             self.apply_entry(&mut entry, &mut layer)?;
+            // What the entry did not use (a skipped device's data, say) is read here, outside
+            // the budget; the stream's own cap bounds it.
+            io::copy(&mut entry, &mut io::sink()).map_err(UnpackError::Tar)?;
         }
-        Ok(())
     }
 
     fn apply_entry<R: Read>(
@@ -534,7 +562,9 @@ impl Unpacker {
     /// (an entry's name is the image author's) shown escaped, then only a count.
     fn note(&mut self, note: String) {
         if self.stats.notes.len() < MAX_NOTES {
-            self.stats.notes.push(note.escape_default().to_string());
+            self.stats
+                .notes
+                .push(shorten(&note.escape_default().to_string()));
         } else {
             self.stats.notes_dropped += 1;
         }
@@ -615,109 +645,33 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
-/// The largest GNU long-name or long-link, or PAX, record a layer may hold. The tar crate reads
-/// each into memory whole, so without this a layer of a few MB of compressed zeros could make
-/// the worker allocate gigabytes.
-pub const MAX_METADATA_BYTES: u64 = 1 << 20;
+/// The most a layer may read between one entry's data and the next: the next header and any
+/// GNU long-name, long-link, PAX and sparse-extension records before it. The tar crate reads
+/// those into memory whole, so without a bound a layer of a few MB of compressed zeros could
+/// make the worker allocate gigabytes. Honest records are a few KiB.
+pub const MAX_METADATA_BYTES: u64 = 3 << 20;
 
-/// Follows the tar headers in a stream as it is read, and stops it at a metadata record (GNU
-/// `L`/`K`, PAX `x`/`g`) larger than `MAX_METADATA_BYTES`, before the tar crate buffers it.
-/// A header it cannot parse ends the watching, not the stream: the tar crate refuses what is
-/// truly malformed.
-struct MetadataCap<R> {
+/// A layer stream with a byte budget that the unpacker sets while the tar crate looks for the
+/// next entry, and lifts while the entry's own data is read (which the image's limits bound).
+struct Budgeted<R> {
     inner: R,
-    /// Bytes read so far.
-    pos: u64,
-    /// Where the next header starts; None once watching stopped.
-    next_header: Option<u64>,
-    header: Vec<u8>,
-    /// The size of the record that stopped the stream.
-    oversized: Option<u64>,
+    /// Bytes left; None: no budget now.
+    budget: std::rc::Rc<std::cell::Cell<Option<u64>>>,
+    spent: std::rc::Rc<std::cell::Cell<bool>>,
 }
 
-impl<R> MetadataCap<R> {
-    fn new(inner: R) -> Self {
-        MetadataCap {
-            inner,
-            pos: 0,
-            next_header: Some(0),
-            header: Vec::with_capacity(512),
-            oversized: None,
-        }
-    }
-
-    /// Watches `bytes`, which start at offset `self.pos`. An error for an oversized record.
-    fn watch(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut at = 0usize;
-        while let Some(next) = self.next_header {
-            let offset = self.pos + at as u64;
-            if next > offset {
-                let skip = usize::try_from(next - offset).unwrap_or(usize::MAX);
-                if skip >= bytes.len() - at {
-                    break;
-                }
-                at += skip;
-            }
-            let want = 512 - self.header.len();
-            let take = want.min(bytes.len() - at);
-            self.header.extend_from_slice(&bytes[at..at + take]);
-            at += take;
-            if self.header.len() < 512 {
-                break;
-            }
-            let header = std::mem::take(&mut self.header);
-            self.next_header = match header_size(&header) {
-                Some(size) => {
-                    let metadata = matches!(header[156], b'L' | b'K' | b'x' | b'g');
-                    if metadata && size > MAX_METADATA_BYTES {
-                        self.oversized = Some(size);
-                        return Err(io::Error::other("a tar metadata record is too large"));
-                    }
-                    next.checked_add(512)
-                        .and_then(|n| n.checked_add(size.div_ceil(512) * 512))
-                }
-                None => None,
-            };
-            if at >= bytes.len() {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The size field of a tar header: octal digits, or base-256 when its first byte's high bit is
-/// set. None if it is neither.
-fn header_size(header: &[u8]) -> Option<u64> {
-    let field = &header[124..136];
-    if field[0] & 0x80 != 0 {
-        let mut size: u64 = u64::from(field[0] & 0x7f);
-        for &b in &field[1..] {
-            size = size.checked_mul(256)?.checked_add(u64::from(b))?;
-        }
-        return Some(size);
-    }
-    let digits: Vec<u8> = field
-        .iter()
-        .copied()
-        .skip_while(|b| *b == b' ')
-        .take_while(|b| b.is_ascii_digit())
-        .collect();
-    if digits.is_empty() {
-        // An all-zero block (the end of the archive) has no size: zero.
-        return field.iter().all(|b| *b == 0).then_some(0);
-    }
-    u64::from_str_radix(std::str::from_utf8(&digits).ok()?, 8).ok()
-}
-
-impl<R: Read> Read for MetadataCap<R> {
+impl<R: Read> Read for Budgeted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.oversized.is_some() {
-            return Err(io::Error::other("a tar metadata record is too large"));
+        let Some(left) = self.budget.get() else {
+            return self.inner.read(buf);
+        };
+        if left == 0 {
+            self.spent.set(true);
+            return Err(io::Error::other("a layer's tar metadata is too large"));
         }
-        let n = self.inner.read(buf)?;
-        self.watch(&buf[..n])?;
-        self.pos += n as u64;
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.budget.set(Some(left - n as u64));
         Ok(n)
     }
 }

@@ -256,6 +256,15 @@ impl ImageService {
         for (index, executor) in record.spec.executors.iter().enumerate() {
             let name = ImageName::parse(&executor.image)
                 .map_err(|e| ServiceError::invalid(format!("executors[{index}].image"), e))?;
+            let registry = name
+                .through(&self.inner.settings.mirrors)
+                .registry()
+                .to_owned();
+            if on_private_address(&registry) && !self.site_registry(&registry) {
+                return Err(ServiceError::Conflict(format!(
+                    "executor {index}: {registry} is on a loopback, private or link-local address that the site no longer lists in images.private_registries"
+                )));
+            }
             if let Some(rule) = policy.refusal(&name) {
                 return Err(ServiceError::Conflict(format!(
                     "executor {index}: {} is refused by the workspace's image policy, changed since the task was created: {rule}",
@@ -338,18 +347,25 @@ impl ImageService {
 /// Whether a registry (`host[:port]`) is `localhost` or an IP literal on a loopback, private,
 /// link-local or unspecified address. Names are not resolved here.
 fn on_private_address(registry: &str) -> bool {
-    let host = match registry.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => registry.rsplit_once(':').map_or(registry, |(h, _)| h),
+    // The host as the worker's HTTP client will read it: the URL parser turns `127.1`,
+    // `2130706433` and `0x7f000001` into 127.0.0.1, where Rust's address parser refuses them.
+    let Ok(url) = url::Url::parse(&format!("https://{registry}/")) else {
+        return false;
     };
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
+    let ip = match url.host() {
+        Some(url::Host::Domain(name)) => {
+            return name.eq_ignore_ascii_case("localhost")
+                || name.to_ascii_lowercase().ends_with(".localhost");
+        }
+        Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+        None => return false,
+    };
+    match ip {
+        std::net::IpAddr::V4(ip) => {
             ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
         }
-        Ok(std::net::IpAddr::V6(ip)) => {
+        std::net::IpAddr::V6(ip) => {
             ip.is_loopback()
                 || ip.is_unspecified()
                 || ip.is_unique_local()
@@ -358,7 +374,6 @@ fn on_private_address(registry: &str) -> bool {
                     .to_ipv4_mapped()
                     .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local())
         }
-        Err(_) => false,
     }
 }
 
@@ -385,6 +400,11 @@ mod tests {
             "[::1]:5000",
             "[fd00::1]",
             "0.0.0.0",
+            "127.1:5000",
+            "2130706433:5000",
+            "0x7f000001",
+            "0251.0376.0251.0376:80",
+            "registry.localhost",
         ] {
             assert!(on_private_address(private), "{private}");
         }
