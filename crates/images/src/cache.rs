@@ -442,18 +442,11 @@ impl ImageCache {
         }
         // One download per workspace and image at a time: the image's own lock is taken only to
         // unpack, so a workspace whose registry is slow holds up no other workspace's pull.
-        let fetching = lock_async(
-            self.path("locks")
-                .join(format!("{}-{hex}.lock", sha256_hex(scope.as_bytes()))),
-            rustix::fs::FlockOperation::LockExclusive,
-        )
-        .await?;
+        let fetching = self
+            .exclusive(format!("{}-{hex}.lock", sha256_hex(scope.as_bytes())))
+            .await?;
         // Eviction leaves blobs alone while any pull holds this.
-        let pulling = lock_async(
-            self.path("locks/pull.lock"),
-            rustix::fs::FlockOperation::LockShared,
-        )
-        .await?;
+        let pulling = self.pull_lock().await?;
         let made = self
             .fetch_and_unpack(plan, &manifest, &hex, &scope_dir, imported, pulling)
             .await;
@@ -511,16 +504,30 @@ impl ImageCache {
                 File::create(scope_dir.join(hex)).map_err(io_error("recording a verified blob"))?;
             }
         }
-        let making = lock_async(
-            self.path("locks").join(format!("{hex}.lock")),
-            rustix::fs::FlockOperation::LockExclusive,
-        )
-        .await?;
+        let making = self.exclusive(format!("{hex}.lock")).await?;
         if self.path("images").join(hex).join("image.json").exists() {
             return Ok(Vec::new());
         }
         self.unpack(hex, manifest, false, vec![making, pulling])
             .await
+    }
+
+    /// Waits for the exclusive lock `locks/<name>`.
+    async fn exclusive(&self, name: String) -> Result<File, PullError> {
+        lock_async(
+            self.path("locks").join(name),
+            rustix::fs::FlockOperation::LockExclusive,
+        )
+        .await
+    }
+
+    /// The shared "pull" lock: blob collection waits until no pull holds it.
+    async fn pull_lock(&self) -> Result<File, PullError> {
+        lock_async(
+            self.path("locks/pull.lock"),
+            rustix::fs::FlockOperation::LockShared,
+        )
+        .await
     }
 
     /// Whether the workspace whose proofs are in `scope_dir` may use `blob`: it fetched and
@@ -559,11 +566,7 @@ impl ImageCache {
         if let Some((digest, manifest)) = self.fresh_resolution(&path)? {
             return Ok((digest, manifest, false));
         }
-        let _resolving = lock_async(
-            self.path("locks").join(format!("ref-{key}.lock")),
-            rustix::fs::FlockOperation::LockExclusive,
-        )
-        .await?;
+        let _resolving = self.exclusive(format!("ref-{key}.lock")).await?;
         if let Some((digest, manifest)) = self.fresh_resolution(&path)? {
             return Ok((digest, manifest, false));
         }
@@ -906,16 +909,8 @@ impl ImageCache {
         let manifest: OciImageManifest = serde_json::from_value(manifest)
             .map_err(|e| PullError(format!("the image manifest: {e}")))?;
         let hex = check_digest(&digest).map_err(PullError)?.to_owned();
-        let making = lock_async(
-            self.path("locks").join(format!("{hex}.lock")),
-            rustix::fs::FlockOperation::LockExclusive,
-        )
-        .await?;
-        let pulling = lock_async(
-            self.path("locks/pull.lock"),
-            rustix::fs::FlockOperation::LockShared,
-        )
-        .await?;
+        let making = self.exclusive(format!("{hex}.lock")).await?;
+        let pulling = self.pull_lock().await?;
         for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
             let hex = check_digest(&blob.digest).map_err(PullError)?;
             let src = layout.join("blobs/sha256").join(hex);
