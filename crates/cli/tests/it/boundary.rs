@@ -53,12 +53,7 @@ async fn another_workspaces_files_cannot_be_read_listed_or_overwritten() {
         ..sh_task("echo alice-result > /out/result.txt")
     };
     let done = server.run_in(&alice.tes, &task).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     let result = area.join(&alice_ws).join("result.txt");
     assert_eq!(std::fs::read_to_string(&result).unwrap(), "alice-result\n");
     let info = alice.platform.file_storage(&alice_ws).await.unwrap();
@@ -207,12 +202,7 @@ async fn an_administrator_gives_a_workspace_its_own_directory_and_no_two_overlap
         ..sh_task("echo lab > /out/out.txt")
     };
     let done = server.run_in(&tes, &task).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     assert_eq!(
         std::fs::read_to_string(projects.join("lab/out.txt")).unwrap(),
         "lab\n"
@@ -312,12 +302,7 @@ async fn a_deleted_workspaces_id_is_never_given_to_anyone_again() {
         ..sh_task("echo lab-result > /out/result.txt")
     };
     let done = server.run_in(&alice.tes_in("lab"), &task).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     alice.platform.delete_workspace("lab").await.unwrap();
     assert_eq!(
         std::fs::read_to_string(area.join("lab/result.txt")).unwrap(),
@@ -416,12 +401,7 @@ async fn a_directory_tresor_did_not_make_is_not_adopted_by_the_workspace_it_name
         ..sh_task("cat /in/data.txt")
     };
     let done = server.run_in(&tes, &read).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     assert_eq!(stdout(&done, 0), "project-data\n");
     let gid = store.workspace_gid(&id).await.unwrap().unwrap();
     let adopted = std::fs::metadata(&projects).unwrap();

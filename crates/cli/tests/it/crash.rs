@@ -429,12 +429,7 @@ async fn signing_keys_survive_a_kek_rotation_and_a_restart() {
     };
     let id = second.client.create_task(&task).await.unwrap();
     let done = wait_terminal(&second.client, &id).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     let token = std::fs::read_to_string(storage.join("token")).unwrap();
     let header: serde_json::Value = serde_json::from_slice(
         &base64::Engine::decode(
@@ -478,12 +473,7 @@ async fn a_reattached_worker_keeps_renewing_its_token_after_a_restart() {
     first.kill_9();
     let second = spawn_server_at(dir.path(), Some(&config), &listen);
     let done = wait_terminal(&second.client, &id).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     let claims = |name: &str| -> serde_json::Value {
         let token = std::fs::read_to_string(storage.join("tokens").join(name)).unwrap();
         serde_json::from_slice(
@@ -543,12 +533,7 @@ async fn slurm_jobs_survive_a_kill_9_of_the_server_none_lost_none_duplicated() {
     let tes = TesClient::for_workspace(&second.url, "crashy", token.trim()).unwrap();
     for (id, want) in ids.iter().zip(["a\n", "b\n", "c\n"]) {
         let done = wait_terminal(&tes, id).await;
-        assert_eq!(
-            done.state,
-            Some(TesState::Complete),
-            "{}",
-            system_logs(&done)
-        );
+        assert_complete(&done);
         assert_eq!(stdout(&done, 0), want);
         let jobs = command_output(
             "squeue",

@@ -108,12 +108,7 @@ async fn a_server_that_is_not_root_runs_tasks_as_itself_and_delivers_their_outpu
     );
     let id = server.client.create_task(&task).await.unwrap();
     let done = wait_terminal(&server.client, &id).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     assert_eq!(
         stdout(&done, 0),
         "token\n",
@@ -340,12 +335,7 @@ async fn each_running_task_has_a_host_user_no_other_user_can_reach_and_frees_it_
     release(&server.data, &b);
     for (id, uid) in [(&a, uid_a), (&b, uid_b)] {
         let done = wait_terminal(&server.client, id).await;
-        assert_eq!(
-            done.state,
-            Some(TesState::Complete),
-            "{}",
-            system_logs(&done)
-        );
+        assert_complete(&done);
         // id -u and id -g inside the sandbox: its own uid, and the gid of the same number.
         assert_eq!(stdout(&done, 0), format!("{uid}\n{uid}\n"));
     }
@@ -374,12 +364,7 @@ async fn each_running_task_has_a_host_user_no_other_user_can_reach_and_frees_it_
     release(&server.data, &d);
     for id in [&c, &d] {
         let done = wait_terminal(&server.client, id).await;
-        assert_eq!(
-            done.state,
-            Some(TesState::Complete),
-            "{}",
-            system_logs(&done)
-        );
+        assert_complete(&done);
     }
 }
 
@@ -432,12 +417,7 @@ async fn a_restarted_server_gives_no_running_tasks_host_user_to_another_task() {
     release(&data, &b);
     for (id, uid) in [(&a, uid_a), (&b, uid_b)] {
         let done = wait_terminal(client, id).await;
-        assert_eq!(
-            done.state,
-            Some(TesState::Complete),
-            "{}",
-            system_logs(&done)
-        );
+        assert_complete(&done);
         assert_eq!(stdout(&done, 0), format!("{uid}\n{uid}\n"));
     }
 }
@@ -501,12 +481,7 @@ async fn file_copies_run_with_the_task_users_rights_not_roots() {
         ..TesOutput::default()
     }]);
     let done = server.run(&writer).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     let writer_uid: u32 = stdout(&done, 0).trim().parse().unwrap();
     let result = std::fs::metadata(server.storage.join("results/result.txt")).unwrap();
     assert_eq!(
@@ -524,12 +499,7 @@ async fn file_copies_run_with_the_task_users_rights_not_roots() {
     let mut reader = sh_task("cat /in/result.txt");
     reader.inputs = Some(vec![input("results/result.txt", "/in/result.txt")]);
     let done = server.run(&reader).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     assert_eq!(stdout(&done, 0), "public\n");
     // Whichever uid it gets: the worker copies as (uid, gid, [workspace group]); another user
     // with the workspace's group reads the output, one without it (any other workspace's task)

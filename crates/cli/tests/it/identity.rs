@@ -372,17 +372,9 @@ async fn the_audit_trail_records_actions_and_refusals_without_secrets() {
         .unwrap_err();
     let token = alice.platform.create_token("ci", None).await.unwrap();
 
-    let output = std::process::Command::new(TRESOR)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(&server.data)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).starts_with("audit trail intact"));
+    let data = server.data.display().to_string();
+    let said = command_output(TRESOR, &["audit", "verify", "--data-dir", &data]);
+    assert!(said.starts_with("audit trail intact"), "{said}");
 
     let store = server.store().await;
     let events = store.audit_events(1000).await.unwrap().join("\n");

@@ -224,14 +224,6 @@ fn downloads(repo: &str, digest: &str) -> usize {
     log.lines().filter(|l| l.contains(&needle)).count()
 }
 
-/// Asserts the task ended SYSTEM_ERROR with `reason` in its system logs.
-#[track_caller]
-fn assert_system_error(done: &TesTask, reason: &str) {
-    let logs = system_logs(done);
-    assert_eq!(done.state, Some(TesState::SystemError), "{logs}");
-    assert!(logs.contains(reason), "{reason:?} not in {logs}");
-}
-
 async fn run_in(client: &TesClient, task: &TesTask) -> TesTask {
     let id = client.create_task(task).await.unwrap();
     wait_terminal(client, &id).await
@@ -250,12 +242,7 @@ async fn an_executor_runs_in_its_image_with_the_images_env_and_workdir() {
              touch \"$HOME/ok\" && echo home-writable; id -u",
         ))
         .await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     let out = stdout(&done, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
@@ -526,12 +513,7 @@ async fn registry_logins_come_from_workspace_secrets_and_never_reach_the_task() 
     );
 
     let done = run_in(&lab, &image_task(&private, script)).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     let everything = serde_json::to_string(&done).unwrap();
     assert!(
         !everything.contains(AUTH_PASSWORD),
@@ -667,24 +649,20 @@ async fn an_imported_layout_runs_without_any_registry() {
         (BUSYBOX_LAYOUT, "site.local/tools/busybox:1"),
         (BUSYBOX_ARCHIVE, "site.local/tools/busybox-archive:1"),
     ] {
-        let output = Command::new(TRESOR)
-            .args([
+        let data = server.data.display().to_string();
+        let said = command_output(
+            TRESOR,
+            &[
                 "admin",
                 "import-image",
                 source,
                 "--name",
                 name,
                 "--data-dir",
-            ])
-            .arg(&server.data)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+                &data,
+            ],
         );
-        assert!(String::from_utf8_lossy(&output.stdout).contains("sha256:"));
+        assert!(said.contains("sha256:"), "{said}");
         // site.local resolves nowhere: only the import can answer.
         let done = server.run(&image_task(name, "echo $GREETING")).await;
         assert_eq!(stdout(&done, 0), "from-image\n", "{}", system_logs(&done));
@@ -710,12 +688,7 @@ async fn the_cache_evicts_the_least_recently_used_image_to_stay_under_its_limit(
     let mut digests = Vec::new();
     for image in &images {
         let done = server.run(&image_task(image, "true")).await;
-        assert_eq!(
-            done.state,
-            Some(TesState::Complete),
-            "{}",
-            system_logs(&done)
-        );
+        assert_complete(&done);
         digests.push(metadata(&done, "executor.0.image_digest").unwrap());
     }
     let kept = entries(&cache_dir(&server).join("images"));
@@ -822,12 +795,7 @@ async fn secrets_and_the_identity_token_reach_an_executor_in_its_image() {
         ("tresor.secrets.env".to_owned(), "API_KEY".to_owned()),
     ]));
     let done = server.run(&task).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     assert_eq!(
         stdout(&done, 0),
         format!("{}\nenv-matches\ntoken\n", sha256_hex(value))

@@ -75,12 +75,7 @@ async fn task_tokens_verify_with_pyjwt_and_outlive_a_key_rotation() {
         .await
         .unwrap();
     let done = wait_terminal(&tes, &a).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
 
     let rotate = std::process::Command::new(TRESOR)
         .args(["admin", "rotate-signing-key", "--data-dir"])
@@ -94,12 +89,7 @@ async fn task_tokens_verify_with_pyjwt_and_outlive_a_key_rotation() {
         .await
         .unwrap();
     let done = wait_terminal(&tes, &b).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
 
     let (token_a, token_b) = (lab.join("a/token"), lab.join("b/token"));
     let verified = verify_with_pyjwt(&server.url, "tresor", &[&token_a, &token_b]).await;
@@ -178,12 +168,7 @@ PY"#;
         .await
         .unwrap();
     let done = wait_terminal(&server.client, &id).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     let read = |name: &str| std::fs::read_to_string(server.storage.join("run").join(name)).unwrap();
     let (t1, t2) = (read("t1"), read("t2"));
     assert_ne!(t1, t2, "the worker renewed the token before it expired");
@@ -247,12 +232,7 @@ async fn a_tasks_token_opens_nothing_of_another_task() {
         .await
         .unwrap();
     let done = wait_terminal(&tes, &a).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     let jwt = std::fs::read_to_string(lab.join("a/token")).unwrap();
     let jwt = jwt.trim();
     let http = reqwest::Client::new();
@@ -338,12 +318,7 @@ PY"#;
     let done = server
         .run(&task_with_out(&server.storage, "hammer", script))
         .await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     let statuses = std::fs::read_to_string(server.storage.join("hammer").join("statuses")).unwrap();
     let ok = statuses.lines().filter(|l| *l == "200").count();
     let limited: Vec<&str> = statuses.lines().filter(|l| l.starts_with("429")).collect();

@@ -319,12 +319,7 @@ async fn a_user_cycling_through_disk_sizes_keeps_at_most_sixteen_templates() {
         };
         let id = server.client.create_task(&task).await.unwrap();
         let done = wait_terminal(&server.client, &id).await;
-        assert_eq!(
-            done.state,
-            Some(TesState::Complete),
-            "{}",
-            system_logs(&done)
-        );
+        assert_complete(&done);
     }
     let templates = entries(&server.data.join("work").join(".disk-templates"));
     assert!(

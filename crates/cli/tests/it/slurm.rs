@@ -193,12 +193,7 @@ async fn a_task_with_inputs_outputs_and_a_secret_runs_as_a_job_that_holds_no_sec
     task.tags = Some([("tresor.secrets.env".to_owned(), "DB_PASSWORD".to_owned())].into());
     let id = tes.create_task(&task).await.unwrap();
     let done = wait_terminal(&tes, &id).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     assert_eq!(
         String::from_utf8(s3.object("workspaces/cluster/out/result.txt").unwrap()).unwrap(),
         format!("ACGT\nhello\n{}\n", CANARY.len())

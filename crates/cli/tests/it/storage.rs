@@ -2,7 +2,7 @@
 //! per object and method when the task starts, confined to the workspace's bucket and prefix.
 
 use reqwest::StatusCode;
-use tresor_api_types::tes::{TesFileType, TesInput, TesOutput, TesState, TesTask, TesView};
+use tresor_api_types::tes::{TesFileType, TesInput, TesOutput, TesTask, TesView};
 
 use crate::support::*;
 
@@ -56,12 +56,7 @@ async fn s3_inputs_and_outputs_run_end_to_end_through_presigned_urls() {
     let tes = alice.tes_in("lab");
     let id = tes.create_task(&task).await.unwrap();
     let done = wait_terminal(&tes, &id).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     assert_eq!(
         s3.object(&format!("{base}/out/joined.txt")).unwrap(),
         b"ACGT\nref-a\nref-b\n"
@@ -301,12 +296,7 @@ async fn presigned_urls_and_tokens_never_reach_a_log_even_at_trace_level() {
     };
     let id = tes.create_task(&task).await.unwrap();
     let done = wait_terminal(&tes, &id).await;
-    assert_eq!(
-        done.state,
-        Some(TesState::Complete),
-        "{}",
-        system_logs(&done)
-    );
+    assert_complete(&done);
     assert_eq!(s3.object("workspaces/lab/out.txt").unwrap(), b"input\n");
     assert_eq!(stdout(&done, 0), "***");
     drop(server);

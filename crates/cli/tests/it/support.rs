@@ -573,7 +573,26 @@ pub fn slurm_settings(dir: &Path) -> tresor_executors::SlurmSettings {
     }
 }
 
-/// Runs a command (SLURM's tools) and returns its stdout; panics with its stderr on failure.
+/// Asserts the task ended COMPLETE, showing its system logs if not.
+#[track_caller]
+pub fn assert_complete(done: &TesTask) {
+    assert_eq!(
+        done.state,
+        Some(TesState::Complete),
+        "{}",
+        system_logs(done)
+    );
+}
+
+/// Asserts the task ended SYSTEM_ERROR with `reason` in its system logs.
+#[track_caller]
+pub fn assert_system_error(done: &TesTask, reason: &str) {
+    let logs = system_logs(done);
+    assert_eq!(done.state, Some(TesState::SystemError), "{logs}");
+    assert!(logs.contains(reason), "{reason:?} not in {logs}");
+}
+
+/// Runs a command and returns its stdout; panics with its stderr on failure.
 pub fn command_output(program: &str, args: &[&str]) -> String {
     let output = std::process::Command::new(program)
         .args(args)
