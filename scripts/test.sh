@@ -24,6 +24,11 @@ if [ ! -d "$oidc/node_modules/oidc-provider" ]; then
     npm ci --prefix "$oidc" --no-audit --no-fund --loglevel=error
 fi
 
+# The workflow engines WES runs (Snakemake and cwltool from PyPI, in a venv every sandbox sees
+# under /opt); it exports TRESOR_TEST_ENGINES.
+say "installing the workflow engines"
+. scripts/lib/engines-up.sh
+
 # Two real OCI registries on loopback (one with logins) and images built here from Debian
 # packages, for the image tests; it exports TRESOR_TEST_REGISTRY and friends.
 say "starting the OCI registries"

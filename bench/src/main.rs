@@ -271,6 +271,8 @@ fn bare_bwrap_in(runs: usize, image_root: Option<&Path>) -> Result<Duration> {
         secret_fds: &[],
         ro_binds: &[],
         image_root,
+        shared_dirs: &[],
+        group: None,
     };
     let argv = bwrap_args(&spec);
     let mut samples = Vec::new();

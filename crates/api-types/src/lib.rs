@@ -4,5 +4,6 @@ pub mod error;
 pub mod internal;
 pub mod platform;
 pub mod tes;
+pub mod wes;
 
 pub use error::ErrorResponse;

@@ -67,6 +67,8 @@ struct ConfigFile {
     identity: IdentitySection,
     #[serde(default)]
     images: ImagesSection,
+    #[serde(default)]
+    workflows: WorkflowsSection,
     s3: Option<S3Section>,
     outbound: Option<OutboundSection>,
     /// More compute environments, by id (workspaces choose one; `local` is always there).
@@ -168,6 +170,46 @@ struct ImagesSection {
     /// longest match wins).
     #[serde(default)]
     mirrors: std::collections::BTreeMap<String, String>,
+}
+
+/// Workflow runs (WES): the engines and the limits of a run's files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowsSection {
+    /// The most a run's attachments may hold together, in MB (default 16).
+    max_attachment_mb: Option<u64>,
+    /// The most files a run may attach (default 256).
+    max_attachments: Option<usize>,
+    /// The engines, by the name clients give as `workflow_engine`.
+    #[serde(default)]
+    engines: std::collections::BTreeMap<String, EngineSection>,
+}
+
+/// One workflow engine (`[workflows.engines.<name>]`); see docs/workflows.md.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineSection {
+    /// The WES workflow type it runs: `CWL`, `SMK`, `NFL`, …
+    workflow_type: String,
+    /// The versions of that type it runs.
+    workflow_type_versions: Vec<String>,
+    /// The engine's own version (service-info shows it).
+    version: String,
+    /// Its command line; `{workflow}`, `{params}`, `{run_dir}`, `{adapters}`, `{run_id}` and
+    /// each parameter's `{name}` are replaced.
+    command: Vec<String>,
+    /// Its environment (`PATH` at least, where its programs are).
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    /// The engine task's image (used with `images.runtime = "oci"`).
+    image: Option<String>,
+    /// The image of jobs that name none (default: the engine's).
+    job_image: Option<String>,
+    /// Parameters a run may set, with their defaults.
+    #[serde(default)]
+    parameters: std::collections::BTreeMap<String, String>,
+    /// Cores of the engine task (default 1).
+    cpu_cores: Option<u32>,
 }
 
 /// tresor as an OIDC issuer for its tasks.
@@ -912,6 +954,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
     }
 
     let identity = resolve_identity(&file.identity, &file_name, &mut layers.problems);
+    let workflows = resolve_workflows(&file.workflows, &file_name, &mut layers.problems);
     let mut images = resolve_images(&file.images, &file_name, &mut layers.problems);
     images.runtime = layers
         .pick(
@@ -1074,6 +1117,7 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                     outbound: outbound.map(std::sync::Arc::new),
                     slurm,
                     images,
+                    workflows,
                 },
                 max_body_bytes: max_body_bytes.value,
                 limits: connection_limits,
@@ -1090,6 +1134,64 @@ fn parse_runtime(raw: &str) -> Result<tresor_service::ImageRuntime, String> {
         other => Err(format!(
             "{other:?} is not a runtime; use \"oci\" or \"host\""
         )),
+    }
+}
+
+fn resolve_workflows(
+    section: &WorkflowsSection,
+    file_name: &str,
+    problems: &mut Problems,
+) -> tresor_service::WorkflowSettings {
+    let defaults = tresor_service::WorkflowSettings::default();
+    let mut engines = Vec::new();
+    for (name, engine) in &section.engines {
+        let key = format!("workflows.engines.{name}");
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if !plain(name) || !plain(&engine.workflow_type) {
+            problems.add(
+                &key,
+                file_name,
+                "the engine's name and workflow_type may hold only letters, digits and ._-",
+            );
+        }
+        if engine.command.is_empty() {
+            problems.add(&format!("{key}.command"), file_name, "must name a program");
+        }
+        if engine.workflow_type_versions.is_empty() {
+            problems.add(
+                &format!("{key}.workflow_type_versions"),
+                file_name,
+                "must list at least one version",
+            );
+        }
+        let image = engine
+            .image
+            .clone()
+            .unwrap_or_else(|| "docker.io/library/debian:12".to_owned());
+        engines.push(tresor_service::EngineSettings {
+            name: name.clone(),
+            workflow_type: engine.workflow_type.clone(),
+            type_versions: engine.workflow_type_versions.clone(),
+            version: engine.version.clone(),
+            command: engine.command.clone(),
+            env: engine.env.clone(),
+            job_image: engine.job_image.clone().unwrap_or_else(|| image.clone()),
+            image,
+            parameters: engine.parameters.clone(),
+            cpu_cores: engine.cpu_cores.unwrap_or(1),
+        });
+    }
+    tresor_service::WorkflowSettings {
+        engines,
+        max_attachment_bytes: section
+            .max_attachment_mb
+            .map_or(defaults.max_attachment_bytes, |mb| mb.saturating_mul(1 << 20)),
+        max_attachments: section.max_attachments.unwrap_or(defaults.max_attachments),
     }
 }
 

@@ -256,3 +256,6 @@ impl TesClient {
 
 mod platform;
 pub use platform::PlatformClient;
+
+mod wes;
+pub use wes::{WesAttachment, WesClient};

@@ -9,5 +9,5 @@ pub mod task_state;
 pub use caller::{Caller, Denied, Principal};
 pub use ids::{IdError, TaskId, UserId, WorkspaceId};
 pub use permissions::{Action, Role};
-pub use task::{ComputeEnv, ComputeEnvKind, DeclaredSecrets, TaskSpec};
+pub use task::{ComputeEnv, ComputeEnvKind, DeclaredSecrets, RunLink, RunRole, TaskSpec};
 pub use task_state::TaskState;

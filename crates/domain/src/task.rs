@@ -208,6 +208,32 @@ pub struct TaskSpec {
     pub tags: BTreeMap<String, String>,
     /// Where the task runs: its workspace's choice when it was created.
     pub compute_env: ComputeEnv,
+    /// The workflow run the task is part of, as its engine or one of its jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunLink>,
+}
+
+/// A task's place in a workflow run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunLink {
+    /// The run's id.
+    pub id: String,
+    pub role: RunRole,
+    /// The run's directory in its workspace's `file://` storage, an absolute host path. Every
+    /// task of the run sees it read-write at this same path, so the paths an engine writes
+    /// into its jobs' commands hold in the jobs too.
+    pub dir: String,
+}
+
+/// What a task does for its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunRole {
+    /// The workflow engine; it may create, watch and cancel the run's jobs.
+    Engine,
+    /// A job the engine started.
+    Job,
 }
 
 impl TaskSpec {
@@ -229,6 +255,7 @@ impl TaskSpec {
             secrets: DeclaredSecrets::default(),
             tags: BTreeMap::new(),
             compute_env,
+            run: None,
         }
     }
 
@@ -284,6 +311,7 @@ mod tests {
                 id: "local".into(),
                 kind: ComputeEnvKind::Local,
             },
+            run: None,
         }
     }
 

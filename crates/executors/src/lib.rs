@@ -19,7 +19,8 @@ pub use limits::{Enforcement, LimitSettings, TaskLimits};
 pub use local::{Attach, LOCAL_ENV, LocalExecutor, LocalSettings, WorkerExit};
 pub use protocol::{
     BootstrapRequest, DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken, PhaseState,
-    PresignedInputs, PresignedObject, PresignedUploads, SecretDelivery, StatusAck, TokenRequest,
+    PresignedInputs, PresignedObject, PresignedUploads, RunDelivery, SecretDelivery, StatusAck,
+    TokenRequest,
     UploadRequest, WorkerPhase, WorkerSession, WorkerStatus, WorkerTask,
 };
 pub use sandbox::SandboxSettings;

@@ -125,6 +125,11 @@ pub fn task_dirs(task: &WorkerTask) -> (Vec<String>, Vec<String>) {
         }
     }
     dirs.remove("/");
+    // A workflow run's directory is bound over its own path; nothing of the task tree goes
+    // inside it.
+    if let Some(run) = task.run.as_ref().and_then(|run| run.dir.to_str()) {
+        dirs.retain(|d| d != run && !d.starts_with(&format!("{run}/")));
+    }
     let all: Vec<String> = dirs.iter().cloned().collect();
     let mounts = all
         .iter()

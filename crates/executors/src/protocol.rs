@@ -60,6 +60,24 @@ pub struct WorkerTask {
     /// it, executors run on the host's own `/usr`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<ImageDelivery>,
+    /// The task's part in a workflow run: the run's shared directory, and for its engine, the
+    /// run's TES on the task's socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunDelivery>,
+}
+
+/// What a task of a workflow run gets beyond a standalone task's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunDelivery {
+    /// The run's directory in the workspace's `file://` storage, bound read-write at this same
+    /// path in every executor's sandbox. Executors run with the workspace's group and umask
+    /// 007, so each task of the run (another host user) can read and extend what the others
+    /// wrote.
+    pub dir: PathBuf,
+    /// Whether the task is the run's engine: its identity socket then also serves TES for
+    /// creating, watching and canceling the run's jobs, forwarded with the task's session.
+    pub engine: bool,
 }
 
 /// How the worker gets each executor's image.

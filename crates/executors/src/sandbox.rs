@@ -56,6 +56,11 @@ pub struct SandboxSpec<'a> {
     /// The executor's image root, shown read-only as `/` instead of the host's system
     /// directories.
     pub image_root: Option<&'a Path>,
+    /// Host directories bound read-write at their own path (a workflow run's directory).
+    pub shared_dirs: &'a [PathBuf],
+    /// The group executors run with instead of the user's own (a run's tasks share the
+    /// workspace's group, and the worker's umask 007, to share the run's directory).
+    pub group: Option<u32>,
 }
 
 /// Where secret files appear inside the sandbox.
@@ -79,6 +84,7 @@ pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
         // Every place bubblewrap mounts something of the task's own.
         let mut targets: Vec<&str> = spec.mounts.iter().map(String::as_str).collect();
         targets.extend(spec.ro_binds.iter().map(|(_, dest)| dest.as_str()));
+        targets.extend(spec.shared_dirs.iter().filter_map(|dir| dir.to_str()));
         if !spec.secret_fds.is_empty() {
             targets.push(SECRETS_DIR);
         }
@@ -94,6 +100,10 @@ pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
             host.to_string_lossy().into_owned(),
             mount.clone(),
         ]);
+    }
+    for dir in spec.shared_dirs {
+        let dir = dir.to_string_lossy().into_owned();
+        args.extend(["--bind".to_owned(), dir.clone(), dir]);
     }
     for (host, dest) in spec.ro_binds {
         args.extend([
@@ -236,7 +246,7 @@ pub fn command(spec: &SandboxSpec<'_>, env_from_fd: bool) -> tokio::process::Com
         .kill_on_drop(true);
     if let Some((uid, gid)) = spec.settings.run_as {
         // std drops supplementary groups (setgroups(0)) when root switches uid.
-        cmd.uid(uid).gid(gid);
+        cmd.uid(uid).gid(spec.group.unwrap_or(gid));
     }
     cmd
 }

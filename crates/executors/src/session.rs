@@ -116,6 +116,42 @@ impl Session {
         })
     }
 
+    /// Sends a request to `{base_url}/{path}` (GET, or POST with `body` as JSON) and hands back
+    /// the server's answer as it is: status, content type and body.
+    pub async fn forward(
+        &self,
+        post: bool,
+        path: &str,
+        body: axum::body::Bytes,
+    ) -> Result<(u16, String, axum::body::Bytes), String> {
+        let url = format!("{}/{path}", self.base_url);
+        let request = if post {
+            self.http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+        } else {
+            self.http.get(&url)
+        };
+        let response = request
+            .bearer_auth(&*self.credential)
+            .send()
+            .await
+            .map_err(|e| format!("the server is unreachable: {}", e.without_url()))?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("reading the server's answer: {}", e.without_url()))?;
+        Ok((status, content_type, body))
+    }
+
     pub async fn token(&self, audience: Option<String>) -> Result<IssuedToken, CallError> {
         self.call("token", Some(&TokenRequest { audience })).await
     }
@@ -268,6 +304,7 @@ impl Identity {
         delivery: &IdentityDelivery,
         session: &Session,
         owner: Option<(u32, u32)>,
+        engine: bool,
     ) -> Result<Identity, String> {
         let dir =
             delivery
@@ -311,8 +348,19 @@ impl Identity {
         }
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("restricting the token socket: {e}"))?;
-        let router = axum::Router::new()
-            .route("/token", axum::routing::get(socket_token))
+        let mut router = axum::Router::new().route("/token", axum::routing::get(socket_token));
+        if engine {
+            router = router
+                .route(
+                    "/ga4gh/tes/v1/tasks",
+                    axum::routing::get(run_tes).post(run_tes),
+                )
+                .route(
+                    "/ga4gh/tes/v1/tasks/{task}",
+                    axum::routing::get(run_tes).post(run_tes),
+                );
+        }
+        let router = router
             .with_state(SocketState {
                 session: session.clone(),
                 rate: std::sync::Arc::new(governor::RateLimiter::direct(SOCKET_RATE)),
@@ -407,6 +455,64 @@ const fn nonzero(n: u32) -> std::num::NonZeroU32 {
 struct SocketState {
     session: Session,
     rate: std::sync::Arc<governor::DefaultDirectRateLimiter>,
+}
+
+/// The run's TES on an engine's socket: `POST /ga4gh/tes/v1/tasks` (create a job),
+/// `GET …/tasks` (the run's jobs), `GET …/tasks/{id}` and `POST …/tasks/{id}:cancel`, forwarded
+/// to the server's `…/internal/v1/tasks/{engine}/run/…` with the engine task's session, which
+/// never enters the sandbox. The server decides what the engine may do: only its run's jobs,
+/// in its run's workspace, as the user who started the run.
+async fn run_tes(
+    axum::extract::State(SocketState { session, .. }): axum::extract::State<SocketState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let marked = headers
+        .get("tresor-metadata")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if !marked {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "send the header Tresor-Metadata: true\n",
+        )
+            .into_response();
+    }
+    let tail = uri
+        .path()
+        .strip_prefix("/ga4gh/tes/v1/tasks")
+        .unwrap_or_default();
+    // Only `""` or `/{id}` with an id of letters, digits, `-` and an optional `:cancel`: the
+    // tail becomes part of the server URL, so nothing in it may walk to another endpoint.
+    let id_ok = |id: &str| {
+        let id = id.strip_suffix(":cancel").unwrap_or(id);
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if !(tail.is_empty() || tail.strip_prefix('/').is_some_and(id_ok)) {
+        return (axum::http::StatusCode::NOT_FOUND, "no such task\n").into_response();
+    }
+    let mut path = format!("run/tasks{tail}");
+    if let Some(query) = uri.query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    let post = method == axum::http::Method::POST;
+    match session.forward(post, &path, body).await {
+        Ok((status, content_type, body)) => {
+            let status = axum::http::StatusCode::from_u16(status)
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            (
+                status,
+                [(axum::http::header::CONTENT_TYPE, content_type)],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => (axum::http::StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+    }
 }
 
 /// `GET /token?audience=…` on the task's socket. The `Tresor-Metadata: true` header keeps a

@@ -402,7 +402,8 @@ async fn fetch_credentials(
     let identity = async {
         match (&task.identity, session) {
             (Some(delivery), Some(session)) => {
-                Identity::start(&task.task_id, delivery, session, task.sandbox.run_as)
+                let engine = task.run.as_ref().is_some_and(|run| run.engine);
+                Identity::start(&task.task_id, delivery, session, task.sandbox.run_as, engine)
                     .await
                     .map(Some)
                     .map_err(SystemError)
@@ -423,6 +424,12 @@ async fn execute(
     session: Option<Session>,
     credentials: Result<Credentials, SystemError>,
 ) -> Result<WorkerPhase, SystemError> {
+    if task.run.is_some() {
+        // A run's tasks are different host users of one group sharing the run's directory:
+        // what one writes, the next must be able to extend (see `RunDelivery`). The worker's
+        // own files all have explicit modes; the umask is for the executors it starts.
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o007));
+    }
     let (dirs, mounts) = paths::task_dirs(task);
     prepare_tree(root, &dirs)?;
     if let Some(owner) = task.sandbox.run_as {
@@ -496,9 +503,12 @@ async fn execute(
     };
     report.status.phase = WorkerPhase::Running;
     report.publish().await.map_err(SystemError)?;
+    let shared_dirs: Vec<PathBuf> = task.run.iter().map(|run| run.dir.clone()).collect();
     let sandbox_extras = SandboxExtras {
         ro_binds: &identity_binds,
         env: &identity_env,
+        shared_dirs: &shared_dirs,
+        group: task.run.as_ref().and(task.file_group),
     };
     // The time limit covers all executors together, like a batch job's.
     let deadline = task
@@ -1139,6 +1149,10 @@ async fn deliver_s3_outputs(
 struct SandboxExtras<'a> {
     ro_binds: &'a [(PathBuf, String)],
     env: &'a [(String, String)],
+    /// A workflow run's directory, bound read-write at its own path.
+    shared_dirs: &'a [PathBuf],
+    /// The workspace's group, for a run's tasks (see `RunDelivery`).
+    group: Option<u32>,
 }
 
 /// The executor's environment: the image's `Env`, then the executor's `env` over it, then a
@@ -1394,6 +1408,8 @@ async fn run_executor(
         secret_fds: &secret_fds,
         ro_binds: extras.ro_binds,
         image_root: image.map(|i| i.rootfs.as_path()),
+        shared_dirs: extras.shared_dirs,
+        group: extras.group,
     };
     // The environment travels as bubblewrap arguments through a pipe (see `sandbox::env_args`).
     let env_bytes = zeroize::Zeroizing::new(sandbox::env_args(

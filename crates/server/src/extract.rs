@@ -117,6 +117,12 @@ impl ParamName for Id {
     const NAME: &'static str = "id";
 }
 
+/// `{task}`: a task of a workflow run.
+pub(crate) struct TaskParam;
+impl ParamName for TaskParam {
+    const NAME: &'static str = "task";
+}
+
 /// `{user}`: a user id.
 pub(crate) struct UserParam;
 impl ParamName for UserParam {

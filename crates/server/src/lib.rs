@@ -10,6 +10,7 @@ mod platform;
 pub mod routes;
 mod secrets;
 mod tes;
+mod wes;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -8,7 +8,7 @@ use axum::routing::MethodRouter;
 use serde_json::{Value, json};
 use tresor_domain::Action;
 
-use crate::{AppState, compute, identity, images, platform, secrets, tes};
+use crate::{AppState, compute, identity, images, platform, secrets, tes, wes};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,20 +49,23 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     let mut routes: Vec<(RouteSpec, MethodRouter<AppState>)> = Vec::new();
     // TES for the caller's personal workspace, and for a named one (stock clients pick a
     // workspace by base URL alone).
-    for [info, tasks, task] in [
+    for [info, old_info, tasks, task] in [
         [
             "/ga4gh/tes/v1/service-info",
+            "/ga4gh/tes/v1/tasks/service-info",
             "/ga4gh/tes/v1/tasks",
             "/ga4gh/tes/v1/tasks/{id}",
         ],
         [
             "/w/{workspace}/ga4gh/tes/v1/service-info",
+            "/w/{workspace}/ga4gh/tes/v1/tasks/service-info",
             "/w/{workspace}/ga4gh/tes/v1/tasks",
             "/w/{workspace}/ga4gh/tes/v1/tasks/{id}",
         ],
     ] {
         routes.extend([
             (spec(Method::GET, info, Access::Open, "TES service-info"), get(tes::service_info)),
+            (spec(Method::GET, old_info, Access::Open, "TES service-info where py-tes before 1.0 asks for it"), get(tes::service_info)),
             (spec(Method::GET, tasks, Access::Workspace(Action::Read), "TES ListTasks"), get(tes::list_tasks)),
             (spec(Method::POST, tasks, Access::Workspace(Action::SubmitTask), "TES CreateTask"), post(tes::create_task)),
             (spec(Method::GET, task, Access::Workspace(Action::Read), "TES GetTask"), get(tes::get_task)),
@@ -72,6 +75,65 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             ),
         ]);
     }
+    // WES, the same two ways.
+    for [info, runs, run, status, cancel, run_tasks, run_task] in [
+        [
+            "/ga4gh/wes/v1/service-info",
+            "/ga4gh/wes/v1/runs",
+            "/ga4gh/wes/v1/runs/{id}",
+            "/ga4gh/wes/v1/runs/{id}/status",
+            "/ga4gh/wes/v1/runs/{id}/cancel",
+            "/ga4gh/wes/v1/runs/{id}/tasks",
+            "/ga4gh/wes/v1/runs/{id}/tasks/{task}",
+        ],
+        [
+            "/w/{workspace}/ga4gh/wes/v1/service-info",
+            "/w/{workspace}/ga4gh/wes/v1/runs",
+            "/w/{workspace}/ga4gh/wes/v1/runs/{id}",
+            "/w/{workspace}/ga4gh/wes/v1/runs/{id}/status",
+            "/w/{workspace}/ga4gh/wes/v1/runs/{id}/cancel",
+            "/w/{workspace}/ga4gh/wes/v1/runs/{id}/tasks",
+            "/w/{workspace}/ga4gh/wes/v1/runs/{id}/tasks/{task}",
+        ],
+    ] {
+        routes.extend([
+            (spec(Method::GET, info, Access::Workspace(Action::Read), "WES service-info (state counts of the workspace's runs)"), get(wes::service_info)),
+            (spec(Method::GET, runs, Access::Workspace(Action::Read), "WES ListRuns"), get(wes::list_runs)),
+            (
+                spec(Method::POST, runs, Access::Workspace(Action::SubmitTask), "WES RunWorkflow (multipart/form-data)"),
+                // The attachments have a limit of their own (workflows.max_attachment_mb),
+                // counted while the body is read.
+                post(wes::run_workflow).layer(axum::extract::DefaultBodyLimit::disable()),
+            ),
+            (spec(Method::GET, run, Access::Workspace(Action::Read), "WES GetRunLog"), get(wes::run_log)),
+            (spec(Method::GET, status, Access::Workspace(Action::Read), "WES GetRunStatus"), get(wes::run_status)),
+            (
+                spec(Method::POST, cancel, Access::Workspace(Action::CancelOwnTask), "WES CancelRun: every task of the run ends; another member's run needs maintain"),
+                post(wes::cancel_run),
+            ),
+            (spec(Method::GET, run_tasks, Access::Workspace(Action::Read), "WES ListTasks: the run's engine and jobs"), get(wes::run_tasks)),
+            (spec(Method::GET, run_task, Access::Workspace(Action::Read), "WES GetTask"), get(wes::run_task)),
+        ]);
+    }
+    // A run's engine manages its jobs through its worker, with its task credential.
+    routes.extend([
+        (
+            spec(Method::GET, "/internal/v1/tasks/{id}/run/tasks", Access::TaskCredential, "A run's engine lists the run's tasks"),
+            get(wes::engine_list_jobs),
+        ),
+        (
+            spec(Method::POST, "/internal/v1/tasks/{id}/run/tasks", Access::TaskCredential, "A run's engine creates a job (a TES task of the run)"),
+            post(wes::engine_create_job),
+        ),
+        (
+            spec(Method::GET, "/internal/v1/tasks/{id}/run/tasks/{task}", Access::TaskCredential, "A run's engine reads one of the run's tasks"),
+            get(wes::engine_get_job),
+        ),
+        (
+            spec(Method::POST, "/internal/v1/tasks/{id}/run/tasks/{task}", Access::TaskCredential, "A run's engine cancels a job (POST …/{task}:cancel)"),
+            post(wes::engine_cancel_job),
+        ),
+    ]);
     routes.extend([
         (
             spec(

@@ -13,6 +13,7 @@ use tresor_executors::{LocalExecutor, LocalSettings, SlurmExecutor, SlurmSetting
 use tresor_store::{Store, StoreSettings};
 
 use crate::preflight::Preflight;
+use crate::runs::{RunService, WorkflowSettings};
 use crate::{
     Executors, IdentityService, IdentitySettings, ImageService, ImageSettings, PlatformService,
     Rooms, S3Settings, SecretLimits, SecretService, ServiceSettings, StorageService, TaskService,
@@ -47,6 +48,8 @@ pub struct Settings {
     pub slurm: Vec<SlurmSettings>,
     /// The image runtime, the nodes' image caches and the registry mirrors.
     pub images: ImageSettings,
+    /// Workflow engines and the limits of a run's files.
+    pub workflows: WorkflowSettings,
 }
 
 /// Every use case of a running server, wired to one store; cheap to clone.
@@ -58,6 +61,7 @@ pub struct Services {
     pub identity: IdentityService,
     pub storage: StorageService,
     pub images: ImageService,
+    pub runs: RunService,
     pub preflight: Preflight,
     /// Kept to be closed at shutdown, after the last request.
     store: Store,
@@ -132,6 +136,7 @@ impl Services {
         )
         .await?;
         tasks.start().await?;
+        let runs = RunService::new(store.clone(), tasks.clone(), settings.workflows);
         Ok((
             Services {
                 tasks,
@@ -140,6 +145,7 @@ impl Services {
                 identity,
                 storage,
                 images,
+                runs,
                 preflight,
                 store,
             },

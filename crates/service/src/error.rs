@@ -8,6 +8,7 @@ pub enum Entity {
     User,
     Token,
     Secret,
+    Run,
 }
 
 impl std::fmt::Display for Entity {
@@ -18,6 +19,7 @@ impl std::fmt::Display for Entity {
             Entity::User => f.write_str("user"),
             Entity::Token => f.write_str("token"),
             Entity::Secret => f.write_str("secret"),
+            Entity::Run => f.write_str("run"),
         }
     }
 }

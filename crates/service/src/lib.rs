@@ -6,6 +6,7 @@ pub mod identity;
 pub mod images;
 pub mod platform;
 pub mod preflight;
+pub mod runs;
 pub mod secrets;
 pub mod storage;
 pub mod tasks;
@@ -14,6 +15,7 @@ pub use error::{Entity, ServiceError};
 pub use identity::{IdentityService, IdentitySettings, IssuedToken, TaskSubject};
 pub use images::{ImageRuntime, ImageService, ImageSettings};
 pub use platform::{Credential, PlatformService};
+pub use runs::{Attachment, EngineSettings, RunService, RunSubmission, WorkflowSettings};
 pub use secrets::{PutCondition, PutOutcome, Scope, SecretLimits, SecretService};
 pub use storage::{Location, S3Settings, StorageService};
 pub use tasks::{

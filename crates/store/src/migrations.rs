@@ -61,6 +61,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "image_policy",
         include_str!("../migrations/sqlite/0010_image_policy.sql"),
     ),
+    (
+        11,
+        "workflow_runs",
+        include_str!("../migrations/sqlite/0011_workflow_runs.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -78,6 +78,8 @@ pub struct TagFilter {
 /// ListTasks filters; all given conditions must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskFilter {
+    /// Only the tasks of this workflow run.
+    pub run: Option<String>,
     pub name_prefix: Option<String>,
     pub state: Option<TaskState>,
     pub tags: Vec<TagFilter>,
@@ -126,8 +128,8 @@ async fn insert_batch(
         let tags = serde_json::to_string(&task.tags).unwrap_or_else(|_| "{}".to_owned());
         let notes = serde_json::to_string(&task.notes).unwrap_or_else(|_| "[]".to_owned());
         sqlx::query(
-            "INSERT INTO tasks (id, workspace, name, state, cpu_cores, creation_time, spec, tags, notes, created_by, updated_at, compute_env)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tasks (id, workspace, name, state, cpu_cores, creation_time, spec, tags, notes, created_by, updated_at, compute_env, run_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(task.id.as_str())
         .bind(task.workspace.as_str())
@@ -141,6 +143,7 @@ async fn insert_batch(
         .bind(task.created_by.as_str())
         .bind(now)
         .bind(task.compute_env.as_str())
+        .bind(task.spec.run.as_ref().map(|run| run.id.as_str()))
         .execute(&mut *tx)
         .await?;
         audit::append(&mut tx, audit_key, &task.audit)
@@ -153,9 +156,9 @@ async fn insert_batch(
     tx.commit().await
 }
 
-const COLUMNS: &str = "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes, created_by, compute_env, executor_ref, owner, lease_until";
+pub(crate) const COLUMNS: &str = "seq, id, workspace, name, state, cpu_cores, creation_time, spec, tags, logs, notes, created_by, compute_env, executor_ref, owner, lease_until";
 
-fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
+pub(crate) fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, Error> {
     let id: String = row.try_get("id")?;
     let corrupt = |column: &'static str, reason: String| Error::Corrupt {
         id: id.clone(),
@@ -252,6 +255,9 @@ impl Store {
         }
         if let Some(state) = filter.state {
             q.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(run) = &filter.run {
+            q.push(" AND run_id = ").push_bind(run.clone());
         }
         if let Some(prefix) = &filter.name_prefix {
             // substr counts characters, so this is an exact, case-sensitive prefix match
@@ -683,6 +689,7 @@ mod tests {
             let ws = ws.clone();
             async move {
                 let filter = TaskFilter {
+                    run: None,
                     tags,
                     ..TaskFilter::default()
                 };

@@ -24,3 +24,4 @@ mod slurm;
 mod storage;
 mod support;
 mod tes;
+mod workflows;

@@ -136,6 +136,7 @@ pub fn settings_for(dir: &Path) -> AppSettings {
                 runtime: tresor_service::ImageRuntime::Host,
                 ..Default::default()
             },
+            workflows: Default::default(),
         },
         max_body_bytes: 4 * 1024 * 1024,
         limits: Default::default(),

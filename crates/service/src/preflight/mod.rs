@@ -439,6 +439,8 @@ impl Preflight {
             secret_fds: &[],
             ro_binds: &[],
             image_root: None,
+            shared_dirs: &[],
+            group: None,
         };
         let output = tresor_executors::sandbox::command(&spec, false)
             .output()

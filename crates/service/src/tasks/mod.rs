@@ -31,6 +31,8 @@ use crate::secrets::SecretService;
 use crate::storage::{self, StorageService};
 pub use assignment::WorkerAssignment;
 pub use render::tes_state;
+pub(crate) use page_token::PageTokens;
+pub(crate) use render::render;
 pub use spec::TIME_LIMIT;
 pub use supervisor::{Supervisor, SupervisorSettings, WorkerDefaults};
 pub use tresor_domain::DeclaredSecrets;
@@ -56,6 +58,8 @@ pub struct ServiceSettings {
 /// A ListTasks request, as parsed from the query string.
 #[derive(Debug, Clone, Default)]
 pub struct ListTasksRequest {
+    /// Only the tasks of this workflow run.
+    pub run: Option<String>,
     pub name_prefix: Option<String>,
     pub state: Option<TesState>,
     /// `(tag_key, tag_value)` pairs; an empty value matches any value.
@@ -373,6 +377,16 @@ impl TaskService {
         caller: &Caller,
         task: TesTask,
     ) -> Result<TaskId, ServiceError> {
+        self.create_task_in_run(caller, task, None).await
+    }
+
+    /// CreateTask for a workflow run's engine or one of its jobs (`run`), or a standalone task.
+    pub(crate) async fn create_task_in_run(
+        &self,
+        caller: &Caller,
+        task: TesTask,
+        run: Option<tresor_domain::RunLink>,
+    ) -> Result<TaskId, ServiceError> {
         self.inner
             .platform
             .require(
@@ -407,7 +421,8 @@ impl TaskService {
             .await?;
         let id = TaskId::parse(&uuid::Uuid::now_v7().to_string())
             .map_err(|e| ServiceError::Internal(e.into()))?;
-        let spec = accepted.spec;
+        let mut spec = accepted.spec;
+        spec.run = run;
         self.inner
             .store
             .insert_task(NewTask {
@@ -484,7 +499,11 @@ impl TaskService {
             workspace: record.workspace.to_string(),
             user: record.created_by.to_string(),
             task: record.id.to_string(),
-            run: record.id.to_string(),
+            run: record
+                .spec
+                .run
+                .as_ref()
+                .map_or_else(|| record.id.to_string(), |run| run.id.clone()),
         };
         self.inner.identity.mint(&subject, audience).await
     }
@@ -520,7 +539,7 @@ impl TaskService {
 
     /// The task with this id in the caller's workspace; a malformed id, a missing task and
     /// another workspace's task all look the same: not found.
-    async fn find_task(
+    pub(crate) async fn find_task(
         &self,
         caller: &Caller,
         id: &str,
@@ -565,8 +584,8 @@ impl TaskService {
         };
         // The filter's canonical text binds page tokens to the listing they came from.
         let filter_key = format!(
-            "{}|{:?}|{:?}|{:?}",
-            caller.workspace, request.name_prefix, request.state, request.tags
+            "{}|{:?}|{:?}|{:?}|{:?}",
+            caller.workspace, request.name_prefix, request.state, request.tags, request.run
         );
         let before_seq = match request.page_token.as_deref() {
             None => None,
@@ -586,6 +605,7 @@ impl TaskService {
             },
         };
         let filter = TaskFilter {
+            run: request.run.clone(),
             name_prefix: request.name_prefix.clone(),
             state,
             tags: request
@@ -632,6 +652,58 @@ impl TaskService {
             .require(caller, action, "task.cancel", format!("task:{}", record.id))
             .await?;
         cancel(&self.inner, caller, record).await
+    }
+
+    /// Cancels a task the caller was allowed to cancel (a run's, when the run is canceled).
+    pub(crate) async fn cancel_record(
+        &self,
+        caller: &Caller,
+        record: tresor_store::TaskRecord,
+    ) -> Result<(), ServiceError> {
+        cancel(&self.inner, caller, record).await
+    }
+
+    /// The session check of a worker's call: the active task whose credential this is.
+    pub(crate) async fn authorized_task(
+        &self,
+        id: &str,
+        credential: &str,
+    ) -> Result<tresor_store::TaskRecord, ServiceError> {
+        worker_api::authorized_task(&self.inner.workers, id, credential).await
+    }
+
+    /// The page tokens of every listing (a run listing binds them to its own filter text).
+    pub(crate) fn page_tokens(&self) -> &PageTokens {
+        &self.inner.page_tokens
+    }
+
+    /// The service's settings (page sizes, the organization).
+    pub(crate) fn settings(&self) -> &ServiceSettings {
+        &self.inner.settings
+    }
+
+    /// The platform service, for rooms that act through tasks.
+    pub(crate) fn platform(&self) -> &PlatformService {
+        &self.inner.platform
+    }
+
+    /// The supervisor's view of a workspace's `file://` directory and group.
+    pub(crate) async fn workspace_files(
+        &self,
+        workspace: &tresor_domain::WorkspaceId,
+    ) -> Result<Option<(std::path::PathBuf, Option<u32>)>, ServiceError> {
+        self.inner.supervisor.workspace_files(workspace).await
+    }
+
+    /// The launch guard of a caller (the values of the secrets they could use), if they have any.
+    pub(crate) async fn secret_guard(
+        &self,
+        caller: &Caller,
+    ) -> Result<Option<tresor_crypto::redact::Redactor>, ServiceError> {
+        self.inner
+            .secrets
+            .guard(&caller.workspace, &caller.principal.user)
+            .await
     }
 }
 

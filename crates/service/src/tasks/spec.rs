@@ -155,6 +155,7 @@ pub(crate) fn from_tes(tes: TesTask, env: ComputeEnv) -> Result<TaskSpec, Servic
         secrets,
         tags,
         compute_env: env,
+        run: None,
     })
 }
 

@@ -30,7 +30,8 @@ use tresor_api_types::tes::TesTaskLog;
 use tresor_domain::{TaskId, TaskState};
 use tresor_executors::{
     BackendEvent, CapacityUnit, ComputeBackend, Events, HandOff, IdentityDelivery, Launch,
-    Observation, PhaseState, SandboxSettings, SecretDelivery, Start, WorkerPhase, WorkerSession,
+    Observation, PhaseState, RunDelivery, SandboxSettings, SecretDelivery, Start, WorkerPhase,
+    WorkerSession,
     WorkerStatus, WorkerTask,
 };
 use tresor_store::{Lease, Store, TaskRecord};
@@ -363,18 +364,25 @@ impl Supervisor {
         &self,
         record: &TaskRecord,
     ) -> Result<(Vec<std::path::PathBuf>, Option<u32>), ServiceError> {
-        let Some(root) = self.storage.file_root(&record.workspace).await? else {
-            return Ok((Vec::new(), None));
+        Ok(match self.workspace_files(&record.workspace).await? {
+            Some((dir, group)) => (vec![dir], group),
+            None => (Vec::new(), None),
+        })
+    }
+
+    /// A workspace's `file://` directory, made ready (with its group, when the server is root).
+    pub(crate) async fn workspace_files(
+        &self,
+        workspace: &tresor_domain::WorkspaceId,
+    ) -> Result<Option<(std::path::PathBuf, Option<u32>)>, ServiceError> {
+        let Some(root) = self.storage.file_root(workspace).await? else {
+            return Ok(None);
         };
         let group = match &self.settings.workspace_gids {
-            Some(gids) => Some(
-                self.storage
-                    .prepare_file_root(&record.workspace, &root, gids)
-                    .await?,
-            ),
+            Some(gids) => Some(self.storage.prepare_file_root(workspace, &root, gids).await?),
             None => None,
         };
-        Ok((vec![root.dir], group))
+        Ok(Some((root.dir, group)))
     }
 
     /// Everything a worker needs for a task on `backend`.
@@ -426,6 +434,10 @@ impl Supervisor {
             }),
             limits,
             images,
+            run: spec.run.as_ref().map(|run| RunDelivery {
+                dir: run.dir.clone().into(),
+                engine: run.role == tresor_domain::RunRole::Engine,
+            }),
         })
     }
 

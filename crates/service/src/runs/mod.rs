@@ -1,0 +1,851 @@
+//! GA4GH WES 1.1: workflow runs. A run is an engine task (Snakemake, cwltool, or any engine a
+//! site configures) running in the sandbox like any task, in the run's workspace, as the user
+//! who started it. Every job the engine starts is a TES task of the run, created through the
+//! engine's own socket (`engine_*` below, called with the engine task's session), so each job
+//! gets its own sandbox, image, secrets, identity and compute environment. The engine and its
+//! jobs share the run's directory in the workspace's `file://` storage at the same path.
+
+mod engine;
+mod files;
+
+use std::collections::BTreeMap;
+
+use tresor_api_types::tes::{TesListTasksResponse, TesState, TesTask, TesTaskLog, TesView};
+use tresor_api_types::wes::{
+    DefaultWorkflowEngineParameter, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary,
+    TaskListResponse, WesLog, WesServiceInfo, WesTaskLog, WorkflowEngineVersion,
+    WorkflowTypeVersion,
+};
+use tresor_domain::{Action, Caller, Principal, RunLink, RunRole, TaskId};
+use tresor_store::{NewRun, RunRecord, Store, TaskRecord};
+
+pub use engine::EngineSettings;
+
+use crate::error::{Entity, ServiceError};
+use crate::platform;
+use crate::tasks::{ListTasksRequest, TaskService, render, tes_state};
+
+/// The site's workflow settings.
+#[derive(Debug, Clone)]
+pub struct WorkflowSettings {
+    /// The configured engines, in order: a run that names none gets the first of its type.
+    pub engines: Vec<EngineSettings>,
+    /// Largest total size of a run's attachments.
+    pub max_attachment_bytes: u64,
+    /// Most attachments in one run.
+    pub max_attachments: usize,
+}
+
+impl Default for WorkflowSettings {
+    fn default() -> Self {
+        WorkflowSettings {
+            engines: Vec::new(),
+            max_attachment_bytes: 16 << 20,
+            max_attachments: 256,
+        }
+    }
+}
+
+/// One file of a RunWorkflow request.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// Its path in the run's directory, as the client named it.
+    pub path: String,
+    pub content: Vec<u8>,
+}
+
+/// A RunWorkflow request as the multipart body gave it.
+#[derive(Debug, Clone)]
+pub struct RunSubmission {
+    pub request: RunRequest,
+    pub attachments: Vec<Attachment>,
+}
+
+/// The workflow run use cases; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RunService {
+    store: Store,
+    tasks: TaskService,
+    settings: std::sync::Arc<WorkflowSettings>,
+}
+
+/// The most bytes of `outputs.json` a RunLog reads.
+const MAX_OUTPUTS_BYTES: u64 = 1 << 20;
+
+impl RunService {
+    pub fn new(store: Store, tasks: TaskService, settings: WorkflowSettings) -> RunService {
+        RunService {
+            store,
+            tasks,
+            settings: std::sync::Arc::new(settings),
+        }
+    }
+
+    /// The most bytes a run's attachments may hold together.
+    pub fn max_attachment_bytes(&self) -> u64 {
+        self.settings.max_attachment_bytes
+    }
+
+    /// WES service-info; `system_state_counts` counts the caller's workspace's runs only.
+    pub async fn service_info(&self, caller: Option<&Caller>) -> Result<WesServiceInfo, ServiceError> {
+        let tes = self.tasks.service_info();
+        let mut types: BTreeMap<String, WorkflowTypeVersion> = BTreeMap::new();
+        let mut engines: BTreeMap<String, WorkflowEngineVersion> = BTreeMap::new();
+        let mut parameters = Vec::new();
+        for engine in &self.settings.engines {
+            let entry = types
+                .entry(engine.workflow_type.clone())
+                .or_insert_with(|| WorkflowTypeVersion {
+                    workflow_type_version: Vec::new(),
+                });
+            for version in &engine.type_versions {
+                if !entry.workflow_type_version.contains(version) {
+                    entry.workflow_type_version.push(version.clone());
+                }
+            }
+            engines
+                .entry(engine.name.clone())
+                .or_insert_with(|| WorkflowEngineVersion {
+                    workflow_engine_version: Vec::new(),
+                })
+                .workflow_engine_version
+                .push(engine.version.clone());
+            for (name, default) in &engine.parameters {
+                parameters.push(DefaultWorkflowEngineParameter {
+                    name: format!("{}:{name}", engine.name),
+                    kind: "string".to_owned(),
+                    default_value: default.clone(),
+                });
+            }
+        }
+        let mut counts = BTreeMap::new();
+        if let Some(caller) = caller
+            && caller.require(Action::Read).is_ok()
+        {
+            let mut before = None;
+            loop {
+                let page = self.store.list_runs(&caller.workspace, before, 500).await?;
+                for run in &page {
+                    let state = self.run_state(run).await?;
+                    *counts.entry(state.as_str().to_owned()).or_insert(0) += 1;
+                }
+                match page.last() {
+                    Some(last) if page.len() == 500 => before = Some(last.seq),
+                    _ => break,
+                }
+            }
+        }
+        Ok(WesServiceInfo {
+            id: format!("{}.wes", tes.id),
+            name: format!("{} WES", tes.name),
+            service_type: tresor_api_types::tes::ServiceType {
+                group: "org.ga4gh".to_owned(),
+                artifact: "wes".to_owned(),
+                version: "1.1.0".to_owned(),
+            },
+            description: Some(
+                "Workflows whose every job is a sandboxed tresor TES task of the run's workspace"
+                    .to_owned(),
+            ),
+            organization: tes.organization,
+            version: tes.version,
+            workflow_type_versions: types,
+            supported_wes_versions: vec!["1.1.0".to_owned()],
+            supported_filesystem_protocols: vec!["file".to_owned()],
+            workflow_engine_versions: engines,
+            default_workflow_engine_parameters: parameters,
+            system_state_counts: counts,
+            auth_instructions_url: "/api/v1/openapi.json".to_owned(),
+            tags: BTreeMap::new(),
+        })
+    }
+
+    /// RunWorkflow: checks the request, writes the workflow's files into a new run directory,
+    /// stores the run and creates its engine task.
+    pub async fn run_workflow(
+        &self,
+        caller: &Caller,
+        submission: RunSubmission,
+    ) -> Result<String, ServiceError> {
+        self.tasks
+            .platform()
+            .require(
+                caller,
+                Action::SubmitTask,
+                "run.create",
+                format!("workspace:{}", caller.workspace),
+            )
+            .await?;
+        let RunSubmission {
+            request,
+            attachments,
+        } = submission;
+        let engine = self.pick_engine(&request)?;
+        let parameters = engine.parameters_for(&request.workflow_engine_parameters)?;
+        self.check_attachments(&attachments)?;
+        let workflow = workflow_path(&request.workflow_url, &attachments)?;
+        self.check_plain_sight(caller, &request, &attachments).await?;
+        let Some((workspace_dir, group)) = self.tasks.workspace_files(&caller.workspace).await?
+        else {
+            return Err(ServiceError::Conflict(
+                "workflow runs need the workspace's file:// storage, and this server has none; an administrator sets local.allowed_dirs".to_owned(),
+            ));
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let request_json =
+            serde_json::to_string(&request).map_err(|e| ServiceError::Internal(e.into()))?;
+        let params_json = serde_json::to_vec_pretty(
+            &request.workflow_params.clone().unwrap_or_default(),
+        )
+        .map_err(|e| ServiceError::Internal(e.into()))?;
+        let digest = workflow_digest(&request.workflow_url, &attachments);
+        let dir = {
+            let id = id.clone();
+            let attachments = attachments.clone();
+            let adapters = engine::ADAPTERS;
+            tokio::task::spawn_blocking(move || -> std::io::Result<std::path::PathBuf> {
+                let dir = files::RunDir::create(&workspace_dir, &id, group)?;
+                for attachment in &attachments {
+                    dir.write(&attachment.path, &attachment.content, 0o640)?;
+                }
+                dir.write(&format!("{}/params.json", files::CONTROL_DIR), &params_json, 0o640)?;
+                for (name, content) in adapters {
+                    dir.write(
+                        &format!("{}/{name}", files::CONTROL_DIR),
+                        content.as_bytes(),
+                        0o640,
+                    )?;
+                }
+                Ok(dir.path)
+            })
+            .await
+            .map_err(|e| ServiceError::Internal(e.into()))?
+            .map_err(|e| {
+                ServiceError::Conflict(format!(
+                    "preparing the run's directory in the workspace's file:// storage: {e}"
+                ))
+            })?
+        };
+        let dir = dir.to_string_lossy().into_owned();
+        self.store
+            .insert_run(NewRun {
+                id: id.clone(),
+                workspace: caller.workspace.clone(),
+                created_by: caller.principal.user.clone(),
+                request: request_json,
+                engine: engine.name.clone(),
+                digest: digest.clone(),
+                dir: dir.clone(),
+                audit: platform::caller_event(
+                    caller,
+                    "run.create",
+                    format!("run:{id} engine:{} digest:sha256:{digest}", engine.name),
+                ),
+            })
+            .await?;
+        let task = engine.engine_task(&id, &dir, &workflow, &parameters, &request.tags);
+        let link = RunLink {
+            id: id.clone(),
+            role: RunRole::Engine,
+            dir,
+        };
+        match self.tasks.create_task_in_run(caller, task, Some(link)).await {
+            Ok(task) => {
+                self.store.set_run_engine_task(&id, &task).await?;
+                Ok(id)
+            }
+            Err(e) => {
+                self.store
+                    .end_run(
+                        &id,
+                        tresor_domain::TaskState::SystemError,
+                        &format!("the engine's task was refused: {e}"),
+                    )
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+
+    fn pick_engine(&self, request: &RunRequest) -> Result<&EngineSettings, ServiceError> {
+        let of_type: Vec<&EngineSettings> = self
+            .settings
+            .engines
+            .iter()
+            .filter(|e| e.workflow_type.eq_ignore_ascii_case(&request.workflow_type))
+            .collect();
+        if of_type.is_empty() {
+            let known: Vec<&str> = self
+                .settings
+                .engines
+                .iter()
+                .map(|e| e.workflow_type.as_str())
+                .collect();
+            return Err(ServiceError::invalid(
+                "workflow_type",
+                format!(
+                    "{:?} is not a workflow type this server runs; use one of {known:?} (see service-info workflow_type_versions)",
+                    request.workflow_type
+                ),
+            ));
+        }
+        let candidates: Vec<&EngineSettings> = match &request.workflow_engine {
+            Some(name) => of_type.into_iter().filter(|e| &e.name == name).collect(),
+            None => {
+                if request.workflow_engine_version.is_some() {
+                    return Err(ServiceError::invalid(
+                        "workflow_engine",
+                        "is required when workflow_engine_version is given",
+                    ));
+                }
+                of_type
+            }
+        };
+        let Some(engine) = candidates
+            .iter()
+            .copied()
+            .filter(|e| {
+                request
+                    .workflow_engine_version
+                    .as_ref()
+                    .is_none_or(|v| v == &e.version)
+            })
+            .find(|e| e.type_versions.contains(&request.workflow_type_version))
+        else {
+            return Err(ServiceError::invalid(
+                "workflow_type_version",
+                format!(
+                    "no configured engine runs {} {:?}{}; see service-info workflow_type_versions and workflow_engine_versions",
+                    request.workflow_type,
+                    request.workflow_type_version,
+                    request
+                        .workflow_engine
+                        .as_ref()
+                        .map(|e| format!(" with engine {e:?}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        };
+        Ok(engine)
+    }
+
+    fn check_attachments(&self, attachments: &[Attachment]) -> Result<(), ServiceError> {
+        if attachments.len() > self.settings.max_attachments {
+            return Err(ServiceError::invalid(
+                "workflow_attachment",
+                format!(
+                    "{} files; a run may have at most {}",
+                    attachments.len(),
+                    self.settings.max_attachments
+                ),
+            ));
+        }
+        let total: u64 = attachments.iter().map(|a| a.content.len() as u64).sum();
+        if total > self.settings.max_attachment_bytes {
+            return Err(ServiceError::invalid(
+                "workflow_attachment",
+                format!(
+                    "{total} bytes in all; a run's attachments may hold at most {} bytes (workflows.max_attachment_mb)",
+                    self.settings.max_attachment_bytes
+                ),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for attachment in attachments {
+            files::check_relative(&attachment.path).map_err(|reason| {
+                ServiceError::invalid(
+                    "workflow_attachment",
+                    format!("file name {:?} {reason}", attachment.path),
+                )
+            })?;
+            if !seen.insert(attachment.path.as_str()) {
+                return Err(ServiceError::invalid(
+                    "workflow_attachment",
+                    format!("{:?} is attached twice", attachment.path),
+                ));
+            }
+        }
+        // A file and a directory of one name cannot both be written.
+        for path in &seen {
+            if seen.iter().any(|other| other.starts_with(&format!("{path}/"))) {
+                return Err(ServiceError::invalid(
+                    "workflow_attachment",
+                    format!("{path:?} is both a file and a directory"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored values of the caller's secrets may not appear anywhere in the request or its
+    /// files: a pasted password belongs in a secret, named in the run's tags.
+    async fn check_plain_sight(
+        &self,
+        caller: &Caller,
+        request: &RunRequest,
+        attachments: &[Attachment],
+    ) -> Result<(), ServiceError> {
+        let Some(guard) = self.tasks.secret_guard(caller).await? else {
+            return Ok(());
+        };
+        let request_text = serde_json::to_string(request).unwrap_or_default();
+        let holds = |bytes: &[u8]| guard.redact(bytes).as_slice() != bytes;
+        if holds(request_text.as_bytes())
+            || attachments.iter().any(|a| holds(&a.content))
+        {
+            return Err(ServiceError::invalid(
+                "run",
+                "the run's request or one of its files contains the value of a stored secret; remove it and declare the secret by name in tags[\"tresor.secrets.env\"] (environment) or tags[\"tresor.secrets\"] (files)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The run with this id in the caller's workspace; anything else is not found.
+    async fn find_run(&self, caller: &Caller, id: &str) -> Result<RunRecord, ServiceError> {
+        caller
+            .require(Action::Read)
+            .map_err(|d| ServiceError::Forbidden(format!("this needs the {} role", d.needed)))?;
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(ServiceError::NotFound(Entity::Run));
+        }
+        self.store
+            .get_run(&caller.workspace, id)
+            .await?
+            .ok_or(ServiceError::NotFound(Entity::Run))
+    }
+
+    async fn engine_record(&self, run: &RunRecord) -> Result<Option<TaskRecord>, ServiceError> {
+        match &run.engine_task {
+            Some(task) => Ok(self.store.get_task(&run.workspace, task).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// A run's state: its engine's, unless the run ended before it had one.
+    async fn run_state(&self, run: &RunRecord) -> Result<TesState, ServiceError> {
+        if let Some(state) = run.state {
+            return Ok(tes_state(state));
+        }
+        Ok(match self.engine_record(run).await? {
+            Some(engine) => tes_state(engine.state),
+            None => TesState::Queued,
+        })
+    }
+
+    /// GetRunStatus.
+    pub async fn run_status(&self, caller: &Caller, id: &str) -> Result<RunStatus, ServiceError> {
+        let run = self.find_run(caller, id).await?;
+        Ok(RunStatus {
+            state: self.run_state(&run).await?,
+            run_id: run.id,
+        })
+    }
+
+    /// GetRunLog. `base` is the WES base path the caller used (for the URLs in it).
+    pub async fn run_log(
+        &self,
+        caller: &Caller,
+        id: &str,
+        base: &str,
+    ) -> Result<RunLog, ServiceError> {
+        let run = self.find_run(caller, id).await?;
+        let request: RunRequest =
+            serde_json::from_str(&run.request).map_err(|e| ServiceError::Internal(e.into()))?;
+        let engine = self.engine_record(&run).await?;
+        let state = self.run_state(&run).await?;
+        let mut run_log = match &engine {
+            Some(record) => task_log(record, caller)?.log,
+            None => WesLog::default(),
+        };
+        // The engine's output is its task's (`stdout` and `stderr` link to it).
+        run_log.name = Some(run.engine.clone());
+        if let Some(reason) = &run.reason {
+            run_log
+                .system_logs
+                .get_or_insert_with(Vec::new)
+                .push(reason.clone());
+        }
+        let outputs = {
+            let dir = run.dir.clone();
+            let workspace_dir = std::path::Path::new(&dir)
+                .parent()
+                .and_then(std::path::Path::parent)
+                .map(std::path::Path::to_path_buf);
+            let id = run.id.clone();
+            tokio::task::spawn_blocking(move || {
+                let bytes = files::RunDir::open(&workspace_dir?, &id)
+                    .ok()?
+                    .read_small("outputs.json", MAX_OUTPUTS_BYTES)?;
+                serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+        };
+        Ok(RunLog {
+            task_logs_url: format!("{base}/runs/{}/tasks", run.id),
+            run_id: run.id,
+            request,
+            state,
+            run_log,
+            task_logs: None,
+            outputs,
+        })
+    }
+
+    /// ListRuns in the caller's workspace, newest first.
+    pub async fn list_runs(
+        &self,
+        caller: &Caller,
+        page_size: Option<i64>,
+        page_token: Option<&str>,
+    ) -> Result<RunListResponse, ServiceError> {
+        caller
+            .require(Action::Read)
+            .map_err(|d| ServiceError::Forbidden(format!("this needs the {} role", d.needed)))?;
+        let page_size = self.page_size(page_size)?;
+        let filter_key = format!("runs|{}", caller.workspace);
+        let before = match page_token {
+            None => None,
+            Some(token) => Some(self.tasks.page_tokens().check(&filter_key, token).ok_or_else(
+                || {
+                    ServiceError::invalid(
+                        "page_token",
+                        "is not a token this server issued for this listing; start again without page_token",
+                    )
+                },
+            )?),
+        };
+        let mut records = self
+            .store
+            .list_runs(&caller.workspace, before, page_size + 1)
+            .await?;
+        let more = records.len() > page_size as usize;
+        records.truncate(page_size as usize);
+        let next_page_token = match (more, records.last()) {
+            (true, Some(last)) => Some(self.tasks.page_tokens().issue(&filter_key, last.seq)),
+            _ => None,
+        };
+        let mut runs = Vec::with_capacity(records.len());
+        for run in &records {
+            let request: RunRequest = serde_json::from_str(&run.request).unwrap_or_default();
+            let engine = self.engine_record(run).await?;
+            let log = engine.as_ref().and_then(|e| last_log(e));
+            runs.push(RunSummary {
+                run_id: run.id.clone(),
+                state: self.run_state(run).await?,
+                start_time: log.as_ref().and_then(|l| l.start_time.clone()),
+                end_time: log.and_then(|l| l.end_time),
+                tags: request.tags,
+            });
+        }
+        Ok(RunListResponse {
+            runs,
+            next_page_token,
+        })
+    }
+
+    fn page_size(&self, requested: Option<i64>) -> Result<u32, ServiceError> {
+        let settings = self.tasks.settings();
+        let max = settings.max_page_size;
+        match requested {
+            None => Ok(settings.default_page_size),
+            Some(n) if n >= 1 && n <= i64::from(max) => Ok(u32::try_from(n).unwrap_or(max)),
+            Some(n) => Err(ServiceError::invalid(
+                "page_size",
+                format!("{n} is out of range; use 1 to {max}"),
+            )),
+        }
+    }
+
+    /// WES ListTasks: the run's tasks (its engine and its jobs), newest first.
+    pub async fn run_tasks(
+        &self,
+        caller: &Caller,
+        id: &str,
+        page_size: Option<i64>,
+        page_token: Option<String>,
+    ) -> Result<TaskListResponse, ServiceError> {
+        let run = self.find_run(caller, id).await?;
+        let page_size = i64::from(self.page_size(page_size)?);
+        let page = self
+            .tasks
+            .list_tasks(
+                caller,
+                ListTasksRequest {
+                    run: Some(run.id.clone()),
+                    page_size: Some(page_size),
+                    page_token,
+                    view: TesView::Minimal,
+                    ..ListTasksRequest::default()
+                },
+            )
+            .await?;
+        let mut task_logs = Vec::with_capacity(page.tasks.len());
+        for task in &page.tasks {
+            let Some(id) = task.id.as_deref() else {
+                continue;
+            };
+            let record = self.tasks.find_task(caller, id).await?;
+            task_logs.push(task_log(&record, caller)?);
+        }
+        Ok(TaskListResponse {
+            task_logs,
+            next_page_token: page.next_page_token,
+        })
+    }
+
+    /// WES GetTask: one task of the run.
+    pub async fn run_task(
+        &self,
+        caller: &Caller,
+        id: &str,
+        task: &str,
+    ) -> Result<WesTaskLog, ServiceError> {
+        let run = self.find_run(caller, id).await?;
+        let record = self.tasks.find_task(caller, task).await?;
+        if record.spec.run.as_ref().map(|r| r.id.as_str()) != Some(run.id.as_str()) {
+            return Err(ServiceError::NotFound(Entity::Task));
+        }
+        task_log(&record, caller)
+    }
+
+    /// CancelRun: every task of the run that has not ended is canceled (the engine first, so it
+    /// starts no more jobs), each one's work stopped before this returns.
+    pub async fn cancel_run(&self, caller: &Caller, id: &str) -> Result<String, ServiceError> {
+        let run = self.find_run(caller, id).await?;
+        let action = if run.created_by == caller.principal.user {
+            Action::CancelOwnTask
+        } else {
+            Action::CancelAnyTask
+        };
+        self.tasks
+            .platform()
+            .require(caller, action, "run.cancel", format!("run:{}", run.id))
+            .await?;
+        if run.engine_task.is_none() && run.state.is_none() {
+            self.store
+                .end_run(&run.id, tresor_domain::TaskState::Canceled, "canceled by request")
+                .await?;
+        }
+        // Twice: a job the engine created while the first round ran is caught by the second.
+        for _ in 0..2 {
+            let mut active = self.store.active_run_tasks(&run.id).await?;
+            active.sort_by_key(|t| {
+                t.spec.run.as_ref().map(|r| r.role) != Some(RunRole::Engine)
+            });
+            for task in active {
+                match self.tasks.cancel_record(caller, task).await {
+                    Ok(()) | Err(ServiceError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(run.id)
+    }
+
+    /// The run an engine task belongs to, and the run's user acting in its workspace with the
+    /// role they have now: a member removed meanwhile has no run that can start jobs.
+    async fn engine_caller(
+        &self,
+        engine: &str,
+        credential: &str,
+    ) -> Result<(Caller, RunRecord), ServiceError> {
+        let record = self.tasks.authorized_task(engine, credential).await?;
+        let Some(link) = record
+            .spec
+            .run
+            .as_ref()
+            .filter(|r| r.role == RunRole::Engine)
+        else {
+            return Err(ServiceError::Forbidden(
+                "only a workflow run's engine task may manage the run's jobs".to_owned(),
+            ));
+        };
+        let run = self
+            .store
+            .get_run_for_system(&link.id)
+            .await?
+            .ok_or(ServiceError::NotFound(Entity::Run))?;
+        let principal = Principal {
+            user: run.created_by.clone(),
+            name: format!("run {}", run.id),
+            is_admin: false,
+            source: Some(format!("engine task {}", record.id)),
+        };
+        let caller = self
+            .tasks
+            .platform()
+            .caller(principal, Some(run.workspace.as_str()))
+            .await
+            .map_err(|_| {
+                ServiceError::Forbidden(
+                    "the user who started this run is no longer a member of its workspace"
+                        .to_owned(),
+                )
+            })?;
+        Ok((caller, run))
+    }
+
+    /// An engine creates a job: a TES task of its run, as the run's user.
+    pub async fn engine_create_job(
+        &self,
+        engine: &str,
+        credential: &str,
+        task: TesTask,
+    ) -> Result<TaskId, ServiceError> {
+        let (caller, run) = self.engine_caller(engine, credential).await?;
+        let link = RunLink {
+            id: run.id.clone(),
+            role: RunRole::Job,
+            dir: run.dir.clone(),
+        };
+        let id = self.tasks.create_task_in_run(&caller, task, Some(link)).await?;
+        // A job created while the run was being canceled is canceled with it.
+        if let Some(engine) = self.engine_record(&run).await?
+            && engine.state.is_terminal()
+        {
+            let record = self.tasks.find_task(&caller, id.as_str()).await?;
+            let _ = self.tasks.cancel_record(&caller, record).await;
+        }
+        Ok(id)
+    }
+
+    async fn engine_job(
+        &self,
+        caller: &Caller,
+        run: &RunRecord,
+        job: &str,
+    ) -> Result<TaskRecord, ServiceError> {
+        let record = self.tasks.find_task(caller, job).await?;
+        if record.spec.run.as_ref().map(|r| r.id.as_str()) != Some(run.id.as_str()) {
+            return Err(ServiceError::NotFound(Entity::Task));
+        }
+        Ok(record)
+    }
+
+    /// An engine reads one of its run's tasks.
+    pub async fn engine_get_job(
+        &self,
+        engine: &str,
+        credential: &str,
+        job: &str,
+        view: TesView,
+    ) -> Result<TesTask, ServiceError> {
+        let (caller, run) = self.engine_caller(engine, credential).await?;
+        render(&self.engine_job(&caller, &run, job).await?, view)
+    }
+
+    /// An engine lists its run's tasks.
+    pub async fn engine_list_jobs(
+        &self,
+        engine: &str,
+        credential: &str,
+        mut request: ListTasksRequest,
+    ) -> Result<TesListTasksResponse, ServiceError> {
+        let (caller, run) = self.engine_caller(engine, credential).await?;
+        request.run = Some(run.id);
+        self.tasks.list_tasks(&caller, request).await
+    }
+
+    /// An engine cancels one of its run's jobs.
+    pub async fn engine_cancel_job(
+        &self,
+        engine: &str,
+        credential: &str,
+        job: &str,
+    ) -> Result<(), ServiceError> {
+        let (caller, run) = self.engine_caller(engine, credential).await?;
+        let record = self.engine_job(&caller, &run, job).await?;
+        self.tasks.cancel_record(&caller, record).await
+    }
+}
+
+/// The path of the workflow file in the run's directory: `workflow_url` names an attachment
+/// (WES allows a path relative to the attachments); anything else must be fetched by the
+/// client and attached.
+fn workflow_path(url: &str, attachments: &[Attachment]) -> Result<String, ServiceError> {
+    let relative = url.strip_prefix("file:").map_or(url, |rest| rest.trim_start_matches("//"));
+    if url.contains("://") && !url.starts_with("file:") {
+        return Err(ServiceError::invalid(
+            "workflow_url",
+            format!(
+                "{url:?}: this server runs only attached workflows; attach the workflow's files (workflow_attachment) and give the main file's name"
+            ),
+        ));
+    }
+    if !attachments.iter().any(|a| a.path == relative) {
+        return Err(ServiceError::invalid(
+            "workflow_url",
+            format!(
+                "{url:?} is not one of the attached files ({}); attach it, and name it as attached",
+                attachments
+                    .iter()
+                    .map(|a| a.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    Ok(relative.to_owned())
+}
+
+/// The workflow's identity: SHA-256 over the main file's name and every attached file's name
+/// and SHA-256, in name order.
+fn workflow_digest(url: &str, attachments: &[Attachment]) -> String {
+    let mut sorted: Vec<&Attachment> = attachments.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    hasher.update(url.as_bytes());
+    hasher.update(&[0]);
+    for attachment in sorted {
+        hasher.update(attachment.path.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(ring::digest::digest(&ring::digest::SHA256, &attachment.content).as_ref());
+    }
+    hex(hasher.finish().as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn last_log(record: &TaskRecord) -> Option<TesTaskLog> {
+    record
+        .logs_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str::<Vec<TesTaskLog>>(j).ok())
+        .and_then(|mut logs| logs.pop())
+}
+
+/// A task of a run as WES shows it: its last attempt's times, the last executor's exit code,
+/// and links to the TES task (whose FULL view holds the redacted stdout and stderr).
+fn task_log(record: &TaskRecord, caller: &Caller) -> Result<WesTaskLog, ServiceError> {
+    let tes_uri = format!("/w/{}/ga4gh/tes/v1/tasks/{}", caller.workspace, record.id);
+    let full = render(record, TesView::Full)?;
+    let attempt = full.logs.as_ref().and_then(|l| l.last());
+    let last_executor = attempt.and_then(|a| a.logs.last());
+    Ok(WesTaskLog {
+        id: record.id.to_string(),
+        name: record
+            .spec
+            .name
+            .clone()
+            .unwrap_or_else(|| record.id.to_string()),
+        log: WesLog {
+            // The task log's own `name` above says it (WES's TaskLog has one `name`).
+            name: None,
+            cmd: record.spec.executors.last().map(|e| e.command.clone()),
+            start_time: attempt.and_then(|a| a.start_time.clone()),
+            end_time: attempt.and_then(|a| a.end_time.clone()),
+            stdout: Some(format!("{tes_uri}?view=FULL")),
+            stderr: Some(format!("{tes_uri}?view=FULL")),
+            exit_code: last_executor.map(|l| l.exit_code),
+            system_logs: attempt.and_then(|a| a.system_logs.clone()),
+        },
+        tes_uri: Some(tes_uri),
+        state: Some(tes_state(record.state)),
+    })
+}
