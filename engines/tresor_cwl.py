@@ -10,7 +10,7 @@ the tool's DockerRequirement (dockerPull; requirement or hint), else $TRESOR_JOB
 A tool names the secrets its task is given (never their values) in a hint:
     $namespaces: {tresor: "https://tresor.dev/cwl#"}
     hints: [{class: "tresor:Secrets", env: [API_TOKEN], files: [ssh_key]}]
-The final output object is also written to $TRESOR_RUN_DIR/.tresor/outputs.json.
+The final output object is also written to $TRESOR_RUN_DIR/outputs.json (the run's WES outputs).
 """
 
 import io
@@ -21,6 +21,7 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -44,6 +45,7 @@ SECRETS_HINT = "https://tresor.dev/cwl#Secrets"
 # Seconds between two status requests for one task, while at most POLL_SPREAD tasks are active;
 # beyond, each task is asked less often so that the run sends at most ~50 requests a second.
 POLL_SECONDS, POLL_SPREAD = 0.3, 16
+DEFAULT_PARALLEL_CORES = 64
 logger = logging.getLogger("cwltool")  # cwltool's: our lines read like its own
 
 tes = TesClient()
@@ -67,15 +69,15 @@ class TresorCommandLineJob(cwltool.job.CommandLineJob):
 
 class TresorMultithreadedJobExecutor(MultithreadedJobExecutor):
     """--parallel without this host's limits: jobs run where tresor puts them, so cwltool neither
-    refuses a request larger than this host nor holds jobs back for its cores and memory (tresor
-    queues them). --parallel-max N still caps the cores of the jobs running at once."""
+    refuses a request larger than this host nor holds jobs back for its memory (tresor queues
+    them). The cores of the jobs running at once are capped by --parallel-max, else
+    DEFAULT_PARALLEL_CORES: cwltool starts that many threads, and each polls its task."""
 
     def __init__(self, max_parallel=0):
         super().__init__(max_parallel)
-        # Finite: cwltool formats these with %d.
-        self.max_ram = 2**40  # MiB
+        self.max_ram = 2**40  # MiB; finite, as cwltool formats it with %d
         if max_parallel < 1:
-            self.max_cores = 2**20
+            self.max_cores = DEFAULT_PARALLEL_CORES
 
 
 def job_runner(self, runtimeContext):
@@ -160,12 +162,27 @@ def cancel_and_exit(signum, _frame):
     os._exit(128 + signum)  # not sys.exit: step threads would keep the process alive
 
 
+def shared_mkdtemp(*args, **kwargs):
+    """tempfile.mkdtemp, but group-accessible inside the run directory: cwltool makes each job's
+    output and temporary directories with it (0700), and the job runs as another host user of
+    the workspace's group."""
+    path = _mkdtemp(*args, **kwargs)
+    run_dir = os.environ.get("TRESOR_RUN_DIR", "")
+    if run_dir and os.path.abspath(path).startswith(run_dir.rstrip("/") + "/"):
+        os.chmod(path, 0o2770)
+    return path
+
+
+_mkdtemp = tempfile.mkdtemp
+
+
 def main(argv):
     run_dir = os.environ.get("TRESOR_RUN_DIR")
     if not run_dir:
         sys.exit("tresor_cwl: TRESOR_RUN_DIR is not set")
-    meta_dir = os.path.join(run_dir, ".tresor")
-    tmp_dir, tmp_outdir = os.path.join(meta_dir, "cwl-tmp"), os.path.join(meta_dir, "cwl-out")
+    # .tresor/ is tresor's and read-only; cwltool's scratch space is a directory of its own.
+    work_dir = os.path.join(run_dir, ".cwl")
+    tmp_dir, tmp_outdir = os.path.join(work_dir, "tmp"), os.path.join(work_dir, "out")
     for directory in (tmp_dir, tmp_outdir):
         os.makedirs(directory, exist_ok=True)
     # Inside the run directory, so that every task sees them at the same path.
@@ -173,6 +190,7 @@ def main(argv):
             "--tmpdir-prefix", tmp_dir + "/", "--tmp-outdir-prefix", tmp_outdir + "/"]
     if not any(a == "--outdir" or a.startswith("--outdir=") for a in argv):
         args += ["--outdir", os.path.join(run_dir, "outputs")]
+    tempfile.mkdtemp = shared_mkdtemp
     cwltool.job._job_popen = tes_popen
     cwltool.command_line_tool.CommandLineTool.make_job_runner = job_runner
     cwltool.main.MultithreadedJobExecutor = TresorMultithreadedJobExecutor
@@ -187,7 +205,8 @@ def main(argv):
         except ValueError:
             outputs = None  # not a run (e.g. --validate): nothing to record
         if isinstance(outputs, dict):
-            with open(os.path.join(meta_dir, "outputs.json"), "w") as f:
+            # The run's WES outputs: tresor reads this file for GetRunLog.
+            with open(os.path.join(run_dir, "outputs.json"), "w") as f:
                 json.dump(outputs, f, indent=2)
     return code
 

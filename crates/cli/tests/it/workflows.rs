@@ -56,6 +56,8 @@ pub fn test_engines() -> tresor_service::WorkflowSettings {
                     "source-cache",
                     "storage-local-copies",
                     "--nolock",
+                    "--max-status-checks-per-second",
+                    "100",
                 ]),
                 env: env.clone(),
                 image: "docker.io/library/debian:12".to_owned(),
@@ -216,4 +218,358 @@ async fn a_snakemake_workflow_runs_each_job_as_a_task_of_its_run() {
         "ALPHA\nBETA\n"
     );
     eprintln!("snakemake, 3 jobs: {took:?}");
+}
+
+const UPPER_CWL: &str = r#"cwlVersion: v1.2
+class: CommandLineTool
+hints:
+  DockerRequirement:
+    dockerPull: docker.io/library/busybox:1
+baseCommand: [tr, a-z, A-Z]
+inputs:
+  input_file: File
+stdin: $(inputs.input_file.path)
+stdout: upper.txt
+outputs:
+  output_file: {type: stdout}
+"#;
+
+const MD5_CWL: &str = r#"cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: md5sum
+inputs:
+  input_file: {type: File, inputBinding: {position: 1}}
+stdout: md5.txt
+outputs:
+  output_file: {type: stdout}
+"#;
+
+const WF_CWL: &str = r#"cwlVersion: v1.2
+class: Workflow
+inputs:
+  input_file: File
+outputs:
+  upper_file: {type: File, outputSource: upper/output_file}
+  md5_file: {type: File, outputSource: md5/output_file}
+steps:
+  upper:
+    run: tools/upper.cwl
+    in: {input_file: input_file}
+    out: [output_file]
+  md5:
+    run: tools/md5.cwl
+    in: {input_file: upper/output_file}
+    out: [output_file]
+"#;
+
+pub fn cwl_files() -> Vec<WesAttachment> {
+    vec![
+        attach("wf.cwl", WF_CWL),
+        attach("tools/upper.cwl", UPPER_CWL),
+        attach("tools/md5.cwl", MD5_CWL),
+        attach("data/in.txt", "hello tresor\n"),
+    ]
+}
+
+pub fn cwl_request() -> RunRequest {
+    request(
+        "CWL",
+        "v1.2",
+        "wf.cwl",
+        serde_json::json!({ "input_file": { "class": "File", "path": "../data/in.txt" } }),
+    )
+}
+
+#[tokio::test]
+async fn a_cwl_workflow_runs_each_step_as_a_task_in_its_image() {
+    let server = wes_server().await;
+    let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
+    let started = Instant::now();
+    let id = wes.run_workflow(&cwl_request(), &cwl_files()).await.unwrap();
+    let state = wait_run(&wes, &id).await;
+    let took = started.elapsed();
+    assert_eq!(
+        state,
+        TesState::Complete,
+        "{}",
+        engine_output(&server, &wes, &id).await
+    );
+    // The outputs, as WES reports them, are files in the run's directory.
+    let log = wes.run_log(&id).await.unwrap();
+    let upper = log.outputs["upper_file"]["location"].as_str().unwrap();
+    let path = upper.strip_prefix("file://").unwrap();
+    assert_eq!(std::fs::read_to_string(path).unwrap(), "HELLO TRESOR\n");
+    assert!(
+        path.starts_with(server.storage.join("runs").join(&id).to_str().unwrap()),
+        "{path}"
+    );
+    // Each step is a task of the run, in the image its DockerRequirement names.
+    let tasks = wes.run_tasks(&id).await.unwrap().task_logs;
+    assert_eq!(tasks.len(), 3, "{tasks:?}");
+    let mut images = Vec::new();
+    for task in &tasks {
+        let tes = server.client.get_task(&task.id, TesView::Basic).await.unwrap();
+        images.push(tes.executors[0].image.clone());
+    }
+    images.sort();
+    assert_eq!(
+        images,
+        [
+            "docker.io/library/busybox:1",
+            "docker.io/library/debian:12",
+            "docker.io/library/debian:12"
+        ]
+    );
+    eprintln!("cwltool, 2 steps: {took:?}");
+}
+
+#[tokio::test]
+async fn a_failed_job_fails_its_run_with_the_jobs_own_words() {
+    let server = wes_server().await;
+    let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
+    let snakefile = "rule all:\n    shell: \"echo the-job-says-no >&2; exit 3\"\n";
+    let id = wes
+        .run_workflow(
+            &request("SMK", "9", "Snakefile", serde_json::json!({})),
+            &[attach("Snakefile", snakefile)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(wait_run(&wes, &id).await, TesState::ExecutorError);
+    let output = engine_output(&server, &wes, &id).await;
+    assert!(output.contains("the-job-says-no"), "{output}");
+    assert!(!output.contains("Traceback"), "{output}");
+}
+
+#[tokio::test]
+async fn canceling_a_run_ends_its_engine_and_every_job() {
+    let server = wes_server().await;
+    let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
+    let marker = format!("sleep 3{}", std::process::id() % 1000);
+    let snakefile = format!(
+        "rule all:\n    input: \"a.done\", \"b.done\"\nrule one:\n    output: \"{{x}}.done\"\n    shell: \"{marker}; touch {{output}}\"\n"
+    );
+    let id = wes
+        .run_workflow(
+            &request("SMK", "9", "Snakefile", serde_json::json!({})),
+            &[attach("Snakefile", &snakefile)],
+        )
+        .await
+        .unwrap();
+    // Both jobs running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tasks = wes.run_tasks(&id).await.unwrap().task_logs;
+        let running = tasks
+            .iter()
+            .filter(|t| t.state == Some(TesState::Running))
+            .count();
+        if running == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{tasks:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let canceled = Instant::now();
+    wes.cancel(&id).await.unwrap();
+    assert_eq!(wes.status(&id).await.unwrap().state, TesState::Canceled);
+    let took = canceled.elapsed();
+    for task in wes.run_tasks(&id).await.unwrap().task_logs {
+        assert_eq!(task.state, Some(TesState::Canceled), "{task:?}");
+    }
+    assert!(
+        processes_with(&marker).is_empty(),
+        "{:?}",
+        processes_with(&marker)
+    );
+    eprintln!("cancel → CANCELED with every job ended: {took:?}");
+}
+
+#[tokio::test]
+async fn another_workspace_sees_no_run_of_this_one() {
+    let server = wes_server().await;
+    let owner = server.user("run-owner").await;
+    owner.platform.create_workspace("lab-a").await.unwrap();
+    let wes = WesClient::for_workspace(&server.url, "lab-a", &owner.token).unwrap();
+    let id = wes.run_workflow(&cwl_request(), &cwl_files()).await.unwrap();
+    let stranger = server.user("run-stranger").await;
+    stranger.platform.create_workspace("lab-b").await.unwrap();
+    for their in [
+        WesClient::for_workspace(&server.url, "lab-b", &stranger.token).unwrap(),
+        WesClient::with_token(&server.url, &stranger.token).unwrap(),
+    ] {
+        assert_eq!(their.status(&id).await.unwrap_err().status().unwrap(), 404);
+        assert_eq!(their.run_log(&id).await.unwrap_err().status().unwrap(), 404);
+        assert_eq!(their.run_tasks(&id).await.unwrap_err().status().unwrap(), 404);
+        assert_eq!(their.cancel(&id).await.unwrap_err().status().unwrap(), 404);
+        assert!(their.list_runs(None, None).await.unwrap().runs.is_empty());
+    }
+    // Nor through lab-a's own URL: not a member.
+    let theirs = WesClient::for_workspace(&server.url, "lab-a", &stranger.token).unwrap();
+    assert_eq!(theirs.status(&id).await.unwrap_err().status().unwrap(), 404);
+    assert_eq!(wait_run(&wes, &id).await, TesState::Complete);
+    // A view member sees the run but may not start one.
+    let viewer = server.user("run-viewer").await;
+    owner
+        .platform
+        .set_member("lab-a", &viewer.id, "view")
+        .await
+        .unwrap();
+    let as_viewer = WesClient::for_workspace(&server.url, "lab-a", &viewer.token).unwrap();
+    assert_eq!(as_viewer.list_runs(None, None).await.unwrap().runs.len(), 1);
+    let refused = as_viewer
+        .run_workflow(&cwl_request(), &cwl_files())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().unwrap(), 403, "{refused}");
+}
+
+#[tokio::test]
+async fn bad_run_requests_are_refused_naming_what_to_fix() {
+    let server = TestServer::start_with(|s| {
+        s.services.workflows = test_engines();
+        s.services.workflows.max_attachment_bytes = 64 * 1024;
+    })
+    .await;
+    let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
+    let refused = |r: Result<String, tresor_client::ClientError>| {
+        let e = r.unwrap_err();
+        (e.status().unwrap().as_u16(), e.to_string())
+    };
+    let cases: Vec<(RunRequest, Vec<WesAttachment>, u16, &str)> = vec![
+        (
+            request("NFL", "24", "main.nf", serde_json::json!({})),
+            vec![attach("main.nf", "x")],
+            400,
+            "workflow_type",
+        ),
+        (
+            request("CWL", "v9.9", "wf.cwl", serde_json::json!({})),
+            cwl_files(),
+            400,
+            "workflow_type_version",
+        ),
+        (cwl_request(), vec![attach("other.cwl", "x")], 400, "workflow_url"),
+        (
+            cwl_request(),
+            vec![attach("wf.cwl", "x"), attach("../escape.txt", "x")],
+            400,
+            "..",
+        ),
+        (
+            cwl_request(),
+            vec![attach("wf.cwl", "x"), attach("/etc/passwd", "x")],
+            400,
+            "relative",
+        ),
+        (
+            cwl_request(),
+            vec![attach("wf.cwl", "x"), attach(".tresor/tresor_tes.py", "x")],
+            400,
+            ".tresor",
+        ),
+        (
+            request("CWL", "v1.2", "https://example.org/wf.cwl", serde_json::json!({})),
+            cwl_files(),
+            400,
+            "attach",
+        ),
+        (
+            cwl_request(),
+            vec![attach("wf.cwl", &"x".repeat(70 * 1024))],
+            413,
+            "max_attachment_mb",
+        ),
+        (
+            RunRequest {
+                workflow_engine_parameters: BTreeMap::from([(
+                    "--allow-everything".to_owned(),
+                    "1".to_owned(),
+                )]),
+                ..request("SMK", "9", "Snakefile", serde_json::json!({}))
+            },
+            vec![attach("Snakefile", "rule all:\n    shell: \"true\"\n")],
+            400,
+            "workflow_engine_parameters",
+        ),
+    ];
+    for (run, files, status, names) in cases {
+        let (got, message) = refused(wes.run_workflow(&run, &files).await);
+        assert_eq!(got, status, "{message}");
+        assert!(message.contains(names), "{names}: {message}");
+    }
+    // Malformed bodies: not multipart, invalid JSON in a field, a missing field.
+    let http = reqwest::Client::new();
+    let url = format!("{}/ga4gh/wes/v1/runs", server.url);
+    let answer = http
+        .post(&url)
+        .bearer_auth(&server.admin_token)
+        .json(&serde_json::json!({"workflow_url": "wf.cwl"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(answer.text().await.unwrap().contains("multipart/form-data"));
+    let form = WesClient::form(&cwl_request(), &cwl_files()).text("workflow_params", "{not json");
+    let raw = wes.post_runs_raw(form).await.unwrap();
+    assert_eq!(raw.status, 400, "{}", raw.body);
+    assert!(raw.body.contains("workflow_params"), "{}", raw.body);
+    let form = reqwest::multipart::Form::new().text("workflow_type", "CWL");
+    let raw = wes.post_runs_raw(form).await.unwrap();
+    assert_eq!(raw.status, 400, "{}", raw.body);
+    assert!(raw.body.contains("is required"), "{}", raw.body);
+    let answer = http
+        .post(&url)
+        .bearer_auth(&server.admin_token)
+        .header("content-type", "multipart/form-data; boundary=XYZ")
+        .body("--XYZ\r\nContent-Disposition: form-data; name=\"workflow_type\"\r\n\r\nCWL\r\n--XY")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    // Unknown runs: 404, whatever the id looks like.
+    for id in ["nope", "01a22c5f-0000-7000-8000-000000000000", "..%2F..%2Fetc"] {
+        assert_eq!(wes.status(id).await.unwrap_err().status().unwrap(), 404, "{id}");
+    }
+    assert!(wes.list_runs(None, None).await.unwrap().runs.is_empty());
+}
+
+#[tokio::test]
+async fn service_info_describes_the_engines_and_counts_the_workspaces_runs() {
+    let server = wes_server().await;
+    let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
+    let info = wes.service_info().await.unwrap();
+    assert_eq!(info.supported_wes_versions, ["1.1.0"]);
+    assert_eq!(
+        info.workflow_type_versions["CWL"].workflow_type_version,
+        ["v1.0", "v1.1", "v1.2"]
+    );
+    assert_eq!(
+        info.workflow_engine_versions["snakemake"].workflow_engine_version,
+        ["9.27.1"]
+    );
+    assert!(
+        info.default_workflow_engine_parameters
+            .iter()
+            .any(|p| p.name == "snakemake:jobs" && p.default_value == "4")
+    );
+    let id = wes.run_workflow(&cwl_request(), &cwl_files()).await.unwrap();
+    wait_run(&wes, &id).await;
+    let counts = wes.service_info().await.unwrap().system_state_counts;
+    assert_eq!(counts.get("COMPLETE"), Some(&1), "{counts:?}");
+    // Paging: two more runs, listed newest first, one per page.
+    let second = wes.run_workflow(&cwl_request(), &cwl_files()).await.unwrap();
+    let first_page = wes.list_runs(Some(1), None).await.unwrap();
+    assert_eq!(first_page.runs[0].run_id, second);
+    let token = first_page.next_page_token.unwrap();
+    let next = wes.list_runs(Some(1), Some(&token)).await.unwrap();
+    assert_eq!(next.runs[0].run_id, id);
+    assert!(next.next_page_token.is_none());
+    // py-tes before 1.0 asks for TES service-info under /tasks.
+    let old = reqwest::get(format!("{}/ga4gh/tes/v1/tasks/service-info", server.url))
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 200);
+    assert!(old.text().await.unwrap().contains("\"storage\""));
+    wait_run(&wes, &second).await;
 }

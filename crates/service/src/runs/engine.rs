@@ -34,8 +34,8 @@ pub struct EngineSettings {
     /// parameters file), `{run_dir}`, `{adapters}` (tresor's adapters) and `{run_id}` are
     /// replaced, and so is `{<name>}` for each of `parameters`.
     pub command: Vec<String>,
-    /// Variables of the engine's environment (the job's image, the run's paths and `PYTHONPATH`
-    /// are added).
+    /// Variables of the engine's environment, with the same replacements as `command` (the
+    /// job's image, the run's paths and `PYTHONPATH` are added).
     pub env: BTreeMap<String, String>,
     /// The engine task's image (pulled when `images.runtime = "oci"`).
     pub image: String,
@@ -111,15 +111,16 @@ impl EngineSettings {
         for (name, value) in parameters {
             fixed.entry(name.as_str()).or_insert_with(|| value.clone());
         }
-        let mut command = Vec::new();
-        command.extend(self.command.iter().map(|part| {
+        let fill = |part: &String| {
             let mut part = part.clone();
             for (name, value) in &fixed {
                 part = part.replace(&format!("{{{name}}}"), value);
             }
             part
-        }));
-        let mut env = self.env.clone();
+        };
+        let command: Vec<String> = self.command.iter().map(fill).collect();
+        let mut env: BTreeMap<String, String> =
+            self.env.iter().map(|(k, v)| (k.clone(), fill(v))).collect();
         env.insert("TRESOR_RUN_ID".to_owned(), run_id.to_owned());
         env.insert("TRESOR_RUN_DIR".to_owned(), run_dir.to_owned());
         env.insert("TRESOR_JOB_IMAGE".to_owned(), self.job_image.clone());
@@ -134,6 +135,9 @@ impl EngineSettings {
         for name in ["USER", "LOGNAME"] {
             env.entry(name.to_owned()).or_insert_with(|| "tresor".to_owned());
         }
+        // The adapters' directory is read-only for tasks.
+        env.entry("PYTHONDONTWRITEBYTECODE".to_owned())
+            .or_insert_with(|| "1".to_owned());
         // The run's declared secrets are the engine's; everything else of the run's tags is
         // the run's, not its engine task's.
         let mut tags: BTreeMap<String, String> = run_tags
