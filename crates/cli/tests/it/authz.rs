@@ -7,7 +7,44 @@ use tresor_domain::permissions::{allows, required_role};
 use tresor_domain::{Action, Role};
 use tresor_server::{Access, RouteSpec, route_specs};
 
+use tresor_client::{WesAttachment, WesClient};
+
 use crate::support::*;
+
+/// An engine that does nothing, for runs whose routes are checked, not their work.
+fn noop_engine() -> tresor_service::WorkflowSettings {
+    tresor_service::WorkflowSettings {
+        engines: vec![tresor_service::EngineSettings {
+            name: "noop".to_owned(),
+            workflow_type: "NOOP".to_owned(),
+            type_versions: vec!["1".to_owned()],
+            version: "1".to_owned(),
+            command: vec!["true".to_owned()],
+            env: Default::default(),
+            image: "x".to_owned(),
+            job_image: "x".to_owned(),
+            parameters: Default::default(),
+            cpu_cores: 1,
+        }],
+        ..Default::default()
+    }
+}
+
+fn noop_run() -> tresor_api_types::wes::RunRequest {
+    tresor_api_types::wes::RunRequest {
+        workflow_type: "NOOP".to_owned(),
+        workflow_type_version: "1".to_owned(),
+        workflow_url: "wf".to_owned(),
+        ..Default::default()
+    }
+}
+
+fn noop_files() -> Vec<WesAttachment> {
+    vec![WesAttachment {
+        name: "wf".to_owned(),
+        content: b"x".to_vec(),
+    }]
+}
 
 /// Who makes the request in one case.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,6 +69,9 @@ struct Fixture {
     workspace: String,
     /// A task the workspace owner submitted.
     task: String,
+    /// A workflow run the workspace owner started, and its engine's task.
+    run: String,
+    run_task: String,
     /// A member with role view, for the member routes.
     target: String,
     /// A token of the requester's own (absent for anonymous requests).
@@ -55,6 +95,29 @@ fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<se
     let path = spec.path;
     let found = match (spec.method.clone(), path) {
         (Method::GET, p) if p.ends_with("/service-info") => (fill(p), None),
+        // WES: the fixture run; RunWorkflow's multipart body is made by the caller.
+        (Method::GET, p) if p.ends_with("/runs") => (fill(p), None),
+        (Method::POST, p) if p.ends_with("/runs") => {
+            (fill(p), Some(serde_json::json!({ "multipart": true })))
+        }
+        (Method::GET | Method::POST, p) if p.contains("/runs/{id}") => (
+            fill(p)
+                .replace("{id}", &f.run)
+                .replace("{task}", &f.run_task),
+            None,
+        ),
+        (Method::GET, "/internal/v1/tasks/{id}/run/tasks") => (path.replace("{id}", &f.task), None),
+        (Method::POST, "/internal/v1/tasks/{id}/run/tasks") => {
+            (path.replace("{id}", &f.task), Some(task_body))
+        }
+        (Method::GET, "/internal/v1/tasks/{id}/run/tasks/{task}") => {
+            (path.replace("{id}", &f.task).replace("{task}", &f.task), None)
+        }
+        (Method::POST, "/internal/v1/tasks/{id}/run/tasks/{task}") => (
+            path.replace("{id}", &f.task)
+                .replace("{task}", &format!("{}:cancel", f.task)),
+            None,
+        ),
         (Method::GET, p) if p.ends_with("/tasks") => (fill(p), None),
         (Method::POST, p) if p.ends_with("/tasks") => (fill(p), Some(task_body)),
         (Method::GET, p) if p.ends_with("/tasks/{id}") => (fill(p).replace("{id}", &f.task), None),
@@ -184,7 +247,7 @@ fn expect(spec: &RouteSpec, who: Who) -> Expect {
         // On the personal routes everyone acts in their own workspace, as its owner: listing and
         // submitting work, but the fixture task (in another workspace) does not exist for them.
         (Access::Workspace(_), _) if personal => {
-            if spec.path.ends_with("/tasks/{id}") {
+            if spec.path.contains("{id}") {
                 Expect::Hidden
             } else {
                 Expect::Allowed
@@ -233,6 +296,7 @@ async fn every_route_times_every_kind_of_caller_gets_the_matrix_status() {
             "unused",
         )));
         s.services.local.allowed_dirs.push(files_dir.clone());
+        s.services.workflows = noop_engine();
     })
     .await;
     let http = reqwest::Client::new();
@@ -249,11 +313,28 @@ async fn every_route_times_every_kind_of_caller_gets_the_matrix_status() {
             let owner = server.user(&format!("owner-{case}")).await;
             let workspace = format!("ws-{case}");
             owner.platform.create_workspace(&workspace).await.unwrap();
-            let task = owner
-                .tes_in(&workspace)
-                .create_task(&sh_task("true"))
-                .await
-                .unwrap();
+            // A task only where the route names one (each task runs a sandbox).
+            let task = if spec.path.contains("{id}")
+                && !spec.path.contains("/runs/{id}")
+                && !spec.path.contains("compute-envs")
+            {
+                owner
+                    .tes_in(&workspace)
+                    .create_task(&sh_task("true"))
+                    .await
+                    .unwrap()
+            } else {
+                "01a22c5f-0000-7000-8000-000000000000".to_owned()
+            };
+            // A run only where the route needs one: each costs a run directory and a task.
+            let (run, run_task) = if spec.path.contains("/runs/{id}") {
+                let wes = WesClient::for_workspace(&server.url, &workspace, &owner.token).unwrap();
+                let run = wes.run_workflow(&noop_run(), &noop_files()).await.unwrap();
+                let run_task = wes.run_tasks(&run).await.unwrap().task_logs[0].id.clone();
+                (run, run_task)
+            } else {
+                (String::new(), String::new())
+            };
             let target = server.user(&format!("target-{case}")).await;
             owner
                 .platform
@@ -302,6 +383,8 @@ async fn every_route_times_every_kind_of_caller_gets_the_matrix_status() {
             let fixture = Fixture {
                 workspace,
                 task,
+                run,
+                run_task,
                 target: target.id.clone(),
                 own_token,
                 files: files_dir.clone(),
@@ -316,8 +399,12 @@ async fn every_route_times_every_kind_of_caller_gets_the_matrix_status() {
             if let Some(token) = &token {
                 req = req.bearer_auth(token);
             }
-            if let Some(body) = body {
-                req = req.json(&body);
+            match body {
+                Some(body) if body.get("multipart").is_some() => {
+                    req = req.multipart(WesClient::form(&noop_run(), &noop_files()));
+                }
+                Some(body) => req = req.json(&body),
+                None => {}
             }
             let status = req.send().await.unwrap().status();
             let expected = expect(spec, *who);

@@ -64,12 +64,12 @@ pub fn next_task_ids() -> std::ops::RangeInclusive<u32> {
     first..=first + 63
 }
 
-/// Host gids of its own for each in-process test server's workspace directories (64 from
-/// 2110000000 on).
+/// Host gids of its own for each in-process test server's workspace directories (1024 from
+/// 2110000000 on: the authorization matrix starts a run in each of its hundreds of workspaces).
 pub fn next_workspace_gids() -> std::ops::RangeInclusive<u32> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let first = 2_110_000_000 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 64;
-    first..=first + 63
+    let first = 2_110_000_000 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 1024;
+    first..=first + 1023
 }
 
 /// The settings a test server runs with; `dir` holds its data and storage.
