@@ -137,6 +137,7 @@ impl Services {
         .await?;
         tasks.start().await?;
         let runs = RunService::new(store.clone(), tasks.clone(), settings.workflows);
+        runs.start();
         Ok((
             Services {
                 tasks,

@@ -165,6 +165,37 @@ impl Store {
         rows.iter().map(run_from_row).collect()
     }
 
+    /// Tasks that have not ended of runs whose engine has: left behind by an engine that was
+    /// killed or crashed before it canceled its jobs.
+    pub async fn stray_run_tasks(&self) -> Result<Vec<(TaskRecord, UserId)>, Error> {
+        let columns = COLUMNS
+            .split(", ")
+            .map(|c| format!("t.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {columns}, r.created_by AS run_owner FROM tasks t \
+             JOIN runs r ON r.id = t.run_id \
+             JOIN tasks e ON e.id = r.engine_task \
+             WHERE t.run_id IS NOT NULL \
+             AND t.state IN ('QUEUED', 'INITIALIZING', 'RUNNING') \
+             AND e.state NOT IN ('QUEUED', 'INITIALIZING', 'RUNNING') \
+             LIMIT 100"
+        ));
+        let rows = q.build().fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|row| {
+                let owner: String = row.try_get("run_owner")?;
+                let owner = UserId::parse(&owner).map_err(|e| Error::Corrupt {
+                    id: owner.clone(),
+                    column: "created_by",
+                    reason: e.to_string(),
+                })?;
+                Ok((task_from_row(row)?, owner))
+            })
+            .collect()
+    }
+
     /// The run's tasks that have not ended, engine included.
     pub async fn active_run_tasks(&self, run: &str) -> Result<Vec<TaskRecord>, Error> {
         let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM tasks WHERE run_id = "));

@@ -573,3 +573,170 @@ async fn service_info_describes_the_engines_and_counts_the_workspaces_runs() {
     assert!(old.text().await.unwrap().contains("\"storage\""));
     wait_run(&wes, &second).await;
 }
+
+/// An engine that runs the attached Python script (`workflow_type` PY), with tresor's
+/// adapters importable: for probing what an engine may and may not do.
+fn with_python_engine(settings: &mut tresor_service::WorkflowSettings) {
+    let venv = engines_venv();
+    settings.engines.push(tresor_service::EngineSettings {
+        name: "python".to_owned(),
+        workflow_type: "PY".to_owned(),
+        type_versions: vec!["3".to_owned()],
+        version: "3".to_owned(),
+        command: vec![format!("{venv}/bin/python"), "{workflow}".to_owned()],
+        env: BTreeMap::from([("PATH".to_owned(), "/usr/bin:/bin".to_owned())]),
+        image: "docker.io/library/debian:12".to_owned(),
+        job_image: "docker.io/library/debian:12".to_owned(),
+        parameters: BTreeMap::new(),
+        cpu_cores: 1,
+    });
+}
+
+/// Probes the engine's socket; writes what it saw into `probe.json` in the run's directory.
+const PROBE_ENGINE: &str = r#"
+import http.client, json, os, socket, sys, time
+from tresor_tes import TesClient, TesError
+
+class Conn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(os.environ["TRESOR_IDENTITY_SOCKET"])
+
+def raw(method, path, marked=True):
+    c = Conn("tresor")
+    c.request(method, path, headers={"Tresor-Metadata": "true"} if marked else {})
+    return c.getresponse().status
+
+tes = TesClient()
+params = json.load(open(os.path.join(os.environ["TRESOR_RUN_DIR"], ".tresor/params.json")))
+seen = {}
+# Another task of the same workspace, not of this run.
+try:
+    tes.get_task(params["outsider"])
+    seen["outsider"] = "visible"
+except TesError as e:
+    seen["outsider"] = str(e)
+seen["unmarked"] = raw("GET", "/ga4gh/tes/v1/tasks", marked=False)
+seen["walk"] = raw("GET", "/ga4gh/tes/v1/tasks/..%2F..%2Fsecrets")
+seen["walk2"] = raw("GET", "/ga4gh/tes/v1/tasks/x/../../secrets")
+# A job that gets a secret by name and leaves only its digest.
+run_dir = os.environ["TRESOR_RUN_DIR"]
+job = tes.create_task({
+    "name": "secret-job",
+    "executors": [{"image": "docker.io/library/debian:12",
+                   "command": ["/bin/sh", "-c",
+                               "printf %s \"$DB_PASS\" | sha256sum > secret.sha; "
+                               "python3 -c 'import os,socket; s=socket.socket(socket.AF_UNIX); "
+                               "s.connect(os.environ[\"TRESOR_IDENTITY_SOCKET\"]); "
+                               "s.sendall(b\"GET /ga4gh/tes/v1/tasks HTTP/1.0\\r\\nTresor-Metadata: true\\r\\n\\r\\n\"); "
+                               "print(s.recv(100).split()[1].decode())' > job-socket.txt"],
+                   "workdir": run_dir,
+                   "env": {"PATH": "/usr/bin:/bin"}}],
+    "tags": {"tresor.secrets.env": "DB_PASS"},
+})
+while True:
+    state = tes.get_task(job)["state"]
+    if state not in ("QUEUED", "INITIALIZING", "RUNNING"):
+        break
+    time.sleep(0.1)
+seen["job"] = state
+json.dump(seen, open(os.path.join(run_dir, "probe.json"), "w"))
+"#;
+
+#[tokio::test]
+async fn an_engine_manages_only_its_runs_jobs_which_get_their_declared_secrets() {
+    let server = TestServer::start_with(|s| {
+        s.services.workflows = test_engines();
+        with_python_engine(&mut s.services.workflows);
+    })
+    .await;
+    let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
+    let value = "db-pass-7f3a9c2e51";
+    server
+        .admin
+        .put_secret(
+            &server.admin.me().await.unwrap().personal_workspace,
+            true,
+            "DB_PASS",
+            value.as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    let outsider = server.client.create_task(&sh_task("true")).await.unwrap();
+    let id = wes
+        .run_workflow(
+            &request("PY", "3", "probe.py", serde_json::json!({ "outsider": outsider })),
+            &[attach("probe.py", PROBE_ENGINE)],
+        )
+        .await
+        .unwrap();
+    let state = wait_run(&wes, &id).await;
+    assert_eq!(
+        state,
+        TesState::Complete,
+        "{}",
+        engine_output(&server, &wes, &id).await
+    );
+    let run_dir = server.storage.join("runs").join(&id);
+    let seen: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("probe.json")).unwrap()).unwrap();
+    // Another task of the workspace does not exist for the engine.
+    assert!(seen["outsider"].as_str().unwrap().contains("404"), "{seen}");
+    assert_eq!(seen["unmarked"], 400, "{seen}");
+    assert_eq!(seen["walk"], 404, "{seen}");
+    assert_eq!(seen["walk2"], 404, "{seen}");
+    assert_eq!(seen["job"], "COMPLETE", "{seen}");
+    // The job had the secret's value; nothing of the run holds it.
+    let digest = command_output("sh", &["-c", &format!("printf %s {value} | sha256sum")]);
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("secret.sha")).unwrap(),
+        digest
+    );
+    // A job's socket has no TES: only engines manage jobs.
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("job-socket.txt"))
+            .unwrap()
+            .trim(),
+        "404"
+    );
+    assert!(files_containing(&run_dir, value.as_bytes()).is_empty());
+    for task in wes.run_tasks(&id).await.unwrap().task_logs {
+        let full = server.client.get_task(&task.id, TesView::Full).await.unwrap();
+        assert!(!serde_json::to_string(&full).unwrap().contains(value));
+    }
+    assert!(!serde_json::to_string(&wes.run_log(&id).await.unwrap()).unwrap().contains(value));
+}
+
+#[tokio::test]
+async fn jobs_left_by_an_engine_that_died_end_with_its_run() {
+    let server = TestServer::start_with(|s| {
+        s.services.workflows = test_engines();
+        with_python_engine(&mut s.services.workflows);
+    })
+    .await;
+    let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
+    let marker = format!("sleep 4{}", std::process::id() % 1000);
+    // The engine starts a long job and dies at once, without canceling it.
+    let engine = format!(
+        "import os\nfrom tresor_tes import TesClient\nTesClient().create_task({{\"executors\": [{{\"image\": \"x\", \"command\": [\"/bin/sh\", \"-c\", \"{marker}\"]}}]}})\nos._exit(9)\n"
+    );
+    let id = wes
+        .run_workflow(
+            &request("PY", "3", "die.py", serde_json::json!({})),
+            &[attach("die.py", &engine)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(wait_run(&wes, &id).await, TesState::ExecutorError);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tasks = wes.run_tasks(&id).await.unwrap().task_logs;
+        if tasks.len() == 2 && tasks.iter().all(|t| t.state != Some(TesState::Running) && t.state != Some(TesState::Queued) && t.state != Some(TesState::Initializing)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{tasks:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(processes_with(&marker).is_empty());
+}

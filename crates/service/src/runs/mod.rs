@@ -81,6 +81,42 @@ impl RunService {
         }
     }
 
+    /// Starts the sweep that ends the jobs of runs whose engine has ended.
+    pub fn start(&self) {
+        let runs = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = runs.end_strays().await {
+                    tracing::warn!(error = %e, "ending the jobs of ended runs failed; retrying");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// An engine that ends (killed, crashed, or out of time) may leave jobs running; they are
+    /// the run's and end with it, canceled in the run owner's name.
+    async fn end_strays(&self) -> Result<(), ServiceError> {
+        for (task, owner) in self.store.stray_run_tasks().await? {
+            let caller = Caller {
+                principal: Principal {
+                    user: owner,
+                    name: "tresor".to_owned(),
+                    is_admin: false,
+                    source: Some("the run's engine ended".to_owned()),
+                },
+                workspace: task.workspace.clone(),
+                role: tresor_domain::Role::Owner,
+            };
+            tracing::info!(task = %task.id, "canceling a job whose run's engine has ended");
+            match self.tasks.cancel_record(&caller, task).await {
+                Ok(()) | Err(ServiceError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// The most bytes a run's attachments may hold together.
     pub fn max_attachment_bytes(&self) -> u64 {
         self.settings.max_attachment_bytes
