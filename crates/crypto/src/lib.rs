@@ -3,6 +3,7 @@
 pub mod envelope;
 pub mod fingerprint;
 pub mod keyring;
+pub mod plain_sight;
 pub mod redact;
 pub mod signing;
 mod value;

@@ -740,3 +740,57 @@ async fn jobs_left_by_an_engine_that_died_end_with_its_run() {
     }
     assert!(processes_with(&marker).is_empty());
 }
+
+#[tokio::test]
+async fn credentials_pasted_into_a_task_or_a_run_are_refused_with_the_way_to_a_secret() {
+    let server = wes_server().await;
+    // The stock Snakemake TES plugin's way: S3 keys exported in an input's content.
+    let mut task = sh_task("sh /tmp/job.sh");
+    task.inputs = Some(vec![tresor_api_types::tes::TesInput {
+        path: "/tmp/job.sh".to_owned(),
+        content: Some(
+            "export SNAKEMAKE_STORAGE_S3_SECRET_KEY='wJalrXUtnFEMIK7MDENGbPxRfiCY' && snakemake"
+                .to_owned(),
+        ),
+        ..Default::default()
+    }]);
+    let refused = server.client.create_task(&task).await.unwrap_err();
+    assert_eq!(refused.status().unwrap(), 400, "{refused}");
+    let message = refused.to_string();
+    assert!(message.contains("inputs[0].content"), "{message}");
+    assert!(message.contains("tresor.secrets.env"), "{message}");
+    assert!(!message.contains("wJalr"), "the refusal repeats the value: {message}");
+    let mut task = sh_task("true");
+    task.executors[0].env = Some(
+        [("AWS_SECRET_ACCESS_KEY".to_owned(), "wJalrXUtnFEMIK7MDENG".to_owned())].into(),
+    );
+    let refused = server.client.create_task(&task).await.unwrap_err();
+    assert!(refused.to_string().contains("executors[0].env.AWS_SECRET_ACCESS_KEY"), "{refused}");
+    // A run's parameters and files.
+    let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
+    let refused = wes
+        .run_workflow(
+            &request(
+                "SMK",
+                "9",
+                "Snakefile",
+                serde_json::json!({ "db": { "password": "hunter2hunter2" } }),
+            ),
+            &[attach("Snakefile", "rule all:\n    shell: \"true\"\n")],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().unwrap(), 400, "{refused}");
+    assert!(refused.to_string().contains("workflow_params"), "{refused}");
+    let refused = wes
+        .run_workflow(
+            &request("SMK", "9", "Snakefile", serde_json::json!({})),
+            &[attach(
+                "Snakefile",
+                "rule all:\n    shell: \"curl -H 'Authorization: Bearer abcdefgh12345678' x\"\n",
+            )],
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("Snakefile"), "{refused}");
+}

@@ -421,6 +421,28 @@ impl RunService {
         request: &RunRequest,
         attachments: &[Attachment],
     ) -> Result<(), ServiceError> {
+        let params = request
+            .workflow_params
+            .as_ref()
+            .map(|p| serde_json::Value::Object(p.clone()).to_string())
+            .unwrap_or_default();
+        let tags: Vec<String> = request.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut texts = vec![("workflow_params".to_owned(), params)];
+        texts.extend(tags.into_iter().map(|t| ("tags".to_owned(), t)));
+        texts.extend(attachments.iter().map(|a| {
+            (
+                format!("workflow_attachment {:?}", a.path),
+                String::from_utf8_lossy(&a.content).into_owned(),
+            )
+        }));
+        for (field, text) in texts {
+            if let Some(what) = tresor_crypto::plain_sight::credential_in(&text) {
+                return Err(ServiceError::invalid(
+                    field,
+                    format!("holds {what}; {}", crate::tasks::spec::USE_A_SECRET),
+                ));
+            }
+        }
         let Some(guard) = self.tasks.secret_guard(caller).await? else {
             return Ok(());
         };

@@ -409,6 +409,12 @@ impl TaskService {
             )));
         };
         let accepted = validate::accept_task(task, &self.limits(backend.as_ref()))?;
+        if let Some((field, what)) = spec::plain_credential(&accepted.spec) {
+            return Err(ServiceError::invalid(
+                field,
+                format!("holds {what}; {}", spec::USE_A_SECRET),
+            ));
+        }
         self.check_secrets(caller, &accepted.spec).await?;
         self.inner
             .images

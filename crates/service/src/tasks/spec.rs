@@ -231,6 +231,49 @@ pub(crate) fn to_tes(spec: &TaskSpec) -> TesTask {
 /// Whether any string the submitter wrote in a task holds a stored value. Only those strings
 /// are searched, never field names nor the names in the secret tags: a member's value may hide
 /// that value and nothing else, not the shape of every task.
+/// The first credential written in plain sight into a task (see `tresor_crypto::plain_sight`):
+/// the field that holds it and what it looks like.
+pub(crate) fn plain_credential(spec: &TaskSpec) -> Option<(String, &'static str)> {
+    use tresor_crypto::plain_sight::credential_in;
+    let mut texts: Vec<(String, String)> = Vec::new();
+    texts.extend(spec.name.iter().map(|n| ("name".to_owned(), n.clone())));
+    texts.extend(
+        spec.description
+            .iter()
+            .map(|d| ("description".to_owned(), d.clone())),
+    );
+    for (i, executor) in spec.executors.iter().enumerate() {
+        texts.push((
+            format!("executors[{i}].command"),
+            executor.command.join(" "),
+        ));
+        for (k, v) in executor.env.iter().flatten() {
+            texts.push((format!("executors[{i}].env.{k}"), format!("{k}={v}")));
+        }
+    }
+    for (i, input) in spec.inputs.iter().enumerate() {
+        texts.extend(
+            input
+                .content
+                .iter()
+                .map(|c| (format!("inputs[{i}].content"), c.clone())),
+        );
+        texts.extend(input.url.iter().map(|u| (format!("inputs[{i}].url"), u.clone())));
+    }
+    for (i, output) in spec.outputs.iter().enumerate() {
+        texts.push((format!("outputs[{i}].url"), output.url.clone()));
+    }
+    for (k, v) in &spec.tags {
+        texts.push((format!("tags.{k}"), format!("{k}={v}")));
+    }
+    texts
+        .into_iter()
+        .find_map(|(field, text)| credential_in(&text).map(|what| (field, what)))
+}
+
+/// How to use a secret instead of pasting it.
+pub(crate) const USE_A_SECRET: &str = "a document is stored and shown in plain text: store the value as a secret (tresor secret set NAME, or PUT /api/v1/workspaces/{ws}/user-secrets/NAME) and declare it by name in tags[\"tresor.secrets.env\"] (an environment variable) or tags[\"tresor.secrets\"] (a file)";
+
 pub(crate) fn holds_value(spec: &TaskSpec, guard: &tresor_crypto::redact::Redactor) -> bool {
     let mut strings: Vec<&str> = Vec::new();
     strings.extend(spec.name.as_deref());
