@@ -161,3 +161,32 @@ pub struct RunLog {
     pub task_logs: Option<Vec<WesTaskLog>>,
     pub outputs: serde_json::Map<String, serde_json::Value>,
 }
+
+/// tresor's extension: a workspace's registered workflow (`/api/v1/workspaces/{ws}/workflows`).
+/// A run names it as `workflow_url = "registered:NAME@VERSION"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredWorkflow {
+    pub name: String,
+    pub version: String,
+    /// `sha256:` and the hex SHA-256 over the main file's name and each file's name and digest.
+    pub digest: String,
+    pub workflow_type: String,
+    pub workflow_type_version: String,
+    /// The main file, one of `files`.
+    pub workflow_url: String,
+    pub files: Vec<String>,
+    /// `proposed` (by a maintainer; an admin approves it) or `approved`.
+    pub state: String,
+    pub proposed_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    pub created_at: String,
+}
+
+/// Whether a workspace runs only registered workflows, whoever starts them (`launch` members
+/// run only registered ones in any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowPolicy {
+    pub registered_only: bool,
+}

@@ -1190,7 +1190,9 @@ fn resolve_workflows(
         engines,
         max_attachment_bytes: section
             .max_attachment_mb
-            .map_or(defaults.max_attachment_bytes, |mb| mb.saturating_mul(1 << 20)),
+            .map_or(defaults.max_attachment_bytes, |mb| {
+                mb.saturating_mul(1 << 20)
+            }),
         max_attachments: section.max_attachments.unwrap_or(defaults.max_attachments),
     }
 }

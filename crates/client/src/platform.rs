@@ -360,6 +360,79 @@ impl PlatformClient {
         .map(|_| ())
     }
 
+    /// Registers (as an admin) or proposes (as a maintainer) a workflow version.
+    pub async fn register_workflow(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+        request: &tresor_api_types::wes::RunRequest,
+        files: &[crate::WesAttachment],
+    ) -> Result<tresor_api_types::wes::RegisteredWorkflow, ClientError> {
+        let url = self
+            .base
+            .join(&format!("workspaces/{workspace}/workflows"))
+            .map_err(|e| ClientError::Url(e.to_string()))?;
+        let form = crate::WesClient::form(request, files)
+            .text("name", name.to_owned())
+            .text("version", version.to_owned());
+        decode(
+            self.http
+                .post(url)
+                .multipart(form)
+                .send()
+                .await
+                .map_err(ClientError::Transport)?,
+        )
+        .await
+    }
+
+    pub async fn list_workflows(
+        &self,
+        workspace: &str,
+    ) -> Result<Vec<tresor_api_types::wes::RegisteredWorkflow>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Listing {
+            workflows: Vec<tresor_api_types::wes::RegisteredWorkflow>,
+        }
+        self.call::<(), Listing>(
+            Method::GET,
+            &format!("workspaces/{workspace}/workflows"),
+            None,
+        )
+        .await
+        .map(|l| l.workflows)
+    }
+
+    pub async fn approve_workflow(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<tresor_api_types::wes::RegisteredWorkflow, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("workspaces/{workspace}/workflows/{name}/{version}/approve"),
+            None,
+        )
+        .await
+    }
+
+    /// Requires registered workflows of everyone in the workspace, or not.
+    pub async fn set_workflow_policy(
+        &self,
+        workspace: &str,
+        registered_only: bool,
+    ) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            &format!("workspaces/{workspace}/workflow-policy"),
+            Some(&tresor_api_types::wes::WorkflowPolicy { registered_only }),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Runs the preflight probes of a compute environment, using `workspace`'s storage.
     pub async fn check(
         &self,

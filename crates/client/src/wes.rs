@@ -62,7 +62,10 @@ impl WesClient {
     pub fn form(request: &RunRequest, attachments: &[WesAttachment]) -> reqwest::multipart::Form {
         let mut form = reqwest::multipart::Form::new()
             .text("workflow_type", request.workflow_type.clone())
-            .text("workflow_type_version", request.workflow_type_version.clone())
+            .text(
+                "workflow_type_version",
+                request.workflow_type_version.clone(),
+            )
             .text("workflow_url", request.workflow_url.clone());
         if let Some(params) = &request.workflow_params {
             form = form.text(

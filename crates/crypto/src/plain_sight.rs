@@ -54,16 +54,37 @@ mod tests {
     fn pasted_credentials_are_found_and_their_look_alikes_are_not() {
         assert_eq!(SHAPES.len(), 9, "a pattern does not compile");
         for (text, what) in [
-            ("export AWS_SECRET_ACCESS_KEY='wJalrXUtnFEMI/K7MDENG'", "a secret assigned"),
-            ("SNAKEMAKE_STORAGE_S3_SECRET_KEY=abcdefgh12345", "a secret assigned"),
+            (
+                "export AWS_SECRET_ACCESS_KEY='wJalrXUtnFEMI/K7MDENG'",
+                "a secret assigned",
+            ),
+            (
+                "SNAKEMAKE_STORAGE_S3_SECRET_KEY=abcdefgh12345",
+                "a secret assigned",
+            ),
             ("db_password = hunter2hunter2", "a secret assigned"),
-            (r#"{"aws_secret_access_key": "wJalrXUtnFEMIK7MDENG"}"#, "a secret assigned"),
+            (
+                r#"{"aws_secret_access_key": "wJalrXUtnFEMIK7MDENG"}"#,
+                "a secret assigned",
+            ),
             ("password: hunter2hunter2", "a secret assigned"),
             ("key AKIAIOSFODNN7EXAMPLE here", "an AWS access key id"),
-            ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn", "a private key"),
-            ("ghp_0123456789abcdefghijABCDEFGHIJ0123456789", "a GitHub token"),
-            ("curl -H 'Authorization: Bearer abcdefgh12345'", "an Authorization header"),
-            ("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ3b3Jrc3BhY2UifQ.c2lnbmF0dXJlLWJ5dGVz", "a JSON Web Token"),
+            (
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn",
+                "a private key",
+            ),
+            (
+                "ghp_0123456789abcdefghijABCDEFGHIJ0123456789",
+                "a GitHub token",
+            ),
+            (
+                "curl -H 'Authorization: Bearer abcdefgh12345'",
+                "an Authorization header",
+            ),
+            (
+                "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ3b3Jrc3BhY2UifQ.c2lnbmF0dXJlLWJ5dGVz",
+                "a JSON Web Token",
+            ),
         ] {
             assert!(
                 credential_in(text).is_some_and(|w| w.starts_with(what)),

@@ -64,6 +64,12 @@ pub enum Action {
     ChooseComputeEnv,
     /// Set which images the workspace may run and its registry logins.
     ManageImagePolicy,
+    /// Propose a workflow version for registration.
+    ProposeWorkflow,
+    /// Run a workflow that is not a registered, approved one.
+    RunUnregisteredWorkflow,
+    /// Register workflows, approve proposed ones, and require registered workflows for all.
+    ApproveWorkflow,
     /// Delete the workspace.
     DeleteWorkspace,
 }
@@ -110,6 +116,21 @@ pub const MATRIX: &[(Action, Role, &str)] = &[
         Action::ManageImagePolicy,
         Role::Admin,
         "set the image policy (allowed images, registry logins)",
+    ),
+    (
+        Action::ProposeWorkflow,
+        Role::Maintain,
+        "propose workflows for registration",
+    ),
+    (
+        Action::RunUnregisteredWorkflow,
+        Role::Maintain,
+        "run workflows that are not registered (unless the workspace requires registered ones)",
+    ),
+    (
+        Action::ApproveWorkflow,
+        Role::Admin,
+        "register and approve workflows; require registered workflows for everyone",
     ),
     (Action::DeleteWorkspace, Role::Owner, "delete the workspace"),
 ];

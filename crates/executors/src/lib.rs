@@ -20,8 +20,7 @@ pub use local::{Attach, LOCAL_ENV, LocalExecutor, LocalSettings, WorkerExit};
 pub use protocol::{
     BootstrapRequest, DeliveredSecret, DeliveredSecrets, IdentityDelivery, IssuedToken, PhaseState,
     PresignedInputs, PresignedObject, PresignedUploads, RunDelivery, SecretDelivery, StatusAck,
-    TokenRequest,
-    UploadRequest, WorkerPhase, WorkerSession, WorkerStatus, WorkerTask,
+    TokenRequest, UploadRequest, WorkerPhase, WorkerSession, WorkerStatus, WorkerTask,
 };
 pub use sandbox::SandboxSettings;
 pub use slurm::{JobBootstrap, JobInfo, JobResources, SlurmExecutor, SlurmSettings};

@@ -360,11 +360,10 @@ impl Identity {
                     axum::routing::get(run_tes).post(run_tes),
                 );
         }
-        let router = router
-            .with_state(SocketState {
-                session: session.clone(),
-                rate: std::sync::Arc::new(governor::RateLimiter::direct(SOCKET_RATE)),
-            });
+        let router = router.with_state(SocketState {
+            session: session.clone(),
+            rate: std::sync::Arc::new(governor::RateLimiter::direct(SOCKET_RATE)),
+        });
         identity.jobs.push(tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         }));

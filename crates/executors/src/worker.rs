@@ -403,10 +403,16 @@ async fn fetch_credentials(
         match (&task.identity, session) {
             (Some(delivery), Some(session)) => {
                 let engine = task.run.as_ref().is_some_and(|run| run.engine);
-                Identity::start(&task.task_id, delivery, session, task.sandbox.run_as, engine)
-                    .await
-                    .map(Some)
-                    .map_err(SystemError)
+                Identity::start(
+                    &task.task_id,
+                    delivery,
+                    session,
+                    task.sandbox.run_as,
+                    engine,
+                )
+                .await
+                .map(Some)
+                .map_err(SystemError)
             }
             _ => Ok(None),
         }

@@ -123,6 +123,12 @@ impl ParamName for TaskParam {
     const NAME: &'static str = "task";
 }
 
+/// `{version}`: a registered workflow's version.
+pub(crate) struct VersionParam;
+impl ParamName for VersionParam {
+    const NAME: &'static str = "version";
+}
+
 /// `{user}`: a user id.
 pub(crate) struct UserParam;
 impl ParamName for UserParam {

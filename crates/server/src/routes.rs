@@ -118,19 +118,39 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     // A run's engine manages its jobs through its worker, with its task credential.
     routes.extend([
         (
-            spec(Method::GET, "/internal/v1/tasks/{id}/run/tasks", Access::TaskCredential, "A run's engine lists the run's tasks"),
+            spec(
+                Method::GET,
+                "/internal/v1/tasks/{id}/run/tasks",
+                Access::TaskCredential,
+                "A run's engine lists the run's tasks",
+            ),
             get(wes::engine_list_jobs),
         ),
         (
-            spec(Method::POST, "/internal/v1/tasks/{id}/run/tasks", Access::TaskCredential, "A run's engine creates a job (a TES task of the run)"),
+            spec(
+                Method::POST,
+                "/internal/v1/tasks/{id}/run/tasks",
+                Access::TaskCredential,
+                "A run's engine creates a job (a TES task of the run)",
+            ),
             post(wes::engine_create_job),
         ),
         (
-            spec(Method::GET, "/internal/v1/tasks/{id}/run/tasks/{task}", Access::TaskCredential, "A run's engine reads one of the run's tasks"),
+            spec(
+                Method::GET,
+                "/internal/v1/tasks/{id}/run/tasks/{task}",
+                Access::TaskCredential,
+                "A run's engine reads one of the run's tasks",
+            ),
             get(wes::engine_get_job),
         ),
         (
-            spec(Method::POST, "/internal/v1/tasks/{id}/run/tasks/{task}", Access::TaskCredential, "A run's engine cancels a job (POST …/{task}:cancel)"),
+            spec(
+                Method::POST,
+                "/internal/v1/tasks/{id}/run/tasks/{task}",
+                Access::TaskCredential,
+                "A run's engine cancels a job (POST …/{task}:cancel)",
+            ),
             post(wes::engine_cancel_job),
         ),
     ]);
@@ -498,6 +518,51 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Replace the workspace's image policy",
             ),
             put(images::put_policy),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/workspaces/{workspace}/workflows",
+                Access::Workspace(Action::Read),
+                "The workspace's registered workflows (name, version, digest, state)",
+            ),
+            get(wes::list_workflows),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/api/v1/workspaces/{workspace}/workflows",
+                Access::Workspace(Action::ProposeWorkflow),
+                "Register a workflow version (multipart: name, version and RunWorkflow's fields); a maintainer's is proposed, an admin's approved",
+            ),
+            post(wes::register_workflow).layer(axum::extract::DefaultBodyLimit::disable()),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/api/v1/workspaces/{workspace}/workflows/{name}/{version}/approve",
+                Access::Workspace(Action::ApproveWorkflow),
+                "Approve a proposed workflow version",
+            ),
+            post(wes::approve_workflow),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/api/v1/workspaces/{workspace}/workflow-policy",
+                Access::Workspace(Action::Read),
+                "Whether the workspace runs only registered workflows",
+            ),
+            get(wes::get_policy),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/api/v1/workspaces/{workspace}/workflow-policy",
+                Access::Workspace(Action::ApproveWorkflow),
+                "Require registered workflows for everyone ({\"registered_only\": true})",
+            ),
+            put(wes::put_policy),
         ),
         (
             spec(

@@ -10,12 +10,14 @@ use tresor_api_types::tes::{
     TesCancelTaskResponse, TesCreateTaskResponse, TesListTasksResponse, TesTask, TesView,
 };
 use tresor_api_types::wes::{
-    RunId, RunListResponse, RunLog, RunRequest, RunStatus, TaskListResponse, WesServiceInfo,
-    WesTaskLog,
+    RegisteredWorkflow, RunId, RunListResponse, RunLog, RunRequest, RunStatus, TaskListResponse,
+    WesServiceInfo, WesTaskLog, WorkflowPolicy,
 };
 use tresor_service::{Attachment, ListTasksRequest, RunSubmission};
 
-use crate::extract::{CallerOf, Id, PathParam, QueryPairs, StrictJson, TaskParam};
+use crate::extract::{
+    CallerOf, Id, NameParam, PathParam, QueryPairs, StrictJson, TaskParam, VersionParam,
+};
 use crate::identity::task_credential;
 use crate::{ApiError, AppState};
 
@@ -128,28 +130,41 @@ fn string_map(name: &str, text: &str) -> Result<BTreeMap<String, String>, ApiErr
         .collect()
 }
 
-/// RunWorkflow: `multipart/form-data` as WES 1.1 defines it.
-pub(crate) async fn run_workflow(
-    State(state): State<AppState>,
-    CallerOf(caller): CallerOf,
-    headers: HeaderMap,
+/// A WES RunWorkflow form (`multipart/form-data`), with `extra` fields beside WES's own (the
+/// registry's `name` and `version`), which come back in the map.
+async fn read_form(
+    state: &AppState,
+    headers: &HeaderMap,
     request: axum::extract::Request,
-) -> Result<Json<RunId>, ApiError> {
+    extra: &[&str],
+) -> Result<(BTreeMap<String, String>, RunSubmission), ApiError> {
     let is_multipart = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
     if !is_multipart {
         return Err(ApiError::BadRequest(
-            "RunWorkflow takes multipart/form-data (workflow_url, workflow_type, workflow_type_version, workflow_params, workflow_attachment, …)".to_owned(),
+            "this takes multipart/form-data (workflow_url, workflow_type, workflow_type_version, workflow_params, workflow_attachment, …)".to_owned(),
         ));
     }
     let mut multipart = <Multipart as axum::extract::FromRequest<()>>::from_request(request, &())
         .await
-        .map_err(|e| ApiError::BadRequest(format!("the multipart/form-data body: {}", e.body_text())))?;
+        .map_err(|e| {
+            ApiError::BadRequest(format!("the multipart/form-data body: {}", e.body_text()))
+        })?;
     // Every byte counts against the attachments' limit; fields are small.
     let max_total = usize::try_from(state.runs.max_attachment_bytes()).unwrap_or(usize::MAX);
     const MAX_FIELD: usize = 1 << 20;
+    const WES_FIELDS: [&str; 8] = [
+        "workflow_params",
+        "workflow_type",
+        "workflow_type_version",
+        "tags",
+        "workflow_engine",
+        "workflow_engine_version",
+        "workflow_engine_parameters",
+        "workflow_url",
+    ];
     let mut total = 0usize;
     let mut fields: BTreeMap<String, String> = BTreeMap::new();
     let mut attachments = Vec::new();
@@ -159,37 +174,31 @@ pub(crate) async fn run_workflow(
         .map_err(|e| multipart_error("body", &e))?
     {
         let name = field.name().unwrap_or_default().to_owned();
-        match name.as_str() {
-            "workflow_attachment" | "workflow_attachment[]" => {
-                let Some(path) = field.file_name().map(str::to_owned) else {
-                    return Err(ApiError::BadRequest(
-                        "workflow_attachment: each part needs a file name (Content-Disposition filename=…)".to_owned(),
-                    ));
-                };
-                let content =
-                    field_bytes(field, "workflow_attachment", max_total.saturating_sub(total))
-                        .await?;
-                total += content.len();
-                attachments.push(Attachment { path, content });
+        if name == "workflow_attachment" || name == "workflow_attachment[]" {
+            let Some(path) = field.file_name().map(str::to_owned) else {
+                return Err(ApiError::BadRequest(
+                    "workflow_attachment: each part needs a file name (Content-Disposition filename=…)".to_owned(),
+                ));
+            };
+            let content = field_bytes(
+                field,
+                "workflow_attachment",
+                max_total.saturating_sub(total),
+            )
+            .await?;
+            total += content.len();
+            attachments.push(Attachment { path, content });
+        } else if WES_FIELDS.contains(&name.as_str()) || extra.contains(&name.as_str()) {
+            let text = field_text(field, &name, MAX_FIELD).await?;
+            if fields.insert(name.clone(), text).is_some() {
+                return Err(ApiError::BadRequest(format!("{name}: is given twice")));
             }
-            "workflow_params"
-            | "workflow_type"
-            | "workflow_type_version"
-            | "tags"
-            | "workflow_engine"
-            | "workflow_engine_version"
-            | "workflow_engine_parameters"
-            | "workflow_url" => {
-                let text = field_text(field, &name, MAX_FIELD).await?;
-                if fields.insert(name.clone(), text).is_some() {
-                    return Err(ApiError::BadRequest(format!("{name}: is given twice")));
-                }
-            }
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown form field {other:?}; RunWorkflow takes workflow_params, workflow_type, workflow_type_version, tags, workflow_engine, workflow_engine_version, workflow_engine_parameters, workflow_url and workflow_attachment"
-                )));
-            }
+        } else {
+            return Err(ApiError::BadRequest(format!(
+                "unknown form field {name:?}; this takes {}{} and workflow_attachment",
+                extra.iter().map(|f| format!("{f}, ")).collect::<String>(),
+                WES_FIELDS.join(", ")
+            )));
         }
     }
     let required = |name: &str| {
@@ -218,17 +227,84 @@ pub(crate) async fn run_workflow(
         workflow_engine_version: optional("workflow_engine_version"),
         workflow_url: required("workflow_url")?,
     };
-    let id = state
-        .runs
-        .run_workflow(
-            &caller,
-            RunSubmission {
-                request,
-                attachments,
-            },
-        )
-        .await?;
+    let extra_values = extra
+        .iter()
+        .map(|name| Ok(((*name).to_owned(), required(name)?)))
+        .collect::<Result<BTreeMap<_, _>, ApiError>>()?;
+    Ok((
+        extra_values,
+        RunSubmission {
+            request,
+            attachments,
+        },
+    ))
+}
+
+/// RunWorkflow: `multipart/form-data` as WES 1.1 defines it.
+pub(crate) async fn run_workflow(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Result<Json<RunId>, ApiError> {
+    let (_, submission) = read_form(&state, &headers, request, &[]).await?;
+    let id = state.runs.run_workflow(&caller, submission).await?;
     Ok(Json(RunId { run_id: id }))
+}
+
+/// Registers (admins) or proposes (maintainers) a workflow version: the RunWorkflow form with
+/// `name` and `version`.
+pub(crate) async fn register_workflow(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Result<Json<RegisteredWorkflow>, ApiError> {
+    let (names, submission) = read_form(&state, &headers, request, &["name", "version"]).await?;
+    Ok(Json(
+        state
+            .runs
+            .register_workflow(&caller, &names["name"], &names["version"], submission)
+            .await?,
+    ))
+}
+
+pub(crate) async fn list_workflows(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let workflows = state.runs.list_workflows(&caller).await?;
+    Ok(Json(serde_json::json!({ "workflows": workflows })))
+}
+
+pub(crate) async fn approve_workflow(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+    PathParam(name, _): PathParam<NameParam>,
+    PathParam(version, _): PathParam<VersionParam>,
+) -> Result<Json<RegisteredWorkflow>, ApiError> {
+    Ok(Json(
+        state
+            .runs
+            .approve_workflow(&caller, &name, &version)
+            .await?,
+    ))
+}
+
+pub(crate) async fn get_policy(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+) -> Result<Json<WorkflowPolicy>, ApiError> {
+    Ok(Json(state.runs.workflow_policy(&caller).await?))
+}
+
+pub(crate) async fn put_policy(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+    StrictJson(policy): StrictJson<WorkflowPolicy>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    state.runs.set_workflow_policy(&caller, policy).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 pub(crate) async fn run_log(
@@ -333,11 +409,9 @@ pub(crate) async fn engine_list_jobs(
             }
             "page_token" => request.page_token = Some(value).filter(|v| !v.is_empty()),
             "state" if !value.is_empty() => {
-                request.state = Some(
-                    tresor_api_types::tes::TesState::parse(&value).ok_or_else(|| {
-                        ApiError::BadRequest(format!("state: {value:?} is not a TES state"))
-                    })?,
-                );
+                request.state = Some(tresor_api_types::tes::TesState::parse(&value).ok_or_else(
+                    || ApiError::BadRequest(format!("state: {value:?} is not a TES state")),
+                )?);
             }
             _ => rest.push((key, value)),
         }

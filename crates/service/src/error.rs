@@ -9,6 +9,7 @@ pub enum Entity {
     Token,
     Secret,
     Run,
+    Workflow,
 }
 
 impl std::fmt::Display for Entity {
@@ -20,6 +21,7 @@ impl std::fmt::Display for Entity {
             Entity::Token => f.write_str("token"),
             Entity::Secret => f.write_str("secret"),
             Entity::Run => f.write_str("run"),
+            Entity::Workflow => f.write_str("workflow"),
         }
     }
 }

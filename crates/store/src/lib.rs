@@ -9,6 +9,7 @@ mod secrets;
 mod signing_keys;
 mod storage;
 mod tasks;
+mod workflows;
 mod workspaces;
 
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ pub use secrets::{SealedRow, SecretKey, SecretMeta, StoredVersion};
 pub use signing_keys::SigningKeyRow;
 pub use storage::StorageRow;
 pub use tasks::{Lease, NewTask, TagFilter, TaskFilter, TaskRecord};
+pub use workflows::WorkflowRecord;
 pub use workspaces::WorkspaceRecord;
 
 /// How hard a commit tries to survive a crash.

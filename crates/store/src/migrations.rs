@@ -66,6 +66,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "workflow_runs",
         include_str!("../migrations/sqlite/0011_workflow_runs.sql"),
     ),
+    (
+        12,
+        "registered_workflows",
+        include_str!("../migrations/sqlite/0012_registered_workflows.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -44,8 +44,7 @@ pub struct RunRecord {
     pub reason: Option<String>,
 }
 
-const RUN_COLUMNS: &str =
-    "seq, id, workspace, created_by, created_at, request, engine, digest, dir, engine_task, state, reason";
+const RUN_COLUMNS: &str = "seq, id, workspace, created_by, created_at, request, engine, digest, dir, engine_task, state, reason";
 
 fn run_from_row(row: &SqliteRow) -> Result<RunRecord, Error> {
     let id: String = row.try_get("id")?;
@@ -130,7 +129,8 @@ impl Store {
         workspace: &WorkspaceId,
         id: &str,
     ) -> Result<Option<RunRecord>, Error> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = "));
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = "));
         q.push_bind(id.to_owned());
         q.push(" AND workspace = ").push_bind(workspace.as_str());
         let row = q.build().fetch_optional(&self.reader).await?;
@@ -139,7 +139,8 @@ impl Store {
 
     /// The run with this id whatever its workspace; for the engine's own calls, never for users.
     pub async fn get_run_for_system(&self, id: &str) -> Result<Option<RunRecord>, Error> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = "));
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = "));
         q.push_bind(id.to_owned());
         let row = q.build().fetch_optional(&self.reader).await?;
         row.as_ref().map(run_from_row).transpose()
@@ -198,7 +199,8 @@ impl Store {
 
     /// The run's tasks that have not ended, engine included.
     pub async fn active_run_tasks(&self, run: &str) -> Result<Vec<TaskRecord>, Error> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM tasks WHERE run_id = "));
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM tasks WHERE run_id = "));
         q.push_bind(run.to_owned());
         q.push(" AND state IN ('QUEUED', 'INITIALIZING', 'RUNNING') ORDER BY seq");
         let rows = q.build().fetch_all(&self.reader).await?;

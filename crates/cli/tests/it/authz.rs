@@ -97,6 +97,21 @@ fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<se
         (Method::GET, p) if p.ends_with("/service-info") => (fill(p), None),
         // WES: the fixture run; RunWorkflow's multipart body is made by the caller.
         (Method::GET, p) if p.ends_with("/runs") => (fill(p), None),
+        (Method::GET, "/api/v1/workspaces/{workspace}/workflows") => (fill(path), None),
+        (Method::POST, "/api/v1/workspaces/{workspace}/workflows") => {
+            (fill(path), Some(serde_json::json!({ "register": true })))
+        }
+        (Method::POST, "/api/v1/workspaces/{workspace}/workflows/{name}/{version}/approve") => (
+            fill(path)
+                .replace("{name}", "noop")
+                .replace("{version}", "1"),
+            None,
+        ),
+        (Method::GET, "/api/v1/workspaces/{workspace}/workflow-policy") => (fill(path), None),
+        (Method::PUT, "/api/v1/workspaces/{workspace}/workflow-policy") => (
+            fill(path),
+            Some(serde_json::json!({ "registered_only": false })),
+        ),
         (Method::POST, p) if p.ends_with("/runs") => {
             (fill(p), Some(serde_json::json!({ "multipart": true })))
         }
@@ -110,9 +125,10 @@ fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<se
         (Method::POST, "/internal/v1/tasks/{id}/run/tasks") => {
             (path.replace("{id}", &f.task), Some(task_body))
         }
-        (Method::GET, "/internal/v1/tasks/{id}/run/tasks/{task}") => {
-            (path.replace("{id}", &f.task).replace("{task}", &f.task), None)
-        }
+        (Method::GET, "/internal/v1/tasks/{id}/run/tasks/{task}") => (
+            path.replace("{id}", &f.task).replace("{task}", &f.task),
+            None,
+        ),
         (Method::POST, "/internal/v1/tasks/{id}/run/tasks/{task}") => (
             path.replace("{id}", &f.task)
                 .replace("{task}", &format!("{}:cancel", f.task)),
@@ -326,6 +342,15 @@ async fn every_route_times_every_kind_of_caller_gets_the_matrix_status() {
             } else {
                 "01a22c5f-0000-7000-8000-000000000000".to_owned()
             };
+            // The noop workflow is registered where runs are started or approved, so that a
+            // launch member's run is one it may start.
+            if spec.path.contains("/runs") || spec.path.contains("/approve") {
+                owner
+                    .platform
+                    .register_workflow(&workspace, "noop", "1", &noop_run(), &noop_files())
+                    .await
+                    .unwrap();
+            }
             // A run only where the route needs one: each costs a run directory and a task.
             let (run, run_task) = if spec.path.contains("/runs/{id}") {
                 let wes = WesClient::for_workspace(&server.url, &workspace, &owner.token).unwrap();
@@ -402,6 +427,13 @@ async fn every_route_times_every_kind_of_caller_gets_the_matrix_status() {
             match body {
                 Some(body) if body.get("multipart").is_some() => {
                     req = req.multipart(WesClient::form(&noop_run(), &noop_files()));
+                }
+                Some(body) if body.get("register").is_some() => {
+                    req = req.multipart(
+                        WesClient::form(&noop_run(), &noop_files())
+                            .text("name", format!("made-{case}"))
+                            .text("version", "1"),
+                    );
                 }
                 Some(body) => req = req.json(&body),
                 None => {}

@@ -211,7 +211,12 @@ async fn a_snakemake_workflow_runs_each_job_as_a_task_of_its_run() {
     assert_eq!(tasks.len(), 4, "{tasks:?}");
     for task in &tasks {
         assert_eq!(task.state, Some(TesState::Complete), "{task:?}");
-        assert!(task.tes_uri.as_deref().is_some_and(|u| u.ends_with(&task.id)), "{task:?}");
+        assert!(
+            task.tes_uri
+                .as_deref()
+                .is_some_and(|u| u.ends_with(&task.id)),
+            "{task:?}"
+        );
     }
     assert_eq!(
         std::fs::read_to_string(run_dir.join("results/combined.txt")).unwrap(),
@@ -276,7 +281,7 @@ pub fn cwl_request() -> RunRequest {
         "CWL",
         "v1.2",
         "wf.cwl",
-        serde_json::json!({ "input_file": { "class": "File", "path": "../data/in.txt" } }),
+        serde_json::json!({ "input_file": { "class": "File", "path": "data/in.txt" } }),
     )
 }
 
@@ -285,7 +290,10 @@ async fn a_cwl_workflow_runs_each_step_as_a_task_in_its_image() {
     let server = wes_server().await;
     let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
     let started = Instant::now();
-    let id = wes.run_workflow(&cwl_request(), &cwl_files()).await.unwrap();
+    let id = wes
+        .run_workflow(&cwl_request(), &cwl_files())
+        .await
+        .unwrap();
     let state = wait_run(&wes, &id).await;
     let took = started.elapsed();
     assert_eq!(
@@ -308,7 +316,11 @@ async fn a_cwl_workflow_runs_each_step_as_a_task_in_its_image() {
     assert_eq!(tasks.len(), 3, "{tasks:?}");
     let mut images = Vec::new();
     for task in &tasks {
-        let tes = server.client.get_task(&task.id, TesView::Basic).await.unwrap();
+        let tes = server
+            .client
+            .get_task(&task.id, TesView::Basic)
+            .await
+            .unwrap();
         images.push(tes.executors[0].image.clone());
     }
     images.sort();
@@ -391,7 +403,10 @@ async fn another_workspace_sees_no_run_of_this_one() {
     let owner = server.user("run-owner").await;
     owner.platform.create_workspace("lab-a").await.unwrap();
     let wes = WesClient::for_workspace(&server.url, "lab-a", &owner.token).unwrap();
-    let id = wes.run_workflow(&cwl_request(), &cwl_files()).await.unwrap();
+    let id = wes
+        .run_workflow(&cwl_request(), &cwl_files())
+        .await
+        .unwrap();
     let stranger = server.user("run-stranger").await;
     stranger.platform.create_workspace("lab-b").await.unwrap();
     for their in [
@@ -400,7 +415,10 @@ async fn another_workspace_sees_no_run_of_this_one() {
     ] {
         assert_eq!(their.status(&id).await.unwrap_err().status().unwrap(), 404);
         assert_eq!(their.run_log(&id).await.unwrap_err().status().unwrap(), 404);
-        assert_eq!(their.run_tasks(&id).await.unwrap_err().status().unwrap(), 404);
+        assert_eq!(
+            their.run_tasks(&id).await.unwrap_err().status().unwrap(),
+            404
+        );
         assert_eq!(their.cancel(&id).await.unwrap_err().status().unwrap(), 404);
         assert!(their.list_runs(None, None).await.unwrap().runs.is_empty());
     }
@@ -449,7 +467,12 @@ async fn bad_run_requests_are_refused_naming_what_to_fix() {
             400,
             "workflow_type_version",
         ),
-        (cwl_request(), vec![attach("other.cwl", "x")], 400, "workflow_url"),
+        (
+            cwl_request(),
+            vec![attach("other.cwl", "x")],
+            400,
+            "workflow_url",
+        ),
         (
             cwl_request(),
             vec![attach("wf.cwl", "x"), attach("../escape.txt", "x")],
@@ -464,12 +487,17 @@ async fn bad_run_requests_are_refused_naming_what_to_fix() {
         ),
         (
             cwl_request(),
-            vec![attach("wf.cwl", "x"), attach(".tresor/tresor_tes.py", "x")],
+            vec![attach("wf.cwl", "x"), attach(".tresor-params.json", "x")],
             400,
             ".tresor",
         ),
         (
-            request("CWL", "v1.2", "https://example.org/wf.cwl", serde_json::json!({})),
+            request(
+                "CWL",
+                "v1.2",
+                "https://example.org/wf.cwl",
+                serde_json::json!({}),
+            ),
             cwl_files(),
             400,
             "attach",
@@ -528,8 +556,16 @@ async fn bad_run_requests_are_refused_naming_what_to_fix() {
         .unwrap();
     assert_eq!(answer.status(), 400);
     // Unknown runs: 404, whatever the id looks like.
-    for id in ["nope", "01a22c5f-0000-7000-8000-000000000000", "..%2F..%2Fetc"] {
-        assert_eq!(wes.status(id).await.unwrap_err().status().unwrap(), 404, "{id}");
+    for id in [
+        "nope",
+        "01a22c5f-0000-7000-8000-000000000000",
+        "..%2F..%2Fetc",
+    ] {
+        assert_eq!(
+            wes.status(id).await.unwrap_err().status().unwrap(),
+            404,
+            "{id}"
+        );
     }
     assert!(wes.list_runs(None, None).await.unwrap().runs.is_empty());
 }
@@ -553,12 +589,18 @@ async fn service_info_describes_the_engines_and_counts_the_workspaces_runs() {
             .iter()
             .any(|p| p.name == "snakemake:jobs" && p.default_value == "4")
     );
-    let id = wes.run_workflow(&cwl_request(), &cwl_files()).await.unwrap();
+    let id = wes
+        .run_workflow(&cwl_request(), &cwl_files())
+        .await
+        .unwrap();
     wait_run(&wes, &id).await;
     let counts = wes.service_info().await.unwrap().system_state_counts;
     assert_eq!(counts.get("COMPLETE"), Some(&1), "{counts:?}");
     // Paging: two more runs, listed newest first, one per page.
-    let second = wes.run_workflow(&cwl_request(), &cwl_files()).await.unwrap();
+    let second = wes
+        .run_workflow(&cwl_request(), &cwl_files())
+        .await
+        .unwrap();
     let first_page = wes.list_runs(Some(1), None).await.unwrap();
     assert_eq!(first_page.runs[0].run_id, second);
     let token = first_page.next_page_token.unwrap();
@@ -608,7 +650,7 @@ def raw(method, path, marked=True):
     return c.getresponse().status
 
 tes = TesClient()
-params = json.load(open(os.path.join(os.environ["TRESOR_RUN_DIR"], ".tresor/params.json")))
+params = json.load(open(os.path.join(os.environ["TRESOR_RUN_DIR"], ".tresor-params.json")))
 seen = {}
 # Another task of the same workspace, not of this run.
 try:
@@ -666,7 +708,12 @@ async fn an_engine_manages_only_its_runs_jobs_which_get_their_declared_secrets()
     let outsider = server.client.create_task(&sh_task("true")).await.unwrap();
     let id = wes
         .run_workflow(
-            &request("PY", "3", "probe.py", serde_json::json!({ "outsider": outsider })),
+            &request(
+                "PY",
+                "3",
+                "probe.py",
+                serde_json::json!({ "outsider": outsider }),
+            ),
             &[attach("probe.py", PROBE_ENGINE)],
         )
         .await
@@ -702,10 +749,18 @@ async fn an_engine_manages_only_its_runs_jobs_which_get_their_declared_secrets()
     );
     assert!(files_containing(&run_dir, value.as_bytes()).is_empty());
     for task in wes.run_tasks(&id).await.unwrap().task_logs {
-        let full = server.client.get_task(&task.id, TesView::Full).await.unwrap();
+        let full = server
+            .client
+            .get_task(&task.id, TesView::Full)
+            .await
+            .unwrap();
         assert!(!serde_json::to_string(&full).unwrap().contains(value));
     }
-    assert!(!serde_json::to_string(&wes.run_log(&id).await.unwrap()).unwrap().contains(value));
+    assert!(
+        !serde_json::to_string(&wes.run_log(&id).await.unwrap())
+            .unwrap()
+            .contains(value)
+    );
 }
 
 #[tokio::test]
@@ -732,7 +787,13 @@ async fn jobs_left_by_an_engine_that_died_end_with_its_run() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let tasks = wes.run_tasks(&id).await.unwrap().task_logs;
-        if tasks.len() == 2 && tasks.iter().all(|t| t.state != Some(TesState::Running) && t.state != Some(TesState::Queued) && t.state != Some(TesState::Initializing)) {
+        if tasks.len() == 2
+            && tasks.iter().all(|t| {
+                t.state != Some(TesState::Running)
+                    && t.state != Some(TesState::Queued)
+                    && t.state != Some(TesState::Initializing)
+            })
+        {
             break;
         }
         assert!(Instant::now() < deadline, "{tasks:?}");
@@ -759,13 +820,25 @@ async fn credentials_pasted_into_a_task_or_a_run_are_refused_with_the_way_to_a_s
     let message = refused.to_string();
     assert!(message.contains("inputs[0].content"), "{message}");
     assert!(message.contains("tresor.secrets.env"), "{message}");
-    assert!(!message.contains("wJalr"), "the refusal repeats the value: {message}");
+    assert!(
+        !message.contains("wJalr"),
+        "the refusal repeats the value: {message}"
+    );
     let mut task = sh_task("true");
     task.executors[0].env = Some(
-        [("AWS_SECRET_ACCESS_KEY".to_owned(), "wJalrXUtnFEMIK7MDENG".to_owned())].into(),
+        [(
+            "AWS_SECRET_ACCESS_KEY".to_owned(),
+            "wJalrXUtnFEMIK7MDENG".to_owned(),
+        )]
+        .into(),
     );
     let refused = server.client.create_task(&task).await.unwrap_err();
-    assert!(refused.to_string().contains("executors[0].env.AWS_SECRET_ACCESS_KEY"), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("executors[0].env.AWS_SECRET_ACCESS_KEY"),
+        "{refused}"
+    );
     // A run's parameters and files.
     let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
     let refused = wes
@@ -793,4 +866,153 @@ async fn credentials_pasted_into_a_task_or_a_run_are_refused_with_the_way_to_a_s
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("Snakefile"), "{refused}");
+}
+
+#[tokio::test]
+async fn launch_members_run_only_registered_workflows_that_an_admin_approved() {
+    let server = wes_server().await;
+    let owner = server.user("wf-owner").await;
+    owner.platform.create_workspace("validated").await.unwrap();
+    let member = |name: &'static str, role: &'static str| {
+        let server = &server;
+        let owner = &owner;
+        async move {
+            let user = server.user(name).await;
+            owner
+                .platform
+                .set_member("validated", &user.id, role)
+                .await
+                .unwrap();
+            user
+        }
+    };
+    let launcher = member("wf-launcher", "launch").await;
+    let maintainer = member("wf-maintainer", "maintain").await;
+    let wes_of = |token: &str| WesClient::for_workspace(&server.url, "validated", token).unwrap();
+    let workflow: Vec<WesAttachment> = cwl_files()
+        .into_iter()
+        .filter(|f| !f.name.starts_with("data/"))
+        .collect();
+    let data = attach("data/in.txt", "validated input\n");
+    let with_data = |files: &[WesAttachment]| {
+        let mut files = files.to_vec();
+        files.push(data.clone());
+        files
+    };
+
+    // Not registered: a launch member is refused, saying how to get it registered.
+    let refused = wes_of(&launcher.token)
+        .run_workflow(&cwl_request(), &with_data(&workflow))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().unwrap(), 403, "{refused}");
+    assert!(refused.to_string().contains("registered"), "{refused}");
+
+    // A maintainer proposes it; until an admin approves, it cannot be run by name.
+    let proposed = maintainer
+        .platform
+        .register_workflow("validated", "upper-md5", "1", &cwl_request(), &workflow)
+        .await
+        .unwrap();
+    assert_eq!(proposed.state, "proposed");
+    assert!(proposed.digest.starts_with("sha256:"));
+    let by_name = RunRequest {
+        workflow_url: "registered:upper-md5@1".to_owned(),
+        ..cwl_request()
+    };
+    let refused = wes_of(&launcher.token)
+        .run_workflow(&by_name, &[data.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().unwrap(), 400, "{refused}");
+    let refused = maintainer
+        .platform
+        .approve_workflow("validated", "upper-md5", "1")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().unwrap(), 403, "{refused}");
+    let approved = owner
+        .platform
+        .approve_workflow("validated", "upper-md5", "1")
+        .await
+        .unwrap();
+    assert_eq!(approved.state, "approved");
+    assert_eq!(approved.approved_by.as_deref(), Some(owner.id.as_str()));
+
+    // Now a launch member runs it by name with their own inputs, and the run records its digest.
+    let launcher_wes = wes_of(&launcher.token);
+    let id = launcher_wes
+        .run_workflow(&by_name, &[data.clone()])
+        .await
+        .unwrap();
+    assert_eq!(wait_run(&launcher_wes, &id).await, TesState::Complete);
+    let log = launcher_wes.run_log(&id).await.unwrap();
+    let ran = log.run_log.system_logs.unwrap_or_default().join("\n");
+    assert!(
+        ran.contains(&approved.digest),
+        "{ran} does not name {}",
+        approved.digest
+    );
+    // Its files cannot be replaced by attaching others of the same name.
+    let refused = launcher_wes
+        .run_workflow(&by_name, &[data.clone(), attach("tools/md5.cwl", "x")])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().unwrap(), 400, "{refused}");
+    // Attaching exactly the approved files is running the approved workflow too.
+    let same = launcher_wes
+        .run_workflow(
+            &RunRequest {
+                workflow_params: None,
+                ..cwl_request()
+            },
+            &workflow,
+        )
+        .await;
+    assert!(same.is_ok(), "{same:?}");
+
+    // A changed workflow is a new version; the old one stays as it was.
+    let mut changed = workflow.clone();
+    changed[0].content.extend_from_slice(b"\n# changed\n");
+    let conflict = maintainer
+        .platform
+        .register_workflow("validated", "upper-md5", "1", &cwl_request(), &changed)
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.status().unwrap(), 409, "{conflict}");
+
+    // A maintainer may run unregistered workflows, until the workspace requires registered ones.
+    let maintainer_wes = wes_of(&maintainer.token);
+    assert!(
+        maintainer_wes
+            .run_workflow(&cwl_request(), &with_data(&changed))
+            .await
+            .is_ok()
+    );
+    owner
+        .platform
+        .set_workflow_policy("validated", true)
+        .await
+        .unwrap();
+    let refused = maintainer_wes
+        .run_workflow(&cwl_request(), &with_data(&changed))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().unwrap(), 403, "{refused}");
+    assert!(refused.to_string().contains("only registered"), "{refused}");
+    // Another workspace's members do not see the registry.
+    let stranger = server.user("wf-stranger").await;
+    assert_eq!(
+        stranger
+            .platform
+            .list_workflows("validated")
+            .await
+            .unwrap_err()
+            .status()
+            .unwrap(),
+        404
+    );
+    let listed = launcher.platform.list_workflows("validated").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].files.len(), 3, "{listed:?}");
 }

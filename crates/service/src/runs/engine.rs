@@ -11,8 +11,14 @@ use crate::error::ServiceError;
 /// cwltool runner. They are part of this build, so a run never depends on what is installed
 /// beside the engine.
 pub(crate) const ADAPTERS: &[(&str, &str)] = &[
-    ("tresor_tes.py", include_str!("../../../../engines/tresor_tes.py")),
-    ("tresor_cwl.py", include_str!("../../../../engines/tresor_cwl.py")),
+    (
+        "tresor_tes.py",
+        include_str!("../../../../engines/tresor_tes.py"),
+    ),
+    (
+        "tresor_cwl.py",
+        include_str!("../../../../engines/tresor_cwl.py"),
+    ),
     (
         "snakemake_executor_plugin_tresor/__init__.py",
         include_str!("../../../../engines/snakemake_executor_plugin_tresor/__init__.py"),
@@ -65,9 +71,7 @@ impl EngineSettings {
     ) -> Result<BTreeMap<String, String>, ServiceError> {
         let mut values = self.parameters.clone();
         for (key, value) in requested {
-            let name = key
-                .strip_prefix(&format!("{}:", self.name))
-                .unwrap_or(key);
+            let name = key.strip_prefix(&format!("{}:", self.name)).unwrap_or(key);
             let Some(slot) = values.get_mut(name) else {
                 return Err(ServiceError::invalid(
                     "workflow_engine_parameters",
@@ -103,7 +107,7 @@ impl EngineSettings {
         let adapters = format!("{run_dir}/{}", super::files::CONTROL_DIR);
         let mut fixed = BTreeMap::from([
             ("workflow", format!("{run_dir}/{workflow}")),
-            ("params", format!("{adapters}/params.json")),
+            ("params", format!("{run_dir}/{}", super::files::PARAMS_FILE)),
             ("run_dir", run_dir.to_owned()),
             ("adapters", adapters.clone()),
             ("run_id", run_id.to_owned()),
@@ -129,11 +133,13 @@ impl EngineSettings {
             None => adapters,
         };
         env.insert("PYTHONPATH".to_owned(), python_path);
-        env.entry("HOME".to_owned()).or_insert_with(|| "/tmp".to_owned());
+        env.entry("HOME".to_owned())
+            .or_insert_with(|| "/tmp".to_owned());
         // The task's host user has no passwd entry; engines that ask who they run as
         // (Snakemake's getpass.getuser()) read these first.
         for name in ["USER", "LOGNAME"] {
-            env.entry(name.to_owned()).or_insert_with(|| "tresor".to_owned());
+            env.entry(name.to_owned())
+                .or_insert_with(|| "tresor".to_owned());
         }
         // The adapters' directory is read-only for tasks.
         env.entry("PYTHONDONTWRITEBYTECODE".to_owned())

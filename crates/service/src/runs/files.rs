@@ -8,7 +8,7 @@
 //!
 //! Layout: `runs/` (0750, the server's and the workspace group's: tasks see into it but cannot
 //! rename what is in it), `runs/<id>/` (2770: the run's shared directory), `runs/<id>/.tresor/`
-//! (2750: the engine's adapters and the run's parameters, which tasks read but cannot change).
+//! (2750: the engine's adapters, which tasks read but cannot change), `runs/<id>/.tresor-params.json`.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -17,8 +17,11 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 
-/// Where the adapters and parameters go, inside the run's directory.
+/// Where the adapters go, inside the run's directory.
 pub(crate) const CONTROL_DIR: &str = ".tresor";
+/// The run's `workflow_params`, at the top of its directory (as WES servers put it), so that
+/// relative paths in it name the attached files.
+pub(crate) const PARAMS_FILE: &str = ".tresor-params.json";
 
 /// An open run directory.
 pub(crate) struct RunDir {
@@ -72,7 +75,11 @@ fn own_dir_at(
 
 impl RunDir {
     /// Makes `<workspace dir>/runs/<id>/` and its control directory.
-    pub(crate) fn create(workspace_dir: &Path, id: &str, group: Option<u32>) -> std::io::Result<RunDir> {
+    pub(crate) fn create(
+        workspace_dir: &Path,
+        id: &str,
+        group: Option<u32>,
+    ) -> std::io::Result<RunDir> {
         let root = rustix::fs::open(
             workspace_dir,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -185,8 +192,8 @@ pub(crate) fn check_relative(path: &str) -> Result<(), String> {
             return Err("may not contain NUL or backslash".to_owned());
         }
     }
-    if path == CONTROL_DIR || path.starts_with(&format!("{CONTROL_DIR}/")) {
-        return Err(format!("{CONTROL_DIR}/ is tresor's"));
+    if path.starts_with(CONTROL_DIR) {
+        return Err(format!("names starting with {CONTROL_DIR} are tresor's"));
     }
     Ok(())
 }
@@ -201,7 +208,17 @@ mod tests {
         for good in ["wf.cwl", "tools/md5.cwl", "a b/c.txt"] {
             assert!(check_relative(good).is_ok(), "{good}");
         }
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", ".tresor/x", "a\\b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            ".tresor/x",
+            ".tresor-params.json",
+            "a\\b",
+        ] {
             assert!(check_relative(bad).is_err(), "{bad}");
         }
     }

@@ -10,14 +10,15 @@ mod files;
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
 use tresor_api_types::tes::{TesListTasksResponse, TesState, TesTask, TesTaskLog, TesView};
 use tresor_api_types::wes::{
-    DefaultWorkflowEngineParameter, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary,
-    TaskListResponse, WesLog, WesServiceInfo, WesTaskLog, WorkflowEngineVersion,
-    WorkflowTypeVersion,
+    DefaultWorkflowEngineParameter, RegisteredWorkflow, RunListResponse, RunLog, RunRequest,
+    RunStatus, RunSummary, TaskListResponse, WesLog, WesServiceInfo, WesTaskLog,
+    WorkflowEngineVersion, WorkflowPolicy, WorkflowTypeVersion,
 };
 use tresor_domain::{Action, Caller, Principal, RunLink, RunRole, TaskId};
-use tresor_store::{NewRun, RunRecord, Store, TaskRecord};
+use tresor_store::{NewRun, RunRecord, Store, TaskRecord, WorkflowRecord};
 
 pub use engine::EngineSettings;
 
@@ -123,7 +124,10 @@ impl RunService {
     }
 
     /// WES service-info; `system_state_counts` counts the caller's workspace's runs only.
-    pub async fn service_info(&self, caller: Option<&Caller>) -> Result<WesServiceInfo, ServiceError> {
+    pub async fn service_info(
+        &self,
+        caller: Option<&Caller>,
+    ) -> Result<WesServiceInfo, ServiceError> {
         let tes = self.tasks.service_info();
         let mut types: BTreeMap<String, WorkflowTypeVersion> = BTreeMap::new();
         let mut engines: BTreeMap<String, WorkflowEngineVersion> = BTreeMap::new();
@@ -214,13 +218,74 @@ impl RunService {
             .await?;
         let RunSubmission {
             request,
-            attachments,
+            mut attachments,
         } = submission;
         let engine = self.pick_engine(&request)?;
         let parameters = engine.parameters_for(&request.workflow_engine_parameters)?;
         self.check_attachments(&attachments)?;
-        let workflow = workflow_path(&request.workflow_url, &attachments)?;
-        self.check_plain_sight(caller, &request, &attachments).await?;
+        self.check_plain_sight(caller, &request, &attachments)
+            .await?;
+        // The workflow: a registered one named in workflow_url, or the attached files (which
+        // may be exactly a registered, approved version's).
+        let (workflow, digest, registered) = match request.workflow_url.strip_prefix(REGISTERED) {
+            Some(reference) => {
+                let found = self.registered(caller, reference, &request).await?;
+                let files = decode_files(&found.files)?;
+                for attachment in &attachments {
+                    if files.iter().any(|f| f.path == attachment.path) {
+                        return Err(ServiceError::invalid(
+                            "workflow_attachment",
+                            format!(
+                                "{:?} is a file of the registered workflow {reference}; attach only other files (inputs)",
+                                attachment.path
+                            ),
+                        ));
+                    }
+                }
+                attachments.extend(files);
+                (
+                    found.workflow_url.clone(),
+                    found.digest.clone(),
+                    Some(found),
+                )
+            }
+            None => {
+                let workflow = workflow_path(&request.workflow_url, &attachments)?;
+                let digest = workflow_digest(&workflow, &attachments);
+                let found = self
+                    .store
+                    .approved_workflow_with_digest(&caller.workspace, &digest)
+                    .await?;
+                (workflow, digest, found)
+            }
+        };
+        if registered.is_none() {
+            if self
+                .store
+                .registered_workflows_only(&caller.workspace)
+                .await?
+            {
+                return Err(ServiceError::Forbidden(format!(
+                    "workspace {} runs only registered workflows: run one as workflow_url = \"{REGISTERED}NAME@VERSION\" (GET /api/v1/workspaces/{}/workflows lists them), or have this one proposed and approved",
+                    caller.workspace, caller.workspace
+                )));
+            }
+            self.tasks
+                .platform()
+                .require(
+                    caller,
+                    Action::RunUnregisteredWorkflow,
+                    "run.create",
+                    format!("workspace:{} digest:sha256:{digest}", caller.workspace),
+                )
+                .await
+                .map_err(|e| match e {
+                    ServiceError::Forbidden(why) => ServiceError::Forbidden(format!(
+                        "{why}: this workflow is not a registered, approved one; run a registered workflow (workflow_url = \"{REGISTERED}NAME@VERSION\"), or have a maintainer propose this one and an admin approve it"
+                    )),
+                    other => other,
+                })?;
+        }
         let Some((workspace_dir, group)) = self.tasks.workspace_files(&caller.workspace).await?
         else {
             return Err(ServiceError::Conflict(
@@ -230,11 +295,9 @@ impl RunService {
         let id = uuid::Uuid::now_v7().to_string();
         let request_json =
             serde_json::to_string(&request).map_err(|e| ServiceError::Internal(e.into()))?;
-        let params_json = serde_json::to_vec_pretty(
-            &request.workflow_params.clone().unwrap_or_default(),
-        )
-        .map_err(|e| ServiceError::Internal(e.into()))?;
-        let digest = workflow_digest(&request.workflow_url, &attachments);
+        let params_json =
+            serde_json::to_vec_pretty(&request.workflow_params.clone().unwrap_or_default())
+                .map_err(|e| ServiceError::Internal(e.into()))?;
         let dir = {
             let id = id.clone();
             let attachments = attachments.clone();
@@ -244,7 +307,7 @@ impl RunService {
                 for attachment in &attachments {
                     dir.write(&attachment.path, &attachment.content, 0o640)?;
                 }
-                dir.write(&format!("{}/params.json", files::CONTROL_DIR), &params_json, 0o640)?;
+                dir.write(files::PARAMS_FILE, &params_json, 0o640)?;
                 for (name, content) in adapters {
                     dir.write(
                         &format!("{}/{name}", files::CONTROL_DIR),
@@ -275,7 +338,14 @@ impl RunService {
                 audit: platform::caller_event(
                     caller,
                     "run.create",
-                    format!("run:{id} engine:{} digest:sha256:{digest}", engine.name),
+                    format!(
+                        "run:{id} engine:{} digest:sha256:{digest}{}",
+                        engine.name,
+                        registered
+                            .as_ref()
+                            .map(|w| format!(" workflow:{}@{}", w.name, w.version))
+                            .unwrap_or_default()
+                    ),
                 ),
             })
             .await?;
@@ -285,7 +355,11 @@ impl RunService {
             role: RunRole::Engine,
             dir,
         };
-        match self.tasks.create_task_in_run(caller, task, Some(link)).await {
+        match self
+            .tasks
+            .create_task_in_run(caller, task, Some(link))
+            .await
+        {
             Ok(task) => {
                 self.store.set_run_engine_task(&id, &task).await?;
                 Ok(id)
@@ -301,6 +375,250 @@ impl RunService {
                 Err(e)
             }
         }
+    }
+
+    /// The approved registered workflow `NAME@VERSION`, of the request's type.
+    async fn registered(
+        &self,
+        caller: &Caller,
+        reference: &str,
+        request: &RunRequest,
+    ) -> Result<WorkflowRecord, ServiceError> {
+        let Some((name, version)) = reference.split_once('@') else {
+            return Err(ServiceError::invalid(
+                "workflow_url",
+                format!(
+                    "{REGISTERED}{reference}: name a registered workflow as {REGISTERED}NAME@VERSION"
+                ),
+            ));
+        };
+        let found = self
+            .store
+            .get_workflow(&caller.workspace, name, version)
+            .await?
+            .filter(|w| w.state == "approved")
+            .ok_or_else(|| {
+                ServiceError::invalid(
+                    "workflow_url",
+                    format!(
+                        "{name}@{version} is not an approved workflow of workspace {} (GET /api/v1/workspaces/{}/workflows lists them)",
+                        caller.workspace, caller.workspace
+                    ),
+                )
+            })?;
+        if !found
+            .workflow_type
+            .eq_ignore_ascii_case(&request.workflow_type)
+            || found.workflow_type_version != request.workflow_type_version
+        {
+            return Err(ServiceError::invalid(
+                "workflow_type",
+                format!(
+                    "{name}@{version} is {} {}, not {} {}",
+                    found.workflow_type,
+                    found.workflow_type_version,
+                    request.workflow_type,
+                    request.workflow_type_version
+                ),
+            ));
+        }
+        Ok(found)
+    }
+
+    /// Registers a workflow version: approved at once when an admin registers it, proposed
+    /// (for an admin to approve) when a maintainer does. Its files are pinned by their digest.
+    pub async fn register_workflow(
+        &self,
+        caller: &Caller,
+        name: &str,
+        version: &str,
+        submission: RunSubmission,
+    ) -> Result<RegisteredWorkflow, ServiceError> {
+        self.tasks
+            .platform()
+            .require(
+                caller,
+                Action::ProposeWorkflow,
+                "workflow.propose",
+                format!("workflow:{name}@{version}"),
+            )
+            .await?;
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+        };
+        if !plain(name) || !plain(version) {
+            return Err(ServiceError::invalid(
+                "name",
+                "a workflow's name and version may hold only letters, digits and ._-+ (at most 100)",
+            ));
+        }
+        let RunSubmission {
+            request,
+            attachments,
+        } = submission;
+        self.pick_engine(&request)?;
+        self.check_attachments(&attachments)?;
+        self.check_plain_sight(caller, &request, &attachments)
+            .await?;
+        let workflow = workflow_path(&request.workflow_url, &attachments)?;
+        let digest = workflow_digest(&workflow, &attachments);
+        let approved = caller.require(Action::ApproveWorkflow).is_ok();
+        let files: BTreeMap<&str, String> = attachments
+            .iter()
+            .map(|a| {
+                (
+                    a.path.as_str(),
+                    base64::engine::general_purpose::STANDARD.encode(&a.content),
+                )
+            })
+            .collect();
+        let record = WorkflowRecord {
+            workspace: caller.workspace.clone(),
+            name: name.to_owned(),
+            version: version.to_owned(),
+            digest: digest.clone(),
+            workflow_type: request.workflow_type.clone(),
+            workflow_type_version: request.workflow_type_version.clone(),
+            workflow_url: workflow,
+            files: serde_json::to_string(&files).map_err(|e| ServiceError::Internal(e.into()))?,
+            state: if approved { "approved" } else { "proposed" }.to_owned(),
+            proposed_by: caller.principal.user.clone(),
+            approved_by: approved.then(|| caller.principal.user.clone()),
+            created_at: String::new(),
+        };
+        let action = if approved {
+            "workflow.register"
+        } else {
+            "workflow.propose"
+        };
+        self.store
+            .insert_workflow(
+                &record,
+                &platform::caller_event(
+                    caller,
+                    action,
+                    format!("workflow:{name}@{version} digest:sha256:{digest}"),
+                ),
+            )
+            .await
+            .map_err(|e| match e {
+                tresor_store::Error::Conflict(_) => ServiceError::Conflict(format!(
+                    "workflow {name} version {version} is already registered; a changed workflow is a new version"
+                )),
+                other => other.into(),
+            })?;
+        self.store
+            .get_workflow(&caller.workspace, name, version)
+            .await?
+            .map(|w| registered_view(&w))
+            .ok_or(ServiceError::NotFound(Entity::Run))
+    }
+
+    /// The workspace's registered workflows.
+    pub async fn list_workflows(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<RegisteredWorkflow>, ServiceError> {
+        caller
+            .require(Action::Read)
+            .map_err(|d| ServiceError::Forbidden(format!("this needs the {} role", d.needed)))?;
+        Ok(self
+            .store
+            .list_workflows(&caller.workspace)
+            .await?
+            .iter()
+            .map(registered_view)
+            .collect())
+    }
+
+    /// An admin approves a proposed version.
+    pub async fn approve_workflow(
+        &self,
+        caller: &Caller,
+        name: &str,
+        version: &str,
+    ) -> Result<RegisteredWorkflow, ServiceError> {
+        let object = format!("workflow:{name}@{version}");
+        self.tasks
+            .platform()
+            .require(
+                caller,
+                Action::ApproveWorkflow,
+                "workflow.approve",
+                object.clone(),
+            )
+            .await?;
+        let Some(found) = self
+            .store
+            .get_workflow(&caller.workspace, name, version)
+            .await?
+        else {
+            return Err(ServiceError::NotFound(Entity::Workflow));
+        };
+        let event = platform::caller_event(
+            caller,
+            "workflow.approve",
+            format!("{object} digest:sha256:{}", found.digest),
+        );
+        self.store
+            .approve_workflow(
+                &caller.workspace,
+                name,
+                version,
+                &caller.principal.user,
+                &event,
+            )
+            .await?;
+        self.store
+            .get_workflow(&caller.workspace, name, version)
+            .await?
+            .map(|w| registered_view(&w))
+            .ok_or(ServiceError::NotFound(Entity::Workflow))
+    }
+
+    /// Whether the workspace runs only registered workflows.
+    pub async fn workflow_policy(&self, caller: &Caller) -> Result<WorkflowPolicy, ServiceError> {
+        caller
+            .require(Action::Read)
+            .map_err(|d| ServiceError::Forbidden(format!("this needs the {} role", d.needed)))?;
+        Ok(WorkflowPolicy {
+            registered_only: self
+                .store
+                .registered_workflows_only(&caller.workspace)
+                .await?,
+        })
+    }
+
+    pub async fn set_workflow_policy(
+        &self,
+        caller: &Caller,
+        policy: WorkflowPolicy,
+    ) -> Result<(), ServiceError> {
+        let object = format!("workspace:{}", caller.workspace);
+        self.tasks
+            .platform()
+            .require(
+                caller,
+                Action::ApproveWorkflow,
+                "workflow.policy",
+                object.clone(),
+            )
+            .await?;
+        self.store
+            .set_registered_workflows_only(
+                &caller.workspace,
+                policy.registered_only,
+                &platform::caller_event(
+                    caller,
+                    "workflow.policy",
+                    format!("{object} registered_only:{}", policy.registered_only),
+                ),
+            )
+            .await?;
+        Ok(())
     }
 
     fn pick_engine(&self, request: &RunRequest) -> Result<&EngineSettings, ServiceError> {
@@ -403,7 +721,10 @@ impl RunService {
         }
         // A file and a directory of one name cannot both be written.
         for path in &seen {
-            if seen.iter().any(|other| other.starts_with(&format!("{path}/"))) {
+            if seen
+                .iter()
+                .any(|other| other.starts_with(&format!("{path}/")))
+            {
                 return Err(ServiceError::invalid(
                     "workflow_attachment",
                     format!("{path:?} is both a file and a directory"),
@@ -426,7 +747,11 @@ impl RunService {
             .as_ref()
             .map(|p| serde_json::Value::Object(p.clone()).to_string())
             .unwrap_or_default();
-        let tags: Vec<String> = request.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let tags: Vec<String> = request
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let mut texts = vec![("workflow_params".to_owned(), params)];
         texts.extend(tags.into_iter().map(|t| ("tags".to_owned(), t)));
         texts.extend(attachments.iter().map(|a| {
@@ -448,9 +773,7 @@ impl RunService {
         };
         let request_text = serde_json::to_string(request).unwrap_or_default();
         let holds = |bytes: &[u8]| guard.redact(bytes).as_slice() != bytes;
-        if holds(request_text.as_bytes())
-            || attachments.iter().any(|a| holds(&a.content))
-        {
+        if holds(request_text.as_bytes()) || attachments.iter().any(|a| holds(&a.content)) {
             return Err(ServiceError::invalid(
                 "run",
                 "the run's request or one of its files contains the value of a stored secret; remove it and declare the secret by name in tags[\"tresor.secrets.env\"] (environment) or tags[\"tresor.secrets\"] (files)",
@@ -518,6 +841,11 @@ impl RunService {
         };
         // The engine's output is its task's (`stdout` and `stderr` link to it).
         run_log.name = Some(run.engine.clone());
+        // What ran: the workflow's files by their digest.
+        run_log
+            .system_logs
+            .get_or_insert_with(Vec::new)
+            .insert(0, format!("workflow sha256:{}", run.digest));
         if let Some(reason) = &run.reason {
             run_log
                 .system_logs
@@ -685,15 +1013,17 @@ impl RunService {
             .await?;
         if run.engine_task.is_none() && run.state.is_none() {
             self.store
-                .end_run(&run.id, tresor_domain::TaskState::Canceled, "canceled by request")
+                .end_run(
+                    &run.id,
+                    tresor_domain::TaskState::Canceled,
+                    "canceled by request",
+                )
                 .await?;
         }
         // Twice: a job the engine created while the first round ran is caught by the second.
         for _ in 0..2 {
             let mut active = self.store.active_run_tasks(&run.id).await?;
-            active.sort_by_key(|t| {
-                t.spec.run.as_ref().map(|r| r.role) != Some(RunRole::Engine)
-            });
+            active.sort_by_key(|t| t.spec.run.as_ref().map(|r| r.role) != Some(RunRole::Engine));
             for task in active {
                 match self.tasks.cancel_record(caller, task).await {
                     Ok(()) | Err(ServiceError::Conflict(_)) => {}
@@ -760,7 +1090,10 @@ impl RunService {
             role: RunRole::Job,
             dir: run.dir.clone(),
         };
-        let id = self.tasks.create_task_in_run(&caller, task, Some(link)).await?;
+        let id = self
+            .tasks
+            .create_task_in_run(&caller, task, Some(link))
+            .await?;
         // A job created while the run was being canceled is canceled with it.
         if let Some(engine) = self.engine_record(&run).await?
             && engine.state.is_terminal()
@@ -825,7 +1158,9 @@ impl RunService {
 /// (WES allows a path relative to the attachments); anything else must be fetched by the
 /// client and attached.
 fn workflow_path(url: &str, attachments: &[Attachment]) -> Result<String, ServiceError> {
-    let relative = url.strip_prefix("file:").map_or(url, |rest| rest.trim_start_matches("//"));
+    let relative = url
+        .strip_prefix("file:")
+        .map_or(url, |rest| rest.trim_start_matches("//"));
     if url.contains("://") && !url.starts_with("file:") {
         return Err(ServiceError::invalid(
             "workflow_url",
@@ -864,6 +1199,43 @@ fn workflow_digest(url: &str, attachments: &[Attachment]) -> String {
         hasher.update(ring::digest::digest(&ring::digest::SHA256, &attachment.content).as_ref());
     }
     hex(hasher.finish().as_ref())
+}
+
+/// How a run names a registered workflow: `registered:NAME@VERSION`.
+const REGISTERED: &str = "registered:";
+
+fn decode_files(json: &str) -> Result<Vec<Attachment>, ServiceError> {
+    let files: BTreeMap<String, String> =
+        serde_json::from_str(json).map_err(|e| ServiceError::Internal(e.into()))?;
+    files
+        .into_iter()
+        .map(|(path, content)| {
+            Ok(Attachment {
+                content: base64::engine::general_purpose::STANDARD
+                    .decode(content)
+                    .map_err(|e| ServiceError::Internal(e.into()))?,
+                path,
+            })
+        })
+        .collect()
+}
+
+fn registered_view(record: &WorkflowRecord) -> RegisteredWorkflow {
+    let files: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&record.files).unwrap_or_default();
+    RegisteredWorkflow {
+        name: record.name.clone(),
+        version: record.version.clone(),
+        digest: format!("sha256:{}", record.digest),
+        workflow_type: record.workflow_type.clone(),
+        workflow_type_version: record.workflow_type_version.clone(),
+        workflow_url: record.workflow_url.clone(),
+        files: files.into_keys().collect(),
+        state: record.state.clone(),
+        proposed_by: record.proposed_by.to_string(),
+        approved_by: record.approved_by.as_ref().map(ToString::to_string),
+        created_at: record.created_at.clone(),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -30,9 +30,9 @@ use crate::platform::{self, PlatformService};
 use crate::secrets::SecretService;
 use crate::storage::{self, StorageService};
 pub use assignment::WorkerAssignment;
-pub use render::tes_state;
 pub(crate) use page_token::PageTokens;
 pub(crate) use render::render;
+pub use render::tes_state;
 pub use spec::TIME_LIMIT;
 pub use supervisor::{Supervisor, SupervisorSettings, WorkerDefaults};
 pub use tresor_domain::DeclaredSecrets;
@@ -409,13 +409,14 @@ impl TaskService {
             )));
         };
         let accepted = validate::accept_task(task, &self.limits(backend.as_ref()))?;
+        // Stored values first: their refusal names the secret's way exactly.
+        self.check_secrets(caller, &accepted.spec).await?;
         if let Some((field, what)) = spec::plain_credential(&accepted.spec) {
             return Err(ServiceError::invalid(
                 field,
                 format!("holds {what}; {}", spec::USE_A_SECRET),
             ));
         }
-        self.check_secrets(caller, &accepted.spec).await?;
         self.inner
             .images
             .check_task(&caller.workspace, &accepted.spec)

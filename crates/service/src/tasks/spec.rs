@@ -258,7 +258,12 @@ pub(crate) fn plain_credential(spec: &TaskSpec) -> Option<(String, &'static str)
                 .iter()
                 .map(|c| (format!("inputs[{i}].content"), c.clone())),
         );
-        texts.extend(input.url.iter().map(|u| (format!("inputs[{i}].url"), u.clone())));
+        texts.extend(
+            input
+                .url
+                .iter()
+                .map(|u| (format!("inputs[{i}].url"), u.clone())),
+        );
     }
     for (i, output) in spec.outputs.iter().enumerate() {
         texts.push((format!("outputs[{i}].url"), output.url.clone()));

@@ -31,8 +31,7 @@ use tresor_domain::{TaskId, TaskState};
 use tresor_executors::{
     BackendEvent, CapacityUnit, ComputeBackend, Events, HandOff, IdentityDelivery, Launch,
     Observation, PhaseState, RunDelivery, SandboxSettings, SecretDelivery, Start, WorkerPhase,
-    WorkerSession,
-    WorkerStatus, WorkerTask,
+    WorkerSession, WorkerStatus, WorkerTask,
 };
 use tresor_store::{Lease, Store, TaskRecord};
 
@@ -379,7 +378,11 @@ impl Supervisor {
             return Ok(None);
         };
         let group = match &self.settings.workspace_gids {
-            Some(gids) => Some(self.storage.prepare_file_root(workspace, &root, gids).await?),
+            Some(gids) => Some(
+                self.storage
+                    .prepare_file_root(workspace, &root, gids)
+                    .await?,
+            ),
             None => None,
         };
         Ok(Some((root.dir, group)))
