@@ -921,7 +921,7 @@ async fn launch_members_run_only_registered_workflows_that_an_admin_approved() {
         ..cwl_request()
     };
     let refused = wes_of(&launcher.token)
-        .run_workflow(&by_name, &[data.clone()])
+        .run_workflow(&by_name, std::slice::from_ref(&data))
         .await
         .unwrap_err();
     assert_eq!(refused.status().unwrap(), 400, "{refused}");
@@ -942,7 +942,7 @@ async fn launch_members_run_only_registered_workflows_that_an_admin_approved() {
     // Now a launch member runs it by name with their own inputs, and the run records its digest.
     let launcher_wes = wes_of(&launcher.token);
     let id = launcher_wes
-        .run_workflow(&by_name, &[data.clone()])
+        .run_workflow(&by_name, std::slice::from_ref(&data))
         .await
         .unwrap();
     assert_eq!(wait_run(&launcher_wes, &id).await, TesState::Complete);

@@ -918,7 +918,7 @@ impl RunService {
         for run in &records {
             let request: RunRequest = serde_json::from_str(&run.request).unwrap_or_default();
             let engine = self.engine_record(run).await?;
-            let log = engine.as_ref().and_then(|e| last_log(e));
+            let log = engine.as_ref().and_then(last_log);
             runs.push(RunSummary {
                 run_id: run.id.clone(),
                 state: self.run_state(run).await?,
