@@ -1016,3 +1016,186 @@ async fn launch_members_run_only_registered_workflows_that_an_admin_approved() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].files.len(), 3, "{listed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snakemake_run_on_slurm_runs_its_engine_and_jobs_as_batch_jobs() {
+    let server = TestServer::start_with(|s| {
+        let dir = s
+            .services
+            .store
+            .path
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_owned();
+        s.services.slurm = vec![slurm_settings(&dir)];
+        s.services.workflows = test_engines();
+    })
+    .await;
+    server.admin.create_workspace("hpc-runs").await.unwrap();
+    server
+        .admin
+        .set_compute_env("hpc-runs", "hpc")
+        .await
+        .unwrap();
+    let wes = WesClient::for_workspace(&server.url, "hpc-runs", &server.admin_token).unwrap();
+    let started = Instant::now();
+    let id = wes
+        .run_workflow(
+            &request(
+                "SMK",
+                "9",
+                "Snakefile",
+                serde_json::json!({ "names": ["a", "b"] }),
+            ),
+            &[
+                attach("Snakefile", SNAKEFILE),
+                attach("data/a.txt", "alpha\n"),
+                attach("data/b.txt", "beta\n"),
+            ],
+        )
+        .await
+        .unwrap();
+    let state = wait_run(&wes, &id).await;
+    let run_dir = server.storage_of("hpc-runs").join("runs").join(&id);
+    assert_eq!(
+        state,
+        TesState::Complete,
+        "{}",
+        command_output("ls", &["-lanR", run_dir.to_str().unwrap()])
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("results/combined.txt")).unwrap(),
+        "ALPHA\nBETA\n"
+    );
+    // Every task of the run was a batch job.
+    let tes = tresor_client::TesClient::for_workspace(&server.url, "hpc-runs", &server.admin_token)
+        .unwrap();
+    let tasks = wes.run_tasks(&id).await.unwrap().task_logs;
+    assert_eq!(tasks.len(), 4);
+    for task in tasks {
+        let full = tes.get_task(&task.id, TesView::Full).await.unwrap();
+        let metadata = full.logs.as_ref().unwrap()[0]
+            .metadata
+            .clone()
+            .unwrap_or_default();
+        assert!(metadata.keys().any(|k| k.contains("slurm")), "{metadata:?}");
+    }
+    eprintln!("snakemake on SLURM, 3 jobs: {took:?}");
+}
+
+/// The test engines as a `tresor serve` configuration file.
+fn engines_toml() -> String {
+    let mut out = String::new();
+    for engine in test_engines().engines {
+        let list = |items: &[String]| {
+            items
+                .iter()
+                .map(|i| format!("{i:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "[workflows.engines.{}]\nworkflow_type = {:?}\nworkflow_type_versions = [{}]\nversion = {:?}\ncommand = [{}]\nimage = {:?}\n",
+            engine.name,
+            engine.workflow_type,
+            list(&engine.type_versions),
+            engine.version,
+            list(&engine.command),
+            engine.image,
+        ));
+        out.push_str(&format!("[workflows.engines.{}.env]\n", engine.name));
+        for (k, v) in &engine.env {
+            out.push_str(&format!("{k} = {v:?}\n"));
+        }
+        out.push_str(&format!("[workflows.engines.{}.parameters]\n", engine.name));
+        for (k, v) in &engine.parameters {
+            out.push_str(&format!("{k} = {v:?}\n"));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_kill_9_of_the_server_during_a_run_loses_nothing_and_runs_nothing_twice() {
+    use crate::crash::{personal_storage, spawn_server_at};
+    let dir = traversable_tempdir();
+    let config = dir.path().join("tresor.toml");
+    std::fs::write(&config, engines_toml()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut first = spawn_server_at(dir.path(), Some(&config), &listen);
+    let token = std::fs::read_to_string(dir.path().join("data/bootstrap-admin-token")).unwrap();
+    let wes = WesClient::with_token(&first.client_url(), token.trim()).unwrap();
+    // Each job notes that it ran; the slow ones are running when the server dies.
+    let snakefile = r#"
+rule all:
+    input: "c.txt"
+rule slow:
+    output: "{x}.txt"
+    wildcard_constraints: x="[ab]"
+    shell: "echo {wildcards.x} >> ran.log; sleep 3; echo {wildcards.x} > {output}"
+rule combine:
+    input: "a.txt", "b.txt"
+    output: "c.txt"
+    shell: "echo c >> ran.log; cat {input} > {output}"
+"#;
+    let id = wes
+        .run_workflow(
+            &request("SMK", "9", "Snakefile", serde_json::json!({})),
+            &[attach("Snakefile", snakefile)],
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = wes
+            .run_tasks(&id)
+            .await
+            .unwrap()
+            .task_logs
+            .iter()
+            .filter(|t| t.state == Some(TesState::Running))
+            .count();
+        // The engine and a job (the server has two slots: the other job waits its turn).
+        if running >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the jobs never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill_9();
+    let second = spawn_server_at(dir.path(), Some(&config), &listen);
+    let wes = WesClient::with_token(&second.client_url(), token.trim()).unwrap();
+    let state = wait_run(&wes, &id).await;
+    let run_dir = personal_storage(&second, dir.path()).join("runs").join(&id);
+    assert_eq!(
+        state,
+        TesState::Complete,
+        "{}",
+        std::fs::read_to_string(dir.path().join("server.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let mut ran: Vec<String> = std::fs::read_to_string(run_dir.join("ran.log"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ran.sort();
+    assert_eq!(ran, ["a", "b", "c"], "every job ran exactly once");
+    assert_eq!(wes.run_tasks(&id).await.unwrap().task_logs.len(), 4);
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("c.txt")).unwrap(),
+        "a\nb\n"
+    );
+}
