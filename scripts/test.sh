@@ -10,8 +10,8 @@ say() { printf '==> %s\n' "$*"; }
 
 # A Python venv with the stock py-tes client and pyjwt (an independent relying party).
 venv=.venv
-if ! "$venv/bin/python" -c 'import tes, jwt, cryptography' >/dev/null 2>&1; then
-    say "installing py-tes and pyjwt into $venv"
+if ! "$venv/bin/python" -c 'import tes, jwt, cryptography, wes_client' >/dev/null 2>&1; then
+    say "installing py-tes, pyjwt and wes-service into $venv"
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi

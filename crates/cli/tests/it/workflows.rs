@@ -1199,3 +1199,59 @@ rule combine:
         "a\nb\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stock_wes_client_runs_a_cwl_workflow() {
+    let server = wes_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    for file in cwl_files() {
+        let path = dir.path().join(&file.name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, &file.content).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("job.json"),
+        r#"{"input_file": {"class": "File", "path": "data/in.txt"}}"#,
+    )
+    .unwrap();
+    let wes_client = std::path::Path::new(&std::env::var("TRESOR_TEST_PYTHON").unwrap())
+        .with_file_name("wes-client");
+    let host = server.url.trim_start_matches("http://").to_owned();
+    // wes-client 5.0 sends its --auth header with every call but RunWorkflow (the line is
+    // commented out in its code); requests then falls back to ~/.netrc, which carries the token
+    // as a Basic password for every call.
+    let netrc = dir.path().join("netrc");
+    std::fs::write(
+        &netrc,
+        format!(
+            "machine 127.0.0.1 login me password {}\n",
+            server.admin_token
+        ),
+    )
+    .unwrap();
+    let cwd = dir.path().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(wes_client)
+            .current_dir(cwd)
+            .env("NETRC", netrc)
+            .args([
+                &format!("--host={host}"),
+                "--proto=http",
+                "--attachments=tools/upper.cwl,tools/md5.cwl,data/in.txt",
+                "--wait",
+                "wf.cwl",
+                "job.json",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let outputs: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let md5 = outputs["md5_file"]["location"].as_str().unwrap();
+    let text = std::fs::read_to_string(md5.trim_start_matches("file://")).unwrap();
+    assert!(text.contains("upper.txt"), "{text}");
+}

@@ -295,9 +295,11 @@ impl RunService {
         let id = uuid::Uuid::now_v7().to_string();
         let request_json =
             serde_json::to_string(&request).map_err(|e| ServiceError::Internal(e.into()))?;
+        let mut params =
+            serde_json::Value::Object(request.workflow_params.clone().unwrap_or_default());
+        rebase_attached(&mut params, &attachments);
         let params_json =
-            serde_json::to_vec_pretty(&request.workflow_params.clone().unwrap_or_default())
-                .map_err(|e| ServiceError::Internal(e.into()))?;
+            serde_json::to_vec_pretty(&params).map_err(|e| ServiceError::Internal(e.into()))?;
         let dir = {
             let id = id.clone();
             let attachments = attachments.clone();
@@ -1199,6 +1201,38 @@ fn workflow_digest(url: &str, attachments: &[Attachment]) -> String {
         hasher.update(ring::digest::digest(&ring::digest::SHA256, &attachment.content).as_ref());
     }
     hex(hasher.finish().as_ref())
+}
+
+/// Stock WES clients (wes-service's `wes-client`) rewrite a parameter file's relative paths into
+/// absolute ones on the client's machine, and attach those files under their path relative to
+/// the parameter file: such a `location` or `path` that ends in an attached file's name becomes
+/// that name, relative to the run directory, where the file is.
+fn rebase_attached(value: &mut serde_json::Value, attachments: &[Attachment]) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for key in ["location", "path"] {
+                if let Some(serde_json::Value::String(place)) = map.get_mut(key) {
+                    let local = place.strip_prefix("file://").unwrap_or(place);
+                    if local.starts_with('/')
+                        && let Some(attached) = attachments
+                            .iter()
+                            .find(|a| local.ends_with(&format!("/{}", a.path)))
+                    {
+                        *place = attached.path.clone();
+                    }
+                }
+            }
+            for inner in map.values_mut() {
+                rebase_attached(inner, attachments);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for inner in items {
+                rebase_attached(inner, attachments);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// How a run names a registered workflow: `registered:NAME@VERSION`.
