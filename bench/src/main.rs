@@ -14,6 +14,8 @@ use clap::Parser;
 use tresor_api_types::tes::{TesExecutor, TesResources, TesState, TesTask, TesView};
 use tresor_client::TesClient;
 
+mod wes;
+
 #[derive(Parser)]
 #[command(about = "Benchmark a real tresor server on loopback")]
 struct Args {
@@ -42,13 +44,22 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     scale_secrets: usize,
     /// Run only these measures (comma-separated): creations, latency, cancels, redaction,
-    /// secret-delivery, storage, slurm, secrets-at-scale, images. Default: all.
+    /// secret-delivery, storage, slurm, secrets-at-scale, images, wes. Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Cold pulls of the 50 MB image, each against `skopeo copy` + `umoci unpack` (0 skips the
     /// image rows; they need scripts/lib/registry-up.sh).
     #[arg(long, default_value_t = 3)]
     image_runs: usize,
+    /// Single trivial CWL runs timed on tresor's WES and on wes-service (0 skips the WES rows).
+    #[arg(long, default_value_t = 3)]
+    wes_runs: usize,
+    /// The venv with cwltool (scripts/lib/engines-up.sh builds it).
+    #[arg(long, default_value = "/opt/tresor-engines/venv")]
+    engines_venv: String,
+    /// The venv with wes-service's wes-server (scripts/test.sh installs it into .venv).
+    #[arg(long, default_value = ".venv")]
+    wes_service_venv: String,
     /// The tresor binary (default: `tresor` beside this program).
     #[arg(long)]
     tresor: Option<PathBuf>,
@@ -1075,6 +1086,34 @@ async fn main() -> Result<()> {
         record("image_warm_p50_ms", ms(b.warm_p50));
         record("image_bare_bwrap_p50_ms", ms(b.bare_p50));
         record("image_concurrent_downloads", b.concurrent_downloads as f64);
+    }
+    if args.runs("wes") && args.wes_runs > 0 {
+        let b = wes::wes(&tresor, &args).await?;
+        let ratio = |ours: Duration, peer: Duration| {
+            ours.as_secs_f64() / peer.as_secs_f64().max(f64::EPSILON)
+        };
+        println!(
+            "| WES: trivial 1-step CWL workflow, submit->COMPLETE (p50 of {}) | {:.0} ms | wes-service 5.0 + cwltool {:.0} ms | {:.2}x | <= 0.8x |",
+            args.wes_runs,
+            ms(b.tresor_one),
+            ms(b.peer_one),
+            ratio(b.tresor_one, b.peer_one)
+        );
+        println!(
+            "| WES: 5 such runs posted at once, all COMPLETE | {:.0} ms | wes-service {:.0} ms | {:.2}x | <= 0.8x |",
+            ms(b.tresor_five),
+            ms(b.peer_five),
+            ratio(b.tresor_five, b.peer_five)
+        );
+        println!(
+            "| WES: CancelRun -> CANCELED with every job ended | {:.0} ms | - | - | <= 1000 ms |",
+            ms(b.cancel)
+        );
+        record("wes_one_ms", ms(b.tresor_one));
+        record("wes_peer_one_ms", ms(b.peer_one));
+        record("wes_five_ms", ms(b.tresor_five));
+        record("wes_peer_five_ms", ms(b.peer_five));
+        record("wes_cancel_ms", ms(b.cancel));
     }
     if args.runs("slurm") && args.slurm_runs > 0 {
         let (ours, raw, poll) = slurm(&tresor, &args).await?;

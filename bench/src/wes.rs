@@ -1,0 +1,209 @@
+//! WES: a trivial CWL workflow (one `md5sum` step, as in ../shared/reference/tes-wes.md §9)
+//! through tresor's WES, against wes-service 5.0 running cwltool on the host, in the same run;
+//! and cancel → CANCELED of a run whose job is running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tresor_api_types::tes::TesState;
+use tresor_api_types::wes::RunRequest;
+use tresor_client::{WesAttachment, WesClient};
+
+use crate::{Args, start_server_with};
+
+const MD5_TOOL: &str = "cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: md5sum\ninputs: {input_file: {type: File, inputBinding: {position: 1}}}\nstdout: md5sum.txt\noutputs: {output_file: {type: stdout}}\n";
+const MD5_WF: &str = "cwlVersion: v1.2\nclass: Workflow\ninputs: {input_file: File}\noutputs: {output_file: {type: File, outputSource: md5sum/output_file}}\nsteps:\n  md5sum:\n    run: md5tool.cwl\n    in: {input_file: input_file}\n    out: [output_file]\n";
+const SLEEP_WF: &str = "cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: [sleep, \"60\"]\ninputs: []\noutputs: []\n";
+
+/// What the WES rows report.
+pub struct WesBench {
+    pub tresor_one: Duration,
+    pub peer_one: Duration,
+    pub tresor_five: Duration,
+    pub peer_five: Duration,
+    pub cancel: Duration,
+}
+
+fn md5_files() -> Vec<WesAttachment> {
+    let file = |name: &str, content: &str| WesAttachment {
+        name: name.to_owned(),
+        content: content.as_bytes().to_vec(),
+    };
+    vec![
+        file("md5wf.cwl", MD5_WF),
+        file("md5tool.cwl", MD5_TOOL),
+        file(
+            "md5sum.input",
+            "the input of the trivial workflow: one hundred and one bytes of text, give or take a few here and there\n",
+        ),
+    ]
+}
+
+fn md5_request() -> RunRequest {
+    RunRequest {
+        workflow_type: "CWL".to_owned(),
+        workflow_type_version: "v1.2".to_owned(),
+        workflow_url: "md5wf.cwl".to_owned(),
+        workflow_params: serde_json::json!({"input_file": {"class": "File", "path": "md5sum.input"}})
+            .as_object()
+            .cloned(),
+        ..RunRequest::default()
+    }
+}
+
+/// Submits `n` runs back to back and waits (polling every 50 ms) until all have ended.
+async fn runs(wes: &WesClient, n: usize, deadline: Instant) -> Result<Duration> {
+    let start = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(wes.run_workflow(&md5_request(), &md5_files()).await?);
+    }
+    for id in ids {
+        loop {
+            let state = wes.status(&id).await?.state;
+            match state {
+                TesState::Complete => break,
+                TesState::ExecutorError | TesState::SystemError | TesState::Canceled => {
+                    bail!("run {id} ended {state:?}")
+                }
+                _ if Instant::now() > deadline => bail!("the WES run exceeded --max-seconds"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    Ok(start.elapsed())
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
+    let engines = PathBuf::from(&args.engines_venv);
+    let cwltool = engines.join("bin/cwltool");
+    if !cwltool.exists() {
+        bail!("{} is missing: run scripts/lib/engines-up.sh", cwltool.display());
+    }
+    let wes_server = PathBuf::from(&args.wes_service_venv).join("bin/wes-server");
+    if !wes_server.exists() {
+        bail!("{} is missing: run scripts/test.sh (it installs wes-service)", wes_server.display());
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let python = engines.join("bin/python");
+    let server = start_server_with(tresor, 2, |dir| {
+        let config = dir.join("tresor.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[workflows.engines.cwltool]\nworkflow_type = \"CWL\"\nworkflow_type_versions = [\"v1.2\"]\nversion = \"3.3\"\ncommand = [{python:?}, \"{{adapters}}/tresor_cwl.py\", \"--parallel\", \"{{workflow}}\", \"{{params}}\"]\n[workflows.engines.cwltool.env]\nPATH = \"{}:/usr/bin:/bin\"\n",
+                engines.join("bin").display()
+            ),
+        )?;
+        let storage = dir.join("storage");
+        std::fs::create_dir_all(&storage)?;
+        Ok(vec![
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--allowed-dir".to_owned(),
+            storage.display().to_string(),
+        ])
+    })?;
+    let ours = WesClient::with_token(&server.url, &server.token)?;
+
+    // wes-service with cwltool on the host (no sandbox, no containers), on a free port.
+    let peer_dir = tempfile::Builder::new().prefix("tresor-bench-wes-").tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _peer = Peer(
+        Command::new(&wes_server)
+            .current_dir(peer_dir.path())
+            .args([
+                "--backend=wes_service.cwl_runner",
+                &format!("--opt=runner={}", cwltool.display()),
+                "--opt=extra=--no-container",
+                &format!("--port={port}"),
+            ])
+            .env("PATH", format!("{}:/usr/bin:/bin", engines.join("bin").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", wes_server.display()))?,
+    );
+    let peer = WesClient::with_token(&format!("http://127.0.0.1:{port}"), "unused")?;
+    while peer.service_info().await.is_err() {
+        if Instant::now() > deadline {
+            bail!("wes-server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Warm both (first imports, caches), then alternate.
+    runs(&ours, 1, deadline).await?;
+    runs(&peer, 1, deadline).await?;
+    let (mut ours_one, mut peer_one) = (Vec::new(), Vec::new());
+    for _ in 0..args.wes_runs {
+        ours_one.push(runs(&ours, 1, deadline).await?);
+        peer_one.push(runs(&peer, 1, deadline).await?);
+    }
+    let tresor_five = runs(&ours, 5, deadline).await?;
+    let peer_five = runs(&peer, 5, deadline).await?;
+
+    // Cancel: a one-step run whose job sleeps; from CancelRun to every task of the run ended.
+    let sleeper = RunRequest {
+        workflow_url: "sleep.cwl".to_owned(),
+        workflow_params: None,
+        ..md5_request()
+    };
+    let id = ours
+        .run_workflow(
+            &sleeper,
+            &[WesAttachment {
+                name: "sleep.cwl".to_owned(),
+                content: SLEEP_WF.as_bytes().to_vec(),
+            }],
+        )
+        .await?;
+    loop {
+        let tasks = ours.run_tasks(&id).await?.task_logs;
+        if tasks.len() == 2 && tasks.iter().all(|t| t.state == Some(TesState::Running)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the sleeping run never ran its job");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = Instant::now();
+    ours.cancel(&id).await?;
+    loop {
+        let tasks = ours.run_tasks(&id).await?.task_logs;
+        if ours.status(&id).await?.state == TesState::Canceled
+            && tasks.iter().all(|t| t.state == Some(TesState::Canceled))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the canceled run did not end");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cancel = start.elapsed();
+    Ok(WesBench {
+        tresor_one: median(ours_one),
+        peer_one: median(peer_one),
+        tresor_five,
+        peer_five,
+        cancel,
+    })
+}
