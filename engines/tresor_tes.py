@@ -98,7 +98,8 @@ def job_env(extra=None):
     env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": "/tmp"}
     # PYTHONPATH: a Snakemake job finds this plugin; USER and LOGNAME: the task's host user has
     # no passwd entry, and getpass.getuser() reads these first.
-    for name in ("PYTHONPATH", "USER", "LOGNAME"):
+    # PYTHONSAFEPATH: the run's directory, a job's working directory, shadows no module.
+    for name in ("PYTHONPATH", "PYTHONSAFEPATH", "USER", "LOGNAME"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     env.update(extra or {})

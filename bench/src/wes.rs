@@ -46,9 +46,10 @@ fn md5_request() -> RunRequest {
         workflow_type: "CWL".to_owned(),
         workflow_type_version: "v1.2".to_owned(),
         workflow_url: "md5wf.cwl".to_owned(),
-        workflow_params: serde_json::json!({"input_file": {"class": "File", "path": "md5sum.input"}})
-            .as_object()
-            .cloned(),
+        workflow_params:
+            serde_json::json!({"input_file": {"class": "File", "path": "md5sum.input"}})
+                .as_object()
+                .cloned(),
         ..RunRequest::default()
     }
 }
@@ -94,11 +95,17 @@ pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
     let engines = PathBuf::from(&args.engines_venv);
     let cwltool = engines.join("bin/cwltool");
     if !cwltool.exists() {
-        bail!("{} is missing: run scripts/lib/engines-up.sh", cwltool.display());
+        bail!(
+            "{} is missing: run scripts/lib/engines-up.sh",
+            cwltool.display()
+        );
     }
     let wes_server = PathBuf::from(&args.wes_service_venv).join("bin/wes-server");
     if !wes_server.exists() {
-        bail!("{} is missing: run scripts/test.sh (it installs wes-service)", wes_server.display());
+        bail!(
+            "{} is missing: run scripts/test.sh (it installs wes-service)",
+            wes_server.display()
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let python = engines.join("bin/python");
@@ -123,8 +130,12 @@ pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
     let ours = WesClient::with_token(&server.url, &server.token)?;
 
     // wes-service with cwltool on the host (no sandbox, no containers), on a free port.
-    let peer_dir = tempfile::Builder::new().prefix("tresor-bench-wes-").tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let peer_dir = tempfile::Builder::new()
+        .prefix("tresor-bench-wes-")
+        .tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let _peer = Peer(
         Command::new(&wes_server)
             .current_dir(peer_dir.path())
@@ -134,7 +145,10 @@ pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
                 "--opt=extra=--no-container",
                 &format!("--port={port}"),
             ])
-            .env("PATH", format!("{}:/usr/bin:/bin", engines.join("bin").display()))
+            .env(
+                "PATH",
+                format!("{}:/usr/bin:/bin", engines.join("bin").display()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -363,6 +363,7 @@ impl Identity {
         let router = router.with_state(SocketState {
             session: session.clone(),
             rate: std::sync::Arc::new(governor::RateLimiter::direct(SOCKET_RATE)),
+            tes_rate: std::sync::Arc::new(governor::RateLimiter::direct(TES_RATE)),
         });
         identity.jobs.push(tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -454,7 +455,13 @@ const fn nonzero(n: u32) -> std::num::NonZeroU32 {
 struct SocketState {
     session: Session,
     rate: std::sync::Arc<governor::DefaultDirectRateLimiter>,
+    /// An engine's calls to its run's TES: enough to poll hundreds of jobs, not to flood the
+    /// server (which also limits each credential).
+    tes_rate: std::sync::Arc<governor::DefaultDirectRateLimiter>,
 }
+
+const TES_RATE: governor::Quota =
+    governor::Quota::per_second(nonzero(100)).allow_burst(nonzero(200));
 
 /// The run's TES on an engine's socket: `POST /ga4gh/tes/v1/tasks` (create a job),
 /// `GET …/tasks` (the run's jobs), `GET …/tasks/{id}` and `POST …/tasks/{id}:cancel`, forwarded
@@ -462,7 +469,9 @@ struct SocketState {
 /// never enters the sandbox. The server decides what the engine may do: only its run's jobs,
 /// in its run's workspace, as the user who started the run.
 async fn run_tes(
-    axum::extract::State(SocketState { session, .. }): axum::extract::State<SocketState>,
+    axum::extract::State(SocketState {
+        session, tes_rate, ..
+    }): axum::extract::State<SocketState>,
     method: axum::http::Method,
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
@@ -477,6 +486,14 @@ async fn run_tes(
         return (
             axum::http::StatusCode::BAD_REQUEST,
             "send the header Tresor-Metadata: true\n",
+        )
+            .into_response();
+    }
+    if tes_rate.check().is_err() {
+        return (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            "too many requests from this engine; retry after 1 s\n",
         )
             .into_response();
     }
@@ -517,7 +534,7 @@ async fn run_tes(
 /// `GET /token?audience=…` on the task's socket. The `Tresor-Metadata: true` header keeps a
 /// request that a task was tricked into forwarding (SSRF) from getting a token.
 async fn socket_token(
-    axum::extract::State(SocketState { session, rate }): axum::extract::State<SocketState>,
+    axum::extract::State(SocketState { session, rate, .. }): axum::extract::State<SocketState>,
     axum::extract::Query(query): axum::extract::Query<AudienceQuery>,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {

@@ -147,14 +147,24 @@ async fn read_form(
             "this takes multipart/form-data (workflow_url, workflow_type, workflow_type_version, workflow_params, workflow_attachment, …)".to_owned(),
         ));
     }
+    // Every byte counts against the attachments' limit; fields are small. The whole body,
+    // part headers and all, may exceed the attachments by at most `SLACK`.
+    let max_total = usize::try_from(state.runs.max_attachment_bytes()).unwrap_or(usize::MAX);
+    const MAX_FIELD: usize = 1 << 20;
+    const SLACK: usize = 16 << 20;
+    let max_parts = state.runs.max_attachments() + 16;
+    let request = request.map(|body| {
+        axum::body::Body::new(http_body_util::Limited::new(
+            body,
+            max_total.saturating_add(SLACK),
+        ))
+    });
     let mut multipart = <Multipart as axum::extract::FromRequest<()>>::from_request(request, &())
         .await
         .map_err(|e| {
             ApiError::BadRequest(format!("the multipart/form-data body: {}", e.body_text()))
         })?;
-    // Every byte counts against the attachments' limit; fields are small.
-    let max_total = usize::try_from(state.runs.max_attachment_bytes()).unwrap_or(usize::MAX);
-    const MAX_FIELD: usize = 1 << 20;
+    let mut parts = 0usize;
     const WES_FIELDS: [&str; 8] = [
         "workflow_params",
         "workflow_type",
@@ -173,8 +183,20 @@ async fn read_form(
         .await
         .map_err(|e| multipart_error("body", &e))?
     {
+        parts += 1;
+        if parts > max_parts {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "more than {max_parts} parts; a run may attach at most {} files (workflows.max_attachments)",
+                max_parts - 16
+            )));
+        }
         let name = field.name().unwrap_or_default().to_owned();
         if name == "workflow_attachment" || name == "workflow_attachment[]" {
+            if field.file_name().is_some_and(|n| n.len() > 255) {
+                return Err(ApiError::BadRequest(
+                    "workflow_attachment: a file name is longer than 255 bytes".to_owned(),
+                ));
+            }
             let Some(path) = field.file_name().map(str::to_owned) else {
                 return Err(ApiError::BadRequest(
                     "workflow_attachment: each part needs a file name (Content-Disposition filename=…)".to_owned(),
@@ -190,6 +212,7 @@ async fn read_form(
             attachments.push(Attachment { path, content });
         } else if WES_FIELDS.contains(&name.as_str()) || extra.contains(&name.as_str()) {
             let text = field_text(field, &name, MAX_FIELD).await?;
+            total += text.len();
             if fields.insert(name.clone(), text).is_some() {
                 return Err(ApiError::BadRequest(format!("{name}: is given twice")));
             }

@@ -181,7 +181,7 @@ impl Store {
              WHERE t.run_id IS NOT NULL \
              AND t.state IN ('QUEUED', 'INITIALIZING', 'RUNNING') \
              AND e.state NOT IN ('QUEUED', 'INITIALIZING', 'RUNNING') \
-             LIMIT 100"
+             ORDER BY t.seq LIMIT 100"
         ));
         let rows = q.build().fetch_all(&self.reader).await?;
         rows.iter()
@@ -193,6 +193,32 @@ impl Store {
                     reason: e.to_string(),
                 })?;
                 Ok((task_from_row(row)?, owner))
+            })
+            .collect()
+    }
+
+    /// How many of a workspace's runs are in each state (a run without an engine task is
+    /// counted by its own state, else as QUEUED).
+    pub async fn run_state_counts(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<Vec<(TaskState, i64)>, Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT COALESCE(r.state, t.state, 'QUEUED') AS s, COUNT(*) FROM runs r \
+             LEFT JOIN tasks t ON t.id = r.engine_task WHERE r.workspace = ? GROUP BY s",
+        )
+        .bind(workspace.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(state, n)| {
+                TaskState::parse(&state)
+                    .map(|s| (s, n))
+                    .ok_or_else(|| Error::Corrupt {
+                        id: workspace.to_string(),
+                        column: "state",
+                        reason: state.clone(),
+                    })
             })
             .collect()
     }

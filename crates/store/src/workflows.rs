@@ -18,8 +18,10 @@ pub struct WorkflowRecord {
     pub workflow_type: String,
     pub workflow_type_version: String,
     pub workflow_url: String,
-    /// The files as JSON (`{"path": "<base64>"}`).
+    /// The files as JSON (`{"path": "<base64>"}`); empty in listings.
     pub files: String,
+    /// The files' names.
+    pub file_names: Vec<String>,
     /// `proposed` or `approved`.
     pub state: String,
     pub proposed_by: UserId,
@@ -27,7 +29,9 @@ pub struct WorkflowRecord {
     pub created_at: String,
 }
 
-const COLUMNS: &str = "workspace, name, version, digest, workflow_type, workflow_type_version, workflow_url, files, state, proposed_by, approved_by, created_at";
+const COLUMNS: &str = "workspace, name, version, digest, workflow_type, workflow_type_version, workflow_url, files, file_names, state, proposed_by, approved_by, created_at";
+/// A listing's columns: the files' names, not their contents.
+const LISTED: &str = "workspace, name, version, digest, workflow_type, workflow_type_version, workflow_url, '' AS files, file_names, state, proposed_by, approved_by, created_at";
 
 fn from_row(row: &SqliteRow) -> Result<WorkflowRecord, Error> {
     let name: String = row.try_get("name")?;
@@ -37,6 +41,7 @@ fn from_row(row: &SqliteRow) -> Result<WorkflowRecord, Error> {
         reason,
     };
     let approved_by: Option<String> = row.try_get("approved_by")?;
+    let file_names: String = row.try_get("file_names")?;
     Ok(WorkflowRecord {
         workspace: WorkspaceId::parse(&row.try_get::<String, _>("workspace")?)
             .map_err(|e| corrupt("workspace", e.to_string()))?,
@@ -46,6 +51,8 @@ fn from_row(row: &SqliteRow) -> Result<WorkflowRecord, Error> {
         workflow_type_version: row.try_get("workflow_type_version")?,
         workflow_url: row.try_get("workflow_url")?,
         files: row.try_get("files")?,
+        file_names: serde_json::from_str(&file_names)
+            .map_err(|e| corrupt("file_names", e.to_string()))?,
         state: row.try_get("state")?,
         proposed_by: UserId::parse(&row.try_get::<String, _>("proposed_by")?)
             .map_err(|e| corrupt("proposed_by", e.to_string()))?,
@@ -68,7 +75,7 @@ impl Store {
         let result = self
             .audited(event, async |conn| {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO workflows ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO workflows ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 )))
                 .bind(workflow.workspace.as_str())
                 .bind(&workflow.name)
@@ -78,6 +85,7 @@ impl Store {
                 .bind(&workflow.workflow_type_version)
                 .bind(&workflow.workflow_url)
                 .bind(&workflow.files)
+                .bind(serde_json::to_string(&workflow.file_names).unwrap_or_default())
                 .bind(&workflow.state)
                 .bind(workflow.proposed_by.as_str())
                 .bind(workflow.approved_by.as_ref().map(UserId::as_str))
@@ -136,12 +144,22 @@ impl Store {
         workspace: &WorkspaceId,
     ) -> Result<Vec<WorkflowRecord>, Error> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM workflows WHERE workspace = ? ORDER BY name, version"
+            "SELECT {LISTED} FROM workflows WHERE workspace = ? ORDER BY name, version"
         )))
         .bind(workspace.as_str())
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// How many versions a workspace has registered or proposed.
+    pub async fn count_workflows(&self, workspace: &WorkspaceId) -> Result<i64, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM workflows WHERE workspace = ?")
+                .bind(workspace.as_str())
+                .fetch_one(&self.reader)
+                .await?,
+        )
     }
 
     /// Approves a proposed version; returns whether one was waiting.

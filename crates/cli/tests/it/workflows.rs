@@ -10,6 +10,17 @@ use tresor_client::{WesAttachment, WesClient};
 
 use crate::support::*;
 
+/// A run's directory: `<first allowed dir>/.tresor-runs/<workspace>/<run>`, beside the
+/// workspace's directory `workspace_dir`.
+pub fn run_dir(workspace_dir: &std::path::Path, id: &str) -> std::path::PathBuf {
+    workspace_dir
+        .parent()
+        .unwrap()
+        .join(".tresor-runs")
+        .join(workspace_dir.file_name().unwrap())
+        .join(id)
+}
+
 /// The engines' venv (`scripts/lib/engines-up.sh` builds it and exports this).
 fn engines_venv() -> String {
     std::env::var("TRESOR_TEST_ENGINES").unwrap_or_else(|_| {
@@ -195,7 +206,7 @@ async fn a_snakemake_workflow_runs_each_job_as_a_task_of_its_run() {
         .unwrap();
     let state = wait_run(&wes, &id).await;
     let took = started.elapsed();
-    let run_dir = server.storage.join("runs").join(&id);
+    let run_dir = run_dir(&server.storage, &id);
     assert_eq!(
         state,
         TesState::Complete,
@@ -308,7 +319,7 @@ async fn a_cwl_workflow_runs_each_step_as_a_task_in_its_image() {
     let path = upper.strip_prefix("file://").unwrap();
     assert_eq!(std::fs::read_to_string(path).unwrap(), "HELLO TRESOR\n");
     assert!(
-        path.starts_with(server.storage.join("runs").join(&id).to_str().unwrap()),
+        path.starts_with(run_dir(&server.storage, &id).to_str().unwrap()),
         "{path}"
     );
     // Each step is a task of the run, in the image its DockerRequirement names.
@@ -555,6 +566,17 @@ async fn bad_run_requests_are_refused_naming_what_to_fix() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 400);
+    // More parts than a run may attach: refused while reading, not after.
+    let mut form = WesClient::form(&cwl_request(), &[]);
+    for i in 0..300 {
+        form = form.part(
+            "workflow_attachment",
+            reqwest::multipart::Part::bytes(Vec::new()).file_name(format!("f{i}")),
+        );
+    }
+    let raw = wes.post_runs_raw(form).await.unwrap();
+    assert_eq!(raw.status, 413, "{}", raw.body);
+    assert!(raw.body.contains("max_attachments"), "{}", raw.body);
     // Unknown runs: 404, whatever the id looks like.
     for id in [
         "nope",
@@ -725,7 +747,7 @@ async fn an_engine_manages_only_its_runs_jobs_which_get_their_declared_secrets()
         "{}",
         engine_output(&server, &wes, &id).await
     );
-    let run_dir = server.storage.join("runs").join(&id);
+    let run_dir = run_dir(&server.storage, &id);
     let seen: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("probe.json")).unwrap()).unwrap();
     // Another task of the workspace does not exist for the engine.
@@ -893,7 +915,8 @@ async fn launch_members_run_only_registered_workflows_that_an_admin_approved() {
         .into_iter()
         .filter(|f| !f.name.starts_with("data/"))
         .collect();
-    let data = attach("data/in.txt", "validated input\n");
+    // A registered workflow's run attaches only inputs, under inputs/.
+    let data = attach("inputs/in.txt", "validated input\n");
     let with_data = |files: &[WesAttachment]| {
         let mut files = files.to_vec();
         files.push(data.clone());
@@ -918,6 +941,10 @@ async fn launch_members_run_only_registered_workflows_that_an_admin_approved() {
     assert!(proposed.digest.starts_with("sha256:"));
     let by_name = RunRequest {
         workflow_url: "registered:upper-md5@1".to_owned(),
+        workflow_params:
+            serde_json::json!({ "input_file": { "class": "File", "path": "inputs/in.txt" } })
+                .as_object()
+                .cloned(),
         ..cwl_request()
     };
     let refused = wes_of(&launcher.token)
@@ -953,12 +980,19 @@ async fn launch_members_run_only_registered_workflows_that_an_admin_approved() {
         "{ran} does not name {}",
         approved.digest
     );
-    // Its files cannot be replaced by attaching others of the same name.
-    let refused = launcher_wes
-        .run_workflow(&by_name, &[data.clone(), attach("tools/md5.cwl", "x")])
-        .await
-        .unwrap_err();
-    assert_eq!(refused.status().unwrap(), 400, "{refused}");
+    // Its files cannot be replaced, nor anything put beside them (a module, a profile).
+    for other in [
+        "tools/md5.cwl",
+        "snakemake/__main__.py",
+        "profiles/default/config.yaml",
+    ] {
+        let refused = launcher_wes
+            .run_workflow(&by_name, &[data.clone(), attach(other, "x")])
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status().unwrap(), 400, "{refused}");
+        assert!(refused.to_string().contains("inputs/"), "{refused}");
+    }
     // Attaching exactly the approved files is running the approved workflow too.
     let same = launcher_wes
         .run_workflow(
@@ -971,6 +1005,19 @@ async fn launch_members_run_only_registered_workflows_that_an_admin_approved() {
         .await;
     assert!(same.is_ok(), "{same:?}");
 
+    // The same files as another workflow type are not the approved workflow.
+    let refused = launcher_wes
+        .run_workflow(
+            &RunRequest {
+                workflow_type_version: "v1.1".to_owned(),
+                workflow_params: None,
+                ..cwl_request()
+            },
+            &workflow,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().unwrap(), 403, "{refused}");
     // A changed workflow is a new version; the old one stays as it was.
     let mut changed = workflow.clone();
     changed[0].content.extend_from_slice(b"\n# changed\n");
@@ -1012,6 +1059,37 @@ async fn launch_members_run_only_registered_workflows_that_an_admin_approved() {
             .unwrap(),
         404
     );
+    // No member reaches another member's run directory through file:// storage: it is not in
+    // the workspace's directory, so neither a task's input nor its output may name it.
+    let victim_dir = run_dir(&server.storage_of("validated"), &id);
+    assert!(victim_dir.join("tools/md5.cwl").exists());
+    let mut overwrite = sh_task("echo 'import os' > /out/x");
+    overwrite.outputs = Some(vec![tresor_api_types::tes::TesOutput {
+        url: format!("file://{}/tools/md5.cwl", victim_dir.display()),
+        path: "/out/x".to_owned(),
+        ..Default::default()
+    }]);
+    let refused = maintainer
+        .tes_in("validated")
+        .create_task(&overwrite)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().unwrap(), 400, "{refused}");
+    let mut read = sh_task("cat /in/x");
+    read.inputs = Some(vec![tresor_api_types::tes::TesInput {
+        url: Some(format!(
+            "file://{}/.tresor-params.json",
+            victim_dir.display()
+        )),
+        path: "/in/x".to_owned(),
+        ..Default::default()
+    }]);
+    let refused = maintainer
+        .tes_in("validated")
+        .create_task(&read)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().unwrap(), 400, "{refused}");
     let listed = launcher.platform.list_workflows("validated").await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].files.len(), 3, "{listed:?}");
@@ -1058,7 +1136,7 @@ async fn a_snakemake_run_on_slurm_runs_its_engine_and_jobs_as_batch_jobs() {
         .await
         .unwrap();
     let state = wait_run(&wes, &id).await;
-    let run_dir = server.storage_of("hpc-runs").join("runs").join(&id);
+    let run_dir = run_dir(&server.storage_of("hpc-runs"), &id);
     assert_eq!(
         state,
         TesState::Complete,
@@ -1174,7 +1252,7 @@ rule combine:
     let second = spawn_server_at(dir.path(), Some(&config), &listen);
     let wes = WesClient::with_token(&second.client_url(), token.trim()).unwrap();
     let state = wait_run(&wes, &id).await;
-    let run_dir = personal_storage(&second, dir.path()).join("runs").join(&id);
+    let run_dir = run_dir(&personal_storage(&second, dir.path()), &id);
     assert_eq!(
         state,
         TesState::Complete,

@@ -55,7 +55,9 @@ pub struct EngineSettings {
 
 /// A parameter value goes into the engine's argv: plain words only.
 fn value_ok(value: &str) -> bool {
-    value.len() <= 200
+    // Not an option or a response file of the engine's own.
+    !value.starts_with(['-', '@'])
+        && value.len() <= 200
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._:/=,+-@".contains(&b))
@@ -86,7 +88,7 @@ impl EngineSettings {
                 return Err(ServiceError::invalid(
                     "workflow_engine_parameters",
                     format!(
-                        "{key}: {value:?} may hold only letters, digits and ._:/=,+-@ (at most 200)"
+                        "{key}: {value:?} may hold only letters, digits and ._:/=,+-@ (at most 200), and not start with - or @"
                     ),
                 ));
             }
@@ -141,9 +143,12 @@ impl EngineSettings {
             env.entry(name.to_owned())
                 .or_insert_with(|| "tresor".to_owned());
         }
-        // The adapters' directory is read-only for tasks.
-        env.entry("PYTHONDONTWRITEBYTECODE".to_owned())
-            .or_insert_with(|| "1".to_owned());
+        // The adapters' directory is read-only for tasks; and the run's directory, the working
+        // directory, must not shadow the engine's modules (`python -m snakemake` would import a
+        // `snakemake/` there first).
+        for name in ["PYTHONDONTWRITEBYTECODE", "PYTHONSAFEPATH"] {
+            env.entry(name.to_owned()).or_insert_with(|| "1".to_owned());
+        }
         // The run's declared secrets are the engine's; everything else of the run's tags is
         // the run's, not its engine task's.
         let mut tags: BTreeMap<String, String> = run_tags

@@ -1,14 +1,18 @@
-//! A run's directory in its workspace's `file://` storage: `<workspace dir>/runs/<run id>/`.
+//! A run's directory: `<first allowed dir>/.tresor-runs/<workspace>/<run id>/`.
 //!
-//! The server writes the workflow's files there as root, in a directory tree that the
-//! workspace's tasks can write to (they share the workspace's group). So every step goes
-//! through directory descriptors opened without following links, and `runs/` and the run's own
-//! directory must be the server's: a task that renamed them away and put a link or a directory
-//! of its own in their place gets a refusal, never a write or a read somewhere else.
+//! It lies outside every workspace's `file://` directory on purpose. A workspace's directory is
+//! writable by all of its members' tasks, which could rename a run's directory away or write
+//! into it (a `file://` output) and so run their code as another member's engine, with that
+//! member's secrets. Here only the run's own tasks, which get it bound into their sandbox, can
+//! write: `.tresor-runs/` is the server's (0711), `<workspace>/` the server's and the workspace
+//! group's to enter (0750), and the run's directory the workspace group's to write (2770). No
+//! `file://` URL reaches it, since it is in no workspace's directory.
 //!
-//! Layout: `runs/` (0750, the server's and the workspace group's: tasks see into it but cannot
-//! rename what is in it), `runs/<id>/` (2770: the run's shared directory), `runs/<id>/.tresor/`
-//! (2750: the engine's adapters, which tasks read but cannot change), `runs/<id>/.tresor-params.json`.
+//! The server writes the workflow's files there as root, through directory descriptors opened
+//! without following links, each checked to be the server's.
+//!
+//! Inside: the attached files, `.tresor/` (2750: the engine's adapters, which tasks read but
+//! cannot change), `.tresor-params.json`, and what the run writes (`outputs.json` is read back).
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -16,6 +20,21 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
+
+/// The runs' area in the first allowed dir (workspace ids hold no dot, so no workspace's
+/// directory can have this name).
+pub(crate) const AREA: &str = ".tresor-runs";
+
+/// A path's parent and last part, as text.
+fn split(path: &Path) -> std::io::Result<(&Path, &str)> {
+    match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(parent), Some(name)) => Ok((parent, name)),
+        _ => Err(std::io::Error::other(format!(
+            "{} is not a run directory",
+            path.display()
+        ))),
+    }
+}
 
 /// Where the adapters go, inside the run's directory.
 pub(crate) const CONTROL_DIR: &str = ".tresor";
@@ -74,47 +93,56 @@ fn own_dir_at(
 }
 
 impl RunDir {
-    /// Makes `<workspace dir>/runs/<id>/` and its control directory.
+    /// Makes `<area>/<workspace>/<id>/` and its control directory; `area` is
+    /// `<first allowed dir>/.tresor-runs` (see `AREA`).
     pub(crate) fn create(
-        workspace_dir: &Path,
+        area: &Path,
+        workspace: &str,
         id: &str,
         group: Option<u32>,
     ) -> std::io::Result<RunDir> {
-        let root = rustix::fs::open(
-            workspace_dir,
+        let (parent, name) = split(area)?;
+        let top = rustix::fs::open(
+            parent,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(io)?;
-        let runs = own_dir_at(&root, "runs", Some((0o750, group)))?;
+        let area_fd = own_dir_at(&top, name, Some((0o711, None)))?;
+        let workspace_fd = own_dir_at(&area_fd, workspace, Some((0o750, group)))?;
         // A new id: it must not exist yet.
-        rustix::fs::mkdirat(&runs, id, Mode::from_raw_mode(0o700)).map_err(io)?;
-        let fd = own_dir_at(&runs, id, None)?;
+        rustix::fs::mkdirat(&workspace_fd, id, Mode::from_raw_mode(0o700)).map_err(io)?;
+        let fd = own_dir_at(&workspace_fd, id, None)?;
         let file = std::fs::File::from(fd);
         std::os::unix::fs::fchown(&file, None, group)?;
         file.set_permissions(std::fs::Permissions::from_mode(0o2770))?;
         let dir = RunDir {
             fd: OwnedFd::from(file),
-            path: workspace_dir.join("runs").join(id),
+            path: area.join(workspace).join(id),
             group,
         };
         dir.make_dirs(CONTROL_DIR, 0o2750)?;
         Ok(dir)
     }
 
-    /// Opens an existing run's directory, refusing one that is not the server's.
-    pub(crate) fn open(workspace_dir: &Path, id: &str) -> std::io::Result<RunDir> {
-        let root = rustix::fs::open(
-            workspace_dir,
+    /// Opens an existing run's directory (`<area>/<workspace>/<id>`), refusing one whose
+    /// directories are not the server's.
+    pub(crate) fn open(dir: &Path) -> std::io::Result<RunDir> {
+        let (workspace_path, id) = split(dir)?;
+        let (area, workspace) = split(workspace_path)?;
+        let (parent, name) = split(area)?;
+        let top = rustix::fs::open(
+            parent,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(io)?;
-        let runs = own_dir_at(&root, "runs", None)?;
-        let fd = own_dir_at(&runs, id, None)?;
+        let area_fd = own_dir_at(&top, name, None)?;
+        let workspace_fd = own_dir_at(&area_fd, workspace, None)?;
+        let fd = own_dir_at(&workspace_fd, id, None)?;
         Ok(RunDir {
             fd,
-            path: workspace_dir.join("runs").join(id),
+            path: dir.to_owned(),
             group: None,
         })
     }
@@ -225,24 +253,23 @@ mod tests {
 
     #[test]
     fn a_run_directory_replaced_by_a_link_is_refused() {
-        let ws = tempfile::tempdir().unwrap();
-        let dir = RunDir::create(ws.path(), "r1", None).unwrap();
+        let allowed = tempfile::tempdir().unwrap();
+        let area = allowed.path().join(AREA);
+        let dir = RunDir::create(&area, "ws", "r1", None).unwrap();
         dir.write("sub/wf.cwl", b"x", 0o640).unwrap();
-        assert_eq!(
-            std::fs::read(ws.path().join("runs/r1/sub/wf.cwl")).unwrap(),
-            b"x"
-        );
+        assert_eq!(std::fs::read(area.join("ws/r1/sub/wf.cwl")).unwrap(), b"x");
         // A second write of the same file is refused, never appended or truncated.
         assert!(dir.write("sub/wf.cwl", b"y", 0o640).is_err());
         // A link planted where a file is read is not followed.
-        let secret = ws.path().join("secret");
+        let secret = allowed.path().join("secret");
         std::fs::write(&secret, b"do not read").unwrap();
-        std::os::unix::fs::symlink(&secret, ws.path().join("runs/r1/outputs.json")).unwrap();
-        assert!(dir.read_small("outputs.json", 1024).is_none());
-        // `runs/` swapped for a link elsewhere: refused.
-        std::fs::rename(ws.path().join("runs"), ws.path().join("moved")).unwrap();
-        std::os::unix::fs::symlink(ws.path().join("moved"), ws.path().join("runs")).unwrap();
-        assert!(RunDir::open(ws.path(), "r1").is_err());
-        assert!(RunDir::create(ws.path(), "r2", None).is_err());
+        std::os::unix::fs::symlink(&secret, area.join("ws/r1/outputs.json")).unwrap();
+        let opened = RunDir::open(&area.join("ws/r1")).unwrap();
+        assert!(opened.read_small("outputs.json", 1024).is_none());
+        // The workspace's part swapped for a link elsewhere: refused.
+        std::fs::rename(area.join("ws"), allowed.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(allowed.path().join("moved"), area.join("ws")).unwrap();
+        assert!(RunDir::open(&area.join("ws/r1")).is_err());
+        assert!(RunDir::create(&area, "ws", "r2", None).is_err());
     }
 }

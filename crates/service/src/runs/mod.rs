@@ -6,7 +6,7 @@
 //! jobs share the run's directory in the workspace's `file://` storage at the same path.
 
 mod engine;
-mod files;
+pub(crate) mod files;
 
 use std::collections::BTreeMap;
 
@@ -109,13 +109,20 @@ impl RunService {
                 workspace: task.workspace.clone(),
                 role: tresor_domain::Role::Owner,
             };
-            tracing::info!(task = %task.id, "canceling a job whose run's engine has ended");
+            let id = task.id.clone();
+            tracing::info!(task = %id, "canceling a job whose run's engine has ended");
             match self.tasks.cancel_record(&caller, task).await {
                 Ok(()) | Err(ServiceError::Conflict(_)) => {}
-                Err(e) => return Err(e),
+                // One task that fails is retried next round; the others go on.
+                Err(e) => tracing::warn!(task = %id, error = %e, "canceling a stray job failed"),
             }
         }
         Ok(())
+    }
+
+    /// The most files a run may attach.
+    pub fn max_attachments(&self) -> usize {
+        self.settings.max_attachments
     }
 
     /// The most bytes a run's attachments may hold together.
@@ -162,17 +169,10 @@ impl RunService {
         if let Some(caller) = caller
             && caller.require(Action::Read).is_ok()
         {
-            let mut before = None;
-            loop {
-                let page = self.store.list_runs(&caller.workspace, before, 500).await?;
-                for run in &page {
-                    let state = self.run_state(run).await?;
-                    *counts.entry(state.as_str().to_owned()).or_insert(0) += 1;
-                }
-                match page.last() {
-                    Some(last) if page.len() == 500 => before = Some(last.seq),
-                    _ => break,
-                }
+            for (state, n) in self.store.run_state_counts(&caller.workspace).await? {
+                *counts
+                    .entry(tes_state(state).as_str().to_owned())
+                    .or_insert(0) += n;
             }
         }
         Ok(WesServiceInfo {
@@ -231,12 +231,16 @@ impl RunService {
             Some(reference) => {
                 let found = self.registered(caller, reference, &request).await?;
                 let files = decode_files(&found.files)?;
+                // Anything beside a registered workflow's files could change what it does (a
+                // module it imports, a Snakemake profile): a run's own files go in `inputs/`.
                 for attachment in &attachments {
-                    if files.iter().any(|f| f.path == attachment.path) {
+                    if !attachment.path.starts_with(INPUTS_DIR)
+                        || files.iter().any(|f| f.path.starts_with(INPUTS_DIR))
+                    {
                         return Err(ServiceError::invalid(
                             "workflow_attachment",
                             format!(
-                                "{:?} is a file of the registered workflow {reference}; attach only other files (inputs)",
+                                "{:?}: a run of the registered workflow {reference} may attach only its inputs, under {INPUTS_DIR}",
                                 attachment.path
                             ),
                         ));
@@ -251,7 +255,7 @@ impl RunService {
             }
             None => {
                 let workflow = workflow_path(&request.workflow_url, &attachments)?;
-                let digest = workflow_digest(&workflow, &attachments);
+                let digest = workflow_digest(&request, &workflow, &attachments);
                 let found = self
                     .store
                     .approved_workflow_with_digest(&caller.workspace, &digest)
@@ -286,12 +290,14 @@ impl RunService {
                     other => other,
                 })?;
         }
-        let Some((workspace_dir, group)) = self.tasks.workspace_files(&caller.workspace).await?
-        else {
+        // The workspace's group (its file:// directory made ready), and the runs' area.
+        let files_of_workspace = self.tasks.workspace_files(&caller.workspace).await?;
+        let (Some((_, group)), Some(area)) = (files_of_workspace, self.tasks.runs_area()) else {
             return Err(ServiceError::Conflict(
-                "workflow runs need the workspace's file:// storage, and this server has none; an administrator sets local.allowed_dirs".to_owned(),
+                "workflow runs need file:// storage, and this server has none; an administrator sets local.allowed_dirs".to_owned(),
             ));
         };
+        let workspace = caller.workspace.to_string();
         let id = uuid::Uuid::now_v7().to_string();
         let request_json =
             serde_json::to_string(&request).map_err(|e| ServiceError::Internal(e.into()))?;
@@ -305,7 +311,7 @@ impl RunService {
             let attachments = attachments.clone();
             let adapters = engine::ADAPTERS;
             tokio::task::spawn_blocking(move || -> std::io::Result<std::path::PathBuf> {
-                let dir = files::RunDir::create(&workspace_dir, &id, group)?;
+                let dir = files::RunDir::create(&area, &workspace, &id, group)?;
                 for attachment in &attachments {
                     dir.write(&attachment.path, &attachment.content, 0o640)?;
                 }
@@ -466,7 +472,13 @@ impl RunService {
         self.check_plain_sight(caller, &request, &attachments)
             .await?;
         let workflow = workflow_path(&request.workflow_url, &attachments)?;
-        let digest = workflow_digest(&workflow, &attachments);
+        let digest = workflow_digest(&request, &workflow, &attachments);
+        if self.store.count_workflows(&caller.workspace).await? >= MAX_WORKFLOW_VERSIONS {
+            return Err(ServiceError::Conflict(format!(
+                "workspace {} has {MAX_WORKFLOW_VERSIONS} workflow versions, the most it may keep",
+                caller.workspace
+            )));
+        }
         let approved = caller.require(Action::ApproveWorkflow).is_ok();
         let files: BTreeMap<&str, String> = attachments
             .iter()
@@ -486,6 +498,7 @@ impl RunService {
             workflow_type_version: request.workflow_type_version.clone(),
             workflow_url: workflow,
             files: serde_json::to_string(&files).map_err(|e| ServiceError::Internal(e.into()))?,
+            file_names: files.keys().map(|k| (*k).to_owned()).collect(),
             state: if approved { "approved" } else { "proposed" }.to_owned(),
             proposed_by: caller.principal.user.clone(),
             approved_by: approved.then(|| caller.principal.user.clone()),
@@ -855,14 +868,9 @@ impl RunService {
                 .push(reason.clone());
         }
         let outputs = {
-            let dir = run.dir.clone();
-            let workspace_dir = std::path::Path::new(&dir)
-                .parent()
-                .and_then(std::path::Path::parent)
-                .map(std::path::Path::to_path_buf);
-            let id = run.id.clone();
+            let dir = std::path::PathBuf::from(&run.dir);
             tokio::task::spawn_blocking(move || {
-                let bytes = files::RunDir::open(&workspace_dir?, &id)
+                let bytes = files::RunDir::open(&dir)
                     .ok()?
                     .read_small("outputs.json", MAX_OUTPUTS_BYTES)?;
                 serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
@@ -1187,14 +1195,20 @@ fn workflow_path(url: &str, attachments: &[Attachment]) -> Result<String, Servic
     Ok(relative.to_owned())
 }
 
-/// The workflow's identity: SHA-256 over the main file's name and every attached file's name
-/// and SHA-256, in name order.
-fn workflow_digest(url: &str, attachments: &[Attachment]) -> String {
+/// The workflow's identity: SHA-256 over its type and version, the main file's name, and every
+/// attached file's name and SHA-256, in name order (names hold no NUL; digests are fixed-size).
+fn workflow_digest(request: &RunRequest, url: &str, attachments: &[Attachment]) -> String {
     let mut sorted: Vec<&Attachment> = attachments.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    hasher.update(url.as_bytes());
-    hasher.update(&[0]);
+    for part in [
+        request.workflow_type.to_ascii_uppercase().as_str(),
+        request.workflow_type_version.as_str(),
+        url,
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update(&[0]);
+    }
     for attachment in sorted {
         hasher.update(attachment.path.as_bytes());
         hasher.update(&[0]);
@@ -1235,6 +1249,12 @@ fn rebase_attached(value: &mut serde_json::Value, attachments: &[Attachment]) {
     }
 }
 
+/// The most workflow versions a workspace keeps (each holds up to `max_attachment_mb`).
+const MAX_WORKFLOW_VERSIONS: i64 = 1000;
+
+/// Where a run of a registered workflow puts files of its own.
+const INPUTS_DIR: &str = "inputs/";
+
 /// How a run names a registered workflow: `registered:NAME@VERSION`.
 const REGISTERED: &str = "registered:";
 
@@ -1255,8 +1275,6 @@ fn decode_files(json: &str) -> Result<Vec<Attachment>, ServiceError> {
 }
 
 fn registered_view(record: &WorkflowRecord) -> RegisteredWorkflow {
-    let files: BTreeMap<String, serde_json::Value> =
-        serde_json::from_str(&record.files).unwrap_or_default();
     RegisteredWorkflow {
         name: record.name.clone(),
         version: record.version.clone(),
@@ -1264,7 +1282,7 @@ fn registered_view(record: &WorkflowRecord) -> RegisteredWorkflow {
         workflow_type: record.workflow_type.clone(),
         workflow_type_version: record.workflow_type_version.clone(),
         workflow_url: record.workflow_url.clone(),
-        files: files.into_keys().collect(),
+        files: record.file_names.clone(),
         state: record.state.clone(),
         proposed_by: record.proposed_by.to_string(),
         approved_by: record.approved_by.as_ref().map(ToString::to_string),

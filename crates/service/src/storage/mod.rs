@@ -431,6 +431,14 @@ impl StorageService {
         Ok(())
     }
 
+    /// Where workflow runs' directories are made: in the first allowed dir, outside every
+    /// workspace's directory (see `runs::files`).
+    pub(crate) fn runs_area(&self) -> Option<PathBuf> {
+        self.file_dirs
+            .first()
+            .map(|d| d.join(crate::runs::files::AREA))
+    }
+
     /// A workspace's directory for `file://` inputs and outputs: the one an administrator gave
     /// it, or `<first allowed dir>/<workspace>`; `None` when the server allows no local storage.
     pub async fn file_root(

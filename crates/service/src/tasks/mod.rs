@@ -702,6 +702,11 @@ impl TaskService {
         self.inner.supervisor.workspace_files(workspace).await
     }
 
+    /// Where workflow runs' directories are made (`<first allowed dir>/.tresor-runs`).
+    pub(crate) fn runs_area(&self) -> Option<std::path::PathBuf> {
+        self.inner.supervisor.storage().runs_area()
+    }
+
     /// The launch guard of a caller (the values of the secrets they could use), if they have any.
     pub(crate) async fn secret_guard(
         &self,

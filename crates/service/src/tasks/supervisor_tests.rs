@@ -231,6 +231,8 @@ async fn supervisor(
 }
 
 async fn fixture(capacity: u32, unit: CapacityUnit, poll: bool) -> Fixture {
+    // reqwest is built without a default TLS provider; a test run alone must install one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&StoreSettings {
         path: dir.path().join("db.sqlite"),

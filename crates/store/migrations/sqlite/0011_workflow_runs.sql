@@ -23,3 +23,6 @@ CREATE INDEX runs_by_workspace ON runs (workspace, seq);
 -- The run a task belongs to (its engine or one of its jobs), for listing a run's tasks.
 ALTER TABLE tasks ADD COLUMN run_id TEXT;
 CREATE INDEX tasks_by_run ON tasks (run_id, seq) WHERE run_id IS NOT NULL;
+-- The active tasks of runs, for the sweep that ends jobs whose engine has ended.
+CREATE INDEX tasks_active_by_run ON tasks (run_id)
+    WHERE run_id IS NOT NULL AND state IN ('QUEUED', 'INITIALIZING', 'RUNNING');

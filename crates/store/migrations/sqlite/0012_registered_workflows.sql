@@ -9,8 +9,9 @@ CREATE TABLE workflows (
     workflow_type         TEXT NOT NULL,
     workflow_type_version TEXT NOT NULL,
     workflow_url          TEXT NOT NULL,
-    -- the files as JSON: {"path": "<base64>"}
+    -- the files as JSON: {"path": "<base64>"}, and their names (JSON array) for listings
     files                 TEXT NOT NULL,
+    file_names            TEXT NOT NULL,
     state                 TEXT NOT NULL,
     proposed_by           TEXT NOT NULL,
     approved_by           TEXT,
