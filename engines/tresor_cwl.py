@@ -45,6 +45,7 @@ SECRETS_HINT = "https://tresor.dev/cwl#Secrets"
 # Seconds between two status requests for one task, while at most POLL_SPREAD tasks are active;
 # beyond, each task is asked less often so that the run sends at most ~50 requests a second.
 POLL_SECONDS, POLL_SPREAD = 0.3, 16
+FIRST_POLL_SECONDS = 0.03
 DEFAULT_PARALLEL_CORES = 64
 logger = logging.getLogger("cwltool")  # cwltool's: our lines read like its own
 
@@ -117,9 +118,12 @@ def tes_popen(commands, stdin_path, stdout_path, stderr_path, env, cwd, timelimi
         active_tasks.add(task_id)
     logger.info("[job %s] is TES task %s in %s", name, task_id, task["executors"][0]["image"])
     started, timed_out = time.monotonic(), False
+    # Short jobs are the common case: look again soon, then less and less often.
+    delay = FIRST_POLL_SECONDS
     try:
         while True:
-            time.sleep(POLL_SECONDS * max(1, len(active_tasks) / POLL_SPREAD))
+            time.sleep(delay * max(1, len(active_tasks) / POLL_SPREAD))
+            delay = min(delay * 1.5, POLL_SECONDS)
             state_task = tes.get_task(task_id)
             state = state_task.get("state")
             if state in SUCCESS_STATES or state in FAILURE_STATES:

@@ -67,9 +67,15 @@ async fn runs(wes: &WesClient, n: usize, deadline: Instant) -> Result<Duration> 
             match state {
                 TesState::Complete => break,
                 TesState::ExecutorError | TesState::SystemError | TesState::Canceled => {
-                    bail!("run {id} ended {state:?}")
+                    let log = wes.run_log(&id).await.ok();
+                    bail!(
+                        "run {id} ended {state:?}: {:?}",
+                        log.and_then(|l| l.run_log.system_logs)
+                    )
                 }
-                _ if Instant::now() > deadline => bail!("the WES run exceeded --max-seconds"),
+                _ if Instant::now() > deadline => {
+                    bail!("WES run {id} is still {state:?} after --max-seconds")
+                }
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
@@ -100,13 +106,12 @@ pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
             cwltool.display()
         );
     }
-    let wes_server = PathBuf::from(&args.wes_service_venv).join("bin/wes-server");
-    if !wes_server.exists() {
-        bail!(
-            "{} is missing: run scripts/test.sh (it installs wes-service)",
-            wes_server.display()
-        );
-    }
+    // Absolute: the peer runs in a directory of its own.
+    let wes_server =
+        std::fs::canonicalize(PathBuf::from(&args.wes_service_venv).join("bin/wes-server"))
+            .context(
+                "wes-server is missing: run scripts/test.sh (it installs wes-service into .venv)",
+            )?;
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let python = engines.join("bin/python");
     let server = start_server_with(tresor, 2, |dir| {
@@ -114,7 +119,7 @@ pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
         std::fs::write(
             &config,
             format!(
-                "[workflows.engines.cwltool]\nworkflow_type = \"CWL\"\nworkflow_type_versions = [\"v1.2\"]\nversion = \"3.3\"\ncommand = [{python:?}, \"{{adapters}}/tresor_cwl.py\", \"--parallel\", \"{{workflow}}\", \"{{params}}\"]\n[workflows.engines.cwltool.env]\nPATH = \"{}:/usr/bin:/bin\"\n",
+                "[images]\nruntime = \"host\"\n[workflows.engines.cwltool]\nworkflow_type = \"CWL\"\nworkflow_type_versions = [\"v1.2\"]\nversion = \"3.3\"\ncommand = [{python:?}, \"{{adapters}}/tresor_cwl.py\", \"--parallel\", \"{{workflow}}\", \"{{params}}\"]\n[workflows.engines.cwltool.env]\nPATH = \"{}:/usr/bin:/bin\"\n",
                 engines.join("bin").display()
             ),
         )?;
@@ -155,7 +160,8 @@ pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
             .with_context(|| format!("starting {}", wes_server.display()))?,
     );
     let peer = WesClient::with_token(&format!("http://127.0.0.1:{port}"), "unused")?;
-    while peer.service_info().await.is_err() {
+    // Up when it accepts connections (its service-info lacks fields tresor's type requires).
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
             bail!("wes-server did not start");
         }

@@ -335,10 +335,7 @@ impl Supervisor {
                 else {
                     break;
                 };
-                let cost = match caps.capacity_unit {
-                    CapacityUnit::Cores => record.cpu_cores,
-                    CapacityUnit::Tasks => 1,
-                };
+                let cost = capacity_cost(caps.capacity_unit, &record);
                 self.track(
                     &record.id,
                     Tracked {
@@ -859,10 +856,7 @@ impl Supervisor {
             return Ok(());
         };
         let caps = backend.capabilities();
-        let cost = match caps.capacity_unit {
-            CapacityUnit::Cores => record.cpu_cores,
-            CapacityUnit::Tasks => 1,
-        };
+        let cost = capacity_cost(caps.capacity_unit, &record);
         self.track(
             &id,
             Tracked {
@@ -950,4 +944,20 @@ fn handle_metadata(env: &str, key: &str, handle: &str) -> BTreeMap<String, Strin
         (key.to_owned(), handle.to_owned()),
     ]
     .into()
+}
+
+/// What a task holds of its backend's capacity while it runs. A workflow engine holds none: it
+/// mostly waits for its jobs, and if engines held capacity, a few runs at once could fill it and
+/// wait forever for jobs that cannot start.
+fn capacity_cost(unit: CapacityUnit, record: &TaskRecord) -> u32 {
+    let engine = record
+        .spec
+        .run
+        .as_ref()
+        .is_some_and(|run| run.role == tresor_domain::RunRole::Engine);
+    match unit {
+        _ if engine => 0,
+        CapacityUnit::Cores => record.cpu_cores,
+        CapacityUnit::Tasks => 1,
+    }
 }
