@@ -1333,3 +1333,26 @@ async fn stock_wes_client_runs_a_cwl_workflow() {
     let text = std::fs::read_to_string(md5.trim_start_matches("file://")).unwrap();
     assert!(text.contains("upper.txt"), "{text}");
 }
+
+#[tokio::test]
+async fn runs_at_once_never_starve_their_jobs_of_capacity() {
+    // One core: if engines held capacity, the second run's engine would wait for the first's,
+    // and the first's job for a free core, forever.
+    let server = TestServer::start_with(|s| {
+        s.services.workflows = test_engines();
+        s.services.local.slots = 1;
+    })
+    .await;
+    let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            wes.run_workflow(&cwl_request(), &cwl_files())
+                .await
+                .unwrap(),
+        );
+    }
+    for id in ids {
+        assert_eq!(wait_run(&wes, &id).await, TesState::Complete);
+    }
+}
