@@ -463,6 +463,15 @@ struct SocketState {
 const TES_RATE: governor::Quota =
     governor::Quota::per_second(nonzero(100)).allow_burst(nonzero(200));
 
+/// Whether a request to the task's socket carries `Tresor-Metadata: true`, which keeps a request
+/// that a task was tricked into forwarding (SSRF) from getting a token or reaching the run's TES.
+fn marked(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get("tresor-metadata")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 /// The run's TES on an engine's socket: `POST /ga4gh/tes/v1/tasks` (create a job),
 /// `GET …/tasks` (the run's jobs), `GET …/tasks/{id}` and `POST …/tasks/{id}:cancel`, forwarded
 /// to the server's `…/internal/v1/tasks/{engine}/run/…` with the engine task's session, which
@@ -478,11 +487,7 @@ async fn run_tes(
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let marked = headers
-        .get("tresor-metadata")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if !marked {
+    if !marked(&headers) {
         return (
             axum::http::StatusCode::BAD_REQUEST,
             "send the header Tresor-Metadata: true\n",
@@ -550,11 +555,7 @@ async fn socket_token(
         )
             .into_response();
     }
-    let marked = headers
-        .get("tresor-metadata")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if !marked {
+    if !marked(&headers) {
         return (
             axum::http::StatusCode::BAD_REQUEST,
             "send the header Tresor-Metadata: true\n",

@@ -21,6 +21,16 @@ fn spawn_server(dir: &Path) -> ServerProcess {
     spawn_server_with(dir, None)
 }
 
+/// A loopback address free now, for a server that must come back at the same one.
+pub(crate) fn free_listen_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// `spawn_server_with` on a fixed address, so a restarted server is where its workers left it.
 pub(crate) fn spawn_server_at(dir: &Path, config: Option<&Path>, listen: &str) -> ServerProcess {
     spawn_server_listening(dir, config, listen)
@@ -449,12 +459,7 @@ async fn a_reattached_worker_keeps_renewing_its_token_after_a_restart() {
     let dir = traversable_tempdir();
     let config = dir.path().join("tresor.toml");
     std::fs::write(&config, "[identity]\ntoken_ttl_seconds = 6\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_listen_address();
     let mut first = spawn_server_at(dir.path(), Some(&config), &listen);
     let storage = personal_storage(&first, dir.path());
     let task = TesTask {
@@ -507,12 +512,7 @@ async fn slurm_jobs_survive_a_kill_9_of_the_server_none_lost_none_duplicated() {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_listen_address();
     let mut first = spawn_server_at(dir.path(), Some(&config), &listen);
     let token = std::fs::read_to_string(dir.path().join("data/bootstrap-admin-token")).unwrap();
     let admin = tresor_client::PlatformClient::new(&first.url, Some(token.trim())).unwrap();

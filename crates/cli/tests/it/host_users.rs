@@ -383,12 +383,7 @@ async fn a_restarted_server_gives_no_running_tasks_host_user_to_another_task() {
         "[local]\ntask_uid_range = \"2050000000-2050000001\"\n",
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = crate::crash::free_listen_address();
     let data = dir.path().join("data");
     let mut first = crate::crash::spawn_server_at(dir.path(), Some(&config), &listen);
     let a = first

@@ -183,25 +183,31 @@ rule combine:
     shell: "cat {input} > {output}"
 "#;
 
+fn snakemake_request() -> RunRequest {
+    request(
+        "SMK",
+        "9",
+        "Snakefile",
+        serde_json::json!({ "names": ["a", "b"] }),
+    )
+}
+
+/// SNAKEFILE and its two inputs; the run makes `results/combined.txt` of them.
+fn snakemake_files() -> Vec<WesAttachment> {
+    vec![
+        attach("Snakefile", SNAKEFILE),
+        attach("data/a.txt", "alpha\n"),
+        attach("data/b.txt", "beta\n"),
+    ]
+}
+
 #[tokio::test]
 async fn a_snakemake_workflow_runs_each_job_as_a_task_of_its_run() {
     let server = wes_server().await;
     let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
     let started = Instant::now();
     let id = wes
-        .run_workflow(
-            &request(
-                "SMK",
-                "9",
-                "Snakefile",
-                serde_json::json!({ "names": ["a", "b"] }),
-            ),
-            &[
-                attach("Snakefile", SNAKEFILE),
-                attach("data/a.txt", "alpha\n"),
-                attach("data/b.txt", "beta\n"),
-            ],
-        )
+        .run_workflow(&snakemake_request(), &snakemake_files())
         .await
         .unwrap();
     let state = wait_run(&wes, &id).await;
@@ -1120,19 +1126,7 @@ async fn a_snakemake_run_on_slurm_runs_its_engine_and_jobs_as_batch_jobs() {
     let wes = WesClient::for_workspace(&server.url, "hpc-runs", &server.admin_token).unwrap();
     let started = Instant::now();
     let id = wes
-        .run_workflow(
-            &request(
-                "SMK",
-                "9",
-                "Snakefile",
-                serde_json::json!({ "names": ["a", "b"] }),
-            ),
-            &[
-                attach("Snakefile", SNAKEFILE),
-                attach("data/a.txt", "alpha\n"),
-                attach("data/b.txt", "beta\n"),
-            ],
-        )
+        .run_workflow(&snakemake_request(), &snakemake_files())
         .await
         .unwrap();
     let state = wait_run(&wes, &id).await;
@@ -1198,16 +1192,11 @@ fn engines_toml() -> String {
 
 #[tokio::test]
 async fn a_kill_9_of_the_server_during_a_run_loses_nothing_and_runs_nothing_twice() {
-    use crate::crash::{personal_storage, spawn_server_at};
+    use crate::crash::{free_listen_address, personal_storage, spawn_server_at};
     let dir = traversable_tempdir();
     let config = dir.path().join("tresor.toml");
     std::fs::write(&config, engines_toml()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_listen_address();
     let mut first = spawn_server_at(dir.path(), Some(&config), &listen);
     let token = std::fs::read_to_string(dir.path().join("data/bootstrap-admin-token")).unwrap();
     let wes = WesClient::with_token(&first.client_url(), token.trim()).unwrap();

@@ -53,6 +53,16 @@ fn io(e: rustix::io::Errno) -> std::io::Error {
     std::io::Error::from(e)
 }
 
+/// The allowed dir the runs' area is in: the operator's, opened as it is.
+fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io)
+}
+
 fn open_dir_at(parent: &OwnedFd, name: &str) -> std::io::Result<OwnedFd> {
     rustix::fs::openat(
         parent,
@@ -102,12 +112,7 @@ impl RunDir {
         group: Option<u32>,
     ) -> std::io::Result<RunDir> {
         let (parent, name) = split(area)?;
-        let top = rustix::fs::open(
-            parent,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io)?;
+        let top = open_dir(parent)?;
         let area_fd = own_dir_at(&top, name, Some((0o711, None)))?;
         let workspace_fd = own_dir_at(&area_fd, workspace, Some((0o750, group)))?;
         // A new id: it must not exist yet.
@@ -131,12 +136,7 @@ impl RunDir {
         let (workspace_path, id) = split(dir)?;
         let (area, workspace) = split(workspace_path)?;
         let (parent, name) = split(area)?;
-        let top = rustix::fs::open(
-            parent,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io)?;
+        let top = open_dir(parent)?;
         let area_fd = own_dir_at(&top, name, None)?;
         let workspace_fd = own_dir_at(&area_fd, workspace, None)?;
         let fd = own_dir_at(&workspace_fd, id, None)?;
