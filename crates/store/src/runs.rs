@@ -42,9 +42,11 @@ pub struct RunRecord {
     /// Set only when the run ended without its engine task saying so.
     pub state: Option<TaskState>,
     pub reason: Option<String>,
+    /// Where the run's outputs were published, or why they could not be.
+    pub published: Option<String>,
 }
 
-const RUN_COLUMNS: &str = "seq, id, workspace, created_by, created_at, request, engine, digest, dir, engine_task, state, reason";
+const RUN_COLUMNS: &str = "seq, id, workspace, created_by, created_at, request, engine, digest, dir, engine_task, state, reason, published";
 
 fn run_from_row(row: &SqliteRow) -> Result<RunRecord, Error> {
     let id: String = row.try_get("id")?;
@@ -75,6 +77,7 @@ fn run_from_row(row: &SqliteRow) -> Result<RunRecord, Error> {
             .map(|s| TaskState::parse(&s).ok_or_else(|| corrupt("state", s.clone())))
             .transpose()?,
         reason: row.try_get("reason")?,
+        published: row.try_get("published")?,
         id,
     })
 }
@@ -195,6 +198,31 @@ impl Store {
                 Ok((task_from_row(row)?, owner))
             })
             .collect()
+    }
+
+    /// Completed runs whose outputs are not published yet.
+    pub async fn runs_to_publish(&self) -> Result<Vec<RunRecord>, Error> {
+        let columns = RUN_COLUMNS
+            .split(", ")
+            .map(|c| format!("r.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {columns} FROM runs r JOIN tasks e ON e.id = r.engine_task \
+             WHERE r.published IS NULL AND e.state = 'COMPLETE' ORDER BY r.seq LIMIT 20"
+        ));
+        let rows = q.build().fetch_all(&self.reader).await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Records where a run's outputs were published (or why not), once.
+    pub async fn set_run_published(&self, run: &str, published: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE runs SET published = ? WHERE id = ? AND published IS NULL")
+            .bind(published)
+            .bind(run)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     /// How many of a workspace's runs are in each state (a run without an engine task is

@@ -319,15 +319,39 @@ async fn a_cwl_workflow_runs_each_step_as_a_task_in_its_image() {
         "{}",
         engine_output(&server, &wes, &id).await
     );
-    // The outputs, as WES reports them, are files in the run's directory.
-    let log = wes.run_log(&id).await.unwrap();
+    // The outputs are published into the workspace's file:// directory (runs/<id>/), read-only
+    // for its members, and the run log names them there.
+    let published = server.storage.join("runs").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = wes.run_log(&id).await.unwrap();
+        let names = log.outputs["upper_file"]["location"]
+            .as_str()
+            .is_some_and(|l| l.contains(published.to_str().unwrap()));
+        if names {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "never published: {log:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let upper = log.outputs["upper_file"]["location"].as_str().unwrap();
     let path = upper.strip_prefix("file://").unwrap();
     assert_eq!(std::fs::read_to_string(path).unwrap(), "HELLO TRESOR\n");
-    assert!(
-        path.starts_with(run_dir(&server.storage, &id).to_str().unwrap()),
-        "{path}"
-    );
+    if is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o640));
+    }
+    // A later task of the workspace reads them through file://.
+    let mut read = sh_task("cat /in/upper.txt");
+    read.inputs = Some(vec![tresor_api_types::tes::TesInput {
+        url: Some(upper.to_owned()),
+        path: "/in/upper.txt".to_owned(),
+        ..Default::default()
+    }]);
+    let done = server.run(&read).await;
+    assert_complete(&done);
+    assert_eq!(stdout(&done, 0), "HELLO TRESOR\n");
     // Each step is a task of the run, in the image its DockerRequirement names.
     let tasks = wes.run_tasks(&id).await.unwrap().task_logs;
     assert_eq!(tasks.len(), 3, "{tasks:?}");

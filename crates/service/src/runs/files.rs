@@ -177,6 +177,26 @@ impl RunDir {
         Ok(())
     }
 
+    /// Copies `from` into a new file at a relative path (its directories made 2750).
+    fn copy_in(&self, relative: &str, from: &mut std::fs::File, mode: u32) -> std::io::Result<()> {
+        let (parent, name) = match relative.rsplit_once('/') {
+            Some((parent, name)) => (self.make_dirs(parent, 0o2750)?, name),
+            None => (self.fd.try_clone()?, relative),
+        };
+        let fd = rustix::fs::openat(
+            &parent,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(io)?;
+        let mut file = std::fs::File::from(fd);
+        std::io::copy(from, &mut file)?;
+        std::os::unix::fs::fchown(&file, None, self.group)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    }
+
     /// Reads a regular file directly in the run's directory, if it is there and at most `max`
     /// bytes long; a link, a directory or a larger file is `None`.
     pub(crate) fn read_small(&self, name: &str, max: u64) -> Option<Vec<u8>> {
@@ -201,6 +221,100 @@ impl RunDir {
         .ok()?;
         Some(out)
     }
+}
+
+/// The most entries a run's published outputs may hold.
+const MAX_PUBLISHED: usize = 100_000;
+
+/// Copies a finished run's `outputs/` into `<workspace dir>/runs/<id>/`, read-only for the
+/// workspace (2750 directories, 0640 files, root's with the workspace's group), so later tasks
+/// read them through `file://` and nobody changes what the run produced. Only directories and
+/// regular files are copied; links and the rest are skipped. `runs/` must be the server's: one
+/// a member made or put there is refused, never written through. Returns the destination, or
+/// `None` when the run has no `outputs/`.
+pub(crate) fn publish(
+    run_dir: &Path,
+    workspace_dir: &Path,
+    id: &str,
+    group: Option<u32>,
+) -> std::io::Result<Option<PathBuf>> {
+    let run = RunDir::open(run_dir)?;
+    let Ok(source) = open_dir_at(&run.fd, "outputs") else {
+        return Ok(None);
+    };
+    let workspace = open_dir(workspace_dir)?;
+    let runs = own_dir_at(&workspace, "runs", Some((0o2750, group)))?;
+    rustix::fs::mkdirat(&runs, id, Mode::from_raw_mode(0o700)).map_err(io)?;
+    let dest = own_dir_at(&runs, id, None)?;
+    let dest = RunDir {
+        fd: dest,
+        path: workspace_dir.join("runs").join(id),
+        group,
+    };
+    fix_dir(&dest.fd, group)?;
+    let mut copied = 0usize;
+    copy_tree(&source, &dest, "", 0, &mut copied)?;
+    Ok(Some(dest.path))
+}
+
+fn fix_dir(fd: &OwnedFd, group: Option<u32>) -> std::io::Result<()> {
+    let file = std::fs::File::from(fd.try_clone()?);
+    std::os::unix::fs::fchown(&file, None, group)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o2750))
+}
+
+fn copy_tree(
+    source: &OwnedFd,
+    dest: &RunDir,
+    prefix: &str,
+    depth: usize,
+    copied: &mut usize,
+) -> std::io::Result<()> {
+    if depth > 32 {
+        return Err(std::io::Error::other(
+            "outputs nest deeper than 32 directories",
+        ));
+    }
+    let mut entries = rustix::fs::Dir::read_from(source).map_err(io)?;
+    while let Some(entry) = entries.next() {
+        let entry = entry.map_err(io)?;
+        let Ok(name) = entry.file_name().to_str() else {
+            continue;
+        };
+        if name == "." || name == ".." {
+            continue;
+        }
+        *copied += 1;
+        if *copied > MAX_PUBLISHED {
+            return Err(std::io::Error::other(format!(
+                "outputs hold more than {MAX_PUBLISHED} entries"
+            )));
+        }
+        let relative = format!("{prefix}{name}");
+        let stat =
+            rustix::fs::statat(source, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
+        match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+            rustix::fs::FileType::Directory => {
+                let inner = open_dir_at(source, name)?;
+                let made = dest.make_dirs(&relative, 0o2750)?;
+                drop(made);
+                copy_tree(&inner, dest, &format!("{relative}/"), depth + 1, copied)?;
+            }
+            rustix::fs::FileType::RegularFile => {
+                let fd = rustix::fs::openat(
+                    source,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(io)?;
+                let mut from = std::fs::File::from(fd);
+                dest.copy_in(&relative, &mut from, 0o640)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether an attachment's path is one the run directory can hold: relative, made of plain
@@ -248,6 +362,32 @@ mod tests {
             "a\\b",
         ] {
             assert!(check_relative(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn published_outputs_are_copied_without_their_links_and_never_through_someone_elses_runs() {
+        let allowed = tempfile::tempdir().unwrap();
+        let area = allowed.path().join(AREA);
+        let dir = RunDir::create(&area, "ws", "r1", None).unwrap();
+        dir.write("outputs/sub/a.txt", b"result", 0o640).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", area.join("ws/r1/outputs/link")).unwrap();
+        let workspace = allowed.path().join("ws");
+        std::fs::create_dir(&workspace).unwrap();
+        let to = publish(&area.join("ws/r1"), &workspace, "r1", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(std::fs::read(to.join("sub/a.txt")).unwrap(), b"result");
+        assert!(std::fs::symlink_metadata(to.join("link")).is_err());
+        // Once only.
+        assert!(publish(&area.join("ws/r1"), &workspace, "r1", None).is_err());
+        // A `runs/` someone else made is not written through.
+        if rustix::process::geteuid().is_root() {
+            let other = allowed.path().join("other");
+            std::fs::create_dir_all(other.join("runs")).unwrap();
+            std::os::unix::fs::chown(other.join("runs"), Some(12345), None).unwrap();
+            assert!(publish(&area.join("ws/r1"), &other, "r1", None).is_err());
+            assert!(!other.join("runs/r1").exists());
         }
     }
 

@@ -9,6 +9,7 @@ mod engine;
 pub(crate) mod files;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use base64::Engine as _;
 use tresor_api_types::tes::{TesListTasksResponse, TesState, TesTask, TesTaskLog, TesView};
@@ -90,6 +91,9 @@ impl RunService {
                 if let Err(e) = runs.end_strays().await {
                     tracing::warn!(error = %e, "ending the jobs of ended runs failed; retrying");
                 }
+                if let Err(e) = runs.publish_outputs().await {
+                    tracing::warn!(error = %e, "publishing runs' outputs failed; retrying");
+                }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         });
@@ -116,6 +120,35 @@ impl RunService {
                 // One task that fails is retried next round; the others go on.
                 Err(e) => tracing::warn!(task = %id, error = %e, "canceling a stray job failed"),
             }
+        }
+        Ok(())
+    }
+
+    /// Copies each completed run's `outputs/` into its workspace's `file://` directory
+    /// (`runs/<id>/`), once; where they went, or why they could not, is recorded on the run.
+    async fn publish_outputs(&self) -> Result<(), ServiceError> {
+        for run in self.store.runs_to_publish().await? {
+            let result = match self.tasks.workspace_files(&run.workspace).await {
+                Ok(Some((workspace_dir, group))) => {
+                    let (dir, id) = (PathBuf::from(&run.dir), run.id.clone());
+                    tokio::task::spawn_blocking(move || {
+                        files::publish(&dir, &workspace_dir, &id, group)
+                    })
+                    .await
+                    .map_err(|e| ServiceError::Internal(e.into()))?
+                    .map(|to| {
+                        to.map_or_else(
+                            || "none".to_owned(),
+                            |to| format!("file://{}", to.display()),
+                        )
+                    })
+                    .unwrap_or_else(|e| format!("failed: {e}"))
+                }
+                Ok(None) => "failed: the workspace has no file:// directory".to_owned(),
+                Err(e) => format!("failed: {e}"),
+            };
+            tracing::info!(run = %run.id, published = %result, "a run's outputs");
+            self.store.set_run_published(&run.id, &result).await?;
         }
         Ok(())
     }
@@ -856,6 +889,12 @@ impl RunService {
         };
         // The engine's output is its task's (`stdout` and `stderr` link to it).
         run_log.name = Some(run.engine.clone());
+        if let Some(published) = &run.published {
+            run_log
+                .system_logs
+                .get_or_insert_with(Vec::new)
+                .push(format!("outputs published: {published}"));
+        }
         // What ran: the workflow's files by their digest.
         run_log
             .system_logs
@@ -879,6 +918,23 @@ impl RunService {
             .ok()
             .flatten()
             .unwrap_or_default()
+        };
+        let mut outputs = serde_json::Value::Object(outputs);
+        if let Some(to) = run
+            .published
+            .as_deref()
+            .filter(|p| p.starts_with("file://"))
+        {
+            relocate(
+                &mut outputs,
+                &format!("file://{}/outputs/", run.dir),
+                &format!("{to}/"),
+            );
+        }
+        let serde_json::Value::Object(outputs) = outputs else {
+            return Err(ServiceError::Internal(anyhow::anyhow!(
+                "outputs are an object"
+            )));
         };
         Ok(RunLog {
             task_logs_url: format!("{base}/runs/{}/tasks", run.id),
@@ -1251,6 +1307,30 @@ fn rebase_attached(value: &mut serde_json::Value, attachments: &[Attachment]) {
 
 /// The most workflow versions a workspace keeps (each holds up to `max_attachment_mb`).
 const MAX_WORKFLOW_VERSIONS: i64 = 1000;
+
+/// Replaces `from` at the start of every `location` in a CWL output object with `to`: once a
+/// run's outputs are published, they are named where later tasks can read them.
+fn relocate(value: &mut serde_json::Value, from: &str, to: &str) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::String(location)) = map.get_mut("location")
+                && let Some(rest) = location.strip_prefix(from)
+            {
+                *location = format!("{to}{rest}");
+            }
+            map.remove("path");
+            for inner in map.values_mut() {
+                relocate(inner, from, to);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for inner in items {
+                relocate(inner, from, to);
+            }
+        }
+        _ => {}
+    }
+}
 
 /// Where a run of a registered workflow puts files of its own.
 const INPUTS_DIR: &str = "inputs/";

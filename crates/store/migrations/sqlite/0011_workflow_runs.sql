@@ -16,7 +16,10 @@ CREATE TABLE runs (
     -- the engine's task, once created
     engine_task  TEXT,
     state        TEXT,
-    reason       TEXT
+    reason       TEXT,
+    -- where a completed run's outputs were published in the workspace's file:// directory, or
+    -- why they could not be
+    published    TEXT
 );
 CREATE INDEX runs_by_workspace ON runs (workspace, seq);
 
