@@ -275,8 +275,8 @@ fn copy_tree(
             "outputs nest deeper than 32 directories",
         ));
     }
-    let mut entries = rustix::fs::Dir::read_from(source).map_err(io)?;
-    while let Some(entry) = entries.next() {
+    let entries = rustix::fs::Dir::read_from(source).map_err(io)?;
+    for entry in entries {
         let entry = entry.map_err(io)?;
         let Ok(name) = entry.file_name().to_str() else {
             continue;
