@@ -1113,7 +1113,12 @@ async fn main() -> Result<()> {
         record("wes_peer_one_ms", ms(b.peer_one));
         record("wes_five_ms", ms(b.tresor_five));
         record("wes_peer_five_ms", ms(b.peer_five));
+        println!(
+            "| WES: Snakemake, a job's end to the creation of the job waiting for it (p50 of 3) | {:.0} ms | - | - | <= 1000 ms |",
+            ms(b.next_job)
+        );
         record("wes_cancel_ms", ms(b.cancel));
+        record("wes_next_job_ms", ms(b.next_job));
     }
     if args.runs("slurm") && args.slurm_runs > 0 {
         let (ours, raw, poll) = slurm(&tresor, &args).await?;

@@ -24,6 +24,69 @@ pub struct WesBench {
     pub tresor_five: Duration,
     pub peer_five: Duration,
     pub cancel: Duration,
+    /// Snakemake: from a job's end to the creation of the job that waited for it (median of 3).
+    pub next_job: Duration,
+}
+
+const CHAIN_SNAKEFILE: &str = "rule all:\n    input: \"b.txt\"\nrule first:\n    output: \"a.txt\"\n    shell: \"echo a > {output}\"\nrule second:\n    input: \"a.txt\"\n    output: \"b.txt\"\n    shell: \"cat {input} > {output}\"\n";
+
+fn rfc3339(text: Option<&str>) -> Result<time::OffsetDateTime> {
+    let text = text.context("a time is missing")?;
+    Ok(time::OffsetDateTime::parse(
+        text,
+        &time::format_description::well_known::Rfc3339,
+    )?)
+}
+
+/// A two-rule Snakemake run; the gap between the first job's end and the second's creation.
+async fn next_job_gap(
+    wes: &WesClient,
+    tes: &tresor_client::TesClient,
+    deadline: Instant,
+) -> Result<Duration> {
+    let request = RunRequest {
+        workflow_type: "SMK".to_owned(),
+        workflow_type_version: "9".to_owned(),
+        workflow_url: "Snakefile".to_owned(),
+        ..RunRequest::default()
+    };
+    let files = [WesAttachment {
+        name: "Snakefile".to_owned(),
+        content: CHAIN_SNAKEFILE.as_bytes().to_vec(),
+    }];
+    let id = wes.run_workflow(&request, &files).await?;
+    loop {
+        match wes.status(&id).await?.state {
+            TesState::Complete => break,
+            TesState::ExecutorError | TesState::SystemError | TesState::Canceled => {
+                bail!("the Snakemake run {id} failed")
+            }
+            _ if Instant::now() > deadline => bail!("the Snakemake run exceeded --max-seconds"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut jobs = Vec::new();
+    for task in wes.run_tasks(&id).await?.task_logs {
+        if task.name.contains("engine") {
+            continue;
+        }
+        let full = tes
+            .get_task(&task.id, tresor_api_types::tes::TesView::Full)
+            .await?;
+        let created = rfc3339(full.creation_time.as_deref())?;
+        let ended = rfc3339(
+            full.logs
+                .as_ref()
+                .and_then(|l| l.last())
+                .and_then(|l| l.end_time.as_deref()),
+        )?;
+        jobs.push((created, ended));
+    }
+    jobs.sort();
+    let [(_, first_end), (second_created, _)] = jobs[..] else {
+        bail!("the Snakemake run had {} jobs, not 2", jobs.len());
+    };
+    Ok(Duration::try_from(second_created - first_end).unwrap_or_default())
 }
 
 fn md5_files() -> Vec<WesAttachment> {
@@ -119,8 +182,8 @@ pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
         std::fs::write(
             &config,
             format!(
-                "[images]\nruntime = \"host\"\n[workflows.engines.cwltool]\nworkflow_type = \"CWL\"\nworkflow_type_versions = [\"v1.2\"]\nversion = \"3.3\"\ncommand = [{python:?}, \"{{adapters}}/tresor_cwl.py\", \"--parallel\", \"{{workflow}}\", \"{{params}}\"]\n[workflows.engines.cwltool.env]\nPATH = \"{}:/usr/bin:/bin\"\n",
-                engines.join("bin").display()
+                "[images]\nruntime = \"host\"\n[workflows.engines.cwltool]\nworkflow_type = \"CWL\"\nworkflow_type_versions = [\"v1.2\"]\nversion = \"3.3\"\ncommand = [{python:?}, \"{{adapters}}/tresor_cwl.py\", \"--parallel\", \"{{workflow}}\", \"{{params}}\"]\n[workflows.engines.cwltool.env]\nPATH = \"{bin}:/usr/bin:/bin\"\n[workflows.engines.snakemake]\nworkflow_type = \"SMK\"\nworkflow_type_versions = [\"9\"]\nversion = \"9\"\ncommand = [{python:?}, \"-m\", \"snakemake\", \"--snakefile\", \"{{workflow}}\", \"--directory\", \"{{run_dir}}\", \"--executor\", \"tresor\", \"--jobs\", \"4\", \"--shared-fs-usage\", \"input-output\", \"persistence\", \"sources\", \"source-cache\", \"storage-local-copies\", \"--nolock\", \"--max-status-checks-per-second\", \"100\"]\n[workflows.engines.snakemake.env]\nPATH = \"{bin}:/usr/bin:/bin\"\n",
+                bin = engines.join("bin").display()
             ),
         )?;
         let storage = dir.join("storage");
@@ -219,7 +282,13 @@ pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let cancel = start.elapsed();
+    let tes = tresor_client::TesClient::with_token(&server.url, &server.token)?;
+    let mut gaps = Vec::new();
+    for _ in 0..3 {
+        gaps.push(next_job_gap(&ours, &tes, deadline).await?);
+    }
     Ok(WesBench {
+        next_job: median(gaps),
         tresor_one: median(ours_one),
         peer_one: median(peer_one),
         tresor_five,
