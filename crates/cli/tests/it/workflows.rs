@@ -139,6 +139,31 @@ pub async fn wait_run(wes: &WesClient, id: &str) -> TesState {
     }
 }
 
+/// Waits (up to `seconds`) until the run's tasks satisfy `done`.
+async fn wait_tasks(
+    wes: &WesClient,
+    id: &str,
+    seconds: u64,
+    done: impl Fn(&[tresor_api_types::wes::WesTaskLog]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let tasks = wes.run_tasks(id).await.unwrap().task_logs;
+        if done(&tasks) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{tasks:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn running(tasks: &[tresor_api_types::wes::WesTaskLog]) -> usize {
+    tasks
+        .iter()
+        .filter(|t| t.state == Some(TesState::Running))
+        .count()
+}
+
 /// The engine's stdout and stderr, through TES (the run log links to them).
 async fn engine_output(server: &TestServer, wes: &WesClient, id: &str) -> String {
     let log = wes.run_log(id).await.unwrap();
@@ -410,19 +435,7 @@ async fn canceling_a_run_ends_its_engine_and_every_job() {
         .await
         .unwrap();
     // Both jobs running.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let tasks = wes.run_tasks(&id).await.unwrap().task_logs;
-        let running = tasks
-            .iter()
-            .filter(|t| t.state == Some(TesState::Running))
-            .count();
-        if running == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{tasks:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_tasks(&wes, &id, 60, |tasks| running(tasks) == 3).await;
     let canceled = Instant::now();
     wes.cancel(&id).await.unwrap();
     assert_eq!(wes.status(&id).await.unwrap().state, TesState::Canceled);
@@ -836,21 +849,15 @@ async fn jobs_left_by_an_engine_that_died_end_with_its_run() {
         .await
         .unwrap();
     assert_eq!(wait_run(&wes, &id).await, TesState::ExecutorError);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let tasks = wes.run_tasks(&id).await.unwrap().task_logs;
-        if tasks.len() == 2
+    wait_tasks(&wes, &id, 20, |tasks| {
+        tasks.len() == 2
             && tasks.iter().all(|t| {
                 t.state != Some(TesState::Running)
                     && t.state != Some(TesState::Queued)
                     && t.state != Some(TesState::Initializing)
             })
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{tasks:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     assert!(processes_with(&marker).is_empty());
 }
 
@@ -1244,23 +1251,8 @@ rule combine:
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let running = wes
-            .run_tasks(&id)
-            .await
-            .unwrap()
-            .task_logs
-            .iter()
-            .filter(|t| t.state == Some(TesState::Running))
-            .count();
-        // The engine and a job (the server has two slots: the other job waits its turn).
-        if running >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the jobs never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The engine and a job (the server has two slots: the other job waits its turn).
+    wait_tasks(&wes, &id, 60, |tasks| running(tasks) >= 2).await;
     first.kill_9();
     let second = spawn_server_at(dir.path(), Some(&config), &listen);
     let wes = WesClient::with_token(&second.client_url(), token.trim()).unwrap();

@@ -14,7 +14,6 @@
 //! Inside: the attached files, `.tresor/` (2750: the engine's adapters, which tasks read but
 //! cannot change), `.tresor-params.json`, and what the run writes (`outputs.json` is read back).
 
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -73,6 +72,20 @@ fn open_dir_at(parent: &OwnedFd, name: &str) -> std::io::Result<OwnedFd> {
     .map_err(io)
 }
 
+/// Makes `name` in `parent`, which must not exist yet, with `mode` and `group`.
+fn new_dir_at(
+    parent: &OwnedFd,
+    name: &str,
+    mode: u32,
+    group: Option<u32>,
+) -> std::io::Result<OwnedFd> {
+    rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)).map_err(io)?;
+    let file = std::fs::File::from(open_dir_at(parent, name)?);
+    std::os::unix::fs::fchown(&file, None, group)?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(OwnedFd::from(file))
+}
+
 /// Opens `name` in `parent` as a directory of the server's own, making it first if `create`.
 fn own_dir_at(
     parent: &OwnedFd,
@@ -80,16 +93,10 @@ fn own_dir_at(
     create: Option<(u32, Option<u32>)>,
 ) -> std::io::Result<OwnedFd> {
     if let Some((mode, group)) = create {
-        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) => {
-                let fd = open_dir_at(parent, name)?;
-                let file = std::fs::File::from(fd);
-                std::os::unix::fs::fchown(&file, None, group)?;
-                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-                return Ok(OwnedFd::from(file));
-            }
-            Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(io(e)),
+        match new_dir_at(parent, name, mode, group) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
         }
     }
     let fd = open_dir_at(parent, name)?;
@@ -116,13 +123,8 @@ impl RunDir {
         let area_fd = own_dir_at(&top, name, Some((0o711, None)))?;
         let workspace_fd = own_dir_at(&area_fd, workspace, Some((0o750, group)))?;
         // A new id: it must not exist yet.
-        rustix::fs::mkdirat(&workspace_fd, id, Mode::from_raw_mode(0o700)).map_err(io)?;
-        let fd = own_dir_at(&workspace_fd, id, None)?;
-        let file = std::fs::File::from(fd);
-        std::os::unix::fs::fchown(&file, None, group)?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o2770))?;
         let dir = RunDir {
-            fd: OwnedFd::from(file),
+            fd: new_dir_at(&workspace_fd, id, 0o2770, group)?,
             path: area.join(workspace).join(id),
             group,
         };
@@ -159,28 +161,20 @@ impl RunDir {
 
     /// Writes a new file at a relative path (checked by the caller), with its directories.
     pub(crate) fn write(&self, relative: &str, content: &[u8], mode: u32) -> std::io::Result<()> {
-        let (parent, name) = match relative.rsplit_once('/') {
-            Some((parent, name)) => (self.make_dirs(parent, 0o2770)?, name),
-            None => (self.fd.try_clone()?, relative),
-        };
-        let fd = rustix::fs::openat(
-            &parent,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(io)?;
-        let mut file = std::fs::File::from(fd);
-        file.write_all(content)?;
-        std::os::unix::fs::fchown(&file, None, self.group)?;
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        Ok(())
+        self.write_from(relative, &mut &content[..], mode, 0o2770)
     }
 
-    /// Copies `from` into a new file at a relative path (its directories made 2750).
-    fn copy_in(&self, relative: &str, from: &mut std::fs::File, mode: u32) -> std::io::Result<()> {
+    /// Writes what `from` reads into a new file at a relative path, making its directories
+    /// with `dir_mode`: never through a link, never over an existing file.
+    fn write_from(
+        &self,
+        relative: &str,
+        from: &mut impl std::io::Read,
+        mode: u32,
+        dir_mode: u32,
+    ) -> std::io::Result<()> {
         let (parent, name) = match relative.rsplit_once('/') {
-            Some((parent, name)) => (self.make_dirs(parent, 0o2750)?, name),
+            Some((parent, name)) => (self.make_dirs(parent, dir_mode)?, name),
             None => (self.fd.try_clone()?, relative),
         };
         let fd = rustix::fs::openat(
@@ -244,23 +238,14 @@ pub(crate) fn publish(
     };
     let workspace = open_dir(workspace_dir)?;
     let runs = own_dir_at(&workspace, "runs", Some((0o2750, group)))?;
-    rustix::fs::mkdirat(&runs, id, Mode::from_raw_mode(0o700)).map_err(io)?;
-    let dest = own_dir_at(&runs, id, None)?;
     let dest = RunDir {
-        fd: dest,
+        fd: new_dir_at(&runs, id, 0o2750, group)?,
         path: workspace_dir.join("runs").join(id),
         group,
     };
-    fix_dir(&dest.fd, group)?;
     let mut copied = 0usize;
     copy_tree(&source, &dest, "", 0, &mut copied)?;
     Ok(Some(dest.path))
-}
-
-fn fix_dir(fd: &OwnedFd, group: Option<u32>) -> std::io::Result<()> {
-    let file = std::fs::File::from(fd.try_clone()?);
-    std::os::unix::fs::fchown(&file, None, group)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o2750))
 }
 
 fn copy_tree(
@@ -309,7 +294,7 @@ fn copy_tree(
                 )
                 .map_err(io)?;
                 let mut from = std::fs::File::from(fd);
-                dest.copy_in(&relative, &mut from, 0o640)?;
+                dest.write_from(&relative, &mut from, 0o640, 0o2750)?;
             }
             _ => {}
         }
