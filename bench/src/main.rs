@@ -284,6 +284,7 @@ fn bare_bwrap_in(runs: usize, image_root: Option<&Path>) -> Result<Duration> {
         image_root,
         shared_dirs: &[],
         group: None,
+        hold: None,
     };
     let argv = bwrap_args(&spec);
     let mut samples = Vec::new();

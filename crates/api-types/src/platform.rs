@@ -208,3 +208,11 @@ pub struct ComputeEnvList {
 pub struct ComputeEnvChoice {
     pub compute_env: String,
 }
+
+/// A workspace's egress allowlist: the destinations (`host:port`, `*.domain:port`,
+/// `1.2.3.4:port`, `[::1]:port`) its tasks may reach through their sandbox's proxy. Empty: none.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPolicy {
+    pub allow: Vec<String>,
+}

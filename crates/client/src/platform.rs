@@ -418,6 +418,32 @@ impl PlatformClient {
         .await
     }
 
+    /// The workspace's egress allowlist.
+    pub async fn egress(
+        &self,
+        workspace: &str,
+    ) -> Result<tresor_api_types::platform::EgressPolicy, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("workspaces/{workspace}/egress"), None)
+            .await
+    }
+
+    /// Replaces the workspace's egress allowlist; answers with the rules as stored.
+    pub async fn set_egress(
+        &self,
+        workspace: &str,
+        allow: &[&str],
+    ) -> Result<tresor_api_types::platform::EgressPolicy, ClientError> {
+        let policy = tresor_api_types::platform::EgressPolicy {
+            allow: allow.iter().map(|r| (*r).to_owned()).collect(),
+        };
+        self.call(
+            Method::PUT,
+            &format!("workspaces/{workspace}/egress"),
+            Some(&policy),
+        )
+        .await
+    }
+
     /// Requires registered workflows of everyone in the workspace, or not.
     pub async fn set_workflow_policy(
         &self,

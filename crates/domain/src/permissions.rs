@@ -70,6 +70,8 @@ pub enum Action {
     RunUnregisteredWorkflow,
     /// Register workflows, approve proposed ones, and require registered workflows for all.
     ApproveWorkflow,
+    /// Set which hosts and ports the workspace's tasks may reach (its egress allowlist).
+    ManageEgress,
     /// Delete the workspace.
     DeleteWorkspace,
 }
@@ -132,6 +134,11 @@ pub const MATRIX: &[(Action, Role, &str)] = &[
         Role::Admin,
         "register and approve workflows; require registered workflows for everyone",
     ),
+    (
+        Action::ManageEgress,
+        Role::Admin,
+        "set the egress allowlist (hosts and ports tasks may reach)",
+    ),
     (Action::DeleteWorkspace, Role::Owner, "delete the workspace"),
 ];
 
@@ -189,6 +196,10 @@ mod tests {
             Action::ManageWorkspaceSecrets,
             Action::ChooseComputeEnv,
             Action::ManageImagePolicy,
+            Action::ProposeWorkflow,
+            Action::RunUnregisteredWorkflow,
+            Action::ApproveWorkflow,
+            Action::ManageEgress,
             Action::DeleteWorkspace,
         ] {
             assert_eq!(

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod backend;
+pub mod egress;
 pub mod limits;
 pub mod local;
 pub mod paths;

@@ -64,6 +64,11 @@ pub struct WorkerTask {
     /// run's TES on the task's socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunDelivery>,
+    /// The workspace's egress allowlist (`host:port` rules), for a task without the host's
+    /// network. Not empty: each executor's sandbox gets a proxy on its own loopback (see
+    /// `egress`) that reaches these destinations and nothing else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
 }
 
 /// What a task of a workflow run gets beyond a standalone task's.

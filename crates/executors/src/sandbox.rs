@@ -61,7 +61,15 @@ pub struct SandboxSpec<'a> {
     /// The group executors run with instead of the user's own (a run's tasks share the
     /// workspace's group, and the worker's umask 007, to share the run's directory).
     pub group: Option<u32>,
+    /// Descriptors through which bubblewrap reports its sandbox's process (`--info-fd`) and
+    /// then waits before starting the command (`--block-fd`): the worker binds the egress
+    /// proxy inside the sandbox's network namespace in between.
+    pub hold: Option<(i32, i32)>,
 }
+
+/// Descriptors in bubblewrap for `SandboxSpec::hold`.
+pub const INFO_FD: i32 = 7;
+pub const BLOCK_FD: i32 = 8;
 
 /// Where secret files appear inside the sandbox.
 pub const SECRETS_DIR: &str = "/run/secrets";
@@ -79,6 +87,14 @@ pub fn bwrap_args(spec: &SandboxSpec<'_>) -> Vec<String> {
     .to_vec();
     if spec.network {
         args.push("--share-net".to_owned());
+    }
+    if let Some((info, block)) = spec.hold {
+        args.extend([
+            "--info-fd".to_owned(),
+            info.to_string(),
+            "--block-fd".to_owned(),
+            block.to_string(),
+        ]);
     }
     if let Some(image) = spec.image_root {
         // Every place bubblewrap mounts something of the task's own.

@@ -510,11 +510,19 @@ async fn execute(
     report.status.phase = WorkerPhase::Running;
     report.publish().await.map_err(SystemError)?;
     let shared_dirs: Vec<PathBuf> = task.run.iter().map(|run| run.dir.clone()).collect();
+    // A task with the host's network needs no proxy; the server sends no allowlist then.
+    let egress = tresor_domain::egress::parse_allowlist(&task.egress)
+        .map_err(|e| SystemError(format!("the workspace's egress allowlist: {e}")))?;
+    let mut sandbox_env = identity_env;
+    if !egress.is_empty() && !task.network {
+        sandbox_env.extend(crate::egress::proxy_env());
+    }
     let sandbox_extras = SandboxExtras {
         ro_binds: &identity_binds,
-        env: &identity_env,
+        env: &sandbox_env,
         shared_dirs: &shared_dirs,
         group: task.run.as_ref().and(task.file_group),
+        egress: if task.network { &[] } else { &egress },
     };
     // The time limit covers all executors together, like a batch job's.
     let deadline = task
@@ -1159,6 +1167,8 @@ struct SandboxExtras<'a> {
     shared_dirs: &'a [PathBuf],
     /// The workspace's group, for a run's tasks (see `RunDelivery`).
     group: Option<u32>,
+    /// The workspace's egress allowlist, parsed; empty: no proxy.
+    egress: &'a [tresor_domain::EgressRule],
 }
 
 /// The executor's environment: the image's `Env`, then the executor's `env` over it, then a
@@ -1416,6 +1426,7 @@ async fn run_executor(
         image_root: image.map(|i| i.rootfs.as_path()),
         shared_dirs: extras.shared_dirs,
         group: extras.group,
+        hold: (!extras.egress.is_empty()).then_some((sandbox::INFO_FD, sandbox::BLOCK_FD)),
     };
     // The environment travels as bubblewrap arguments through a pipe (see `sandbox::env_args`).
     let env_bytes = zeroize::Zeroizing::new(sandbox::env_args(
@@ -1433,6 +1444,27 @@ async fn run_executor(
         parent_fd: std::os::fd::OwnedFd::from(env_reader),
         child_fd: sandbox::ENV_ARGS_FD,
     });
+    // With egress, bubblewrap tells its sandbox's pid through one pipe and waits on another
+    // until the proxy's socket is in place.
+    let hold = match spec.hold {
+        Some((info_fd, block_fd)) => {
+            let pipe = || {
+                std::io::pipe().map_err(|e| SandboxFailure::System(format!("creating a pipe: {e}")))
+            };
+            let (info_reader, info_writer) = pipe()?;
+            let (block_reader, block_writer) = pipe()?;
+            mappings.push(command_fds::FdMapping {
+                parent_fd: std::os::fd::OwnedFd::from(info_writer),
+                child_fd: info_fd,
+            });
+            mappings.push(command_fds::FdMapping {
+                parent_fd: std::os::fd::OwnedFd::from(block_reader),
+                child_fd: block_fd,
+            });
+            Some((info_reader, block_writer))
+        }
+        None => None,
+    };
     let mut cmd = sandbox::command(&spec, true);
     {
         use command_fds::CommandFdExt;
@@ -1478,6 +1510,27 @@ async fn run_executor(
             use std::io::Write;
             let _ = writer.write_all(value.expose_secret());
         });
+    }
+    // Kept until the executor ends: dropping it stops the proxy and its connections.
+    let mut proxy = None;
+    // Held until the executor ends too: on a failure below, bubblewrap is killed before it
+    // could read an end of file here and start the command without its proxy.
+    let mut _release = None;
+    if let Some((info, mut release)) = hold {
+        match start_proxy(info, extras.egress, redactor).await {
+            Ok(started) => {
+                proxy = Some(started);
+                release
+                    .write_all(b"1")
+                    .map_err(|e| SandboxFailure::System(format!("starting the sandbox: {e}")))?;
+            }
+            Err(e) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(SandboxFailure::System(e));
+            }
+        }
+        _release = Some(release);
     }
     let budget = confinement.log_budget;
     let tail = task.log_tail_bytes.min(budget);
@@ -1530,6 +1583,15 @@ async fn run_executor(
             ));
         }
     }
+    if let Some(proxy) = proxy {
+        let refused = proxy.refused();
+        if !refused.is_empty() {
+            notes.push(format!(
+                "its egress proxy refused {} (not on the workspace's allowlist, or resolving to this host's own addresses)",
+                refused.join(", ")
+            ));
+        }
+    }
     let stderr_text = String::from_utf8_lossy(&stderr).into_owned();
     // bubblewrap reports its own setup failures on stderr with exit code 1. A command that
     // cannot be executed is the task's fault (like exit 127 in a shell); anything else is ours.
@@ -1559,6 +1621,37 @@ async fn run_executor(
         kept_bytes: stdout.len() + stderr.len(),
         notes,
     })
+}
+
+/// Reads the sandbox's first process from bubblewrap's `--info-fd` and serves the egress proxy
+/// on a socket bound in that process's network namespace.
+async fn start_proxy(
+    info: std::io::PipeReader,
+    rules: &[tresor_domain::EgressRule],
+    redactor: Option<&Redactor>,
+) -> Result<crate::egress::EgressProxy, String> {
+    let listener = tokio::task::spawn_blocking(move || {
+        #[derive(serde::Deserialize)]
+        struct Info {
+            #[serde(rename = "child-pid")]
+            child_pid: u32,
+        }
+        // bubblewrap writes one JSON object once its namespaces exist; an end of file first
+        // means it failed, and its stderr says why.
+        let info: Info = serde_json::Deserializer::from_reader(info)
+            .into_iter::<Info>()
+            .next()
+            .ok_or_else(|| "the sandbox ended before it started".to_owned())?
+            .map_err(|e| format!("reading the sandbox's process: {e}"))?;
+        crate::egress::listen_in(info.child_pid)
+    })
+    .await
+    .map_err(|e| format!("binding the egress proxy: {e}"))??;
+    crate::egress::EgressProxy::start(
+        listener,
+        rules.to_vec(),
+        redactor.cloned().unwrap_or_default(),
+    )
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {

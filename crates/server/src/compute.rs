@@ -1,4 +1,4 @@
-//! Compute environments: the list, a workspace's choice, and the two internal endpoints of a
+//! Compute environments: the list, a workspace's choice and egress allowlist, and the two internal endpoints of a
 //! task's worker (a batch job's spending its bootstrap token; any worker reporting its status).
 
 use axum::Json;
@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tresor_api_types::internal::{BootstrapRequest, StatusAck, WorkerStatus};
+use tresor_api_types::platform::EgressPolicy;
 use tresor_service::WorkerAssignment;
 
 use crate::extract::{Authenticated, CallerOf, Id, PathParam, StrictJson};
@@ -45,6 +46,22 @@ pub(crate) async fn put_choice(
         .set_workspace_compute_env(&caller, &body.compute_env)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn get_egress(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+) -> Result<Json<EgressPolicy>, ApiError> {
+    Ok(Json(state.platform.egress(&caller).await?))
+}
+
+/// Answers with the rules as stored (lowercase, canonical addresses).
+pub(crate) async fn put_egress(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+    StrictJson(policy): StrictJson<EgressPolicy>,
+) -> Result<Json<EgressPolicy>, ApiError> {
+    Ok(Json(state.platform.set_egress(&caller, policy).await?))
 }
 
 /// The bearer is the job's one-time bootstrap token; the answer holds the worker's session.

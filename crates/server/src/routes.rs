@@ -504,6 +504,24 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         (
             spec(
                 Method::GET,
+                "/api/v1/workspaces/{workspace}/egress",
+                Access::Workspace(Action::Read),
+                "The workspace's egress allowlist: the host:port rules its tasks may reach",
+            ),
+            get(compute::get_egress),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/api/v1/workspaces/{workspace}/egress",
+                Access::Workspace(Action::ManageEgress),
+                "Replace the workspace's egress allowlist (tasks started from now on get it)",
+            ),
+            put(compute::put_egress),
+        ),
+        (
+            spec(
+                Method::GET,
                 "/api/v1/workspaces/{workspace}/image-policy",
                 Access::Workspace(Action::Read),
                 "The workspace's image policy: allowed images, digest pinning, registry logins (secret names)",

@@ -71,6 +71,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "registered_workflows",
         include_str!("../migrations/sqlite/0012_registered_workflows.sql"),
     ),
+    (
+        13,
+        "egress",
+        include_str!("../migrations/sqlite/0013_egress.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -185,6 +185,49 @@ impl Store {
         .await
     }
 
+    /// A workspace's egress allowlist (`host:port` rules, as set); empty when it has none.
+    pub async fn workspace_egress(&self, workspace: &WorkspaceId) -> Result<Vec<String>, Error> {
+        let rules: Option<Option<String>> =
+            sqlx::query_scalar("SELECT egress FROM workspaces WHERE id = ?")
+                .bind(workspace.as_str())
+                .fetch_optional(&self.reader)
+                .await?;
+        match rules.flatten() {
+            None => Ok(Vec::new()),
+            Some(json) => serde_json::from_str(&json).map_err(|e| Error::Corrupt {
+                id: workspace.to_string(),
+                column: "egress",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Replaces a workspace's egress allowlist, recording `event` with it.
+    pub async fn set_workspace_egress(
+        &self,
+        workspace: &WorkspaceId,
+        rules: &[String],
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let json = (!rules.is_empty())
+            .then(|| serde_json::to_string(rules))
+            .transpose()
+            .map_err(|e| Error::Corrupt {
+                id: workspace.to_string(),
+                column: "egress",
+                reason: e.to_string(),
+            })?;
+        self.audited(event, async |conn| {
+            sqlx::query("UPDATE workspaces SET egress = ? WHERE id = ?")
+                .bind(json.as_deref())
+                .bind(workspace.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn personal_workspace(
         &self,
         user: &UserId,

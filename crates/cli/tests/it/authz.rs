@@ -224,6 +224,11 @@ fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<se
             fill(path),
             Some(serde_json::json!({ "compute_env": "local" })),
         ),
+        (Method::GET, "/api/v1/workspaces/{workspace}/egress") => (fill(path), None),
+        (Method::PUT, "/api/v1/workspaces/{workspace}/egress") => (
+            fill(path),
+            Some(serde_json::json!({ "allow": ["pypi.org:443"] })),
+        ),
         (Method::GET, "/api/v1/workspaces/{workspace}/image-policy") => (fill(path), None),
         (Method::PUT, "/api/v1/workspaces/{workspace}/image-policy") => (
             fill(path),

@@ -8,6 +8,7 @@ mod bad_input;
 mod boundary;
 mod cli;
 mod crash;
+mod egress;
 mod host_users;
 mod identity;
 mod images;

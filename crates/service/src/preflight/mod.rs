@@ -441,6 +441,7 @@ impl Preflight {
             image_root: None,
             shared_dirs: &[],
             group: None,
+            hold: None,
         };
         let output = tresor_executors::sandbox::command(&spec, false)
             .output()

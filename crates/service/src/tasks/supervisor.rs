@@ -403,13 +403,20 @@ impl Supervisor {
         let mut limits = backend.worker_limits(spec);
         limits.log_bytes = limits.log_bytes.or(Some(defaults.max_log_bytes));
         let images = self.images.delivery(record, &caps.image_cache).await?;
+        let network = spec.resources.network && defaults.allow_network;
+        // Read at each start: a changed allowlist holds for every task started after it.
+        let egress = if network {
+            Vec::new()
+        } else {
+            self.store.workspace_egress(&record.workspace).await?
+        };
         Ok(WorkerTask {
             task_id: record.id.to_string(),
             inputs: spec.inputs.clone(),
             outputs: spec.outputs.clone(),
             executors: spec.executors.clone(),
             volumes: spec.volumes.clone(),
-            network: spec.resources.network && defaults.allow_network,
+            network,
             sandbox: defaults.sandbox.clone(),
             allowed_dirs,
             file_group,
@@ -438,6 +445,7 @@ impl Supervisor {
                 dir: run.dir.clone().into(),
                 engine: run.role == tresor_domain::RunRole::Engine,
             }),
+            egress,
         })
     }
 
