@@ -11,6 +11,11 @@ A tool names the secrets its task is given (never their values) in a hint:
     $namespaces: {tresor: "https://tresor.dev/cwl#"}
     hints: [{class: "tresor:Secrets", env: [API_TOKEN], files: [ssh_key]}]
 The final output object is also written to $TRESOR_RUN_DIR/outputs.json (the run's WES outputs).
+
+cwltool parses CWL's schemas (YAML, about 0.6 s) at every start. `--write-schema-cache` keeps
+them parsed beside cwltool (scripts/lib/engines-up.sh runs it once per install), and every run
+then loads them in a few milliseconds. The cache lives in the engine's own read-only venv, so it is
+trusted exactly as far as the cwltool code beside it.
 """
 
 import io
@@ -18,6 +23,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shlex
 import signal
 import sys
@@ -28,6 +34,7 @@ import time
 import cwltool.command_line_tool
 import cwltool.job
 import cwltool.main
+import cwltool.process
 from cwltool.errors import WorkflowException
 from cwltool.executors import MultithreadedJobExecutor
 
@@ -49,7 +56,7 @@ FIRST_POLL_SECONDS = 0.03
 DEFAULT_PARALLEL_CORES = 64
 logger = logging.getLogger("cwltool")  # cwltool's: our lines read like its own
 
-tes = TesClient()
+tes = None  # a TesClient, made in main(): only an engine task has its socket
 # The job each thread is running: cwltool runs the steps of --parallel in threads, and
 # _job_popen is not told which job it spawns.
 current = threading.local()
@@ -180,7 +187,52 @@ def shared_mkdtemp(*args, **kwargs):
 _mkdtemp = tempfile.mkdtemp
 
 
+SCHEMA_CACHE_FILE = os.path.join(sys.prefix, "share", "tresor", "cwl-schemas.pickle")
+SCHEMA_VERSIONS = ("v1.0", "v1.1", "v1.2")
+
+
+def schema_stamp():
+    """What a cache was made with: parsed schemas are objects of these packages' classes."""
+    from importlib.metadata import version
+    return tuple(version(name) for name in ("cwltool", "schema-salad", "ruamel.yaml"))
+
+
+def write_schema_cache(path=SCHEMA_CACHE_FILE):
+    import copyreg
+    from schema_salad.ref_resolver import NormDict
+    # NormDict keeps its key function in an attribute its own __init__ sets, which unpickling
+    # would skip; rebuild it through __init__ instead.
+    copyreg.pickle(NormDict, lambda d: (NormDict, (d.normalize,), None, None, iter(dict.items(d))))
+    schemas = {v: cwltool.process.get_schema(v) for v in SCHEMA_VERSIONS}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = path + ".partial"
+    with open(partial, "wb") as f:
+        pickle.dump((schema_stamp(), schemas), f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.chmod(partial, 0o644)
+    os.replace(partial, path)
+
+
+def load_schema_cache(path=SCHEMA_CACHE_FILE):
+    """Puts the parsed schemas in cwltool's cache; False (and cwltool parses them) when there is
+    no cache, or one made with other versions."""
+    try:
+        with open(path, "rb") as f:
+            stamp, schemas = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError):
+        return False
+    if stamp != schema_stamp():
+        return False
+    cwltool.process.SCHEMA_CACHE.update(schemas)
+    print(f"tresor_cwl: CWL schemas parsed in advance, from {path}", file=sys.stderr)
+    return True
+
+
 def main(argv):
+    if argv == ["--write-schema-cache"]:
+        write_schema_cache()
+        return 0
+    global tes
+    tes = TesClient()
     run_dir = os.environ.get("TRESOR_RUN_DIR")
     if not run_dir:
         sys.exit("tresor_cwl: TRESOR_RUN_DIR is not set")
@@ -201,7 +253,12 @@ def main(argv):
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, cancel_and_exit)
     out = io.StringIO()
-    code = cwltool.main.main(args + argv, stdout=out)
+    # cwltool drops its cached schemas at start unless it is handed its own way to set them
+    # up; with the cache loaded, that way is to keep them. Extensions need their own schemas.
+    keep_cached = "--enable-ext" not in argv and load_schema_cache()
+    code = cwltool.main.main(
+        args + argv, stdout=out, custom_schema_callback=(lambda: None) if keep_cached else None
+    )
     sys.stdout.write(out.getvalue())
     if code == 0:
         try:

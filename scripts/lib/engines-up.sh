@@ -14,6 +14,7 @@ if [ -z "${TRESOR_ENGINES_UP_CHILD:-}" ]; then
 fi
 
 set -euo pipefail
+umask 022   # world-readable: the engine runs as the task's user, not root
 say() { printf '==> %s\n' "$*"; }
 top=/opt/tresor-engines venv=/opt/tresor-engines/venv
 # Pinned together: Snakemake 9 finds executor plugins through snakemake-interface-executor-plugins
@@ -29,13 +30,17 @@ from importlib.metadata import version
 sys.exit(any(version(name) != want for name, want in (p.split("==") for p in sys.argv[1:])))
 EOF
 }
-installed && exit 0
+# cwltool's parsed schemas, kept beside it for tresor_cwl.py (see there).
+schema_cache() {
+    [ -f "$venv/share/tresor/cwl-schemas.pickle" ] && return 0
+    "$venv/bin/python" "$(dirname "${BASH_SOURCE[0]}")/../../engines/tresor_cwl.py" --write-schema-cache
+}
+installed && { schema_cache; exit 0; }
 
 start=$SECONDS
 # A venv is not relocatable (its scripts name their interpreter by absolute path), so it is built
 # in place; a leftover from an interrupted or older build is removed first.
 rm -rf "$venv"
-umask 022   # world-readable: the engine runs as the task's user, not root
 mkdir -p "$top"
 chmod 0755 "$top"
 # Debian's python3 creates venvs only with python3-venv (it provides ensurepip's wheels).
@@ -53,5 +58,6 @@ say "installing ${pins[*]} into $venv"
 # pip keeps the umask, but a wheel's own modes can be narrower.
 chmod -R a+rX "$top"
 installed || { echo "engines-up: $venv does not hold ${pins[*]}" >&2; exit 1; }
+schema_cache
 say "engines in $venv: $("$venv/bin/snakemake" --version | tail -1 | sed 's/^/snakemake /'), \
 $("$venv/bin/cwltool" --version 2>/dev/null | sed 's/^.*cwltool /cwltool /') ($((SECONDS - start)) s)"

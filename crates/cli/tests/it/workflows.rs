@@ -344,6 +344,9 @@ async fn a_cwl_workflow_runs_each_step_as_a_task_in_its_image() {
         "{}",
         engine_output(&server, &wes, &id).await
     );
+    // cwltool started from the schemas engines-up.sh parsed once, not from their YAML.
+    let engine = engine_output(&server, &wes, &id).await;
+    assert!(engine.contains("CWL schemas parsed in advance"), "{engine}");
     // The outputs are published into the workspace's file:// directory (runs/<id>/), read-only
     // for its members, and the run log names them there.
     let published = server.storage.join("runs").join(&id);
