@@ -337,6 +337,10 @@ struct LocalSection {
     allow_network: Option<bool>,
     /// Whether http(s) inputs may come from loopback, private or link-local addresses (default false).
     allow_private_http_inputs: Option<bool>,
+    /// Whether workspaces may have egress allowlists (default false).
+    allow_egress: Option<bool>,
+    /// Whether egress allowlists may reach loopback, private and link-local addresses (default false).
+    allow_private_egress: Option<bool>,
     /// Bytes of each executor's stdout and stderr kept in the task log.
     log_tail_bytes: Option<usize>,
     /// The bubblewrap program (default: `bwrap` on PATH).
@@ -1084,6 +1088,8 @@ fn resolve(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<Settings,
                             .local
                             .allow_private_http_inputs
                             .unwrap_or(false),
+                        allow_egress: file.local.allow_egress.unwrap_or(false),
+                        allow_private_egress: file.local.allow_private_egress.unwrap_or(false),
                         runtime_dir,
                         limits,
                         task_ids,

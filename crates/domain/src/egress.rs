@@ -51,14 +51,21 @@ impl EgressRule {
                 IpAddr::V6(_) => return Err(complain("an IPv6 address goes in brackets")),
             }
         } else if let Some(suffix) = host.strip_prefix("*.") {
-            RuleHost::Below(dns_name(suffix).map_err(|why| complain(&why))?)
+            let suffix = dns_name(suffix).map_err(|why| complain(&why))?;
+            if !suffix.contains('.') {
+                return Err(complain(
+                    "a wildcard must stand below a registered domain (*.example.org), not a top-level one",
+                ));
+            }
+            RuleHost::Below(suffix)
         } else {
             RuleHost::Name(dns_name(host).map_err(|why| complain(&why))?)
         };
         Ok(EgressRule { host, port })
     }
 
-    /// Whether a request for `host:port` (as a client wrote it) is allowed by this rule.
+    /// Whether a request for `host:port` (as a client wrote it) is allowed by this rule. A host
+    /// that is an address matches only a rule naming that address, never a name rule.
     pub fn allows(&self, host: &str, port: u16) -> bool {
         if port != self.port {
             return false;
@@ -68,8 +75,11 @@ impl EgressRule {
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(&host);
+        if let Ok(address) = bare.parse::<IpAddr>() {
+            return self.host == RuleHost::Address(address);
+        }
         match &self.host {
-            RuleHost::Address(ip) => bare.parse::<IpAddr>().is_ok_and(|b| b == *ip),
+            RuleHost::Address(_) => false,
             RuleHost::Name(name) => host == *name,
             RuleHost::Below(suffix) => host
                 .strip_suffix(suffix.as_str())
@@ -77,10 +87,39 @@ impl EgressRule {
         }
     }
 
-    /// Whether the rule names an address rather than a DNS name. Only such a rule reaches a
-    /// loopback or link-local address: a name that resolves there is refused.
-    pub fn names_an_address(&self) -> bool {
-        matches!(self.host, RuleHost::Address(_))
+    /// The address the rule names, if it names one rather than a DNS name.
+    pub fn address(&self) -> Option<IpAddr> {
+        match self.host {
+            RuleHost::Address(ip) => Some(ip),
+            _ => None,
+        }
+    }
+}
+
+/// Loopback, private (RFC 1918, shared 100.64/10, IPv6 unique-local), link-local (cloud
+/// metadata among them), unspecified and broadcast addresses: the host's own services and its
+/// networks', which a task reaches only where the operator allows.
+pub fn is_private_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_private_address(IpAddr::V4(v4)))
+        }
     }
 }
 
@@ -114,6 +153,16 @@ fn dns_name(name: &str) -> Result<String, String> {
                 "{label:?} is not a DNS label (letters, digits and inner hyphens, at most 63)"
             ));
         }
+    }
+    // A name whose last label is a number would read as (part of) an address.
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(
+            "a host name's last label cannot be a number; write an address as 1.2.3.4".to_owned(),
+        );
     }
     Ok(name)
 }
@@ -159,8 +208,12 @@ mod tests {
         assert!(!below.allows(".example.org", 443));
 
         let v4 = EgressRule::parse("127.0.0.1:8080").unwrap();
-        assert!(v4.allows("127.0.0.1", 8080) && v4.names_an_address());
+        assert!(v4.allows("127.0.0.1", 8080) && v4.address().is_some());
         assert!(!v4.allows("localhost", 8080));
+        assert!(name.address().is_none());
+        // An address never matches a name rule, whatever the rule's suffix.
+        let numeric_tail = EgressRule::parse("*.example.org:80").unwrap();
+        assert!(!numeric_tail.allows("10.0.0.1", 80));
         let v6 = EgressRule::parse("[::1]:9000").unwrap();
         assert!(v6.allows("[::1]", 9000) && v6.allows("[0:0::1]", 9000));
         assert_eq!(v6.to_string(), "[::1]:9000");
@@ -181,11 +234,29 @@ mod tests {
             "a_b.org:443",
             "::1:443",
             "[pypi.org]:443",
+            "*.com:443",
+            "*.0.1:80",
+            "10.0.0.300:80",
             "http://pypi.org:443",
             "",
         ] {
             let err = EgressRule::parse(bad).unwrap_err();
             assert!(err.contains("host:port"), "{bad}: {err}");
+        }
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "169.254.169.254",
+            "100.100.100.200",
+            "::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:192.168.1.1",
+        ] {
+            assert!(is_private_address(private.parse().unwrap()), "{private}");
+        }
+        for public in ["151.101.0.223", "2a04:4e42::223", "8.8.8.8"] {
+            assert!(!is_private_address(public.parse().unwrap()), "{public}");
         }
         let twice = parse_allowlist(&["a.org:1".to_owned(), "A.org:1".to_owned()]).unwrap_err();
         assert!(twice.contains("twice"), "{twice}");

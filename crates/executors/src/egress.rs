@@ -23,33 +23,54 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tresor_crypto::redact::Redactor;
 use tresor_domain::EgressRule;
+use tresor_domain::egress::is_private_address;
 
 /// The proxy's port on the sandbox's loopback (its network namespace is the task's own).
 pub const EGRESS_PORT: u16 = 3128;
-/// Connections one executor may hold open through the proxy at once; more wait to be accepted.
+/// Connections one executor may hold open to the proxy at once; more wait to be accepted. The
+/// same number again bounds its open tunnels, which outlive their connection's HTTP exchange.
 const MAX_CONNECTIONS: usize = 64;
+/// The longest destination a refusal names in the task's system log.
+const MAX_NOTED_LENGTH: usize = 260;
 /// How long connecting to an allowed destination may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refused destinations remembered for the task's system log.
 const MAX_NOTED_REFUSALS: usize = 16;
 
-/// The environment that points an executor's HTTP clients at the proxy.
+/// The environment that points an executor's HTTP clients at the proxy, except for what the
+/// task serves itself on its own loopback.
 pub fn proxy_env() -> Vec<(String, String)> {
     let url = format!("http://127.0.0.1:{EGRESS_PORT}");
+    let own = "localhost,127.0.0.1,::1".to_owned();
     ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]
         .into_iter()
         .map(|name| (name.to_owned(), url.clone()))
+        .chain(["NO_PROXY", "no_proxy"].map(|name| (name.to_owned(), own.clone())))
         .collect()
 }
 
-/// Binds the proxy's listening socket inside the network namespace of process `pid` (the
-/// sandbox's first process). `setns` moves only the calling thread, so a thread of its own
-/// does it and ends; the socket stays in the sandbox's namespace, and the worker accepts on it
-/// from the host's side. This needs the worker to hold `CAP_SYS_ADMIN` (run as root), as it
-/// does when the server switches executors to other users.
-pub fn listen_in(pid: u32) -> Result<std::net::TcpListener, String> {
+/// Binds the proxy's listening socket inside network namespace `namespace` (bubblewrap's
+/// report of it), found through process `pid` (the sandbox's first process). `setns` moves
+/// only the calling thread, so a thread of its own does it and ends; the socket stays in the
+/// sandbox's namespace, and the worker accepts on it from the host's side. This needs the
+/// worker to hold `CAP_SYS_ADMIN` (run as root), as it does when the server switches executors
+/// to other users.
+pub fn listen_in(pid: u32, namespace_inode: u64) -> Result<std::net::TcpListener, String> {
+    use std::os::unix::fs::MetadataExt;
     let namespace = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|e| format!("opening the sandbox's network namespace: {e}"))?;
+    // The pid could have ended and been reused since bubblewrap reported it: bind only in the
+    // very namespace it reported, and never in the host's own.
+    let found = namespace
+        .metadata()
+        .map_err(|e| format!("the sandbox's network namespace: {e}"))?
+        .ino();
+    let own = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| format!("the worker's network namespace: {e}"))?
+        .ino();
+    if found != namespace_inode || found == own {
+        return Err("the sandbox ended before its egress proxy was in place".to_owned());
+    }
     let bound = std::thread::spawn(move || {
         rustix::thread::move_into_link_name_space(
             namespace.as_fd(),
@@ -60,7 +81,8 @@ pub fn listen_in(pid: u32) -> Result<std::net::TcpListener, String> {
                 "entering the sandbox's network namespace: {e}; a workspace egress allowlist needs the server (and on a cluster, its workers) to run as root"
             )
         })?;
-        // The namespace holds only loopback, so every address is the sandbox's own.
+        // Loopback is not up yet (bubblewrap brings it up after the worker lets it go on), so
+        // the socket is bound to any address: in this namespace that is loopback alone.
         let listener = std::net::TcpListener::bind((IpAddr::from([0, 0, 0, 0]), EGRESS_PORT))
             .map_err(|e| format!("binding the egress proxy in the sandbox: {e}"))?;
         listener
@@ -80,10 +102,12 @@ pub struct EgressProxy {
 }
 
 impl EgressProxy {
-    /// Serves `listener` with the allowlist `rules` until dropped.
+    /// Serves `listener` with the allowlist `rules` until dropped; `allow_private`: whether it
+    /// may connect to loopback, private and link-local addresses.
     pub fn start(
         listener: std::net::TcpListener,
         rules: Vec<EgressRule>,
+        allow_private: bool,
         redactor: Redactor,
     ) -> Result<EgressProxy, String> {
         let listener = TcpListener::from_std(listener)
@@ -92,6 +116,8 @@ impl EgressProxy {
         let refused = Arc::new(Mutex::new(Vec::new()));
         let proxy = Arc::new(Proxy {
             rules,
+            allow_private,
+            tunnels: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             redactor,
             refused: refused.clone(),
             stopped,
@@ -111,6 +137,8 @@ impl EgressProxy {
 
 struct Proxy {
     rules: Vec<EgressRule>,
+    allow_private: bool,
+    tunnels: Arc<Semaphore>,
     redactor: Redactor,
     refused: Arc<Mutex<Vec<String>>>,
     stopped: watch::Receiver<()>,
@@ -188,9 +216,16 @@ async fn forward(
                 "CONNECT needs host:port".to_owned(),
             )
         })?;
+        let tunnel = proxy.tunnels.clone().try_acquire_owned().map_err(|_| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("tresor egress: {MAX_CONNECTIONS} tunnels are open already; close one"),
+            )
+        })?;
         let mut target = proxy.connect(authority.host(), port).await?;
         let mut stopped = proxy.stopped.clone();
         tokio::spawn(async move {
+            let _tunnel = tunnel;
             // The tunnel starts once the client has the 200 below.
             let Ok(upgraded) = hyper::upgrade::on(request).await else {
                 return;
@@ -221,7 +256,8 @@ async fn forward(
             _ = stopped.changed() => {}
         }
     });
-    // The origin gets the path, not the absolute URL, and none of the proxy's own headers.
+    // The origin gets the path, not the absolute URL, a Host naming the destination it was
+    // checked as, and none of the hop-by-hop headers (those `Connection` names among them).
     let path = request
         .uri()
         .path_and_query()
@@ -233,18 +269,37 @@ async fn forward(
         )
     })?;
     let headers = request.headers_mut();
-    for hop in [
+    let named: Vec<String> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for hop in named.iter().map(String::as_str).chain([
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
         "proxy-authorization",
         "proxy-connection",
         "proxy-authenticate",
-    ] {
+    ]) {
         headers.remove(hop);
     }
-    if !headers.contains_key(hyper::header::HOST)
-        && let Ok(host) = authority.as_str().parse()
-    {
-        headers.insert(hyper::header::HOST, host);
-    }
+    let host = match authority.port_u16() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    let host = host.parse().map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            "the request's host is not valid".to_owned(),
+        )
+    })?;
+    headers.insert(hyper::header::HOST, host);
     let response = sender
         .send_request(request)
         .await
@@ -255,25 +310,25 @@ async fn forward(
 impl Proxy {
     /// Connects to `host:port` if a rule allows it, from the host's network.
     async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, Refusal> {
-        let Some(rule) = self.rules.iter().find(|rule| rule.allows(host, port)) else {
+        if !self.rules.iter().any(|rule| rule.allows(host, port)) {
             return Err(self.refuse(host, port, "it is not on the workspace's egress allowlist"));
-        };
+        }
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let resolved: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
             .await
             .map_err(|e| (StatusCode::BAD_GATEWAY, format!("{host}: {e}")))?
             .collect();
-        // A name may not lead to this host's own services or to link-local ones (cloud
-        // metadata); only a rule naming such an address reaches it.
+        // Unless the operator allows it, no rule leads to this host's own services, its
+        // networks' or link-local ones (cloud metadata), whatever a name resolves to.
         let usable: Vec<SocketAddr> = resolved
             .into_iter()
-            .filter(|addr| rule.names_an_address() || !is_host_local(addr.ip()))
+            .filter(|addr| self.allow_private || !is_private_address(addr.ip()))
             .collect();
         if usable.is_empty() {
             return Err(self.refuse(
                 host,
                 port,
-                "it resolves only to loopback, link-local or unspecified addresses; allow the address itself to reach it",
+                "it resolves only to loopback, private or link-local addresses, which this server does not allow (local.allow_private_egress)",
             ));
         }
         let mut last = String::new();
@@ -289,7 +344,15 @@ impl Proxy {
 
     fn refuse(&self, host: &str, port: u16, why: &str) -> Refusal {
         // The host came from the task: it may carry a secret's value, so it is redacted.
-        let destination = self.redactor.redact_str(&format!("{host}:{port}"));
+        let mut destination = self.redactor.redact_str(&format!("{host}:{port}"));
+        if destination.len() > MAX_NOTED_LENGTH {
+            let mut cut = MAX_NOTED_LENGTH;
+            while !destination.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            destination.truncate(cut);
+            destination.push('…');
+        }
         if let Ok(mut refused) = self.refused.lock()
             && refused.len() < MAX_NOTED_REFUSALS
             && !refused.contains(&destination)
@@ -300,47 +363,5 @@ impl Proxy {
             StatusCode::FORBIDDEN,
             format!("tresor egress: {destination} refused: {why}"),
         )
-    }
-}
-
-/// Loopback, link-local, unspecified and multicast addresses: the host's own or its link's.
-fn is_host_local(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || v6.is_unicast_link_local()
-        }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_local_addresses_are_told_apart() {
-        for local in [
-            "127.0.0.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(is_host_local(local.parse().unwrap()), "{local}");
-        }
-        for remote in ["10.0.0.1", "151.101.0.223", "2a04:4e42::223"] {
-            assert!(!is_host_local(remote.parse().unwrap()), "{remote}");
-        }
     }
 }

@@ -41,6 +41,12 @@ pub struct LocalSettings {
     pub allow_network: bool,
     /// Whether http(s) inputs may come from loopback, private or link-local addresses.
     pub allow_private_http_inputs: bool,
+    /// Whether workspaces may have egress allowlists (any user can create a workspace and so
+    /// set one: the operator decides whether tasks get a way out at all).
+    pub allow_egress: bool,
+    /// Whether those allowlists may reach loopback, private and link-local addresses (an
+    /// internal package mirror, say); without it such destinations are refused.
+    pub allow_private_egress: bool,
     /// A tmpfs on the host where workers keep each task's identity token (default /dev/shm).
     pub runtime_dir: PathBuf,
     /// What a task gets when it asks for nothing, and the most it may ask for.

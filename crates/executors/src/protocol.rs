@@ -69,6 +69,10 @@ pub struct WorkerTask {
     /// `egress`) that reaches these destinations and nothing else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<String>,
+    /// Whether the egress proxy may connect to loopback, private and link-local addresses
+    /// (`local.allow_private_egress`); else it refuses them, whatever a rule's name resolves to.
+    #[serde(default)]
+    pub egress_private: bool,
 }
 
 /// What a task of a workflow run gets beyond a standalone task's.

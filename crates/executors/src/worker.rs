@@ -789,25 +789,7 @@ fn copy_dir(source: &Path, dest: &Path) -> Result<(), SystemError> {
 /// Whether an address is one a task must not reach through the worker: the worker fetches on
 /// the host's network, where loopback and private services (and cloud metadata) live.
 fn is_private(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
-        }
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_private(std::net::IpAddr::V4(v4)))
-        }
-    }
+    tresor_domain::egress::is_private_address(ip)
 }
 
 /// Refuses a URL whose host resolves to a private address (blocking lookup: the worker runs one
@@ -1517,7 +1499,7 @@ async fn run_executor(
     // could read an end of file here and start the command without its proxy.
     let mut _release = None;
     if let Some((info, mut release)) = hold {
-        match start_proxy(info, extras.egress, redactor).await {
+        match start_proxy(info, extras.egress, task.egress_private, redactor).await {
             Ok(started) => {
                 proxy = Some(started);
                 release
@@ -1628,6 +1610,7 @@ async fn run_executor(
 async fn start_proxy(
     info: std::io::PipeReader,
     rules: &[tresor_domain::EgressRule],
+    allow_private: bool,
     redactor: Option<&Redactor>,
 ) -> Result<crate::egress::EgressProxy, String> {
     let listener = tokio::task::spawn_blocking(move || {
@@ -1635,6 +1618,8 @@ async fn start_proxy(
         struct Info {
             #[serde(rename = "child-pid")]
             child_pid: u32,
+            #[serde(rename = "net-namespace")]
+            net_namespace: u64,
         }
         // bubblewrap writes one JSON object once its namespaces exist; an end of file first
         // means it failed, and its stderr says why.
@@ -1643,13 +1628,14 @@ async fn start_proxy(
             .next()
             .ok_or_else(|| "the sandbox ended before it started".to_owned())?
             .map_err(|e| format!("reading the sandbox's process: {e}"))?;
-        crate::egress::listen_in(info.child_pid)
+        crate::egress::listen_in(info.child_pid, info.net_namespace)
     })
     .await
     .map_err(|e| format!("binding the egress proxy: {e}"))??;
     crate::egress::EgressProxy::start(
         listener,
         rules.to_vec(),
+        allow_private,
         redactor.cloned().unwrap_or_default(),
     )
 }

@@ -52,7 +52,7 @@ pub(crate) async fn get_egress(
     State(state): State<AppState>,
     CallerOf(caller): CallerOf,
 ) -> Result<Json<EgressPolicy>, ApiError> {
-    Ok(Json(state.platform.egress(&caller).await?))
+    Ok(Json(state.tasks.egress(&caller).await?))
 }
 
 /// Answers with the rules as stored (lowercase, canonical addresses).
@@ -61,7 +61,7 @@ pub(crate) async fn put_egress(
     CallerOf(caller): CallerOf,
     StrictJson(policy): StrictJson<EgressPolicy>,
 ) -> Result<Json<EgressPolicy>, ApiError> {
-    Ok(Json(state.platform.set_egress(&caller, policy).await?))
+    Ok(Json(state.tasks.set_egress(&caller, policy).await?))
 }
 
 /// The bearer is the job's one-time bootstrap token; the answer holds the worker's session.

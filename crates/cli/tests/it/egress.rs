@@ -20,7 +20,9 @@ fn probe_task(allowed: u16, other: u16) -> TesTask {
     let script = format!(
         r#"
 import os, socket, http.client, urllib.request, urllib.error
-print("proxy", os.environ.get("HTTPS_PROXY"))
+print("proxy", os.environ.get("HTTPS_PROXY"), "except", os.environ.get("NO_PROXY"))
+# The fixtures are on the host's loopback, which a task's own 127.0.0.1 is not: ask the proxy.
+os.environ.pop("NO_PROXY", None); os.environ.pop("no_proxy", None)
 print("interfaces", sorted(name for _, name in socket.if_nameindex()))
 def get(url):
     try:
@@ -53,9 +55,18 @@ except OSError:
     }
 }
 
+/// A server whose operator allows egress, to private addresses too or not.
+async fn egress_server(private: bool) -> TestServer {
+    TestServer::start_with(|s| {
+        s.services.local.allow_egress = true;
+        s.services.local.allow_private_egress = private;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn tasks_reach_the_workspaces_allowed_destinations_through_the_proxy_and_nothing_else() {
-    let server = TestServer::start().await;
+    let server = egress_server(true).await;
     let allowed = http_fixture("allowed-body").await;
     let other = http_fixture("other-body").await;
     let alice = server.user("alice").await;
@@ -80,14 +91,14 @@ async fn tasks_reach_the_workspaces_allowed_destinations_through_the_proxy_and_n
     assert_complete(&done);
     let out = stdout(&done, 0);
     for line in [
-        "proxy http://127.0.0.1:3128".to_owned(),
+        "proxy http://127.0.0.1:3128 except localhost,127.0.0.1,::1".to_owned(),
         // The sandbox's namespace holds its loopback and nothing else.
         "interfaces ['lo']".to_owned(),
         "plain allowed-body".to_owned(),
         "tunnel allowed-body".to_owned(),
         format!("other http 403 tresor egress: 127.0.0.1:{other} refused"),
-        // A name that resolves to the host's own loopback is no way to its services.
-        format!("by name http 403 tresor egress: localhost:{allowed} refused"),
+        // This operator allows private destinations: a name for one works as well.
+        "by name allowed-body".to_owned(),
         "direct blocked".to_owned(),
     ] {
         assert!(out.contains(&line), "missing {line:?} in:\n{out}");
@@ -103,7 +114,7 @@ async fn tasks_reach_the_workspaces_allowed_destinations_through_the_proxy_and_n
     assert_complete(&done);
     let out = stdout(&done, 0);
     for line in [
-        "proxy None",
+        "proxy None except None",
         "plain unreachable",
         "tunnel unreachable",
         "direct blocked",
@@ -113,8 +124,91 @@ async fn tasks_reach_the_workspaces_allowed_destinations_through_the_proxy_and_n
 }
 
 #[tokio::test]
-async fn only_admins_set_the_allowlist_and_other_workspaces_never_see_it() {
+async fn the_operator_decides_whether_there_is_egress_and_whether_it_reaches_private_addresses() {
+    // Off by default: any user can make a workspace and be its admin.
     let server = TestServer::start().await;
+    let err = server
+        .admin
+        .set_egress(
+            &server.admin.me().await.unwrap().personal_workspace,
+            &["pypi.org:443"],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST), "{err}");
+    assert!(err.to_string().contains("local.allow_egress"), "{err}");
+    drop(server);
+
+    let server = egress_server(false).await;
+    let allowed = http_fixture("allowed-body").await;
+    let other = http_fixture("other-body").await;
+    let alice = server.user("alice").await;
+    alice.platform.create_workspace("lab").await.unwrap();
+    for address in [
+        "127.0.0.1:80",
+        "169.254.169.254:80",
+        "10.0.0.5:9000",
+        "[fd00:ec2::254]:80",
+    ] {
+        let err = alice
+            .platform
+            .set_egress("lab", &[address])
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST), "{err}");
+        assert!(
+            err.to_string().contains("local.allow_private_egress"),
+            "{err}"
+        );
+    }
+    // A name is accepted, but one that resolves to this host's loopback leads nowhere.
+    let rule = format!("localhost:{allowed}");
+    alice.platform.set_egress("lab", &[&rule]).await.unwrap();
+    let done = server
+        .run_in(&alice.tes_in("lab"), &probe_task(allowed, other))
+        .await;
+    assert_complete(&done);
+    let out = stdout(&done, 0);
+    let refused = format!(
+        "by name http 403 tresor egress: localhost:{allowed} refused: it resolves only to loopback, private or link-local addresses"
+    );
+    assert!(out.contains(&refused), "missing {refused:?} in:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_jobs_sandbox_gets_the_same_proxy_from_the_worker_on_its_node() {
+    let server = TestServer::start_with(|s| {
+        crate::slurm::add_cluster(s);
+        s.services.local.allow_egress = true;
+        s.services.local.allow_private_egress = true;
+    })
+    .await;
+    let tes = crate::slurm::cluster_workspace(&server, "hpclab").await;
+    let allowed = http_fixture("allowed-body").await;
+    let other = http_fixture("other-body").await;
+    let rule = format!("127.0.0.1:{allowed}");
+    server.admin.set_egress("hpclab", &[&rule]).await.unwrap();
+    let done = server.run_in(&tes, &probe_task(allowed, other)).await;
+    assert_complete(&done);
+    let ran_as_job = done.logs.as_ref().unwrap()[0]
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.contains_key("slurm_job_id"));
+    assert!(ran_as_job, "not a batch job: {done:?}");
+    let out = stdout(&done, 0);
+    for line in [
+        "plain allowed-body".to_owned(),
+        "tunnel allowed-body".to_owned(),
+        format!("other http 403 tresor egress: 127.0.0.1:{other} refused"),
+        "direct blocked".to_owned(),
+    ] {
+        assert!(out.contains(&line), "missing {line:?} in:\n{out}");
+    }
+}
+
+#[tokio::test]
+async fn only_admins_set_the_allowlist_and_other_workspaces_never_see_it() {
+    let server = egress_server(false).await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let mallory = server.user("mallory").await;
@@ -164,6 +258,7 @@ async fn only_admins_set_the_allowlist_and_other_workspaces_never_see_it() {
         (vec!["pypi.org"], "has no port"),
         (vec!["pypi.org:99999"], "1 to 65535"),
         (vec!["http://pypi.org:443"], "not a DNS label"),
+        (vec!["*.com:443"], "registered domain"),
         (vec!["a.org:1", "A.org:1"], "twice"),
     ] {
         let err = alice.platform.set_egress("lab", &rules).await.unwrap_err();

@@ -29,14 +29,19 @@ pub(crate) fn dir_of(settings: &tresor_server::AppSettings) -> PathBuf {
 
 async fn slurm_server(s3: Option<&S3Server>) -> TestServer {
     TestServer::start_with(|s| {
-        s.services.slurm = vec![slurm_settings(&dir_of(s))];
+        add_cluster(s);
         s.services.s3 = s3.map(|s3| std::sync::Arc::new(s3.settings()));
     })
     .await
 }
 
+/// Gives a test server's settings the `hpc` SLURM compute environment.
+pub(crate) fn add_cluster(s: &mut tresor_server::AppSettings) {
+    s.services.slurm = vec![slurm_settings(&dir_of(s))];
+}
+
 /// A workspace whose tasks run on the cluster, and TES in it as the admin.
-async fn cluster_workspace(server: &TestServer, name: &str) -> TesClient {
+pub(crate) async fn cluster_workspace(server: &TestServer, name: &str) -> TesClient {
     server.admin.create_workspace(name).await.unwrap();
     server.admin.set_compute_env(name, "hpc").await.unwrap();
     TesClient::for_workspace(&server.url, name, &server.admin_token).unwrap()

@@ -99,6 +99,9 @@ pub fn settings_for(dir: &Path) -> AppSettings {
                 allow_network: false,
                 // The tests' http fixtures listen on loopback.
                 allow_private_http_inputs: true,
+                // Egress is the operator's choice; tests that use it turn it on.
+                allow_egress: false,
+                allow_private_egress: false,
                 runtime_dir: PathBuf::from("/dev/shm"),
                 limits: tresor_executors::LimitSettings::default(),
                 task_ids: is_root().then(next_task_ids),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tresor_api_types::platform::{CreatedToken, EgressPolicy, Member, Token, User, Workspace};
+use tresor_api_types::platform::{CreatedToken, Member, Token, User, Workspace};
 use tresor_auth::oidc::{OidcError, OidcVerifier};
 use tresor_auth::pat;
 use tresor_domain::{Action, Caller, Principal, Role, UserId, WorkspaceId};
@@ -814,44 +814,6 @@ impl PlatformService {
             .store
             .set_member(&caller.workspace, &user, role, &audit)
             .await?)
-    }
-
-    /// The caller's workspace's egress allowlist.
-    pub async fn egress(&self, caller: &Caller) -> Result<EgressPolicy, ServiceError> {
-        let object = format!("workspace:{}", caller.workspace);
-        self.require(caller, Action::Read, "workspace.egress.read", object)
-            .await?;
-        Ok(EgressPolicy {
-            allow: self.store.workspace_egress(&caller.workspace).await?,
-        })
-    }
-
-    /// Replaces the caller's workspace's egress allowlist; its tasks started from now on get it.
-    /// Rules are stored as written back by the parser (lowercase, canonical addresses).
-    pub async fn set_egress(
-        &self,
-        caller: &Caller,
-        policy: EgressPolicy,
-    ) -> Result<EgressPolicy, ServiceError> {
-        let object = format!("workspace:{}", caller.workspace);
-        self.require(
-            caller,
-            Action::ManageEgress,
-            "workspace.egress",
-            object.clone(),
-        )
-        .await?;
-        let rules: Vec<String> = tresor_domain::egress::parse_allowlist(&policy.allow)
-            .map_err(|e| ServiceError::invalid("allow", e))?
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        let mut audit = caller_event(caller, "workspace.egress", object);
-        audit.detail = Some(format!("allow={}", rules.join(",")));
-        self.store
-            .set_workspace_egress(&caller.workspace, &rules, &audit)
-            .await?;
-        Ok(EgressPolicy { allow: rules })
     }
 
     pub async fn remove_member(&self, caller: &Caller, user: &str) -> Result<(), ServiceError> {

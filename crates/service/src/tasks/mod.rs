@@ -17,6 +17,7 @@ use crate::images::{ImageRuntime, ImageService};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tresor_api_types::platform::EgressPolicy;
 use tresor_api_types::tes::{
     Organization, ServiceType, TesListTasksResponse, TesServiceInfo, TesState, TesTask, TesView,
 };
@@ -97,6 +98,8 @@ struct LocalFacts {
     own_users: bool,
     max_executors: usize,
     allow_network: bool,
+    allow_egress: bool,
+    allow_private_egress: bool,
 }
 
 /// Where tasks run: the local executor, always there, and one executor per SLURM compute
@@ -151,6 +154,8 @@ impl TaskService {
             own_users: local_settings.task_ids.is_some(),
             max_executors: local_settings.limits.max_executors,
             allow_network: local_settings.allow_network,
+            allow_egress: local_settings.allow_egress,
+            allow_private_egress: local_settings.allow_private_egress,
         };
         let supervisor_settings = SupervisorSettings {
             lease: settings.task_lease,
@@ -161,6 +166,8 @@ impl TaskService {
                 max_log_bytes: local_settings.limits.max_log_bytes,
                 allow_private_http_inputs: local_settings.allow_private_http_inputs,
                 allow_network: local_settings.allow_network,
+                allow_egress: local_settings.allow_egress,
+                allow_private_egress: local_settings.allow_private_egress,
                 sdk_env: identity.settings().sdk_env.clone(),
             },
             workspace_gids: local_settings.workspace_gids.clone(),
@@ -311,6 +318,77 @@ impl TaskService {
             .workspace_compute_env(&caller.workspace)
             .await?
             .unwrap_or_else(|| LOCAL_ENV.to_owned()))
+    }
+
+    /// The caller's workspace's egress allowlist.
+    pub async fn egress(&self, caller: &Caller) -> Result<EgressPolicy, ServiceError> {
+        let object = format!("workspace:{}", caller.workspace);
+        self.inner
+            .platform
+            .require(caller, Action::Read, "workspace.egress.read", object)
+            .await?;
+        Ok(EgressPolicy {
+            allow: self.inner.store.workspace_egress(&caller.workspace).await?,
+        })
+    }
+
+    /// Replaces the caller's workspace's egress allowlist; its tasks started from now on get it.
+    /// Rules are stored as the parser writes them back (lowercase, canonical addresses). Only
+    /// where the operator allows egress at all (any user can make a workspace and so be its
+    /// admin), and to private addresses only where the operator allows that too.
+    pub async fn set_egress(
+        &self,
+        caller: &Caller,
+        policy: EgressPolicy,
+    ) -> Result<EgressPolicy, ServiceError> {
+        let object = format!("workspace:{}", caller.workspace);
+        self.inner
+            .platform
+            .require(
+                caller,
+                Action::ManageEgress,
+                "workspace.egress",
+                object.clone(),
+            )
+            .await?;
+        let local = &self.inner.local;
+        let parsed = tresor_domain::egress::parse_allowlist(&policy.allow)
+            .map_err(|e| ServiceError::invalid("allow", e))?;
+        if !parsed.is_empty() {
+            if !local.allow_egress {
+                return Err(ServiceError::invalid(
+                    "allow",
+                    "this server gives tasks no egress: its operator has not set local.allow_egress = true",
+                ));
+            }
+            if !local.own_users {
+                return Err(ServiceError::invalid(
+                    "allow",
+                    "egress needs the server to run as root (it binds each sandbox's proxy inside the sandbox's network namespace)",
+                ));
+            }
+        }
+        if !local.allow_private_egress
+            && let Some(rule) = parsed.iter().find(|r| {
+                r.address()
+                    .is_some_and(tresor_domain::egress::is_private_address)
+            })
+        {
+            return Err(ServiceError::invalid(
+                "allow",
+                format!(
+                    "egress rule {rule} names a loopback, private or link-local address, which this server's operator does not allow (local.allow_private_egress)"
+                ),
+            ));
+        }
+        let rules: Vec<String> = parsed.iter().map(ToString::to_string).collect();
+        let mut audit = platform::caller_event(caller, "workspace.egress", object);
+        audit.detail = Some(format!("allow={}", rules.join(",")));
+        self.inner
+            .store
+            .set_workspace_egress(&caller.workspace, &rules, &audit)
+            .await?;
+        Ok(EgressPolicy { allow: rules })
     }
 
     /// Chooses where the caller's workspace runs its new tasks (tasks already submitted stay

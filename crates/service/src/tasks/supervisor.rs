@@ -59,6 +59,8 @@ pub struct WorkerDefaults {
     pub max_log_bytes: usize,
     pub allow_private_http_inputs: bool,
     pub allow_network: bool,
+    pub allow_egress: bool,
+    pub allow_private_egress: bool,
     /// Variables set to the task's identity token file (`AWS_WEB_IDENTITY_TOKEN_FILE`, …).
     pub sdk_env: Vec<String>,
 }
@@ -404,8 +406,9 @@ impl Supervisor {
         limits.log_bytes = limits.log_bytes.or(Some(defaults.max_log_bytes));
         let images = self.images.delivery(record, &caps.image_cache).await?;
         let network = spec.resources.network && defaults.allow_network;
-        // Read at each start: a changed allowlist holds for every task started after it.
-        let egress = if network {
+        // Read at each start: a changed allowlist holds for every task started after it, and
+        // an operator's turning egress off holds at once.
+        let egress = if network || !defaults.allow_egress {
             Vec::new()
         } else {
             self.store.workspace_egress(&record.workspace).await?
@@ -446,6 +449,7 @@ impl Supervisor {
                 engine: run.role == tresor_domain::RunRole::Engine,
             }),
             egress,
+            egress_private: defaults.allow_private_egress,
         })
     }
 

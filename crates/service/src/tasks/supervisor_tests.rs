@@ -223,6 +223,8 @@ async fn supervisor(
                 max_log_bytes: 4096,
                 allow_private_http_inputs: false,
                 allow_network: false,
+                allow_egress: false,
+                allow_private_egress: false,
                 sdk_env: Vec::new(),
             },
             workspace_gids: None,
