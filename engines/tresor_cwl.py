@@ -52,7 +52,9 @@ SECRETS_HINT = "https://tresor.dev/cwl#Secrets"
 # Seconds between two status requests for one task, while at most POLL_SPREAD tasks are active;
 # beyond, each task is asked less often so that the run sends at most ~50 requests a second.
 POLL_SECONDS, POLL_SPREAD = 0.3, 16
-FIRST_POLL_SECONDS = 0.03
+# The first look, and how much longer each next one waits: short jobs are found ended within a
+# few tens of milliseconds, long ones are asked about every POLL_SECONDS.
+FIRST_POLL_SECONDS, POLL_GROWTH = 0.02, 1.25
 DEFAULT_PARALLEL_CORES = 64
 logger = logging.getLogger("cwltool")  # cwltool's: our lines read like its own
 
@@ -130,7 +132,7 @@ def tes_popen(commands, stdin_path, stdout_path, stderr_path, env, cwd, timelimi
     try:
         while True:
             time.sleep(delay * max(1, len(active_tasks) / POLL_SPREAD))
-            delay = min(delay * 1.5, POLL_SECONDS)
+            delay = min(delay * POLL_GROWTH, POLL_SECONDS)
             state_task = tes.get_task(task_id)
             state = state_task.get("state")
             if state in SUCCESS_STATES or state in FAILURE_STATES:
@@ -273,4 +275,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    status = main(sys.argv[1:])
+    # Everything is written (the outputs, outputs.json, the log); tearing down cwltool's many
+    # modules would only delay the run's end by tens of milliseconds.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status if isinstance(status, int) else 1)

@@ -146,6 +146,49 @@ async fn runs(wes: &WesClient, n: usize, deadline: Instant) -> Result<Duration> 
     Ok(start.elapsed())
 }
 
+/// One more run, and where its time went (from the tasks' own timestamps), on stderr.
+async fn timeline(wes: &WesClient, url: &str, token: &str) -> Result<()> {
+    let created = time::OffsetDateTime::now_utc();
+    let id = wes.run_workflow(&md5_request(), &md5_files()).await?;
+    while !matches!(
+        wes.status(&id).await?.state,
+        TesState::Complete | TesState::ExecutorError | TesState::SystemError | TesState::Canceled
+    ) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let done = time::OffsetDateTime::now_utc();
+    let tes = tresor_client::TesClient::with_token(url, token)?;
+    let ms = |t: Option<&str>| -> String {
+        rfc3339(t)
+            .map(|t| format!("{:>5}", (t - created).whole_milliseconds()))
+            .unwrap_or_else(|_| "    -".to_owned())
+    };
+    let mut lines = Vec::new();
+    for task in wes.run_tasks(&id).await?.task_logs {
+        let full = tes
+            .get_task(&task.id, tresor_api_types::tes::TesView::Full)
+            .await?;
+        let log = full.logs.as_ref().and_then(|l| l.last());
+        let exec = log.and_then(|l| l.logs.first());
+        lines.push(format!(
+            "  {:<24} created {} started {} command {}..{} ended {}",
+            task.name,
+            ms(full.creation_time.as_deref()),
+            ms(log.and_then(|l| l.start_time.as_deref())),
+            ms(exec.and_then(|e| e.start_time.as_deref())),
+            ms(exec.and_then(|e| e.end_time.as_deref())),
+            ms(log.and_then(|l| l.end_time.as_deref())),
+        ));
+    }
+    lines.sort();
+    eprintln!(
+        "WES timeline (ms after submitting; COMPLETE seen at {}):\n{}",
+        (done - created).whole_milliseconds(),
+        lines.join("\n")
+    );
+    Ok(())
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -239,6 +282,7 @@ pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
         ours_one.push(runs(&ours, 1, deadline).await?);
         peer_one.push(runs(&peer, 1, deadline).await?);
     }
+    timeline(&ours, &server.url, &server.token).await?;
     let tresor_five = runs(&ours, 5, deadline).await?;
     let peer_five = runs(&peer, 5, deadline).await?;
 
