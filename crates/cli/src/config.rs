@@ -180,6 +180,9 @@ struct WorkflowsSection {
     max_attachment_mb: Option<u64>,
     /// The most files a run may attach (default 256).
     max_attachments: Option<usize>,
+    /// Whether workflows may be registered from URLs on loopback, private or link-local
+    /// addresses (default false: the server fetches on its own network).
+    allow_private_urls: Option<bool>,
     /// The engines, by the name clients give as `workflow_engine`.
     #[serde(default)]
     engines: std::collections::BTreeMap<String, EngineSection>,
@@ -1200,6 +1203,7 @@ fn resolve_workflows(
                 mb.saturating_mul(1 << 20)
             }),
         max_attachments: section.max_attachments.unwrap_or(defaults.max_attachments),
+        allow_private_urls: section.allow_private_urls.unwrap_or(false),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod limits;
 pub mod local;
 pub mod paths;
 pub mod protocol;
+pub mod public_http;
 pub mod sandbox;
 mod session;
 pub mod slurm;

@@ -21,6 +21,7 @@ use tresor_crypto::redact::Redactor;
 use crate::protocol::{
     DeliveredSecrets, IDENTITY_DIR, PresignedInputs, PresignedUploads, UploadRequest,
 };
+use crate::public_http;
 use crate::session::{self, Identity, Session};
 use crate::users;
 use crate::{WorkerPhase, WorkerStatus, WorkerTask};
@@ -786,60 +787,19 @@ fn copy_dir(source: &Path, dest: &Path) -> Result<(), SystemError> {
     Ok(())
 }
 
-/// Whether an address is one a task must not reach through the worker: the worker fetches on
-/// the host's network, where loopback and private services (and cloud metadata) live.
-fn is_private(ip: std::net::IpAddr) -> bool {
-    tresor_domain::egress::is_private_address(ip)
-}
-
-/// Refuses a URL whose host resolves to a private address (blocking lookup: the worker runs one
-/// task and this happens once per input or redirect).
-fn check_public(url: &reqwest::Url) -> Result<(), String> {
-    let host = url.host_str().ok_or("the URL has no host")?;
-    let port = url.port_or_known_default().unwrap_or(80);
-    let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host.trim_matches(['[', ']']), port))
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    for addr in addrs {
-        if is_private(addr.ip()) {
-            return Err(format!(
-                "{host} is a loopback, private or link-local address, which tasks may not fetch from"
-            ));
-        }
-    }
-    Ok(())
-}
-
 async fn download(url: &str, dest: &Path, allow_private: bool) -> Result<(), SystemError> {
-    let policy = if allow_private {
-        reqwest::redirect::Policy::limited(10)
-    } else {
-        reqwest::redirect::Policy::custom(|attempt| {
-            if attempt.previous().len() >= 10 {
-                return attempt.error("too many redirects");
-            }
-            match check_public(attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(why) => attempt.error(why),
-            }
-        })
-    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| SystemError(format!("input {url}: {e}")))?;
     if !allow_private {
-        let parsed =
-            reqwest::Url::parse(url).map_err(|e| SystemError(format!("input {url}: {e}")))?;
-        check_public(&parsed).map_err(|why| SystemError(format!("input {url}: {why}")))?;
+        public_http::check_literal(&parsed)
+            .map_err(|why| SystemError(format!("input {url}: {why}")))?;
     }
-    let client = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .redirect(policy)
-        .build()
-        .map_err(|e| SystemError(format!("input {url}: {e}")))?;
-    let mut response = client.get(url).send().await.map_err(|e| {
-        // A refused redirect carries the reason as its source.
-        let why = std::error::Error::source(&e)
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        SystemError(format!("input {url}: {} {why}", e.without_url()))
-    })?;
+    let client = public_http::client(allow_private, std::time::Duration::from_secs(30))
+        .map_err(|e| SystemError(format!("input {url}: {}", public_http::error_text(e))))?;
+    let mut response = client
+        .get(parsed)
+        .send()
+        .await
+        .map_err(|e| SystemError(format!("input {url}: {}", public_http::error_text(e))))?;
     if !response.status().is_success() {
         return Err(SystemError(format!(
             "input {url}: the server answered {}",

@@ -1364,3 +1364,156 @@ async fn runs_at_once_never_starve_their_jobs_of_capacity() {
         assert_eq!(wait_run(&wes, &id).await, TesState::Complete);
     }
 }
+
+/// A one-file CWL tool, as a workflow registry would serve it.
+const BY_URL_TOOL: &str = "cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: [echo, VERSION]\nstdout: said.txt\ninputs: []\noutputs: {said: {type: stdout}}\n";
+
+/// Serves `tool.cwl` (saying what `version` holds) and a large file.
+async fn workflow_registry(version: std::sync::Arc<std::sync::Mutex<&'static str>>) -> String {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/wf/tool.cwl",
+            get(move || {
+                let version = version.clone();
+                async move { BY_URL_TOOL.replace("VERSION", &version.lock().unwrap()) }
+            }),
+        )
+        .route("/wf/huge.cwl", get(|| async { "#".repeat(64 << 10) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn admins_register_a_workflow_by_url_pinned_to_what_was_fetched() {
+    let server = TestServer::start_with(|s| {
+        s.services.workflows = test_engines();
+        // The test's registry is on loopback; the default refuses that (below).
+        s.services.workflows.allow_private_urls = true;
+    })
+    .await;
+    let version = std::sync::Arc::new(std::sync::Mutex::new("first"));
+    let registry = workflow_registry(version.clone()).await;
+    let ws = server.admin.me().await.unwrap().personal_workspace;
+    let by_url = |url: &str| request("CWL", "v1.2", url, serde_json::json!({}));
+
+    let first = server
+        .admin
+        .register_workflow(
+            &ws,
+            "said",
+            "1",
+            &by_url(&format!("{registry}/wf/tool.cwl")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.state.as_str(), first.workflow_url.as_str()),
+        ("approved", "tool.cwl")
+    );
+    assert_eq!(first.files, ["tool.cwl"]);
+    // What the registry serves changes: the same URL is another digest, so another version.
+    *version.lock().unwrap() = "second";
+    let second = server
+        .admin
+        .register_workflow(
+            &ws,
+            "said",
+            "2",
+            &by_url(&format!("{registry}/wf/tool.cwl")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_ne!(first.digest, second.digest);
+
+    // Version 1 runs what was fetched then, not what the URL serves now.
+    let wes = WesClient::with_token(&server.url, &server.admin_token).unwrap();
+    let id = wes
+        .run_workflow(&by_url("registered:said@1"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_run(&wes, &id).await,
+        TesState::Complete,
+        "{}",
+        engine_output(&server, &wes, &id).await
+    );
+    let log = wes.run_log(&id).await.unwrap();
+    assert!(
+        log.run_log
+            .system_logs
+            .iter()
+            .flatten()
+            .any(|l| l.contains(&first.digest)),
+        "{log:?}"
+    );
+    let said = log.outputs["said"]["location"].as_str().unwrap();
+    let said = std::fs::read_to_string(said.strip_prefix("file://").unwrap()).unwrap();
+    assert_eq!(said, "first\n");
+
+    // Bad URLs are a 400 naming the problem, and the URL is not echoed.
+    let limits = TestServer::start_with(|s| {
+        s.services.workflows = test_engines();
+        s.services.workflows.max_attachment_bytes = 32 << 10;
+    })
+    .await;
+    let ws = limits.admin.me().await.unwrap().personal_workspace;
+    let port = registry.rsplit(':').next().unwrap();
+    for (url, says) in [
+        // The default: the server does not fetch from its own or its networks' services.
+        (
+            format!("{registry}/wf/tool.cwl"),
+            "loopback, private or link-local",
+        ),
+        (
+            format!("http://localhost:{port}/wf/tool.cwl"),
+            "loopback, private or link-local",
+        ),
+        (
+            "http://169.254.169.254/latest/meta-data/wf.cwl".to_owned(),
+            "loopback, private or link-local",
+        ),
+        (
+            "https://user:pw@example.org/wf.cwl".to_owned(),
+            "user name or password",
+        ),
+        (
+            "https://example.org/".to_owned(),
+            "must end in the workflow file's name",
+        ),
+    ] {
+        let err = limits
+            .admin
+            .register_workflow(&ws, "bad", "1", &by_url(&url), &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(400), "{url}: {err}");
+        assert!(err.to_string().contains(says), "{url}: {err}");
+        assert!(!err.to_string().contains("pw@"), "{err}");
+    }
+    drop(limits);
+    let limits = TestServer::start_with(|s| {
+        s.services.workflows = test_engines();
+        s.services.workflows.allow_private_urls = true;
+        s.services.workflows.max_attachment_bytes = 32 << 10;
+    })
+    .await;
+    let ws = limits.admin.me().await.unwrap().personal_workspace;
+    let err = limits
+        .admin
+        .register_workflow(
+            &ws,
+            "big",
+            "1",
+            &by_url(&format!("{registry}/wf/huge.cwl")),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert!(limits.admin.list_workflows(&ws).await.unwrap().is_empty());
+}

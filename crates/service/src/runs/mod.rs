@@ -36,6 +36,9 @@ pub struct WorkflowSettings {
     pub max_attachment_bytes: u64,
     /// Most attachments in one run.
     pub max_attachments: usize,
+    /// Whether a workflow may be registered from a URL on a loopback, private or link-local
+    /// address (the server fetches it on its own network).
+    pub allow_private_urls: bool,
 }
 
 impl Default for WorkflowSettings {
@@ -44,6 +47,7 @@ impl Default for WorkflowSettings {
             engines: Vec::new(),
             max_attachment_bytes: 16 << 20,
             max_attachments: 256,
+            allow_private_urls: false,
         }
     }
 }
@@ -497,10 +501,18 @@ impl RunService {
             ));
         }
         let RunSubmission {
-            request,
-            attachments,
+            mut request,
+            mut attachments,
         } = submission;
         self.pick_engine(&request)?;
+        let fetched = if is_remote(&request.workflow_url) {
+            let main = self
+                .fetch_workflow(&request.workflow_url, &mut attachments)
+                .await?;
+            Some(std::mem::replace(&mut request.workflow_url, main))
+        } else {
+            None
+        };
         self.check_attachments(&attachments)?;
         self.check_plain_sight(caller, &request, &attachments)
             .await?;
@@ -548,7 +560,14 @@ impl RunService {
                 &platform::caller_event(
                     caller,
                     action,
-                    format!("workflow:{name}@{version} digest:sha256:{digest}"),
+                    match &fetched {
+                        // Where it came from, without a query (which may carry a signature).
+                        Some(url) => format!(
+                            "workflow:{name}@{version} digest:sha256:{digest} from:{}",
+                            url.split(['?', '#']).next().unwrap_or_default()
+                        ),
+                        None => format!("workflow:{name}@{version} digest:sha256:{digest}"),
+                    },
                 ),
             )
             .await
@@ -563,6 +582,81 @@ impl RunService {
             .await?
             .map(|w| registered_view(&w))
             .ok_or(ServiceError::NotFound(Entity::Run))
+    }
+
+    /// Fetches the workflow file a registration names by URL, once, here: it is added to the
+    /// attachments under the URL's last path segment (so its digest pins exactly what was
+    /// fetched), and that name is returned as the workflow's main file. The fetch reaches public
+    /// addresses only unless `allow_private_urls`, and reads at most what attachments may hold.
+    /// No message repeats the URL, which may carry a signature.
+    async fn fetch_workflow(
+        &self,
+        url: &str,
+        attachments: &mut Vec<Attachment>,
+    ) -> Result<String, ServiceError> {
+        let refuse = |why: String| ServiceError::invalid("workflow_url", why);
+        let parsed = reqwest::Url::parse(url).map_err(|e| refuse(format!("not a URL ({e})")))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(refuse(
+                "a URL holding a user name or password is refused; register a workflow that needs credentials by uploading its files".to_owned(),
+            ));
+        }
+        let name = parsed
+            .path_segments()
+            .and_then(|mut segments| segments.next_back())
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| refuse("the URL must end in the workflow file's name".to_owned()))?
+            .to_owned();
+        files::check_relative(&name).map_err(refuse)?;
+        if attachments.iter().any(|a| a.path == name) {
+            return Err(refuse(format!(
+                "the fetched file would be {name}, which is also attached; attach only the files it uses"
+            )));
+        }
+        let allow_private = self.settings.allow_private_urls;
+        if !allow_private {
+            tresor_executors::public_http::check_literal(&parsed).map_err(refuse)?;
+        }
+        let fetch_failed = |e: reqwest::Error| {
+            refuse(format!(
+                "fetching it failed: {}",
+                tresor_executors::public_http::error_text(e)
+            ))
+        };
+        let client = tresor_executors::public_http::client(
+            allow_private,
+            std::time::Duration::from_secs(10),
+        )
+        .map_err(fetch_failed)?;
+        let mut response = client
+            .get(parsed)
+            .timeout(std::time::Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(fetch_failed)?;
+        if !response.status().is_success() {
+            return Err(refuse(format!(
+                "fetching it failed: the server answered {}",
+                response.status()
+            )));
+        }
+        let attached: u64 = attachments.iter().map(|a| a.content.len() as u64).sum();
+        let room = self.settings.max_attachment_bytes.saturating_sub(attached);
+        let mut content = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(fetch_failed)? {
+            if content.len() as u64 + chunk.len() as u64 > room {
+                return Err(refuse(format!(
+                    "the workflow there is larger than the {room} bytes left of a run's {} (workflows.max_attachment_mb)",
+                    self.settings.max_attachment_bytes
+                )));
+            }
+            content.extend_from_slice(&chunk);
+        }
+        attachments.push(Attachment {
+            path: name.clone(),
+            content,
+        });
+        Ok(name)
     }
 
     /// The workspace's registered workflows.
@@ -1223,6 +1317,12 @@ impl RunService {
 /// The path of the workflow file in the run's directory: `workflow_url` names an attachment
 /// (WES allows a path relative to the attachments); anything else must be fetched by the
 /// client and attached.
+/// Whether a workflow URL names a file on another server rather than an attachment.
+fn is_remote(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
 fn workflow_path(url: &str, attachments: &[Attachment]) -> Result<String, ServiceError> {
     let relative = url
         .strip_prefix("file:")
@@ -1231,7 +1331,7 @@ fn workflow_path(url: &str, attachments: &[Attachment]) -> Result<String, Servic
         return Err(ServiceError::invalid(
             "workflow_url",
             format!(
-                "{url:?}: this server runs only attached workflows; attach the workflow's files (workflow_attachment) and give the main file's name"
+                "{url:?}: this server runs attached or registered workflows; attach the workflow's files (workflow_attachment) and give the main file's name, or have it registered by URL (POST /api/v1/workspaces/{{ws}}/workflows)"
             ),
         ));
     }
