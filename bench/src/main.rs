@@ -60,6 +60,10 @@ struct Args {
     /// The venv with wes-service's wes-server (scripts/test.sh installs it into .venv).
     #[arg(long, default_value = ".venv")]
     wes_service_venv: String,
+    /// The venv with Sapporo 2.4.0, which needs Python 3.12 (scripts/lib/sapporo-up.sh builds
+    /// it); without it the Sapporo rows say so.
+    #[arg(long, default_value = "/opt/tresor-bench-sapporo")]
+    sapporo_venv: String,
     /// The tresor binary (default: `tresor` beside this program).
     #[arg(long)]
     tresor: Option<PathBuf>,
@@ -1119,6 +1123,38 @@ async fn main() -> Result<()> {
             ms(b.next_job)
         );
         record("wes_cancel_ms", ms(b.cancel));
+        match &b.sapporo {
+            Some(s) => {
+                println!(
+                    "| WES: the 1-step run on Sapporo 2.4.0 + cwltool (p50 of {}) | {:.0} ms | Sapporo {:.0} ms | {:.2}x | <= 0.8x |",
+                    args.wes_runs,
+                    ms(b.tresor_one),
+                    ms(s.one),
+                    ratio(b.tresor_one, s.one)
+                );
+                println!(
+                    "| WES: 5 runs at once on Sapporo | {:.0} ms | Sapporo {:.0} ms | {:.2}x | <= 0.8x |",
+                    ms(b.tresor_five),
+                    ms(s.five),
+                    ratio(b.tresor_five, s.five)
+                );
+                let cancel = s
+                    .cancel
+                    .map_or_else(|| "never (60 s)".to_owned(), |c| format!("{:.0} ms", ms(c)));
+                println!(
+                    "| WES: CancelRun -> CANCELED, Sapporo | {:.0} ms | Sapporo {cancel} | - | <= 1000 ms |",
+                    ms(b.cancel)
+                );
+                record("wes_sapporo_one_ms", ms(s.one));
+                record("wes_sapporo_five_ms", ms(s.five));
+                if let Some(c) = s.cancel {
+                    record("wes_sapporo_cancel_ms", ms(c));
+                }
+            }
+            None => println!(
+                "| WES: Sapporo rows | not measured: no Sapporo venv (scripts/lib/sapporo-up.sh) | - | - | - |"
+            ),
+        }
         record("wes_next_job_ms", ms(b.next_job));
     }
     if args.runs("slurm") && args.slurm_runs > 0 {

@@ -17,6 +17,14 @@ const MD5_TOOL: &str = "cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: m
 const MD5_WF: &str = "cwlVersion: v1.2\nclass: Workflow\ninputs: {input_file: File}\noutputs: {output_file: {type: File, outputSource: md5sum/output_file}}\nsteps:\n  md5sum:\n    run: md5tool.cwl\n    in: {input_file: input_file}\n    out: [output_file]\n";
 const SLEEP_WF: &str = "cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: [sleep, \"60\"]\ninputs: []\noutputs: []\n";
 
+/// Sapporo's figures: one run (p50), five at once, and CancelRun to CANCELED (None: never, within
+/// a minute).
+pub struct SapporoBench {
+    pub one: Duration,
+    pub five: Duration,
+    pub cancel: Option<Duration>,
+}
+
 /// What the WES rows report.
 pub struct WesBench {
     pub tresor_one: Duration,
@@ -24,6 +32,8 @@ pub struct WesBench {
     pub tresor_five: Duration,
     pub peer_five: Duration,
     pub cancel: Duration,
+    /// The same measures on Sapporo, when its venv is there.
+    pub sapporo: Option<SapporoBench>,
     /// Snakemake: from a job's end to the creation of the job that waited for it (median of 3).
     pub next_job: Duration,
 }
@@ -119,10 +129,20 @@ fn md5_request() -> RunRequest {
 
 /// Submits `n` runs back to back and waits (polling every 50 ms) until all have ended.
 async fn runs(wes: &WesClient, n: usize, deadline: Instant) -> Result<Duration> {
+    runs_of(wes, &md5_request(), n, deadline).await
+}
+
+/// `runs` with its own request (Sapporo wants `workflow_engine`).
+async fn runs_of(
+    wes: &WesClient,
+    request: &RunRequest,
+    n: usize,
+    deadline: Instant,
+) -> Result<Duration> {
     let start = Instant::now();
     let mut ids = Vec::new();
     for _ in 0..n {
-        ids.push(wes.run_workflow(&md5_request(), &md5_files()).await?);
+        ids.push(wes.run_workflow(request, &md5_files()).await?);
     }
     for id in ids {
         loop {
@@ -187,6 +207,130 @@ async fn timeline(wes: &WesClient, url: &str, token: &str) -> Result<()> {
         lines.join("\n")
     );
     Ok(())
+}
+
+/// Sapporo 2.4.0 (WES at `/`) running the same cwltool on the host, as in
+/// ../shared/reference/tes-wes.md §9: its run.sh, with `run_cwltool` calling cwltool directly
+/// instead of its Docker image. Measured after tresor and wes-service, on its own.
+async fn sapporo(args: &Args, engines: &Path, deadline: Instant) -> Result<Option<SapporoBench>> {
+    let venv = PathBuf::from(&args.sapporo_venv);
+    let program = venv.join("bin/sapporo");
+    if !program.exists() {
+        eprintln!(
+            "Sapporo rows skipped: {} is missing (scripts/lib/sapporo-up.sh builds it; it needs Python 3.12)",
+            program.display()
+        );
+        return Ok(None);
+    }
+    let stock = std::fs::read_dir(venv.join("lib"))?
+        .flatten()
+        .map(|entry| entry.path().join("site-packages/sapporo/run.sh"))
+        .find(|path| path.exists())
+        .context("Sapporo's run.sh is missing from its venv")?;
+    let stock = std::fs::read_to_string(&stock)?;
+    let start = stock
+        .find("function run_cwltool() {")
+        .context("run.sh has no run_cwltool")?;
+    let end = start
+        + stock[start..]
+            .find("\n}\n")
+            .context("run_cwltool never ends")?;
+    let run_sh = format!(
+        "{}function run_cwltool() {{\n    local -a cmd_arr=({cwltool:?} --no-container --tmpdir-prefix \"${{tmp_dir}}/\" --outdir \"${{outputs_dir}}\")\n    _append_engine_params cmd_arr\n    cmd_arr+=(\"${{wf_url}}\" \"${{wf_params}}\")\n    ( cd \"${{exe_dir}}\" && _write_and_run cmd_arr ){}",
+        &stock[..start],
+        &stock[end..],
+        cwltool = engines.join("bin/cwltool").display().to_string(),
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("tresor-bench-sapporo-")
+        .tempdir()?;
+    let run_sh_path = dir.path().join("run.sh");
+    std::fs::write(&run_sh_path, run_sh)?;
+    std::fs::create_dir_all(dir.path().join("runs"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _peer = Peer(
+        Command::new(&program)
+            .current_dir(dir.path())
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--run-dir",
+            ])
+            .arg(dir.path().join("runs"))
+            .arg("--run-sh")
+            .arg(&run_sh_path)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}:/usr/bin:/bin",
+                    venv.join("bin").display(),
+                    engines.join("bin").display()
+                ),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?,
+    );
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("Sapporo did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wes = WesClient::at(&format!("http://127.0.0.1:{port}"), "unused")?;
+    let with_engine = |request: RunRequest| RunRequest {
+        workflow_engine: Some("cwltool".to_owned()),
+        ..request
+    };
+    let md5 = with_engine(md5_request());
+    runs_of(&wes, &md5, 1, deadline).await?;
+    let mut one = Vec::new();
+    for _ in 0..args.wes_runs {
+        one.push(runs_of(&wes, &md5, 1, deadline).await?);
+    }
+    let five = runs_of(&wes, &md5, 5, deadline).await?;
+    let sleeper = with_engine(RunRequest {
+        workflow_url: "sleep.cwl".to_owned(),
+        workflow_params: None,
+        ..md5_request()
+    });
+    let id = wes.run_workflow(&sleeper, &[sleep_file()]).await?;
+    while wes.status(&id).await?.state != TesState::Running {
+        if Instant::now() > deadline {
+            bail!("Sapporo never ran the sleeping run");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Running is reported before cwltool has started its step; give it that second, as the
+    // reference measurement did (it canceled after 5 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = Instant::now();
+    wes.cancel(&id).await?;
+    let mut cancel = None;
+    while start.elapsed() < Duration::from_secs(60) {
+        if wes.status(&id).await?.state == TesState::Canceled {
+            cancel = Some(start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Some(SapporoBench {
+        one: median(one),
+        five,
+        cancel,
+    }))
+}
+
+fn sleep_file() -> WesAttachment {
+    WesAttachment {
+        name: "sleep.cwl".to_owned(),
+        content: SLEEP_WF.as_bytes().to_vec(),
+    }
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -292,15 +436,7 @@ pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
         workflow_params: None,
         ..md5_request()
     };
-    let id = ours
-        .run_workflow(
-            &sleeper,
-            &[WesAttachment {
-                name: "sleep.cwl".to_owned(),
-                content: SLEEP_WF.as_bytes().to_vec(),
-            }],
-        )
-        .await?;
+    let id = ours.run_workflow(&sleeper, &[sleep_file()]).await?;
     loop {
         let tasks = ours.run_tasks(&id).await?.task_logs;
         if tasks.len() == 2 && tasks.iter().all(|t| t.state == Some(TesState::Running)) {
@@ -331,7 +467,9 @@ pub async fn wes(tresor: &Path, args: &Args) -> Result<WesBench> {
     for _ in 0..3 {
         gaps.push(next_job_gap(&ours, &tes, deadline).await?);
     }
+    let sapporo = sapporo(args, &engines, deadline).await?;
     Ok(WesBench {
+        sapporo,
         next_job: median(gaps),
         tresor_one: median(ours_one),
         peer_one: median(peer_one),

@@ -30,6 +30,14 @@ impl WesClient {
         })
     }
 
+    /// A WES at `base` itself (another server's, which may serve WES at `/`).
+    pub fn at(base: &str, token: &str) -> Result<WesClient, ClientError> {
+        Ok(WesClient {
+            http: http_client(Some(token))?,
+            base: base_url(base, "")?,
+        })
+    }
+
     /// A named workspace (`/w/{workspace}/ga4gh/wes/v1`).
     pub fn for_workspace(
         server: &str,
