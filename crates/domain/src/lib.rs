@@ -3,6 +3,7 @@
 pub mod caller;
 pub mod egress;
 pub mod ids;
+pub mod net;
 pub mod permissions;
 pub mod task;
 pub mod task_state;

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tresor_crypto::redact::Redactor;
 use tresor_domain::EgressRule;
-use tresor_domain::egress::is_private_address;
+use tresor_domain::net::is_private_address;
 
 /// The proxy's port on the sandbox's loopback (its network namespace is the task's own).
 pub const EGRESS_PORT: u16 = 3128;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use tresor_domain::egress::is_private_address;
+use tresor_domain::net::is_private_address;
 
 /// What a refusal says: the fetch was aimed at this host's own or its networks' services.
 pub const PRIVATE: &str = "is a loopback, private or link-local address, which is not fetched from";

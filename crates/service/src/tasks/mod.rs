@@ -371,7 +371,7 @@ impl TaskService {
         if !local.allow_private_egress
             && let Some(rule) = parsed.iter().find(|r| {
                 r.address()
-                    .is_some_and(tresor_domain::egress::is_private_address)
+                    .is_some_and(tresor_domain::net::is_private_address)
             })
         {
             return Err(ServiceError::invalid(
