@@ -361,20 +361,7 @@ fn on_private_address(registry: &str) -> bool {
         Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
         None => return false,
     };
-    match ip {
-        std::net::IpAddr::V4(ip) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
-        }
-        std::net::IpAddr::V6(ip) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || ip.is_unique_local()
-                || ip.is_unicast_link_local()
-                || ip
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local())
-        }
-    }
+    tresor_domain::net::is_private_address(ip)
 }
 
 fn workspace_secret(workspace: &WorkspaceId, name: &str) -> tresor_store::SecretKey {
