@@ -1368,14 +1368,19 @@ async fn runs_at_once_never_starve_their_jobs_of_capacity() {
 /// A one-file CWL tool, as a workflow registry would serve it.
 const BY_URL_TOOL: &str = "cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: [echo, VERSION]\nstdout: said.txt\ninputs: []\noutputs: {said: {type: stdout}}\n";
 
-/// Serves `tool.cwl` (saying what `version` holds) and a large file.
-async fn workflow_registry(version: std::sync::Arc<std::sync::Mutex<&'static str>>) -> String {
+/// Serves `tool.cwl` (saying what `version` holds, counting its fetches in `fetches`) and a
+/// large file.
+async fn workflow_registry(
+    version: std::sync::Arc<std::sync::Mutex<&'static str>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
     use axum::routing::get;
     let app = axum::Router::new()
         .route(
             "/wf/tool.cwl",
             get(move || {
                 let version = version.clone();
+                fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 async move { BY_URL_TOOL.replace("VERSION", &version.lock().unwrap()) }
             }),
         )
@@ -1395,9 +1400,44 @@ async fn admins_register_a_workflow_by_url_pinned_to_what_was_fetched() {
     })
     .await;
     let version = std::sync::Arc::new(std::sync::Mutex::new("first"));
-    let registry = workflow_registry(version.clone()).await;
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let registry = workflow_registry(version.clone(), fetches.clone()).await;
     let ws = server.admin.me().await.unwrap().personal_workspace;
     let by_url = |url: &str| request("CWL", "v1.2", url, serde_json::json!({}));
+
+    // Whoever may not propose workflows cannot make the server fetch anything either.
+    let launcher = server.user("by-url-launcher").await;
+    server
+        .admin
+        .set_member(&ws, &launcher.id, "launch")
+        .await
+        .unwrap();
+    let refused = launcher
+        .platform
+        .register_workflow(
+            &ws,
+            "said",
+            "0",
+            &by_url(&format!("{registry}/wf/tool.cwl")),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(403), "{refused}");
+    let outsider = server.user("by-url-outsider").await;
+    let refused = outsider
+        .platform
+        .register_workflow(
+            &ws,
+            "said",
+            "0",
+            &by_url(&format!("{registry}/wf/tool.cwl")),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(404), "{refused}");
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 0);
 
     let first = server
         .admin
