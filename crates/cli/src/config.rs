@@ -419,6 +419,7 @@ const ENV_KEYS: &[&str] = &[
     "TRESOR_REQUESTS_PER_SECOND",
     "TRESOR_IMAGE_RUNTIME",
     "TRESOR_LOG",
+    "TRESOR_LOG_FORMAT",
     // read by the client commands, harmless here
     "TRESOR_URL",
     "TRESOR_TOKEN",

@@ -173,17 +173,34 @@ enum AuditCommand {
     },
 }
 
+/// How log lines are written: `TRESOR_LOG_FORMAT` is `text` (the default) or `json` (one
+/// object per line, with the current span's fields, such as `request_id`).
+fn log_format() -> Result<bool, String> {
+    match std::env::var("TRESOR_LOG_FORMAT") {
+        Err(_) => Ok(false),
+        Ok(f) if f.is_empty() || f.eq_ignore_ascii_case("text") => Ok(false),
+        Ok(f) if f.eq_ignore_ascii_case("json") => Ok(true),
+        Ok(f) => Err(format!(
+            "TRESOR_LOG_FORMAT is {f:?}; set it to \"json\" or \"text\", or unset it"
+        )),
+    }
+}
+
 /// Logs go to stderr, each line through `redactor`, which `serve` keeps loaded with every secret.
-fn init_tracing(redactor: tresor_crypto::redact::SharedRedactor) {
+fn init_tracing(redactor: tresor_crypto::redact::SharedRedactor, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(move || {
             tresor_crypto::redact::RedactingWriter::new(std::io::stderr(), redactor.clone())
         })
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     // A panic's message can hold anything a handler was looking at: log it like every other
     // line, through the redactor, instead of the default hook's raw stderr.
     std::panic::set_hook(Box::new(|info| {
@@ -217,15 +234,23 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
+            let json = match log_format() {
+                Ok(json) => json,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let redactor = tresor_crypto::redact::SharedRedactor::default();
-            init_tracing(redactor.clone());
+            init_tracing(redactor.clone(), json);
             runtime.block_on(serve(args, redactor))
         }
         Command::Worker {
             task_dir,
             bootstrap,
         } => {
-            init_tracing(Default::default());
+            // The server relays this log into its own, as text lines.
+            init_tracing(Default::default(), false);
             let result = match task_dir {
                 Some(dir) if !bootstrap => runtime.block_on(tresor_executors::worker::run(&dir)),
                 _ => runtime.block_on(tresor_executors::worker::run_bootstrapped()),

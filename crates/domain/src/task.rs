@@ -211,6 +211,9 @@ pub struct TaskSpec {
     /// The workflow run the task is part of, as its engine or one of its jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunLink>,
+    /// The id of the API request that created it, which its worker logs on every line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// A task's place in a workflow run.
@@ -256,6 +259,7 @@ impl TaskSpec {
             tags: BTreeMap::new(),
             compute_env,
             run: None,
+            request_id: None,
         }
     }
 
@@ -312,6 +316,7 @@ mod tests {
                 kind: ComputeEnvKind::Local,
             },
             run: None,
+            request_id: None,
         }
     }
 

@@ -174,6 +174,12 @@ pub trait ComputeBackend: Send + Sync + std::fmt::Debug {
     /// Removes what the task's work left behind (directories, mounts, cgroups, host ids).
     fn clean_up(&self, id: &TaskId) -> Result<(), Error>;
 
+    /// The end of the task's worker log (its last 64 KiB), read before `clean_up` so the
+    /// server can relay it into its own log.
+    fn worker_log(&self, _id: &TaskId) -> Option<String> {
+        None
+    }
+
     /// Tasks this backend holds leftovers of, so that those of ended or unknown tasks are
     /// cleaned up after a restart.
     fn leftovers(&self) -> Vec<TaskId>;

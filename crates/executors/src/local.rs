@@ -618,6 +618,10 @@ impl ComputeBackend for LocalExecutor {
         self.read_status(id)
     }
 
+    fn worker_log(&self, id: &TaskId) -> Option<String> {
+        crate::worker::read_log_tail(&self.task_dir(id))
+    }
+
     fn clean_up(&self, id: &TaskId) -> Result<(), Error> {
         self.remove(id)
     }

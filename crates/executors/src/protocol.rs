@@ -73,6 +73,9 @@ pub struct WorkerTask {
     /// (`local.allow_private_egress`); else it refuses them, whatever a rule's name resolves to.
     #[serde(default)]
     pub egress_private: bool,
+    /// The API request that created the task, for the worker's log lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// What a task of a workflow run gets beyond a standalone task's.

@@ -519,6 +519,10 @@ impl ComputeBackend for SlurmExecutor {
         self.read_status(id)
     }
 
+    fn worker_log(&self, id: &TaskId) -> Option<String> {
+        crate::worker::read_log_tail(&self.task_dir(id))
+    }
+
     fn clean_up(&self, id: &TaskId) -> Result<(), Error> {
         self.remove(id)
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tracing::Instrument;
 use tresor_api_types::tes::{TesExecutorLog, TesOutputFileLog, TesTaskLog};
 use tresor_domain::task::{Executor, FileType, Input, Output};
 
@@ -33,6 +34,24 @@ pub const LOCK_FILE: &str = "worker.lock";
 pub const PID_FILE: &str = "worker.pid";
 pub const LOG_FILE: &str = "worker.log";
 pub const ROOT_DIR: &str = "root";
+
+/// The last 64 KiB of the worker log in `task_dir`, from its first whole line.
+pub fn read_log_tail(task_dir: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let mut file = std::fs::File::open(task_dir.join(LOG_FILE)).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut raw = Vec::new();
+    file.take(TAIL).read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let text = if len > TAIL {
+        text.split_once('\n').map_or("", |(_, rest)| rest)
+    } else {
+        &text
+    };
+    Some(text.to_owned())
+}
 
 /// The line that tells users where their commands really ran, on a host that runs no images.
 pub const RUNTIME_NOTE: &str = "runtime: host; each executor ran in a bubblewrap sandbox on the \
@@ -76,7 +95,18 @@ pub async fn run(task_dir: &Path) -> Result<(), String> {
     // Reports go to the server over HTTP like a batch job's; the status file is only for a
     // server that recovers after a crash, so a final report that fails is retried briefly.
     let remote = task.session.as_ref().map(Session::new).transpose()?;
-    run_task(task_dir, &task, remote, LOCAL_FINAL_ATTEMPTS).await
+    run_task(task_dir, &task, remote, LOCAL_FINAL_ATTEMPTS)
+        .instrument(task_span(&task))
+        .await
+}
+
+/// Every log line of a task's worker names the task and the API request that created it.
+fn task_span(task: &WorkerTask) -> tracing::Span {
+    tracing::info_span!(
+        "task",
+        task = %task.task_id,
+        request_id = %task.request_id.as_deref().unwrap_or("-"),
+    )
 }
 
 /// How often a final status report is tried: a local worker's server reads the status file when
@@ -134,7 +164,7 @@ pub async fn run_bootstrapped() -> Result<(), String> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("watching for SIGTERM: {e}"))?;
     tokio::select! {
-        result = run_task(&task_dir, &task, remote, BATCH_FINAL_ATTEMPTS) => result,
+        result = run_task(&task_dir, &task, remote, BATCH_FINAL_ATTEMPTS).instrument(task_span(&task)) => result,
         _ = terminate.recv() => Err("SLURM is ending the job (SIGTERM); stopped".to_owned()),
     }
 }
@@ -158,6 +188,12 @@ async fn run_task(
     };
     report.status.log.system_logs = Some(vec![note.to_owned()]);
     report.publish().await?;
+    tracing::info!(
+        executors = task.executors.len(),
+        inputs = task.inputs.len(),
+        outputs = task.outputs.len(),
+        "the worker started the task"
+    );
 
     let root = task_dir.join(ROOT_DIR);
     // The disk is made on a thread while the secrets and the identity token are fetched.
@@ -210,6 +246,7 @@ async fn run_task(
     report.status.phase = phase;
     report.status.log.end_time = Some(now());
     let published = report.publish().await;
+    tracing::info!(result = ?phase, reported = published.is_ok(), "the worker ended the task");
     // Unmounted (and its image removed) before the tree's mount point goes.
     drop(disk);
     if let Err(e) = std::fs::remove_dir_all(&root)

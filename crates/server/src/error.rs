@@ -55,7 +55,8 @@ impl IntoResponse for ApiError {
                 };
                 let msg = if status.is_server_error() {
                     // The cause goes to the log under an id; the body names only the class.
-                    let request_id = uuid::Uuid::now_v7();
+                    let request_id = tresor_service::request_id::current()
+                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                     tracing::error!(%request_id, error = ?err, "request failed");
                     format!("{err} (request id {request_id})")
                 } else {

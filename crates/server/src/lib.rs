@@ -6,6 +6,7 @@ mod extract;
 mod identity;
 mod images;
 mod limits;
+mod ops;
 mod platform;
 pub mod routes;
 mod secrets;
@@ -82,6 +83,7 @@ fn router(state: AppState, max_body_bytes: usize, limits: &ConnectionLimits) -> 
         .layer(axum::middleware::map_response(error::platform_error_body));
     let rates = limits::RequestRates::new(limits);
     let deadline = limits.request_timeout;
+    let metrics = state.metrics.clone();
     ga4gh
         .layer(CatchPanicLayer::custom(error::panic_response))
         .merge(api)
@@ -94,6 +96,10 @@ fn router(state: AppState, max_body_bytes: usize, limits: &ConnectionLimits) -> 
         }))
         .layer(axum::middleware::from_fn(move |request, next| {
             rates.clone().check(request, next)
+        }))
+        // Outermost, so refusals by the layers above are counted and carry an id too.
+        .layer(axum::middleware::from_fn(move |request, next| {
+            ops::observe(metrics.clone(), request, next)
         }))
         .with_state(state)
 }
@@ -119,6 +125,7 @@ pub async fn serve(
         ..
     } = app;
     let cap = limits.effective_max_connections();
+    let draining = services.clone();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cap));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -128,7 +135,11 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => {
+                draining.start_draining();
+                tracing::info!("shutting down: no new connections; requests in flight may finish, and tasks' workers keep running");
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {

@@ -8,7 +8,7 @@ use axum::routing::MethodRouter;
 use serde_json::{Value, json};
 use tresor_domain::Action;
 
-use crate::{AppState, compute, identity, images, platform, secrets, tes, wes};
+use crate::{AppState, compute, identity, images, ops, platform, secrets, tes, wes};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +152,35 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "A run's engine cancels a job (POST …/{task}:cancel)",
             ),
             post(wes::engine_cancel_job),
+        ),
+    ]);
+    routes.extend([
+        (
+            spec(
+                Method::GET,
+                "/healthz",
+                Access::Open,
+                "Liveness: the process answers",
+            ),
+            get(ops::healthz),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/readyz",
+                Access::Open,
+                "Readiness: the database answers and the server is not shutting down (else 503)",
+            ),
+            get(ops::readyz),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/metrics",
+                Access::Admin,
+                "Prometheus metrics (OpenMetrics text)",
+            ),
+            get(ops::metrics),
         ),
     ]);
     routes.extend([

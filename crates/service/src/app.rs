@@ -63,6 +63,9 @@ pub struct Services {
     pub images: ImageService,
     pub runs: RunService,
     pub preflight: Preflight,
+    pub metrics: crate::Metrics,
+    /// Set when shutdown begins: the server is no longer ready for new work.
+    draining: Arc<std::sync::atomic::AtomicBool>,
     /// Kept to be closed at shutdown, after the last request.
     store: Store,
 }
@@ -73,6 +76,7 @@ impl Services {
     /// Also returns the bootstrap admin's token file when this start created that admin.
     pub async fn open(settings: Settings) -> anyhow::Result<(Services, Option<PathBuf>)> {
         let store = Store::connect(&settings.store).await?;
+        let metrics = crate::Metrics::new();
         let platform =
             PlatformService::new(store.clone(), OidcVerifier::new(settings.oidc_issuers)?);
         let bootstrap_token_file = platform.bootstrap(&settings.bootstrap_token_file).await?;
@@ -127,6 +131,7 @@ impl Services {
                 identity: identity.clone(),
                 storage: storage.clone(),
                 images: images.clone(),
+                metrics: metrics.clone(),
             },
             Executors {
                 local: executor,
@@ -148,10 +153,40 @@ impl Services {
                 images,
                 runs,
                 preflight,
+                metrics,
+                draining: Default::default(),
                 store,
             },
             bootstrap_token_file,
         ))
+    }
+
+    /// Why the server cannot take work now, if it cannot: it is shutting down, or its database
+    /// does not answer.
+    pub async fn not_ready(&self) -> Option<String> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some("the server is shutting down".to_owned());
+        }
+        match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("the database does not answer: {e}")),
+            Err(_) => Some("the database did not answer within 2 s".to_owned()),
+        }
+    }
+
+    /// Marks the start of shutdown (see `not_ready`).
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The metrics in the Prometheus text format, with the task counts read now.
+    pub async fn metrics_text(&self) -> String {
+        match self.store.task_counts().await {
+            Ok(counts) => self.metrics.set_task_counts(&counts),
+            Err(e) => tracing::warn!(error = %e, "counting tasks for the metrics"),
+        }
+        self.metrics.encode()
     }
 
     /// Closes the store; call once no request is left in flight.

@@ -127,6 +127,12 @@ impl Store {
         Ok(self.writer.begin_with(BEGIN_WRITE).await?)
     }
 
+    /// Whether the database answers a read; for the readiness probe.
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
     /// Closes both pools, waiting for in-flight statements.
     pub async fn close(&self) {
         self.reader.close().await;

@@ -579,6 +579,18 @@ impl Store {
         let rows = q.build().fetch_all(&self.reader).await?;
         rows.iter().map(task_from_row).collect()
     }
+
+    /// How many tasks are in each state, across workspaces; for the metrics.
+    pub async fn task_counts(&self) -> Result<Vec<(TaskState, i64)>, Error> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(state, n)| TaskState::parse(&state).map(|s| (s, n)))
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -143,6 +143,9 @@ fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<se
         (
             Method::GET,
             "/api/v1/openapi.json"
+            | "/healthz"
+            | "/readyz"
+            | "/metrics"
             | "/api/v1/me"
             | "/api/v1/users"
             | "/api/v1/tokens"

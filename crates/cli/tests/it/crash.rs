@@ -45,6 +45,11 @@ fn spawn_server_listening(dir: &Path, config: Option<&Path>, listen: &str) -> Se
     spawn_server_command(Command::new(TRESOR), dir, config, listen)
 }
 
+/// `spawn_server_at` with extra environment variables for the server.
+pub(crate) fn spawn_server_env(dir: &Path, listen: &str, env: &[(&str, &str)]) -> ServerProcess {
+    spawn_server_command_env(Command::new(TRESOR), dir, None, listen, env)
+}
+
 /// `tresor serve` (the binary `program`) as the unprivileged host user `uid`/`gid` through
 /// setpriv, without supplementary groups or capabilities; `dir/data` and `dir/storage` must be
 /// that user's.
@@ -61,10 +66,20 @@ pub(crate) fn spawn_server_as(dir: &Path, (uid, gid): (u32, u32), program: &Path
 /// Runs `command` (which starts the `tresor` binary) as `tresor serve` with `dir`'s data and
 /// storage directories.
 fn spawn_server_command(
+    command: Command,
+    dir: &Path,
+    config: Option<&Path>,
+    listen: &str,
+) -> ServerProcess {
+    spawn_server_command_env(command, dir, config, listen, &[])
+}
+
+fn spawn_server_command_env(
     mut command: Command,
     dir: &Path,
     config: Option<&Path>,
     listen: &str,
+    env: &[(&str, &str)],
 ) -> ServerProcess {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let storage = dir.join("storage");
@@ -86,6 +101,7 @@ fn spawn_server_command(
         .env("TRESOR_LOG", "trace")
         // These tests run host tools; images.rs runs images.
         .env("TRESOR_IMAGE_RUNTIME", "host")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -121,6 +137,29 @@ fn listening_url(child: &mut Child, dir: &Path) -> String {
 impl ServerProcess {
     pub(crate) fn client_url(&self) -> String {
         self.url.clone()
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the server to exit; its exit status.
+    pub(crate) fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub(crate) fn kill_9(&mut self) {

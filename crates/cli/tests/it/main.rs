@@ -15,6 +15,7 @@ mod images;
 mod issuer;
 mod limits;
 mod oidc;
+mod ops;
 mod preflight;
 mod pytes;
 mod replicas;

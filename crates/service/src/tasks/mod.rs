@@ -89,6 +89,7 @@ struct Inner {
     images: ImageService,
     supervisor: Arc<Supervisor>,
     workers: worker_api::WorkerApi,
+    metrics: crate::Metrics,
 }
 
 /// What the TES service-info and validation need to know of the local executor.
@@ -118,6 +119,7 @@ pub struct Rooms {
     pub identity: IdentityService,
     pub storage: StorageService,
     pub images: ImageService,
+    pub metrics: crate::Metrics,
 }
 
 /// A compute environment as users see it.
@@ -145,6 +147,7 @@ impl TaskService {
             identity,
             storage,
             images,
+            metrics,
         } = rooms;
         let Executors { local, slurm } = executors;
         let page_secret = store.server_secret("page_token_key").await?;
@@ -184,6 +187,7 @@ impl TaskService {
             images.clone(),
             backends,
             supervisor_settings,
+            metrics.clone(),
         );
         convert_legacy_specs(&store, &supervisor).await?;
         let workers = worker_api::WorkerApi {
@@ -204,6 +208,7 @@ impl TaskService {
                 images,
                 workers,
                 supervisor,
+                metrics,
             }),
         })
     }
@@ -569,7 +574,9 @@ impl TaskService {
         id: &str,
         credential: &str,
     ) -> Result<worker_api::Delivery, ServiceError> {
-        worker_api::deliver_secrets(&self.inner.workers, id, credential).await
+        let delivery = worker_api::deliver_secrets(&self.inner.workers, id, credential).await?;
+        self.inner.metrics.secrets_delivered(delivery.secrets.len());
+        Ok(delivery)
     }
 
     /// A running task's identity token for one of the allowed audiences.

@@ -156,6 +156,7 @@ pub(crate) fn from_tes(tes: TesTask, env: ComputeEnv) -> Result<TaskSpec, Servic
         tags,
         compute_env: env,
         run: None,
+        request_id: crate::request_id::current(),
     })
 }
 

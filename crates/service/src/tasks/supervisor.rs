@@ -89,6 +89,7 @@ pub struct Supervisor {
     images: ImageService,
     backends: BTreeMap<String, Arc<dyn ComputeBackend>>,
     settings: SupervisorSettings,
+    metrics: crate::Metrics,
     /// This process's id as a task owner: `host:pid:nonce`.
     owner: String,
     wake: Notify,
@@ -111,6 +112,32 @@ pub(crate) fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// A finished worker's log lines, into this process's log (and its redactor) under the target
+/// `tresor::worker`: lines that report a warning or an error at WARN, the others at INFO.
+fn relay_worker_log(id: &TaskId, log: &str) {
+    for line in log.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        let serious = ["ERROR", "WARN", "slurmstepd"]
+            .iter()
+            .any(|word| line.contains(word));
+        if serious {
+            tracing::warn!(target: "tresor::worker", task = %id, "{line}");
+        } else {
+            tracing::info!(target: "tresor::worker", task = %id, "{line}");
+        }
+    }
+}
+
+/// From a task log's start to its end, when it has both.
+fn run_time(log: &TesTaskLog) -> Option<std::time::Duration> {
+    let parse = |t: &Option<String>| {
+        t.as_deref().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+    };
+    let run = parse(&log.end_time)? - parse(&log.start_time)?;
+    run.try_into().ok()
 }
 
 pub(crate) fn logs_json(log: TesTaskLog) -> Option<String> {
@@ -160,6 +187,7 @@ impl Supervisor {
         images: ImageService,
         backends: Vec<Arc<dyn ComputeBackend>>,
         settings: SupervisorSettings,
+        metrics: crate::Metrics,
     ) -> Arc<Supervisor> {
         let (events, receiver) = mpsc::unbounded_channel();
         let owner = format!(
@@ -178,6 +206,7 @@ impl Supervisor {
                 .map(|b| (b.env().id.clone(), b))
                 .collect(),
             settings,
+            metrics,
             owner,
             wake: Notify::new(),
             events,
@@ -450,6 +479,7 @@ impl Supervisor {
             }),
             egress,
             egress_private: defaults.allow_private_egress,
+            request_id: spec.request_id.clone(),
         })
     }
 
@@ -540,6 +570,9 @@ impl Supervisor {
                 return true;
             }
         };
+        let waited = time::OffsetDateTime::now_utc() - record.creation_time;
+        self.metrics
+            .observe_queue_wait(waited.try_into().unwrap_or_default());
         self.update(&id, |t| {
             t.submitting = false;
             t.handle.clone_from(&submitted.handle);
@@ -601,7 +634,14 @@ impl Supervisor {
         // A move to a new state is the common case and needs one conditional update; progress
         // within the current state falls through to a logs-only update.
         let result = match self.store.transition(id, state, Some(&logs)).await {
-            Ok(true) => Ok(true),
+            Ok(true) => {
+                if state.is_terminal()
+                    && let Some(run) = run_time(&status.log)
+                {
+                    self.metrics.observe_run_time(state, run);
+                }
+                Ok(true)
+            }
             Ok(false) if !state.is_terminal() => self.store.update_logs(id, state, &logs).await,
             other => other,
         };
@@ -628,6 +668,9 @@ impl Supervisor {
     }
 
     fn clean_up(&self, backend: &dyn ComputeBackend, id: &TaskId) {
+        if let Some(log) = backend.worker_log(id) {
+            relay_worker_log(id, &log);
+        }
         if let Err(e) = backend.clean_up(id) {
             tracing::error!(task = %id, error = %e, "cleaning up after a task");
         }
@@ -733,10 +776,10 @@ impl Supervisor {
             .iter()
             .map(|(id, t)| (id.clone(), t.handle.clone()))
             .collect();
-        let seen = backend
-            .observe(&asked)
-            .await
-            .map_err(|e| ServiceError::Unavailable(e.into()))?;
+        let polled = std::time::Instant::now();
+        let seen = backend.observe(&asked).await;
+        self.metrics.observe_poll(env, polled.elapsed());
+        let seen = seen.map_err(|e| ServiceError::Unavailable(e.into()))?;
         for (id, tracked) in tracked {
             match seen.get(&id).unwrap_or(&Observation::Unknown) {
                 ended @ Observation::Ended { .. } => {

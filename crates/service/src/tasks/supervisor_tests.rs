@@ -229,6 +229,7 @@ async fn supervisor(
             },
             workspace_gids: None,
         },
+        crate::Metrics::new(),
     )
 }
 
