@@ -165,10 +165,30 @@ impl Session {
         path: &str,
         body: Option<&impl serde::Serialize>,
     ) -> Result<T, CallError> {
+        self.retrying(path, body, |e| e.unconnected).await
+    }
+
+    /// `call_patiently` for a call that is safe to repeat even if it reached the server (a new
+    /// identity token): also retried when the connection broke before an answer came, as it does
+    /// when the server is killed while it handles the call.
+    pub async fn call_repeatable<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, CallError> {
+        self.retrying(path, body, |e| e.status.is_none()).await
+    }
+
+    async fn retrying<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+        retry: impl Fn(&CallError) -> bool,
+    ) -> Result<T, CallError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             match self.call(path, body).await {
-                Err(e) if e.unconnected && tokio::time::Instant::now() < deadline => {
+                Err(e) if retry(&e) && tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, path, "the server is not reachable; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -328,7 +348,7 @@ impl Identity {
                 .map_err(|e| format!("handing the identity directory to the task's user: {e}"))?;
         }
         let first = session
-            .call_patiently::<IssuedToken>("token", Some(&TokenRequest { audience: None }))
+            .call_repeatable::<IssuedToken>("token", Some(&TokenRequest { audience: None }))
             .await
             .map_err(|e| format!("could not get the task's identity token: {e}"))?;
         write_token(&dir, &first.token, owner)
