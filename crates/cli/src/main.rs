@@ -6,6 +6,7 @@ mod output;
 mod platform_cmd;
 mod session;
 mod task_cmd;
+mod task_follow;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -90,7 +91,7 @@ enum Command {
         command: AdminCommand,
     },
     /// Submit, inspect, list and cancel tasks on a running server.
-    Task(task_cmd::TaskArgs),
+    Task(Box<task_cmd::TaskArgs>),
     /// Preflight: probe a compute environment on a running server (platform administrators):
     /// the token issuer, storage reads, writes and isolation, the sandbox and the clock.
     Check {
@@ -108,6 +109,8 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Print a shell completion script, e.g. `tresor completions bash > /etc/bash_completion.d/tresor`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -266,7 +269,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Task(args) => runtime.block_on(task_cmd::run(args)),
+        Command::Task(args) => runtime.block_on(task_cmd::run(*args)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tresor", &mut script);
+            output::raw(&String::from_utf8_lossy(&script));
+            ExitCode::SUCCESS
+        }
         Command::Login { client } => {
             let session = session::resolve(&client);
             runtime.block_on(platform_cmd::login(&client, session))

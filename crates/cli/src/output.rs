@@ -10,6 +10,13 @@ pub fn line(text: &str) {
     let _ = out.flush();
 }
 
+/// Prints text as it is (a task's output), and flushes.
+pub fn raw(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
 /// Prints a value as pretty JSON.
 pub fn json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {

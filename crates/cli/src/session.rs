@@ -13,8 +13,8 @@ pub struct ClientArgs {
     /// The server's URL (also `TRESOR_URL`).
     #[arg(long, env = "TRESOR_URL", global = true)]
     pub url: Option<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text", global = true)]
+    /// Output format: readable text, or JSON for scripts.
+    #[arg(long = "format", value_enum, default_value = "text", global = true)]
     pub output: Format,
     /// The credentials file `tresor login` writes (default: ~/.config/tresor/credentials.json).
     #[arg(long, global = true)]

@@ -35,6 +35,9 @@ pub const PID_FILE: &str = "worker.pid";
 pub const LOG_FILE: &str = "worker.log";
 pub const ROOT_DIR: &str = "root";
 
+/// How often a running executor's output so far is reported.
+const LIVE_OUTPUT_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The last 64 KiB of the worker log in `task_dir`, from its first whole line.
 pub fn read_log_tail(task_dir: &Path) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
@@ -310,6 +313,14 @@ impl Reporter {
         }
     }
 
+    /// Sends `status` to the server as progress (coalesced with newer progress), leaving the
+    /// status file alone: for the executors' output while they run.
+    fn progress(&self, status: WorkerStatus) {
+        if let Some((progress, _)) = &self.progress {
+            let _ = progress.send(status);
+        }
+    }
+
     fn system_log(&mut self, line: String) {
         let line = match &self.redactor {
             Some(r) => r.redact_str(&line),
@@ -579,18 +590,43 @@ async fn execute(
             deadline,
             log_budget,
         };
-        let run = run_executor(
-            task,
-            root,
-            &mounts,
-            executor,
-            images[index].as_ref().map(|(_, ready)| ready.as_ref()),
-            &secrets,
-            report.redactor.as_ref(),
-            &sandbox_extras,
-            &confinement,
-        )
-        .await;
+        let live = LiveOutput::default();
+        let run = {
+            let running = run_executor(
+                task,
+                root,
+                &mounts,
+                executor,
+                images[index].as_ref().map(|(_, ready)| ready.as_ref()),
+                &secrets,
+                report.redactor.as_ref(),
+                &sandbox_extras,
+                &confinement,
+                &live,
+            );
+            tokio::pin!(running);
+            // While it runs, its output so far goes to the server once a second (when it changed).
+            let mut tick = tokio::time::interval(LIVE_OUTPUT_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let started = now();
+            loop {
+                tokio::select! {
+                    run = &mut running => break run,
+                    _ = tick.tick() => {
+                        if let Some([stdout, stderr]) = live.snapshot() {
+                            let mut status = report.status.clone();
+                            status.log.logs.push(TesExecutorLog {
+                                start_time: Some(started.clone()),
+                                stdout: Some(stdout),
+                                stderr: Some(stderr),
+                                ..TesExecutorLog::default()
+                            });
+                            report.progress(status);
+                        }
+                    }
+                }
+            }
+        };
         let run = match run {
             Ok(run) => run,
             Err(SandboxFailure::System(message)) => {
@@ -1299,6 +1335,51 @@ fn keep_tail_from_a_break(bytes: &mut Vec<u8>, keep: usize) -> bool {
     true
 }
 
+/// An executor's output while it runs, redacted by value as it is read (the same stream the
+/// task log's tail comes from), for the progress reports `task logs --follow` shows.
+#[derive(Default)]
+struct LiveOutput {
+    /// stdout and stderr, each at most the log's tail.
+    streams: std::sync::Mutex<[Vec<u8>; 2]>,
+    changed: std::sync::atomic::AtomicBool,
+}
+
+impl LiveOutput {
+    fn push(&self, stream: usize, safe: &[u8], tail: usize) {
+        if safe.is_empty() {
+            return;
+        }
+        if let Ok(mut streams) = self.streams.lock()
+            && let Some(buf) = streams.get_mut(stream)
+        {
+            buf.extend_from_slice(safe);
+            if buf.len() > tail {
+                keep_tail_from_a_break(buf, tail);
+            }
+            self.changed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// stdout and stderr up to their last complete line, credentials masked by shape; `None`
+    /// when nothing changed since the last snapshot. Only whole lines: a token still being
+    /// written would not have its whole shape yet, and no token spans lines.
+    fn snapshot(&self) -> Option<[String; 2]> {
+        if !self
+            .changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return None;
+        }
+        let streams = self.streams.lock().ok()?;
+        Some(streams.clone().map(|buf| {
+            let whole = buf.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+            String::from_utf8_lossy(&tresor_crypto::redact::mask_credentials(&buf[..whole]))
+                .into_owned()
+        }))
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_executor(
     task: &WorkerTask,
@@ -1310,6 +1391,7 @@ async fn run_executor(
     redactor: Option<&Redactor>,
     extras: &SandboxExtras<'_>,
     confinement: &Confinement<'_>,
+    live: &LiveOutput,
 ) -> Result<ExecutorRun, SandboxFailure> {
     let owner = task.sandbox.run_as;
     let stdin = executor
@@ -1534,8 +1616,8 @@ async fn run_executor(
         }
     };
     let (stdout, stderr, (status, timed_out)) = tokio::join!(
-        capture(out, stdout_file, tail, redactor),
-        capture(err, stderr_file, tail, redactor),
+        capture(out, stdout_file, tail, redactor, (live, 0)),
+        capture(err, stderr_file, tail, redactor, (live, 1)),
         wait
     );
     let status =
@@ -1653,6 +1735,7 @@ async fn capture(
     file: Option<std::fs::File>,
     tail: usize,
     redactor: Option<&Redactor>,
+    live: (&LiveOutput, usize),
 ) -> (Vec<u8>, bool, u64) {
     let Some(mut pipe) = pipe else {
         return (Vec::new(), false, 0);
@@ -1674,10 +1757,12 @@ async fn capture(
         {
             file = None;
         }
-        match stream.as_mut() {
-            Some(s) => kept.extend(s.push(&buf[..n])),
-            None => kept.extend_from_slice(&buf[..n]),
-        }
+        let safe = match stream.as_mut() {
+            Some(s) => s.push(&buf[..n]),
+            None => buf[..n].to_vec(),
+        };
+        live.0.push(live.1, &safe, tail);
+        kept.extend(safe);
         if kept.len() > tail.saturating_mul(2).max(64 * 1024) {
             cut |= keep_tail_from_a_break(&mut kept, tail);
         }
@@ -1815,6 +1900,30 @@ fn copy_out(source: &Path, dest: &Path, allowed: &[PathBuf], shared: bool) -> st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_output_shows_whole_lines_only_with_tokens_masked() {
+        let live = LiveOutput::default();
+        assert!(live.snapshot().is_none());
+        live.push(0, b"one\ntw", 1024);
+        let [out, err] = live.snapshot().unwrap();
+        assert_eq!((out.as_str(), err.as_str()), ("one\n", ""));
+        assert!(live.snapshot().is_none(), "nothing new since");
+        live.push(
+            0,
+            b"o\ntoken eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ3b3Jrc3BhY2UifQ.c2lnbmF0dXJlLWJ5dGVz\n",
+            1024,
+        );
+        live.push(1, b"a token begins eyJhbGciOiJSUzI1NiJ9.eyJzdW", 1024);
+        let [out, err] = live.snapshot().unwrap();
+        assert!(out.starts_with("one\ntwo\ntoken "), "{out}");
+        assert!(!out.contains("eyJzdWIi"), "{out}");
+        assert_eq!(err, "", "a line still being written waits for its end");
+        // A tail cut at its front moves on to a break, so no token loses its start.
+        live.push(1, b"\n", 8);
+        let [_, err] = live.snapshot().unwrap();
+        assert!(!err.contains("eyJ") && !err.contains("zdW"), "{err:?}");
+    }
 
     #[test]
     fn stdout_and_stderr_share_the_task_log_budget() {

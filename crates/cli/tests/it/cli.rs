@@ -74,7 +74,7 @@ async fn the_cli_manages_workspaces_members_tokens_and_tasks() {
         let (ok, out, err) = tresor(
             h,
             &url,
-            &["workspace", "create", "genomics", "--output", "json"],
+            &["workspace", "create", "genomics", "--format", "json"],
             None,
             None,
         );
@@ -83,7 +83,7 @@ async fn the_cli_manages_workspaces_members_tokens_and_tasks() {
         let (ok, out, _) = tresor(
             h,
             &url,
-            &["workspace", "list", "--output", "json"],
+            &["workspace", "list", "--format", "json"],
             None,
             None,
         );
@@ -107,7 +107,7 @@ async fn the_cli_manages_workspaces_members_tokens_and_tasks() {
         let (ok, out, _) = tresor(
             h,
             &url,
-            &["member", "list", "genomics", "--output", "json"],
+            &["member", "list", "genomics", "--format", "json"],
             None,
             None,
         );
@@ -124,7 +124,7 @@ async fn the_cli_manages_workspaces_members_tokens_and_tasks() {
                 "-",
                 "--workspace",
                 "genomics",
-                "--output",
+                "--format",
                 "json",
             ],
             Some(task),
@@ -135,7 +135,7 @@ async fn the_cli_manages_workspaces_members_tokens_and_tasks() {
         let (ok, out, _) = tresor(
             h,
             &url,
-            &["task", "list", "-w", "genomics", "--output", "json"],
+            &["task", "list", "-w", "genomics", "--format", "json"],
             None,
             None,
         );
@@ -152,7 +152,7 @@ async fn the_cli_manages_workspaces_members_tokens_and_tasks() {
         let (ok, out, _) = tresor(
             h,
             &url,
-            &["task", "get", &id, "-w", "genomics", "--output", "json"],
+            &["task", "get", &id, "-w", "genomics", "--format", "json"],
             None,
             None,
         );
@@ -162,7 +162,7 @@ async fn the_cli_manages_workspaces_members_tokens_and_tasks() {
         let (ok, out, _) = tresor(
             h,
             &url,
-            &["token", "create", "ci", "--output", "json"],
+            &["token", "create", "ci", "--format", "json"],
             None,
             None,
         );
@@ -217,7 +217,7 @@ async fn the_cli_sets_secrets_from_stdin_or_a_file_never_from_argv() {
         let (ok, out, err) = tresor(
             h,
             &url,
-            &["secret", "set", "FROM_STDIN", "--output", "json"],
+            &["secret", "set", "FROM_STDIN", "--format", "json"],
             Some("stdin-value-1234"),
             None,
         );
@@ -263,7 +263,7 @@ async fn the_cli_sets_secrets_from_stdin_or_a_file_never_from_argv() {
             None,
         );
         assert!(!ok && err.contains("unexpected argument"), "{err}");
-        let (ok, out, _) = tresor(h, &url, &["secret", "list", "--output", "json"], None, None);
+        let (ok, out, _) = tresor(h, &url, &["secret", "list", "--format", "json"], None, None);
         assert!(ok);
         let listed = json(&out);
         assert_eq!(listed.as_array().unwrap().len(), 1);
@@ -289,7 +289,7 @@ async fn secret_set_on_an_existing_secret_updates_it_and_if_match_still_guards()
         let (ok, _, err) = tresor(h, &url, &["login"], Some(&admin), None);
         assert!(ok, "{err}");
         let set = |value: &str, extra: &[&str]| {
-            let mut args = vec!["secret", "set", "API_KEY", "--output", "json"];
+            let mut args = vec!["secret", "set", "API_KEY", "--format", "json"];
             args.extend_from_slice(extra);
             tresor(h, &url, &args, Some(value), None)
         };
@@ -306,7 +306,7 @@ async fn secret_set_on_an_existing_secret_updates_it_and_if_match_still_guards()
         let (ok, out, err) = set("third-value-9012", &["--if-match", "2"]);
         assert!(ok, "{err}");
         assert_eq!(json(&out)["version"], 3);
-        let (ok, out, _) = tresor(h, &url, &["secret", "list", "--output", "json"], None, None);
+        let (ok, out, _) = tresor(h, &url, &["secret", "list", "--format", "json"], None, None);
         assert!(ok);
         let listed = json(&out);
         assert_eq!(listed.as_array().unwrap().len(), 1, "{out}");
@@ -336,4 +336,202 @@ async fn secret_set_on_an_existing_secret_updates_it_and_if_match_still_guards()
         (version, value.expose_secret()),
         (3, &b"third-value-9012"[..])
     );
+}
+
+/// `tresor ARGS` as the admin of `server`, in `home`; its exit code, stdout and stderr.
+fn tresor_as(server_url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(TRESOR)
+        .args(args)
+        .env_clear()
+        .env("HOME", home.path())
+        .env("TRESOR_URL", server_url)
+        .env("TRESOR_TOKEN", token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn task_run_works_like_docker_run_and_exits_with_the_tasks_code() {
+    let server = TestServer::start().await;
+    server.make_storage(&server.client, &server.storage).await;
+    std::fs::write(server.storage.join("reads.txt"), "a\nb\nc\n").unwrap();
+    let me = server.admin.me().await.unwrap();
+    server
+        .admin
+        .put_secret(
+            &me.personal_workspace,
+            false,
+            "RUN_SECRET",
+            b"run-secret-value-5521",
+            None,
+        )
+        .await
+        .unwrap();
+    let (url, token) = (server.url.clone(), server.admin_token.clone());
+    let input = format!("/in/reads.txt={}", server.storage_url("reads.txt"));
+    let output = format!("/out/count.txt={}", server.storage_url("count.txt"));
+    let storage = server.storage.clone();
+    let id = tokio::task::spawn_blocking(move || {
+        // Inputs, outputs, env, a secret and resources; stdout and stderr kept apart.
+        let (code, out, err) = tresor_as(
+            &url,
+            &token,
+            &[
+                "task", "run", "--input", &input, "--output", &output, "--env", "GREETING=hi",
+                "--secret", "RUN_SECRET", "--cpu", "1", "--mem", "0.5", "--name", "counting",
+                "debian:12", "--", "sh", "-c",
+                "wc -l < /in/reads.txt > /out/count.txt; echo \"$GREETING ${#RUN_SECRET}\"; echo to-stderr >&2",
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(out, "hi 21\n");
+        assert!(err.contains("to-stderr"), "{err}");
+        assert!(!err.contains('\r') && !err.contains('\x1b'), "no progress bar off a terminal: {err:?}");
+        assert_eq!(std::fs::read_to_string(storage.join("count.txt")).unwrap().trim(), "3");
+
+        // The executor's exit code is the command's, with the reason on stderr.
+        let (code, out, err) =
+            tresor_as(&url, &token, &["task", "run", "debian:12", "--", "sh", "-c", "echo partial; exit 7"]);
+        assert_eq!((code, out.as_str()), (7, "partial\n"), "{err}");
+        assert!(err.contains("EXECUTOR_ERROR") && err.contains("exited with code 7"), "{err}");
+
+        // A system failure (a missing input) is 125.
+        let missing = format!("/in/x={}", "file:///nonexistent/x");
+        let (code, _, err) =
+            tresor_as(&url, &token, &["task", "run", "--input", &missing, "debian:12", "--", "true"]);
+        assert_ne!(code, 0, "{err}");
+        assert!(err.contains("error") || err.contains("SYSTEM_ERROR"), "{err}");
+
+        // Detached: the id at once; then wait, logs and a readable get.
+        let (code, id, err) = tresor_as(
+            &url,
+            &token,
+            &["task", "run", "-d", "debian:12", "--", "sh", "-c", "echo one; exit 4"],
+        );
+        assert_eq!(code, 0, "{err}");
+        let id = id.trim().to_owned();
+        let (code, out, _) = tresor_as(&url, &token, &["task", "wait", &id]);
+        assert_eq!((code, out.as_str()), (4, "EXECUTOR_ERROR\n"));
+        let (code, out, _) = tresor_as(&url, &token, &["task", "logs", &id]);
+        assert_eq!((code, out.as_str()), (0, "one\n"));
+        let (code, out, _) = tresor_as(&url, &token, &["task", "get", &id]);
+        assert_eq!(code, 0);
+        for want in [&format!("id           {id}"), "state        EXECUTOR_ERROR", "executor 0   debian:12 sh -c 'echo one; exit 4'", "exit code 4"] {
+            assert!(out.contains(want), "{want:?} in\n{out}");
+        }
+        // Bad flags are a clear error before anything is submitted.
+        let (code, _, err) = tresor_as(&url, &token, &["task", "run", "--env", "NOEQUALS", "debian:12", "--", "true"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("--env \"NOEQUALS\" is not of the form KEY=VALUE"), "{err}");
+        let (code, _, err) = tresor_as(&url, &token, &["task", "run", "--input", "/in=relative/path", "debian:12", "--", "true"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("neither a URL nor an absolute host path"), "{err}");
+        id
+    })
+    .await
+    .unwrap();
+
+    // The secret went by name only: not in the task document.
+    let listed = server.client.list_tasks(&Default::default()).await.unwrap();
+    let raw = serde_json::to_string(&listed).unwrap();
+    assert!(!raw.contains("run-secret-value"), "{raw}");
+    assert!(!id.is_empty());
+}
+
+#[tokio::test]
+async fn task_logs_follow_prints_output_while_the_task_runs() {
+    let server = TestServer::start().await;
+    let id = server
+        .client
+        .create_task(&sh_task("echo first; sleep 4; echo second"))
+        .await
+        .unwrap();
+    let mut child = Command::new(TRESOR)
+        .args(["task", "logs", "--follow", &id])
+        .env_clear()
+        .env("TRESOR_URL", &server.url)
+        .env("TRESOR_TOKEN", &server.admin_token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().unwrap().unwrap();
+        (first, lines)
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.0, "first");
+    // The first line arrived while the task still ran.
+    let now = server
+        .client
+        .get_task(&id, tresor_api_types::tes::TesView::Minimal)
+        .await
+        .unwrap();
+    assert_eq!(now.state, Some(tresor_api_types::tes::TesState::Running));
+    let rest: Vec<String> =
+        tokio::task::spawn_blocking(move || first.1.map(Result::unwrap).collect())
+            .await
+            .unwrap();
+    assert_eq!(rest, ["second"]);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn completion_scripts_are_generated_for_the_common_shells() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(TRESOR)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("tresor"), "{shell}: {script}");
+        assert!(
+            script.contains("logs") && script.contains("wait"),
+            "{shell} completes task subcommands"
+        );
+    }
+    let out = Command::new(TRESOR)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn on_a_terminal_task_run_shows_the_state_while_it_waits() {
+    let server = TestServer::start().await;
+    let (url, token) = (server.url.clone(), server.admin_token.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        let command = format!("{TRESOR} task run debian:12 -- sh -c 'sleep 1; echo done'");
+        Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TRESOR_URL", url)
+            .env("TRESOR_TOKEN", token)
+            .env("TERM", "xterm")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("RUNNING"),
+        "the spinner names the state: {text:?}"
+    );
+    assert!(text.contains("done"), "{text:?}");
 }
