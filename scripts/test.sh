@@ -34,6 +34,9 @@ say "installing the workflow engines"
 say "starting the OCI registries"
 . scripts/lib/registry-up.sh
 
+# buildah and systemd-analyze, for the container image and the systemd unit.
+bash scripts/lib/deploy-up.sh
+
 # A real single-node SLURM cluster for the SLURM executor's tests.
 say "starting SLURM"
 bash scripts/lib/slurm-up.sh

@@ -115,6 +115,35 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// Write a consistent copy of the database to a new file (0600), safe while the server runs.
+    /// The copy holds no key: keep the key file (kek) and the audit key beside your backups, but
+    /// not in them (see docs/operations.md).
+    Backup {
+        #[arg(long, default_value = "tresor-data")]
+        data_dir: PathBuf,
+        /// The new backup file.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Put a backup in place as the data directory's database, once it passes its checks: its
+    /// integrity, the key file holding every key its secrets are sealed under, and its audit
+    /// trail verifying under the audit key. Stop the server first.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, default_value = "tresor-data")]
+        data_dir: PathBuf,
+        /// The key file (default: TRESOR_KEK_FILE, else <data-dir>/kek).
+        #[arg(long, env = "TRESOR_KEK_FILE")]
+        kek_file: Option<PathBuf>,
+        /// The audit key file (default: TRESOR_AUDIT_KEY_FILE, else <data-dir>/audit-key).
+        #[arg(long, env = "TRESOR_AUDIT_KEY_FILE")]
+        audit_key_file: Option<PathBuf>,
+        /// Replace the data directory's database (kept as tresor.db.before-restore).
+        #[arg(long)]
+        replace: bool,
+    },
     /// Re-wrap every secret's data key under a new key-encryption key; safe while the server runs.
     RotateKek {
         #[arg(long, default_value = "tresor-data")]
@@ -313,6 +342,19 @@ fn main() -> ExitCode {
             runtime.block_on(platform_cmd::secret(&client, session, workspace, command))
         }
         Command::Admin {
+            command: AdminCommand::Backup { data_dir, to },
+        } => runtime.block_on(backup(&data_dir, &to)),
+        Command::Admin {
+            command:
+                AdminCommand::Restore {
+                    from,
+                    data_dir,
+                    kek_file,
+                    audit_key_file,
+                    replace,
+                },
+        } => runtime.block_on(restore(&from, &data_dir, kek_file, audit_key_file, replace)),
+        Command::Admin {
             command:
                 AdminCommand::RotateKek {
                     data_dir,
@@ -391,6 +433,171 @@ async fn import_image(
         Ok((name, digest)) => {
             use std::io::Write;
             let _ = writeln!(std::io::stdout(), "imported {} as {digest}", name.full());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn backup(data_dir: &std::path::Path, to: &std::path::Path) -> ExitCode {
+    match tresor_store::backup::backup(&data_dir.join("tresor.db"), to).await {
+        Ok(s) => {
+            output::line(&format!(
+                "backed up {} tasks, {} secret versions and {} audit events to {}; its secrets open only with key-encryption key(s) {} from the key file, and its audit trail verifies only with the audit key: keep both apart from the backup",
+                s.tasks,
+                s.secret_versions,
+                s.audit_events,
+                to.display(),
+                if s.kek_ids.is_empty() {
+                    "(none yet)".to_owned()
+                } else {
+                    s.kek_ids.join(", ")
+                },
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: backing up {}: {}",
+                data_dir.display(),
+                error_chain(&e)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn restore(
+    from: &std::path::Path,
+    data_dir: &std::path::Path,
+    kek_file: Option<PathBuf>,
+    audit_key_file: Option<PathBuf>,
+    replace: bool,
+) -> ExitCode {
+    let result = async {
+        use anyhow::Context;
+        let summary = tresor_store::backup::inspect(from)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {}", from.display(), error_chain(&e)))?;
+        let kek_file = kek_file.unwrap_or_else(|| data_dir.join("kek"));
+        if !summary.kek_ids.is_empty() {
+            anyhow::ensure!(
+                kek_file.is_file(),
+                "no key file at {}: the backup's secrets are sealed under key-encryption key(s) {}; put the key file that was in use when the backup was made there (or pass --kek-file)",
+                kek_file.display(),
+                summary.kek_ids.join(", ")
+            );
+            let held = tresor_crypto::KeyRing::open(&kek_file)
+                .context("opening the key file")?
+                .key_ids();
+            let missing: Vec<String> = summary
+                .kek_ids
+                .iter()
+                .filter(|id| !held.contains(id))
+                .cloned()
+                .collect();
+            anyhow::ensure!(
+                missing.is_empty(),
+                "the key file {} lacks key-encryption key(s) {} that the backup's secrets are sealed under; use the key file from when the backup was made",
+                kek_file.display(),
+                missing.join(", ")
+            );
+        }
+        let audit_key_file = existing_audit_key_file(data_dir, audit_key_file)?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let db = data_dir.join("tresor.db");
+        if db.exists() {
+            anyhow::ensure!(
+                replace,
+                "{} exists; stop the server and pass --replace to put the backup in its place",
+                db.display()
+            );
+        }
+        // A private copy beside the database, checked again (the audit trail, under its key)
+        // before it takes the database's place.
+        let staged = data_dir.join("tresor.db.restoring");
+        let _ = std::fs::remove_file(&staged);
+        tresor_store::backup::backup(from, &staged)
+            .await
+            .map_err(|e| anyhow::anyhow!("copying the backup: {}", error_chain(&e)))?;
+        let verified = async {
+            let store = tresor_store::Store::connect(&tresor_store::StoreSettings {
+                path: staged.clone(),
+                durability: tresor_store::Durability::Full,
+                audit_key_file,
+            })
+            .await?;
+            let checked = store.verify_audit().await;
+            store.close().await;
+            checked
+        }
+        .await;
+        let cleanup = || {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", staged.display()));
+            }
+        };
+        match verified {
+            Ok(Ok(_)) => {}
+            Ok(Err(broken)) => {
+                cleanup();
+                anyhow::bail!(
+                    "the backup's audit trail is broken at event {}: {}",
+                    broken.seq,
+                    broken.reason
+                );
+            }
+            Err(e) => {
+                cleanup();
+                anyhow::bail!("the backup does not open: {}", error_chain(&e));
+            }
+        }
+        if db.exists() {
+            let kept = data_dir.join("tresor.db.before-restore");
+            std::fs::rename(&db, &kept).context("keeping the replaced database")?;
+            for suffix in ["-wal", "-shm"] {
+                let _ = std::fs::rename(
+                    format!("{}{suffix}", db.display()),
+                    format!("{}{suffix}", kept.display()),
+                );
+            }
+        }
+        // A clean close leaves no WAL; if one is left, it belongs to the copy.
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::rename(
+                format!("{}{suffix}", staged.display()),
+                format!("{}{suffix}", db.display()),
+            );
+        }
+        std::fs::rename(&staged, &db).context("putting the backup in place")?;
+        anyhow::Ok(summary)
+    }
+    .await;
+    match result {
+        Ok(s) => {
+            output::line(&format!(
+                "restored {} tasks, {} secret versions and {} audit events into {}; the key file opens every secret and the audit trail verifies",
+                s.tasks,
+                s.secret_versions,
+                s.audit_events,
+                data_dir.join("tresor.db").display()
+            ));
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -131,6 +131,22 @@ impl KeyRing {
         })
     }
 
+    /// Opens an existing key file; never creates one.
+    pub fn open(path: &Path) -> Result<KeyRing, CryptoError> {
+        Ok(KeyRing {
+            path: path.to_owned(),
+            keys: RwLock::new(read_keys(path)?),
+        })
+    }
+
+    /// The ids of every KEK the file holds.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys
+            .read()
+            .map(|keys| keys.iter().map(|k| k.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// The current KEK's id.
     pub fn current_id(&self) -> Result<String, CryptoError> {
         let keys = self

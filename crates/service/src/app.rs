@@ -80,7 +80,7 @@ impl Services {
         let platform =
             PlatformService::new(store.clone(), OidcVerifier::new(settings.oidc_issuers)?);
         let bootstrap_token_file = platform.bootstrap(&settings.bootstrap_token_file).await?;
-        let keys = KeyRing::open_or_create(&settings.kek_file)?;
+        let keys = open_key_file(&store, &settings.kek_file).await?;
         let secrets = SecretService::with_log_redactor(
             store.clone(),
             platform.clone(),
@@ -193,6 +193,35 @@ impl Services {
     pub async fn close(&self) {
         self.store.close().await;
     }
+}
+
+/// The key file, created only for a database that holds nothing sealed yet. A database with
+/// secrets or signing keys needs the file that holds every key-encryption key they are sealed
+/// under: a new or different file would leave them unreadable, so the server does not start.
+async fn open_key_file(store: &Store, path: &std::path::Path) -> anyhow::Result<KeyRing> {
+    let sealed = store.sealed_kek_ids().await?;
+    if !sealed.is_empty() && !path.exists() {
+        anyhow::bail!(
+            "no key file at {}, yet the database holds secrets or signing keys sealed under key-encryption key(s) {}: restore the key file that was in use when the database (or its backup) was written, or set kek_file / TRESOR_KEK_FILE to where it is; a new key file could not open them",
+            path.display(),
+            sealed.join(", ")
+        );
+    }
+    let keys = KeyRing::open_or_create(path)?;
+    let held = keys.key_ids();
+    let missing: Vec<&String> = sealed.iter().filter(|id| !held.contains(id)).collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the key file {} lacks key-encryption key(s) {} that the database's secrets or signing keys are sealed under: it is not the file this database was written with; restore that file",
+            path.display(),
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(keys)
 }
 
 /// Purges soft-deleted secrets past their retention: at start, then hourly.

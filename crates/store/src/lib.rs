@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod audit;
+pub mod backup;
 mod error;
 mod identity;
 mod migrations;

@@ -8,6 +8,7 @@ mod bad_input;
 mod boundary;
 mod cli;
 mod crash;
+mod deploy;
 mod egress;
 mod host_users;
 mod identity;

@@ -218,3 +218,157 @@ async fn sigterm_stops_the_server_cleanly_and_leaves_running_tasks_to_the_next_o
     assert_eq!(listed.state, Some(TesState::Complete));
     let _: TesTask = listed;
 }
+
+fn tresor_admin(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(TRESOR)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn secret_task() -> TesTask {
+    let mut task = sh_task("echo \"length ${#OPS_SECRET}\"");
+    task.tags = Some(BTreeMap::from([(
+        "tresor.secrets.env".to_owned(),
+        "OPS_SECRET".to_owned(),
+    )]));
+    task
+}
+
+#[tokio::test]
+async fn an_online_backup_restores_with_its_key_file_and_not_without_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let first = traversable_tempdir();
+    let server = spawn_server_env(first.path(), "127.0.0.1:0", &[]);
+    let token = admin_token(first.path());
+    let admin = PlatformClient::new(&server.client_url(), Some(&token)).unwrap();
+    admin.create_workspace("ops").await.unwrap();
+    admin
+        .put_secret("ops", false, "OPS_SECRET", b"backup-secret-value-42", None)
+        .await
+        .unwrap();
+    let tes = tresor_client::TesClient::for_workspace(&server.client_url(), "ops", &token).unwrap();
+    let before = wait_terminal(&tes, &tes.create_task(&secret_task()).await.unwrap()).await;
+    assert_eq!(stdout(&before, 0), "length 22\n");
+
+    // Online: the server keeps running and taking tasks while the copy is made.
+    let busy = tes.create_task(&sh_task("sleep 1")).await.unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let file = backups.path().join("tresor-backup.db");
+    let data = first.path().join("data");
+    let (ok, out, err) = tresor_admin(&[
+        "admin",
+        "backup",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--to",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("secret versions"), "{out}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        !std::fs::read(&file)
+            .unwrap()
+            .windows(22)
+            .any(|w| w == b"backup-secret-value-42"),
+        "the backup holds the secret only sealed"
+    );
+    let (ok, _, err) = tresor_admin(&[
+        "admin",
+        "backup",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--to",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("exists already"), "{err}");
+    wait_terminal(&tes, &busy).await;
+    drop(server);
+
+    // Elsewhere, without the key file: refused, and nothing is put in place.
+    let second = traversable_tempdir();
+    let target = second.path().join("data");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::copy(data.join("audit-key"), target.join("audit-key")).unwrap();
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "admin",
+            "restore",
+            "--from",
+            file.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        tresor_admin(&args)
+    };
+    let (ok, _, err) = restore(&[]);
+    assert!(!ok, "restored without the key file");
+    assert!(
+        err.contains("no key file") && err.contains("key-encryption key"),
+        "{err}"
+    );
+    assert!(!target.join("tresor.db").exists());
+    // A different key file is refused too.
+    let stranger = tempfile::tempdir().unwrap();
+    tresor_crypto::KeyRing::open_or_create(&stranger.path().join("kek")).unwrap();
+    let (ok, _, err) = restore(&["--kek-file", stranger.path().join("kek").to_str().unwrap()]);
+    assert!(!ok && err.contains("lacks key-encryption key"), "{err}");
+
+    // A server started on the copy without its key file does not start either.
+    std::fs::copy(&file, target.join("tresor.db")).unwrap();
+    let (ok, _, err) = tresor_admin(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        target.to_str().unwrap(),
+    ]);
+    assert!(!ok, "a server started without the key file");
+    assert!(err.contains("restore the key file"), "{err}");
+    assert!(!target.join("kek").exists(), "no new key file was made");
+    std::fs::remove_file(target.join("tresor.db")).unwrap();
+
+    // With the key file it restores, verifies, and a server on it runs the secret's tasks.
+    std::fs::copy(data.join("kek"), target.join("kek")).unwrap();
+    std::fs::set_permissions(target.join("kek"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, out, err) = restore(&[]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("audit trail verifies"), "{out}");
+    let (ok, _, err) = restore(&[]);
+    assert!(
+        !ok && err.contains("--replace"),
+        "an existing database is not overwritten: {err}"
+    );
+    let (ok, out, err) = restore(&["--replace"]);
+    assert!(ok, "{out}{err}");
+    assert!(target.join("tresor.db.before-restore").exists());
+    std::fs::copy(
+        data.join("bootstrap-admin-token"),
+        target.join("bootstrap-admin-token"),
+    )
+    .unwrap();
+    let restored = spawn_server_env(second.path(), "127.0.0.1:0", &[]);
+    let tes =
+        tresor_client::TesClient::for_workspace(&restored.client_url(), "ops", &token).unwrap();
+    let old = tes
+        .get_task(before.id.as_deref().unwrap(), TesView::Full)
+        .await
+        .unwrap();
+    assert_eq!(old.state, Some(TesState::Complete));
+    let after = wait_terminal(&tes, &tes.create_task(&secret_task()).await.unwrap()).await;
+    assert_eq!(stdout(&after, 0), "length 22\n", "{}", system_logs(&after));
+    let (ok, out, err) = tresor_admin(&["audit", "verify", "--data-dir", target.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+}
