@@ -163,7 +163,7 @@ pub fn accept_task(mut task: TesTask, limits: &Limits) -> Result<AcceptedTask, S
             }
         }
     }
-    for (i, input) in task.inputs.iter().flatten().enumerate() {
+    for (i, input) in task.inputs.iter_mut().flatten().enumerate() {
         let field = |name: &str| format!("inputs[{i}].{name}");
         let is_dir = input.file_type == Some(TesFileType::Directory);
         check_path(&field("path"), &input.path, is_dir)?;
@@ -181,6 +181,9 @@ pub fn accept_task(mut task: TesTask, limits: &Limits) -> Result<AcceptedTask, S
                         format!("is larger than {MAX_INPUT_CONTENT} bytes; pass a url instead"),
                     ));
                 }
+                // TES: beside content, url "must be ignored". It is dropped rather than kept
+                // unchecked, so nothing later (presigning, staging) can act on it.
+                input.url = None;
             }
             (_, Some(url)) if url.starts_with("file://") => {
                 allowed_file_url(&field("url"), url, limits)?;
