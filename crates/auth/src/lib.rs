@@ -3,3 +3,5 @@
 pub mod client_credentials;
 pub mod oidc;
 pub mod pat;
+#[cfg(test)]
+mod proptests;

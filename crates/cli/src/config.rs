@@ -1753,6 +1753,97 @@ mod tests {
         dir
     }
 
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn key() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "listen",
+                "durability",
+                "data_dir",
+                "slots",
+                "max_body_bytes",
+                "kek_file",
+                "secret_retention_days",
+                "local.slots",
+                "local.allow_network",
+                "local.allowed_dirs",
+                "local.max_ram_gb",
+                "local.default_ram_gb",
+                "local.max_executors",
+                "local.log_tail_bytes",
+                "local.runtime_dir",
+                "limits.max_connections",
+                "limits.requests_per_second",
+                "limits.request_timeout_seconds",
+                "secrets.max_per_workspace",
+                "identity.token_ttl_seconds",
+                "identity.audiences",
+                "images.runtime",
+                "images.cache_max_gb",
+                "images.plain_http",
+                "workflows.max_attachment_mb",
+                "compute_envs.hpc.type",
+                "compute_envs.hpc.work_dir",
+                "compute_envs.hpc.poll_interval_seconds",
+                "s3.endpoint",
+                "outbound.token_url",
+                "unknown_key",
+                "local.unknown",
+            ])
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| format!("{f:?}").replace("NaN", "nan")),
+                any::<bool>().prop_map(|b| b.to_string()),
+                "[ -~]{0,20}".prop_map(|s| format!("{s:?}")),
+                Just("[]".to_owned()),
+                Just("[\"/srv\", 3]".to_owned()),
+                Just("{}".to_owned()),
+                Just("\"slurm\"".to_owned()),
+                Just("\"0.0.0.0:80\"".to_owned()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_config_file_is_settings_or_problems_never_a_panic(
+                lines in vec((key(), value()), 0..8),
+                garbage in proptest::option::of("[ -~\n]{0,80}"),
+            ) {
+                let dir = traversable_tempdir();
+                let file = dir.path().join("tresor.toml");
+                // Dotted keys, each in its own table header so the file stays TOML-shaped.
+                let mut text = String::new();
+                for (key, value) in &lines {
+                    match key.rsplit_once('.') {
+                        Some((table, leaf)) => text.push_str(&format!("[{table}]\n{leaf} = {value}\n")),
+                        None => text.insert_str(0, &format!("{key} = {value}\n")),
+                    }
+                }
+                if let Some(garbage) = garbage {
+                    text.push_str(&garbage);
+                }
+                std::fs::write(&file, &text).unwrap();
+                let args = ServeArgs {
+                    config: Some(file),
+                    data_dir: Some(dir.path().join("data")),
+                    ..ServeArgs::default()
+                };
+                if let Err(problems) = resolve(&args, &BTreeMap::new()) {
+                    prop_assert!(!problems.is_empty());
+                    prop_assert!(problems.iter().all(|p| !p.trim().is_empty()));
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_problem_is_reported_with_its_source() {
         let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,8 @@ pub mod envelope;
 pub mod fingerprint;
 pub mod keyring;
 pub mod plain_sight;
+#[cfg(test)]
+mod proptests;
 pub mod redact;
 pub mod signing;
 mod value;

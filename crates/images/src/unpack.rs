@@ -779,6 +779,87 @@ mod tests {
         fs::symlink_metadata(path).unwrap().mode() & 0o7777
     }
 
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("a".to_owned()),
+                Just("a/b".to_owned()),
+                Just("./a/c".to_owned()),
+                Just("link".to_owned()),
+                Just("link/x".to_owned()),
+                Just("link/../y".to_owned()),
+                Just("../x".to_owned()),
+                Just("/abs".to_owned()),
+                Just("a/../../x".to_owned()),
+                Just("dir/".to_owned()),
+                Just(".".to_owned()),
+                Just(".wh.a".to_owned()),
+                Just("a/.wh..wh..opq".to_owned()),
+                "[a-z./]{1,12}",
+            ]
+        }
+
+        fn target() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("/".to_owned()),
+                Just("..".to_owned()),
+                Just("../outside".to_owned()),
+                Just("../../outside/f".to_owned()),
+                Just("a".to_owned()),
+                Just("link".to_owned()),
+                Just("/etc/passwd".to_owned()),
+                "[a-z./]{0,12}",
+            ]
+        }
+
+        fn layer() -> impl Strategy<Value = Vec<(u8, String, String)>> {
+            vec((0u8..4, name(), target()), 0..8)
+        }
+
+        fn build(entries: &[(u8, String, String)]) -> Layer {
+            entries
+                .iter()
+                .fold(Layer::new(), |layer, (kind, path, target)| match kind {
+                    0 => layer.file(path, 0o644, b"data"),
+                    1 => layer.dir(path, 0o755),
+                    2 => layer.symlink(path, target),
+                    _ => layer.hardlink(path, target),
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn no_layer_writes_outside_its_root(first in layer(), second in layer()) {
+                let f = fixture();
+                let _ = unpack(&f.root, vec![build(&first), build(&second)]);
+                let base = f.root.parent().unwrap();
+                let mut names: Vec<String> = fs::read_dir(base)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                prop_assert_eq!(names, ["outside", "root"]);
+                prop_assert_eq!(fs::read_dir(&f.outside).unwrap().count(), 0);
+            }
+
+            #[test]
+            fn arbitrary_bytes_are_an_error_or_a_layer_never_a_panic(
+                bytes in vec(any::<u8>(), 0..3000),
+            ) {
+                let f = fixture();
+                let mut unpacker = Unpacker::new(&f.root, LIMITS).unwrap();
+                let _ = unpacker.apply_layer(bytes.as_slice());
+                prop_assert_eq!(fs::read_dir(&f.outside).unwrap().count(), 0);
+            }
+        }
+    }
+
     #[test]
     fn normal_layer_applies() {
         let f = fixture();

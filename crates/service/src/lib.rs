@@ -7,6 +7,8 @@ pub mod images;
 pub mod metrics;
 pub mod platform;
 pub mod preflight;
+#[cfg(test)]
+mod proptests;
 pub mod request_id;
 pub mod runs;
 pub mod secrets;

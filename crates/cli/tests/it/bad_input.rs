@@ -251,3 +251,190 @@ async fn unknown_ids_and_routes_are_404_and_wrong_methods_405() {
         "does not accept POST",
     );
 }
+
+mod properties {
+    //! Random documents and forms against the real server: every one gets an answer below 500.
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use serde_json::Value;
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "name",
+                "executors",
+                "image",
+                "command",
+                "inputs",
+                "outputs",
+                "path",
+                "url",
+                "resources",
+                "cpu_cores",
+                "ram_gb",
+                "disk_gb",
+                "tags",
+                "volumes",
+                "env",
+                "workdir",
+                "content",
+                "type",
+                "state",
+                "id",
+                "stdin",
+                "stdout",
+                "ignore_error",
+                "backend_parameters",
+                "tresor.secrets",
+                "tresor.secrets.env",
+            ])
+            .prop_map(str::to_owned),
+            ".{0,8}",
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            prop_oneof![
+                Just("/data/x".to_owned()),
+                Just("../../etc/passwd".to_owned()),
+                Just("file:///etc/shadow".to_owned()),
+                Just("debian:12".to_owned()),
+                ".{0,24}",
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(Value::Array),
+                vec((key(), inner), 0..6)
+                    .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A WES form: known and unknown fields, values of any shape, files with hostile names.
+    fn form() -> impl Strategy<Value = Vec<(String, Option<String>, Vec<u8>)>> {
+        let field = prop_oneof![
+            prop::sample::select(vec![
+                "workflow_url",
+                "workflow_type",
+                "workflow_type_version",
+                "workflow_params",
+                "tags",
+                "workflow_engine_parameters",
+                "workflow_engine",
+                "workflow_engine_version",
+                "workflow_attachment",
+            ])
+            .prop_map(str::to_owned),
+            "[a-z_]{0,12}",
+        ];
+        let file_name = proptest::option::of(prop_oneof![
+            Just("Snakefile".to_owned()),
+            Just("../../escape".to_owned()),
+            Just("/etc/passwd".to_owned()),
+            Just(".tresor/engine.py".to_owned()),
+            Just("a/./b".to_owned()),
+            ".{0,16}",
+        ]);
+        let body = prop_oneof![
+            Just(b"SMK".to_vec()),
+            Just(b"9".to_vec()),
+            Just(b"Snakefile".to_vec()),
+            Just(b"{\"x\": 1}".to_vec()),
+            Just(b"CWL".to_vec()),
+            Just(b"v1.2".to_vec()),
+            vec(any::<u8>(), 0..64),
+        ];
+        vec((field, file_name, body), 0..8)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn random_tes_documents_and_wes_forms_get_an_answer_below_500() {
+        // With the engines configured, so a form gets as far as it can.
+        let server = crate::workflows::wes_server().await;
+        let (url, token) = (server.url.clone(), server.admin_token.clone());
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let http = reqwest::Client::new();
+            let cases: u32 = std::env::var("TRESOR_PROPTEST_HTTP_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(96);
+            let mut runner = TestRunner::new(Config::with_cases(cases));
+            runner
+                .run(&(json(), vec(any::<u8>(), 0..200)), |(doc, raw)| {
+                    for body in [serde_json::to_vec(&doc).unwrap(), raw] {
+                        let status = handle.block_on(async {
+                            http.post(format!("{url}/ga4gh/tes/v1/tasks"))
+                                .bearer_auth(&token)
+                                .header("content-type", "application/json")
+                                .body(body.clone())
+                                .send()
+                                .await
+                                .unwrap()
+                                .status()
+                        });
+                        prop_assert!(
+                            status.as_u16() < 500,
+                            "{status} for {}",
+                            String::from_utf8_lossy(&body)
+                        );
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            let mut runner = TestRunner::new(Config::with_cases(cases));
+            runner
+                .run(&(form(), vec(any::<u8>(), 0..300)), |(parts, raw)| {
+                    let status = handle.block_on(async {
+                        let mut form = reqwest::multipart::Form::new();
+                        for (name, file, body) in parts.clone() {
+                            let mut part = reqwest::multipart::Part::bytes(body);
+                            if let Some(file) = file {
+                                part = part.file_name(file);
+                            }
+                            form = form.part(name, part);
+                        }
+                        http.post(format!("{url}/ga4gh/wes/v1/runs"))
+                            .bearer_auth(&token)
+                            .multipart(form)
+                            .send()
+                            .await
+                            .unwrap()
+                            .status()
+                    });
+                    prop_assert!(status.as_u16() < 500, "{status} for form {parts:?}");
+                    // And a body that only claims to be a form.
+                    let status = handle.block_on(async {
+                        http.post(format!("{url}/ga4gh/wes/v1/runs"))
+                            .bearer_auth(&token)
+                            .header("content-type", "multipart/form-data; boundary=XyZ")
+                            .body(raw.clone())
+                            .send()
+                            .await
+                            .unwrap()
+                            .status()
+                    });
+                    prop_assert!(status.as_u16() < 500, "{status} for raw {raw:?}");
+                    Ok(())
+                })
+                .unwrap();
+        })
+        .await
+        .unwrap();
+        // Still healthy after all of it.
+        let ready = reqwest::get(format!("{}/readyz", server.url))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+}

@@ -3,7 +3,7 @@
 //! their compute environments' backends.
 
 mod assignment;
-mod page_token;
+pub(crate) mod page_token;
 mod render;
 pub mod spec;
 pub mod supervisor;
