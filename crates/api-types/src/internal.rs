@@ -66,6 +66,15 @@ pub struct PresignedUploads {
     pub urls: Vec<String>,
 }
 
+/// What a worker sends for its task's secrets: an id of its own for this delivery, so that
+/// asking again after a lost answer gets the same secrets rather than a refusal.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsRequest {
+    /// 16 to 64 characters of `[A-Za-z0-9_-]`.
+    pub delivery: String,
+}
+
 /// One secret as the server hands it to a worker.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +145,10 @@ pub struct BootstrapRequest {
     /// `SLURM_JOB_ID`: the server checks it is the job it submitted for the task.
     #[serde(default)]
     pub job_id: Option<String>,
+    /// An id the worker makes for this exchange: asking again with it after a lost answer
+    /// gets a session instead of a refusal. Nobody else knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
 }
 
 /// The server's answer to a status report: the task's state as the server now sees it.

@@ -20,8 +20,6 @@ use crate::protocol::{
 #[derive(Debug)]
 pub(crate) struct CallError {
     pub status: Option<u16>,
-    /// No connection to the server was made: the request never reached it.
-    pub unconnected: bool,
     pub message: String,
 }
 
@@ -93,7 +91,6 @@ impl Session {
             .await
             .map_err(|e| CallError {
                 status: None,
-                unconnected: e.is_connect(),
                 message: format!("the server is unreachable: {}", e.without_url()),
             })?;
         let status = response.status();
@@ -105,13 +102,11 @@ impl Session {
                 .unwrap_or(text);
             return Err(CallError {
                 status: Some(status.as_u16()),
-                unconnected: false,
                 message: format!("the server answered {status}: {message}"),
             });
         }
         response.json().await.map_err(|e| CallError {
             status: None,
-            unconnected: false,
             message: format!("the server's answer does not parse: {}", e.without_url()),
         })
     }
@@ -156,39 +151,19 @@ impl Session {
         self.call("token", Some(&TokenRequest { audience })).await
     }
 
-    /// `call`, retried while the server cannot be connected to, for up to two minutes: a task
-    /// starting while its server restarts (a batch job launched meanwhile) waits for it. Only a
-    /// refused or failed connection is retried: such a request never reached the server, so
-    /// even a call that works once (the secrets) is safe to repeat.
-    pub async fn call_patiently<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Option<&impl serde::Serialize>,
-    ) -> Result<T, CallError> {
-        self.retrying(path, body, |e| e.unconnected).await
-    }
-
-    /// `call_patiently` for a call that is safe to repeat even if it reached the server (a new
-    /// identity token): also retried when the connection broke before an answer came, as it does
-    /// when the server is killed while it handles the call.
+    /// `call` for a call that is safe to repeat (a new identity token; the secrets, under the
+    /// worker's delivery id), retried while no answer comes, for up to two minutes: a task
+    /// starting while its server restarts (a batch job launched meanwhile) waits for it, and one
+    /// whose server was killed while it answered asks the next one.
     pub async fn call_repeatable<T: DeserializeOwned>(
         &self,
         path: &str,
         body: Option<&impl serde::Serialize>,
     ) -> Result<T, CallError> {
-        self.retrying(path, body, |e| e.status.is_none()).await
-    }
-
-    async fn retrying<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Option<&impl serde::Serialize>,
-        retry: impl Fn(&CallError) -> bool,
-    ) -> Result<T, CallError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             match self.call(path, body).await {
-                Err(e) if retry(&e) && tokio::time::Instant::now() < deadline => {
+                Err(e) if e.status.is_none() && tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, path, "the server is not reachable; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -274,7 +249,7 @@ pub fn identity_dir_prefix(task_id: &str) -> String {
     format!("tresor-{task_id}.")
 }
 
-fn random_hex() -> Result<String, String> {
+pub(crate) fn random_hex() -> Result<String, String> {
     let mut bytes = [0u8; 12];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))

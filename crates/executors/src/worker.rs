@@ -142,6 +142,8 @@ pub async fn run_bootstrapped() -> Result<(), String> {
     })?;
     let request = BootstrapRequest {
         job_id: std::env::var("SLURM_JOB_ID").ok(),
+        // Asked again after a lost answer, the server recognises this exchange by it.
+        exchange: Some(crate::session::random_hex()?),
     };
     // The server may be restarting when the job starts: an unreachable server (or a 5xx) is
     // retried for two minutes, well inside the token's validity after the job's start.
@@ -936,8 +938,13 @@ async fn fetch_secrets(
     SystemError,
 > {
     let failed = |why: String| SystemError(format!("could not fetch the task's secrets: {why}"));
+    // One id for this worker's delivery: asked again after a lost answer (the server killed
+    // while it replied), the server hands out the same secrets instead of refusing.
+    let request = tresor_api_types::internal::SecretsRequest {
+        delivery: crate::session::random_hex().map_err(failed)?,
+    };
     let body: DeliveredSecrets = session
-        .call_patiently("secrets", None::<&()>)
+        .call_repeatable("secrets", Some(&request))
         .await
         .map_err(|e| failed(e.message))?;
     let decode = |value: &str| {

@@ -370,12 +370,12 @@ pub(crate) fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         ),
         (
             spec(
-                Method::GET,
+                Method::POST,
                 "/internal/v1/tasks/{id}/secrets",
                 Access::TaskCredential,
-                "A starting task's declared secrets, once, for its worker",
+                "A starting task's declared secrets, once, for its worker (again only to the same delivery id)",
             ),
-            get(secrets::deliver),
+            post(secrets::deliver),
         ),
         (
             spec(

@@ -173,7 +173,26 @@ pub(crate) async fn deliver(
     State(state): State<AppState>,
     PathParam(id, _): PathParam<crate::extract::Id>,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Json<DeliveredSecrets>, ApiError> {
+    // Older workers send no body: their delivery cannot be repeated.
+    let delivery = if body.is_empty() {
+        None
+    } else {
+        let request: tresor_api_types::internal::SecretsRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the secrets request: {e}")))?;
+        let ok = (16..=64).contains(&request.delivery.len())
+            && request
+                .delivery
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(ApiError::BadRequest(
+                "delivery must be 16 to 64 characters of A-Z, a-z, 0-9, - and _".to_owned(),
+            ));
+        }
+        Some(request.delivery)
+    };
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -183,7 +202,10 @@ pub(crate) async fn deliver(
                 "a task credential is required".to_owned(),
             ))
         })?;
-    let delivered = state.tasks.deliver_secrets(&id, credential.trim()).await?;
+    let delivered = state
+        .tasks
+        .deliver_secrets(&id, credential.trim(), delivery.as_deref())
+        .await?;
     let encode = |value: &tresor_crypto::SecretValue| {
         base64::engine::general_purpose::STANDARD.encode(value.expose_secret())
     };

@@ -27,7 +27,7 @@ pub use runs::{NewRun, RunRecord};
 pub use secrets::{SealedRow, SecretKey, SecretMeta, StoredVersion};
 pub use signing_keys::SigningKeyRow;
 pub use storage::StorageRow;
-pub use tasks::{Lease, NewTask, TagFilter, TaskFilter, TaskRecord};
+pub use tasks::{Lease, NewTask, SecretClaim, TagFilter, TaskFilter, TaskRecord};
 pub use workflows::WorkflowRecord;
 pub use workspaces::WorkspaceRecord;
 

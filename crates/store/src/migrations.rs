@@ -76,6 +76,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "egress",
         include_str!("../migrations/sqlite/0013_egress.sql"),
     ),
+    (
+        14,
+        "repeatable_handoffs",
+        include_str!("../migrations/sqlite/0014_repeatable_handoffs.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -58,6 +58,17 @@ pub struct TaskRecord {
     pub lease_until: Option<i64>,
 }
 
+/// What a claim of a task's secrets found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretClaim {
+    /// The first delivery.
+    First,
+    /// The same delivery again (same worker, same delivery id).
+    Repeat,
+    /// Delivered already, to another request.
+    Refused,
+}
+
 /// A server process's claim on the active tasks it runs: its id and until when the claim holds
 /// (Unix milliseconds). It is renewed while the process lives; another process may take over a
 /// task whose lease lapsed.
@@ -501,15 +512,38 @@ impl Store {
         Ok(hash.flatten())
     }
 
-    /// Marks a task's secrets delivered; false if they already were (they go out at most once).
-    pub async fn claim_secret_delivery(&self, id: &TaskId) -> Result<bool, Error> {
+    /// Marks a task's secrets delivered under the worker's `delivery` id. They go out once: a
+    /// second claim is refused, unless it repeats the first one's delivery id (the same worker
+    /// asking again after its answer was lost).
+    pub async fn claim_secret_delivery(
+        &self,
+        id: &TaskId,
+        delivery: Option<&str>,
+    ) -> Result<SecretClaim, Error> {
         let done = sqlx::query(
-            "UPDATE tasks SET secrets_delivered = 1 WHERE id = ? AND secrets_delivered = 0",
+            "UPDATE tasks SET secrets_delivered = 1, secrets_delivery = ? WHERE id = ? AND secrets_delivered = 0",
         )
+        .bind(delivery)
         .bind(id.as_str())
         .execute(&self.writer)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            return Ok(SecretClaim::First);
+        }
+        let Some(delivery) = delivery else {
+            return Ok(SecretClaim::Refused);
+        };
+        let same: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM tasks WHERE id = ? AND secrets_delivery = ?")
+                .bind(id.as_str())
+                .bind(delivery)
+                .fetch_optional(&self.writer)
+                .await?;
+        Ok(if same.is_some() {
+            SecretClaim::Repeat
+        } else {
+            SecretClaim::Refused
+        })
     }
 
     /// Arms a claimed task's one-time bootstrap token (its SHA-256) before its batch job exists.
@@ -542,14 +576,41 @@ impl Store {
         id: &TaskId,
         presented: &[u8],
         session_hash: &[u8],
+        exchange: Option<&str>,
     ) -> Result<bool, Error> {
         let done = sqlx::query(
-            "UPDATE tasks SET bootstrap_hash = NULL, session_hash = ?
+            "UPDATE tasks SET bootstrap_hash = NULL, session_hash = ?, bootstrap_spent = ?, bootstrap_exchange = ?
              WHERE id = ? AND bootstrap_hash = ? AND state IN ('INITIALIZING', 'RUNNING')",
+        )
+        .bind(session_hash)
+        .bind(presented)
+        .bind(exchange)
+        .bind(id.as_str())
+        .bind(presented)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The same exchange again (the spent token with the exchange id its worker gave it), after
+    /// the answer was lost: a new session credential replaces the one never received. False for
+    /// anything else, a replay by whoever read the token included.
+    pub async fn repeat_bootstrap(
+        &self,
+        id: &TaskId,
+        presented: &[u8],
+        exchange: &str,
+        session_hash: &[u8],
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE tasks SET session_hash = ?
+             WHERE id = ? AND bootstrap_hash IS NULL AND bootstrap_spent = ? AND bootstrap_exchange = ?
+             AND state IN ('INITIALIZING', 'RUNNING')",
         )
         .bind(session_hash)
         .bind(id.as_str())
         .bind(presented)
+        .bind(exchange)
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -774,6 +835,87 @@ mod tests {
                 .id
                 .as_str(),
             "small"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hand_off_is_repeated_only_to_the_id_it_was_first_made_to() {
+        let (_dir, store) = store().await;
+        store
+            .insert_task(new_task("t", "ws1", "n", &[]))
+            .await
+            .unwrap();
+        let id = TaskId::parse("t").unwrap();
+        assert!(
+            store
+                .transition(&id, TaskState::Initializing, None)
+                .await
+                .unwrap()
+        );
+        let claim = |d: Option<&'static str>| {
+            let store = store.clone();
+            let id = id.clone();
+            async move { store.claim_secret_delivery(&id, d).await.unwrap() }
+        };
+        assert_eq!(claim(Some("delivery-one-0001")).await, SecretClaim::First);
+        assert_eq!(claim(Some("delivery-one-0001")).await, SecretClaim::Repeat);
+        assert_eq!(claim(Some("delivery-two-0002")).await, SecretClaim::Refused);
+        assert_eq!(claim(None).await, SecretClaim::Refused);
+
+        assert!(store.set_bootstrap(&id, b"token-hash").await.unwrap());
+        assert!(
+            !store
+                .repeat_bootstrap(&id, b"token-hash", "exchange-one-01", b"s0")
+                .await
+                .unwrap(),
+            "nothing to repeat before the token is spent"
+        );
+        assert!(
+            store
+                .spend_bootstrap(&id, b"token-hash", b"s1", Some("exchange-one-01"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .spend_bootstrap(&id, b"token-hash", b"s2", Some("exchange-one-01"))
+                .await
+                .unwrap(),
+            "spent once"
+        );
+        for (presented, exchange) in [
+            (&b"token-hash"[..], "exchange-two-02"),
+            (b"other-hash", "exchange-one-01"),
+        ] {
+            assert!(
+                !store
+                    .repeat_bootstrap(&id, presented, exchange, b"s3")
+                    .await
+                    .unwrap()
+            );
+        }
+        assert!(
+            store
+                .repeat_bootstrap(&id, b"token-hash", "exchange-one-01", b"s4")
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.task_session(&id).await.unwrap().as_deref(),
+            Some(&b"s4"[..])
+        );
+        assert!(
+            store
+                .transition(&id, TaskState::SystemError, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .repeat_bootstrap(&id, b"token-hash", "exchange-one-01", b"s5")
+                .await
+                .unwrap(),
+            "not once the task has ended"
         );
     }
 

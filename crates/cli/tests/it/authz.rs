@@ -192,9 +192,11 @@ fn request(spec: &RouteSpec, f: &Fixture, n: usize) -> Option<(String, Option<se
             "/api/v1/workspaces/{workspace}/secrets/{name}"
             | "/api/v1/workspaces/{workspace}/user-secrets/{name}",
         ) => (fill(path).replace("{name}", "MY_SECRET"), None),
-        (Method::GET, "/internal/v1/tasks/{id}/secrets" | "/internal/v1/tasks/{id}/inputs") => {
-            (path.replace("{id}", &f.task), None)
-        }
+        (Method::GET, "/internal/v1/tasks/{id}/inputs") => (path.replace("{id}", &f.task), None),
+        (Method::POST, "/internal/v1/tasks/{id}/secrets") => (
+            path.replace("{id}", &f.task),
+            Some(serde_json::json!({ "delivery": "authz-matrix-delivery-1" })),
+        ),
         (Method::POST, "/internal/v1/tasks/{id}/token") => (
             path.replace("{id}", &f.task),
             Some(serde_json::json!({ "audience": "tresor" })),

@@ -238,7 +238,11 @@ async fn a_tasks_token_opens_nothing_of_another_task() {
     let http = reqwest::Client::new();
     for id in [&b, &a] {
         for (method, route, body) in [
-            (reqwest::Method::GET, "secrets", None),
+            (
+                reqwest::Method::POST,
+                "secrets",
+                Some(serde_json::json!({ "delivery": "a-token-is-no-credential" })),
+            ),
             (reqwest::Method::GET, "inputs", None),
             (
                 reqwest::Method::POST,

@@ -8,6 +8,7 @@ mod bad_input;
 mod boundary;
 mod cli;
 mod crash;
+mod crash_loop;
 mod deploy;
 mod egress;
 mod host_users;

@@ -628,18 +628,26 @@ async fn secrets_are_delivered_once_per_task_and_nothing_is_left_behind() {
     );
     let url = format!("{}/secrets", spec["session"]["base_url"].as_str().unwrap());
     let credential = spec["session"]["credential"].as_str().unwrap().to_owned();
-    // The worker already fetched them: a replay with the right credential gets nothing, and a
+    // The worker already fetched them: a replay with the right credential gets nothing, with
+    // no delivery id or another one (the worker's own id never leaves its memory), and a
     // guessed credential is refused outright.
-    let replay = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth(&credential)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(replay.status(), StatusCode::CONFLICT);
-    assert!(!canary_finder().finds_in(&replay.bytes().await.unwrap()));
+    for body in [
+        String::new(),
+        r#"{"delivery": "replayed-by-someone-else-0001"}"#.to_owned(),
+    ] {
+        let replay = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(&credential)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(replay.status(), StatusCode::CONFLICT);
+        assert!(!canary_finder().finds_in(&replay.bytes().await.unwrap()));
+    }
     let guessed = reqwest::Client::new()
-        .get(&url)
+        .post(&url)
         .bearer_auth("not-the-credential")
         .send()
         .await
@@ -679,7 +687,7 @@ async fn secrets_are_delivered_once_per_task_and_nothing_is_left_behind() {
 
     tes.cancel_task(&id).await.unwrap();
     let after = reqwest::Client::new()
-        .get(&url)
+        .post(&url)
         .bearer_auth(&credential)
         .send()
         .await

@@ -307,6 +307,8 @@ impl ImageService {
     pub async fn logins(
         &self,
         record: &TaskRecord,
+        delivery: Option<&str>,
+        repeat: bool,
     ) -> Result<Vec<(String, tresor_crypto::SecretValue)>, ServiceError> {
         if self.runtime() == ImageRuntime::Host {
             return Ok(Vec::new());
@@ -338,7 +340,13 @@ impl ImageService {
             .collect();
         self.inner
             .secrets
-            .record_deliveries(&recorded, record.id.as_str(), record.created_by.as_str())
+            .record_deliveries(
+                &recorded,
+                record.id.as_str(),
+                record.created_by.as_str(),
+                delivery,
+                repeat,
+            )
             .await?;
         Ok(logins)
     }

@@ -704,6 +704,8 @@ impl SecretService {
         delivered: &[(SecretKey, i64, &SecretValue)],
         task: &str,
         actor: &str,
+        delivery: Option<&str>,
+        repeat: bool,
     ) -> Result<(), ServiceError> {
         let uses: Vec<(SecretKey, i64, AuditEvent)> = delivered
             .iter()
@@ -715,8 +717,12 @@ impl SecretService {
                     workspace: Some(key.workspace.to_string()),
                     source: None,
                     result: "ok".to_owned(),
+                    // The worker's delivery id tells a task's starts apart: a repeat (its first
+                    // answer lost) names the same delivery.
                     detail: Some(format!(
-                        "version {version} to task {task}, fingerprint {}",
+                        "version {version} to task {task}, delivery {}{}, fingerprint {}",
+                        delivery.unwrap_or("-"),
+                        if repeat { " (repeated)" } else { "" },
                         fingerprint(&self.fingerprint_key, value)
                     )),
                 };

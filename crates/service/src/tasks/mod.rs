@@ -573,8 +573,10 @@ impl TaskService {
         &self,
         id: &str,
         credential: &str,
+        delivery_id: Option<&str>,
     ) -> Result<worker_api::Delivery, ServiceError> {
-        let delivery = worker_api::deliver_secrets(&self.inner.workers, id, credential).await?;
+        let delivery =
+            worker_api::deliver_secrets(&self.inner.workers, id, credential, delivery_id).await?;
         self.inner.metrics.secrets_delivered(delivery.secrets.len());
         Ok(delivery)
     }

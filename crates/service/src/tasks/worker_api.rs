@@ -93,14 +93,19 @@ pub(crate) async fn deliver_secrets(
     inner: &WorkerApi,
     id: &str,
     credential: &str,
+    delivery: Option<&str>,
 ) -> Result<Delivery, ServiceError> {
     let record = authorized_task(inner, id, credential).await?;
     let id = record.id.clone();
-    if !inner.store.claim_secret_delivery(&id).await? {
-        return Err(ServiceError::Conflict(
-            "this task's secrets were already delivered; they are handed out once".to_owned(),
-        ));
-    }
+    let repeat = match inner.store.claim_secret_delivery(&id, delivery).await? {
+        tresor_store::SecretClaim::First => false,
+        tresor_store::SecretClaim::Repeat => true,
+        tresor_store::SecretClaim::Refused => {
+            return Err(ServiceError::Conflict(
+                "this task's secrets were already delivered; they are handed out once".to_owned(),
+            ));
+        }
+    };
     let mut resolved = Vec::with_capacity(record.spec.secrets.files.len());
     for name in &record.spec.secrets.files {
         let Some((key, version, value)) = inner
@@ -129,9 +134,15 @@ pub(crate) async fn deliver_secrets(
         .collect();
     inner
         .secrets
-        .record_deliveries(&uses, id.as_str(), record.created_by.as_str())
+        .record_deliveries(
+            &uses,
+            id.as_str(),
+            record.created_by.as_str(),
+            delivery,
+            repeat,
+        )
         .await?;
-    let registry_logins = inner.images.logins(&record).await?;
+    let registry_logins = inner.images.logins(&record, delivery, repeat).await?;
     Ok(Delivery {
         secrets: resolved
             .into_iter()
@@ -208,7 +219,14 @@ pub(crate) async fn bootstrap(
     let matches = armed
         .as_ref()
         .is_some_and(|stored| bool::from(presented.as_ref().ct_eq(stored.as_slice())));
-    if !matches {
+    // A spent token may be presented again with the exchange id it was spent with (checked
+    // below, in the one conditional update that hands out a new session).
+    let exchange = request
+        .exchange
+        .as_deref()
+        .filter(|e| (16..=64).contains(&e.len()) && e.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let repeat = !matches && armed.is_none() && exchange.is_some() && !record.state.is_terminal();
+    if !matches && !repeat {
         let reason = if record.state.is_terminal() {
             "the task has ended"
         } else if armed.is_none() {
@@ -272,11 +290,21 @@ pub(crate) async fn bootstrap(
         .supervisor
         .assignment(backend.as_ref(), &active, credential)
         .await?;
-    if !inner
-        .store
-        .spend_bootstrap(&task_id, presented.as_ref(), &session_hash)
-        .await?
-    {
+    let spent = match (repeat, exchange) {
+        (true, Some(exchange)) => {
+            inner
+                .store
+                .repeat_bootstrap(&task_id, presented.as_ref(), exchange, &session_hash)
+                .await?
+        }
+        _ => {
+            inner
+                .store
+                .spend_bootstrap(&task_id, presented.as_ref(), &session_hash, exchange)
+                .await?
+        }
+    };
+    if !spent {
         audit_refusal(
             inner,
             Some(&record),
@@ -293,7 +321,11 @@ pub(crate) async fn bootstrap(
         workspace: Some(record.workspace.to_string()),
         source: None,
         result: "ok".to_owned(),
-        detail: Some(format!("{} job {job_id}", backend.env().kind.as_str())),
+        detail: Some(format!(
+            "{} job {job_id}{}",
+            backend.env().kind.as_str(),
+            if repeat { " (repeated exchange)" } else { "" }
+        )),
     };
     inner.store.record_audit(&event).await?;
     if record.executor_ref.is_none() {
