@@ -25,6 +25,12 @@ pub enum Error {
     Conflict(&'static str),
     #[error("the group-commit writer has stopped")]
     WriterGone,
+    /// The batch a task's insert was committed in failed; `outage` when a retry may succeed.
+    #[error("storing the task failed: {message}")]
+    GroupCommit {
+        outage: Option<&'static str>,
+        message: String,
+    },
     #[error("the system random number generator failed")]
     Random,
     #[error("the audit key file {path}: {reason}")]
@@ -67,8 +73,34 @@ impl Error {
         match self {
             Error::Database(e) => transient_sqlx(e),
             Error::WriterGone => true,
+            Error::GroupCommit { outage, .. } => outage.is_some(),
             _ => false,
         }
+    }
+
+    /// What is out, for a transient error, in words a caller may see (no path, no SQL).
+    pub fn outage(&self) -> Option<&'static str> {
+        if !self.is_transient() {
+            return None;
+        }
+        if let Error::GroupCommit { outage, .. } = self {
+            return *outage;
+        }
+        let code = match self {
+            Error::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .and_then(|code| code.parse::<i64>().ok())
+                .map(|code| code & 0xff),
+            _ => None,
+        };
+        Some(match code {
+            Some(SQLITE_FULL) => "the server's disk is full",
+            Some(SQLITE_BUSY | SQLITE_LOCKED) => {
+                "the database is locked (by another process, or by a long operation)"
+            }
+            Some(SQLITE_IOERR) => "the database's disk cannot be read or written",
+            _ => "the database is not answering",
+        })
     }
 }
 

@@ -81,6 +81,15 @@ impl Store {
         // busy-waiting between our own writers.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // A commit that failed (a full disk) leaves its connection inside the transaction,
+            // and with one writer connection every later write would fail with it. Such a
+            // connection is closed on release; the next write opens a fresh one.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Connection;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(options.clone())
             .await?;
         migrations::apply(&writer).await?;

@@ -113,14 +113,22 @@ pub(crate) async fn run_group_commit(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = insert_batch(&pool, &audit_key, &batch).await;
+        let result = insert_batch(&pool, &audit_key, &batch)
+            .await
+            .map_err(Error::Database);
+        // Every request of the batch gets the batch's failure, classified once: a full disk is
+        // a full disk for each of them, and the writer goes on with the next batch.
+        let failure = result.as_ref().err().map(|e| {
+            tracing::error!(error = %e, cause = ?e, "group commit failed");
+            (e.outage(), e.to_string())
+        });
         for request in batch.drain(..) {
-            let answer = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    tracing::error!(error = %e, "group commit failed");
-                    Err(Error::WriterGone)
-                }
+            let answer = match &failure {
+                None => Ok(()),
+                Some((outage, message)) => Err(Error::GroupCommit {
+                    outage: *outage,
+                    message: message.clone(),
+                }),
             };
             // The requester may have gone away (client disconnected); the task is stored anyway.
             let _ = request.done.send(answer);
