@@ -180,11 +180,14 @@ pub(crate) async fn download_presigned(
     dest: &Path,
     label: &str,
 ) -> Result<(), String> {
-    let mut response = http
-        .get(presigned)
-        .send()
-        .await
-        .map_err(|e| format!("input {label}: {}", e.without_url()))?;
+    let mut response = http.get(presigned).send().await.map_err(|e| {
+        let why = if e.is_connect() {
+            "the storage server cannot be reached"
+        } else {
+            "the download broke off"
+        };
+        format!("input {label}: {why}: {}", e.without_url())
+    })?;
     if !response.status().is_success() {
         return Err(format!(
             "input {label}: the storage server answered {}",

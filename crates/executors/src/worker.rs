@@ -510,7 +510,7 @@ async fn execute(
             stage_input(task, root, input).await?;
         }
         if task.inputs.iter().any(is_s3_input) {
-            stage_s3_inputs(session.as_ref(), root).await?;
+            stage_s3_inputs(session.as_ref(), root, &task.inputs).await?;
         }
         Ok::<(), SystemError>(())
     };
@@ -1046,7 +1046,11 @@ fn is_s3_input(input: &Input) -> bool {
 }
 
 /// Downloads every `s3://` input through the presigned URLs the server hands out now, at start.
-async fn stage_s3_inputs(session: Option<&Session>, root: &Path) -> Result<(), SystemError> {
+async fn stage_s3_inputs(
+    session: Option<&Session>,
+    root: &Path,
+    inputs: &[Input],
+) -> Result<(), SystemError> {
     let session = session.ok_or_else(|| {
         SystemError("the task has s3:// inputs but no session to fetch them".to_owned())
     })?;
@@ -1057,7 +1061,18 @@ async fn stage_s3_inputs(session: Option<&Session>, root: &Path) -> Result<(), S
     for object in presigned.inputs {
         let dest = paths::resolve_in_root(root, &object.path)?;
         let http = session.storage_http().map_err(SystemError)?;
-        session::download_presigned(http, &object.url, &dest, &object.path)
+        // Named by its s3:// URL (the presigned one is a credential, never shown).
+        let source = inputs
+            .iter()
+            .filter(|i| is_s3_input(i))
+            .find_map(|i| {
+                let rest = object.path.strip_prefix(i.path.as_str())?;
+                (rest.is_empty() || rest.starts_with('/'))
+                    .then(|| format!("{}{rest}", i.url.as_deref().unwrap_or_default()))
+            })
+            .unwrap_or_else(|| object.path.clone());
+        let label = format!("{source} (to {})", object.path);
+        session::download_presigned(http, &object.url, &dest, &label)
             .await
             .map_err(SystemError)?;
     }

@@ -54,11 +54,25 @@ impl IntoResponse for ApiError {
                     ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                 };
                 let msg = if status.is_server_error() {
-                    // The cause goes to the log under an id; the body names only the class.
+                    // The cause goes to the log under an id; the body names only the class,
+                    // and for an outage what is out, in the words the service chose for it.
                     let request_id = tresor_service::request_id::current()
                         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                     tracing::error!(%request_id, error = ?err, "request failed");
-                    format!("{err} (request id {request_id})")
+                    match &err {
+                        ServiceError::Unavailable(cause) => {
+                            retry_after = Some(5);
+                            match cause.downcast_ref::<tresor_service::Outage>() {
+                                Some(outage) => format!(
+                                    "temporarily unavailable: {outage}; retry later (request id {request_id})"
+                                ),
+                                None => format!(
+                                    "temporarily unavailable; retry later (request id {request_id})"
+                                ),
+                            }
+                        }
+                        _ => format!("{err} (request id {request_id})"),
+                    }
                 } else {
                     err.to_string()
                 };

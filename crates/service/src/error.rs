@@ -50,6 +50,17 @@ pub enum ServiceError {
     Internal(#[source] anyhow::Error),
 }
 
+/// What a 503 is about, in words safe to show the caller; attached as the context of an
+/// `Unavailable`'s cause where the room that saw the failure knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Outage(pub &'static str);
+
+impl std::fmt::Display for Outage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
 impl ServiceError {
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ServiceError {
         ServiceError::Invalid {
@@ -66,7 +77,10 @@ impl From<tresor_store::Error> for ServiceError {
     fn from(e: tresor_store::Error) -> Self {
         match e {
             tresor_store::Error::Conflict(what) => ServiceError::Conflict(what.to_owned()),
-            e if e.is_transient() => ServiceError::Unavailable(e.into()),
+            e if e.is_transient() => {
+                let outage = Outage(e.outage().unwrap_or("the database is not answering"));
+                ServiceError::Unavailable(anyhow::Error::new(e).context(outage))
+            }
             e => ServiceError::Internal(e.into()),
         }
     }

@@ -15,7 +15,7 @@ pub mod secrets;
 pub mod storage;
 pub mod tasks;
 
-pub use error::{Entity, ServiceError};
+pub use error::{Entity, Outage, ServiceError};
 pub use identity::{IdentityService, IdentitySettings, IssuedToken, TaskSubject};
 pub use images::{ImageRuntime, ImageService, ImageSettings};
 pub use metrics::Metrics;

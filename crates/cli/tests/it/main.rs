@@ -11,6 +11,7 @@ mod crash;
 mod crash_loop;
 mod deploy;
 mod egress;
+mod faults;
 mod host_users;
 mod identity;
 mod images;

@@ -430,6 +430,16 @@ impl Drop for RealProvider {
 }
 
 pub fn start_real_provider() -> RealProvider {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    start_real_provider_on(port)
+}
+
+/// `start_real_provider` on a given port (to bring a stopped provider back where it was).
+pub fn start_real_provider_on(port: u16) -> RealProvider {
     use std::io::{BufRead, BufReader};
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider");
     assert!(
@@ -437,11 +447,6 @@ pub fn start_real_provider() -> RealProvider {
         "oidc-provider is not installed: run scripts/test.sh (it runs npm ci in {})",
         dir.display()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut child = std::process::Command::new("node")
         .arg("server.mjs")
         .current_dir(&dir)
@@ -471,12 +476,14 @@ pub const S3_SECRET: &str = "tresor-test-s3-secret-key";
 pub struct S3Server {
     pub endpoint: String,
     pub root: TempDir,
-    task: tokio::task::JoinHandle<()>,
+    addr: std::net::SocketAddr,
+    /// The accept loop and every connection, so `down` ends them all.
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        self.task.abort();
+        self.down();
     }
 }
 
@@ -484,29 +491,51 @@ impl S3Server {
     pub async fn start() -> S3Server {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("tresor")).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = S3Server {
+            endpoint: format!("http://{addr}"),
+            root,
+            addr,
+            tasks: Default::default(),
+        };
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&self, listener: TcpListener) {
         let mut builder =
-            s3s::service::S3ServiceBuilder::new(s3s_fs::FileSystem::new(root.path()).unwrap());
+            s3s::service::S3ServiceBuilder::new(s3s_fs::FileSystem::new(self.root.path()).unwrap());
         builder.set_auth(s3s::auth::SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET));
         let service = builder.build();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        let accept = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let service = service.clone();
-                tokio::spawn(async move {
+                let connection = tokio::spawn(async move {
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
                     .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
                     .await;
                 });
+                tasks.lock().unwrap().push(connection);
             }
         });
-        S3Server {
-            endpoint,
-            root,
-            task,
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// The server goes away: its port refuses connections and open ones are closed.
+    pub fn down(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
         }
+    }
+
+    /// The server comes back at the same address, with the same objects.
+    pub async fn up(&self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
     }
 
     /// Settings for a tresor server that uses this S3 server.

@@ -218,9 +218,11 @@ impl PlatformService {
         let claims = match self.oidc.verify(token).await {
             Ok(claims) => claims,
             Err(OidcError::Provider(why)) => {
-                return Err(ServiceError::Unavailable(anyhow::anyhow!(
-                    "identity provider: {why}"
-                )));
+                return Err(ServiceError::Unavailable(
+                    anyhow::anyhow!("identity provider: {why}").context(crate::Outage(
+                        "the identity provider that issued the token cannot be reached to check it",
+                    )),
+                ));
             }
             Err(e) => return Err(ServiceError::Unauthenticated(e.to_string())),
         };
@@ -364,8 +366,16 @@ impl PlatformService {
             }
             Err(_) => false,
         };
-        if due && let Err(e) = self.store.touch_token(token_id, now).await {
-            tracing::warn!(error = %e, "recording a token's last use");
+        if due {
+            // In the background: a busy or full database must not hold up (or fail) the request
+            // that only happened to be a token's use.
+            let store = self.store.clone();
+            let token_id = token_id.to_owned();
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_token(&token_id, now).await {
+                    tracing::warn!(error = %e, "recording a token's last use");
+                }
+            });
         }
     }
 
