@@ -592,7 +592,7 @@ async fn restore(
     match result {
         Ok(s) => {
             output::line(&format!(
-                "restored {} tasks, {} secret versions and {} audit events into {}; the key file opens every secret and the audit trail verifies",
+                "restored {} tasks, {} secret versions and {} audit events into {}; the key file opens every secret and the audit trail verifies. Access tokens revoked and members removed since the backup are back: revoke and remove them again before reopening",
                 s.tasks,
                 s.secret_versions,
                 s.audit_events,

@@ -93,7 +93,8 @@ struct RunArgs {
     command: Vec<String>,
     /// `PATH=URL`: a file (or directory, with a trailing `/` on PATH) the task reads at PATH,
     /// from URL (file://, s3://, http(s)://, or an absolute host path). `PATH=@FILE` sends a
-    /// small local FILE inline instead. Repeatable.
+    /// small local FILE inline instead; its content is then part of the task document, which
+    /// every member of the workspace can read, so never a secret. Repeatable.
     #[arg(long = "input", short = 'i', value_name = "PATH=URL")]
     inputs: Vec<String>,
     /// `PATH=URL`: a file the task writes at PATH, delivered to URL (file://, s3:// or an

@@ -203,12 +203,26 @@ pub fn explain_end(task: &TesTask) {
     let state = task.state.map_or("UNKNOWN", TesState::as_str);
     let mut err = std::io::stderr().lock();
     let id = task.id.as_deref().unwrap_or_default();
-    let _ = writeln!(err, "task {id} ended {state}");
+    let _ = writeln!(err, "task {} ended {state}", printable(id));
     if let Some(lines) = last_log(task).and_then(|l| l.system_logs.as_ref()) {
         for line in lines {
-            let _ = writeln!(err, "  {line}");
+            let _ = writeln!(err, "  {}", printable(line));
         }
     }
+}
+
+/// `text` with control characters escaped: another member's task name, tags, command or
+/// system logs must not move the cursor or rewrite what the terminal shows.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The task as a person reads it.
@@ -216,7 +230,7 @@ pub fn describe(task: &TesTask) -> String {
     let mut out = String::new();
     let mut line = |key: &str, value: &str| {
         if !value.is_empty() {
-            out.push_str(&format!("{key:<13}{value}\n"));
+            out.push_str(&format!("{key:<13}{}\n", printable(value)));
         }
     };
     line("id", task.id.as_deref().unwrap_or_default());
@@ -356,6 +370,20 @@ mod tests {
         assert_eq!(exit_status(&task), EXIT_SYSTEM_ERROR);
         task.state = Some(TesState::Canceled);
         assert_eq!(exit_status(&task), EXIT_CANCELED);
+    }
+
+    #[test]
+    fn another_members_fields_cannot_drive_the_terminal() {
+        let task = TesTask {
+            name: Some("ok\r\x1b[2Kharmless".to_owned()),
+            ..TesTask::default()
+        };
+        let shown = describe(&task);
+        assert!(
+            !shown.contains('\x1b') && !shown.contains('\r'),
+            "{shown:?}"
+        );
+        assert!(shown.contains("\\u{1b}[2K"), "{shown:?}");
     }
 
     #[test]

@@ -41,9 +41,19 @@ const LIVE_OUTPUT_PERIOD: std::time::Duration = std::time::Duration::from_secs(1
 /// The last 64 KiB of the worker log in `task_dir`, from its first whole line.
 pub fn read_log_tail(task_dir: &Path) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
     const TAIL: u64 = 64 * 1024;
-    let mut file = std::fs::File::open(task_dir.join(LOG_FILE)).ok()?;
-    let len = file.metadata().ok()?.len();
+    // Never through a link, and only a regular file: the server reads this as root.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(task_dir.join(LOG_FILE))
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let len = meta.len();
     file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
     let mut raw = Vec::new();
     file.take(TAIL).read_to_end(&mut raw).ok()?;
@@ -1342,13 +1352,14 @@ fn keep_tail(bytes: &mut Vec<u8>, keep: usize) -> bool {
 }
 
 /// `keep_tail` for a log still being read, before credentials are masked: the cut moves on to
-/// the next whitespace, so no token (which holds none) is kept without its start, where its
-/// shape is recognised. A tail with no whitespace at all is dropped.
+/// the next line break, so no credential is kept without what its shape is recognised by (a
+/// token's start, or the `Authorization: Basic ` before an encoded password). A tail with no
+/// line break at all is dropped.
 fn keep_tail_from_a_break(bytes: &mut Vec<u8>, keep: usize) -> bool {
     if !keep_tail(bytes, keep) {
         return false;
     }
-    match bytes.iter().position(u8::is_ascii_whitespace) {
+    match bytes.iter().position(|b| matches!(b, b'\n' | b'\r')) {
         Some(at) => {
             bytes.drain(..=at);
         }

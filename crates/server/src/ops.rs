@@ -65,7 +65,13 @@ pub(crate) async fn observe(metrics: Metrics, request: Request, next: Next) -> R
         .and_then(|v| v.to_str().ok())
         .filter(|v| request_id::acceptable(v))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
-    let method = request.method().as_str().to_owned();
+    // The standard methods by name, any other as OTHER: a label set a client could extend with
+    // made-up methods would grow the server's memory and every scrape without bound.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => m,
+        _ => "OTHER",
+    }
+    .to_owned();
     // The template, never the raw path: labels stay a bounded set and hold no ids.
     let route = request
         .extensions()

@@ -48,8 +48,27 @@ pub async fn backup(source: &Path, dest: &Path) -> Result<Summary, Error> {
             "the backup file exists already; name a new file",
         ));
     }
-    let partial = dest.with_extension("partial");
-    let _ = std::fs::remove_file(&partial);
+    // Staged in a directory of its own, made new and private (mkdir follows no link), so nobody
+    // else who can write to the destination's directory can put a link where SQLite writes.
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staging = parent.join(format!(
+        ".{}.partial-{}",
+        dest.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(io(&staging))?;
+    }
+    let partial = staging.join("copy.db");
     // Made empty and private first: VACUUM INTO fills an empty file and keeps its mode.
     std::fs::OpenOptions::new()
         .write(true)
@@ -70,7 +89,7 @@ pub async fn backup(source: &Path, dest: &Path) -> Result<Summary, Error> {
     let summary = match copied {
         Ok(summary) => summary,
         Err(e) => {
-            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
     };
@@ -78,6 +97,7 @@ pub async fn backup(source: &Path, dest: &Path) -> Result<Summary, Error> {
         .and_then(|f| f.sync_all())
         .map_err(io(&partial))?;
     std::fs::rename(&partial, dest).map_err(io(dest))?;
+    let _ = std::fs::remove_dir_all(&staging);
     if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -150,7 +170,12 @@ mod tests {
             std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert!(!dest.with_extension("partial").exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("partial"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         // Never over an existing file.
         let again = backup(&settings.path, &dest).await.unwrap_err();
         assert!(again.to_string().contains("exists already"), "{again}");

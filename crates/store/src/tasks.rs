@@ -600,6 +600,30 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Whether `presented` is the task's spent bootstrap token and `exchange` the id it was spent
+    /// with (compared in constant time): the cheap check before a repeated exchange's work.
+    pub async fn bootstrap_spent_with(
+        &self,
+        id: &TaskId,
+        presented: &[u8],
+        exchange: &str,
+    ) -> Result<bool, Error> {
+        use subtle::ConstantTimeEq;
+        let row: Option<(Option<Vec<u8>>, Option<String>)> = sqlx::query_as(
+            "SELECT bootstrap_spent, bootstrap_exchange FROM tasks WHERE id = ? AND bootstrap_hash IS NULL",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(match row {
+            Some((Some(spent), Some(stored))) => {
+                bool::from(spent.as_slice().ct_eq(presented))
+                    & bool::from(stored.as_bytes().ct_eq(exchange.as_bytes()))
+            }
+            _ => false,
+        })
+    }
+
     /// The same exchange again (the spent token with the exchange id its worker gave it), after
     /// the answer was lost: a new session credential replaces the one never received. False for
     /// anything else, a replay by whoever read the token included.

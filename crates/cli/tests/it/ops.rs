@@ -173,7 +173,7 @@ async fn metrics_health_and_json_logs_follow_a_request_into_its_worker() {
         .collect();
     assert!(
         worker_lines.iter().any(|l| {
-            let message = l["fields"]["message"].as_str().unwrap_or_default();
+            let message = l["fields"]["line"].as_str().unwrap_or_default();
             message.contains("request_id=ops-req-4711") && message.contains(&id)
         }),
         "no relayed worker line names the request and the task:\n{log}"

@@ -121,10 +121,11 @@ fn relay_worker_log(id: &TaskId, log: &str) {
         let serious = ["ERROR", "WARN", "slurmstepd"]
             .iter()
             .any(|word| line.contains(word));
+        // The worker's line as a field of the server's, never as its message format.
         if serious {
-            tracing::warn!(target: "tresor::worker", task = %id, "{line}");
+            tracing::warn!(target: "tresor::worker", task = %id, line, "worker");
         } else {
-            tracing::info!(target: "tresor::worker", task = %id, "{line}");
+            tracing::info!(target: "tresor::worker", task = %id, line, "worker");
         }
     }
 }

@@ -225,7 +225,17 @@ pub(crate) async fn bootstrap(
         .exchange
         .as_deref()
         .filter(|e| (16..=64).contains(&e.len()) && e.bytes().all(|b| b.is_ascii_alphanumeric()));
-    let repeat = !matches && armed.is_none() && exchange.is_some() && !record.state.is_terminal();
+    // Checked here, before the scheduler is asked or anything is prepared: a made-up exchange
+    // id with a made-up token costs one read.
+    let repeat = match exchange {
+        Some(exchange) if !matches && armed.is_none() && !record.state.is_terminal() => {
+            inner
+                .store
+                .bootstrap_spent_with(&task_id, presented.as_ref(), exchange)
+                .await?
+        }
+        _ => false,
+    };
     if !matches && !repeat {
         let reason = if record.state.is_terminal() {
             "the task has ended"
