@@ -86,9 +86,16 @@ fn http_client(token: Option<&str>) -> Result<reqwest::Client, ClientError> {
     }
     reqwest::Client::builder()
         .default_headers(headers)
+        // The server closes a connection idle for its header timeout (10 s by default). A pooled
+        // connection reused just as the server closes it fails the request, so idle ones are
+        // dropped well before.
+        .pool_idle_timeout(IDLE_CONNECTION)
         .build()
         .map_err(ClientError::Transport)
 }
+
+/// How long an idle connection is kept for reuse: below the server's idle timeout.
+pub const IDLE_CONNECTION: std::time::Duration = std::time::Duration::from_secs(4);
 
 fn base_url(server: &str, path: &str) -> Result<url::Url, ClientError> {
     url::Url::parse(&format!("{}/{path}", server.trim_end_matches('/')))
