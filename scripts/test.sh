@@ -52,3 +52,17 @@ say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 say "cargo test"
 cargo test --workspace --locked
+
+# The soak's smoke: 50 clients for a minute against a real server, with the debug build the
+# tests used. Any error fails it; the latencies are reported, not judged (that is bench/'s job).
+say "soak smoke (50 clients, 60 s)"
+cargo build --locked -q -p tresor-bench -p tresor-cli
+target/debug/tresor-bench --only soak --soak-seconds 60 --soak-clients 50 --tresor target/debug/tresor \
+    | grep -E '^\| soak'
+# Nothing the benchmark or the tests started may be left running.
+left=$(pgrep -fa 'tresor worker' | grep -E 'tresor-(bench|test)-' || true)
+if [ -n "$left" ]; then
+    echo "workers left running after the tests and the benchmark:" >&2
+    echo "$left" >&2
+    exit 1
+fi

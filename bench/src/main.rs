@@ -14,6 +14,7 @@ use clap::Parser;
 use tresor_api_types::tes::{TesExecutor, TesResources, TesState, TesTask, TesView};
 use tresor_client::TesClient;
 
+mod soak;
 mod wes;
 
 #[derive(Parser)]
@@ -67,11 +68,25 @@ struct Args {
     /// The tresor binary (default: `tresor` beside this program).
     #[arg(long)]
     tresor: Option<PathBuf>,
+    /// How long the soak runs (`--only soak`; it never runs by default), in seconds.
+    #[arg(long, default_value_t = 1800)]
+    soak_seconds: u64,
+    /// Clients in the soak.
+    #[arg(long, default_value_t = 50)]
+    soak_clients: usize,
+    /// Write the soak's report to this Markdown file (docs/performance.md).
+    #[arg(long)]
+    doc: Option<PathBuf>,
 }
 
 impl Args {
     fn runs(&self, measure: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|m| m == measure)
+    }
+
+    /// The soak is long: it runs only when named.
+    fn runs_soak(&self) -> bool {
+        self.only.iter().any(|m| m == "soak")
     }
 }
 
@@ -87,6 +102,28 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Workers outlive their server by design; the benchmark's must not outlive it (the
+        // creations run leaves a `sleep 600` holding every slot).
+        if let Some(dir) = &self._dir {
+            kill_workers(&dir.path().join("data/work"));
+        }
+    }
+}
+
+/// Kills the process group of every worker with a task directory under `work_root`.
+fn kill_workers(work_root: &Path) {
+    let Ok(dirs) = std::fs::read_dir(work_root) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        if let Ok(pid) = std::fs::read_to_string(dir.path().join("worker.pid"))
+            && let Ok(pid) = pid.trim().parse::<u32>()
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -1170,6 +1207,46 @@ async fn main() -> Result<()> {
             "| SLURM: one poll (`squeue --me -t all`) with 50 jobs queued (p50) | {:.1} ms | - | - | one call per interval |",
             ms(poll)
         );
+    }
+    if args.runs_soak() {
+        let report = soak::soak(&tresor, args.soak_seconds, args.soak_clients).await?;
+        for (name, calls, p50, p99, max, errors) in &report.apis {
+            println!(
+                "| soak, {} clients for {} s: {name} ({calls} calls, {errors} errors) | p99 {:.1} ms | p50 {:.1} ms, max {:.1} ms | - | p99 < 100 ms, 0 errors |",
+                report.clients,
+                report.seconds,
+                ms(*p99),
+                ms(*p50),
+                ms(*max)
+            );
+        }
+        println!(
+            "| soak: server resident memory, warm -> end | {:+.1}% | {:.1} MiB -> {:.1} MiB (peak {:.1}) | - | < 10% |",
+            report.rss_growth() * 100.0,
+            report.rss_warm_kib as f64 / 1024.0,
+            report.rss_end_kib as f64 / 1024.0,
+            report.rss_peak_kib as f64 / 1024.0
+        );
+        record("soak_errors", report.errors as f64);
+        record("soak_worst_p99_ms", ms(report.worst_p99()));
+        record("soak_rss_growth", report.rss_growth());
+        if let Some(doc) = &args.doc {
+            let command = format!(
+                "target/release/tresor-bench --only soak --soak-seconds {} --soak-clients {} --doc {}",
+                report.seconds,
+                report.clients,
+                doc.display()
+            );
+            std::fs::write(doc, report.markdown(&command))
+                .with_context(|| format!("writing {}", doc.display()))?;
+        }
+        if report.errors > 0 {
+            bail!(
+                "the soak saw {} errors; the first: {}",
+                report.errors,
+                report.first_error.unwrap_or_default()
+            );
+        }
     }
     let summary = serde_json::Value::Object(summary);
     println!("{summary}");

@@ -299,6 +299,26 @@ impl Drop for TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // Its tasks' workers outlive a server by design; a test's must not outlive the test.
+        kill_workers(&self.data.join("work"));
+    }
+}
+
+/// Kills the process group of every worker with a task directory under `work_root` (each
+/// worker leads its own group, which holds its sandboxes).
+pub fn kill_workers(work_root: &Path) {
+    let Ok(dirs) = std::fs::read_dir(work_root) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        if let Ok(pid) = std::fs::read_to_string(dir.path().join("worker.pid"))
+            && let Ok(pid) = pid.trim().parse::<u32>()
+        {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }
 
