@@ -542,15 +542,7 @@ async fn a_reattached_worker_keeps_renewing_its_token_after_a_restart() {
 async fn slurm_jobs_survive_a_kill_9_of_the_server_none_lost_none_duplicated() {
     ensure_slurm();
     let dir = traversable_tempdir();
-    let config = dir.path().join("tresor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[compute_envs.hpc]\ntype = \"slurm\"\npartition = \"debug\"\nwork_dir = \"{}\"\npoll_interval_seconds = 0.5\n",
-            dir.path().join("slurm-work").display()
-        ),
-    )
-    .unwrap();
+    let config = slurm_config(dir.path());
     let listen = free_listen_address();
     let mut first = spawn_server_at(dir.path(), Some(&config), &listen);
     let token = std::fs::read_to_string(dir.path().join("data/bootstrap-admin-token")).unwrap();

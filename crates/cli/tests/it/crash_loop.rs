@@ -164,15 +164,7 @@ async fn ten_kill_9s_while_a_hundred_local_tasks_run_lose_and_repeat_nothing() {
 async fn ten_kill_9s_while_a_hundred_slurm_jobs_run_lose_and_repeat_nothing() {
     ensure_slurm();
     let dir = traversable_tempdir();
-    let config = dir.path().join("tresor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[compute_envs.hpc]\ntype = \"slurm\"\npartition = \"debug\"\nwork_dir = \"{}\"\npoll_interval_seconds = 0.5\n",
-            dir.path().join("slurm-work").display()
-        ),
-    )
-    .unwrap();
+    let config = slurm_config(dir.path());
     crash_loop(
         dir.path(),
         Some(&config),

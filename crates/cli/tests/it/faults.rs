@@ -304,21 +304,7 @@ async fn an_identity_provider_down_is_a_clear_503_for_its_tokens_only_and_passes
         roles_claim: None,
         role_mappings: Vec::new(),
     };
-    let token_from = |issuer: String| async move {
-        let response: serde_json::Value = reqwest::Client::new()
-            .post(format!("{issuer}/token"))
-            .basic_auth("tes-service", Some("tes-service-secret"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("grant_type=client_credentials&scope=tes%3Aread%20tes%3Awrite")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        response["access_token"].as_str().unwrap().to_owned()
-    };
-    let token = token_from(provider.issuer.clone()).await;
+    let token = client_credentials_token(&provider.issuer).await;
     // A server that has not seen the provider's keys yet, with the provider gone.
     drop(provider);
     let server = TestServer::start_with(|s| s.services.oidc_issuers = vec![trust]).await;
@@ -342,7 +328,7 @@ async fn an_identity_provider_down_is_a_clear_503_for_its_tokens_only_and_passes
     let provider = tokio::task::spawn_blocking(move || start_real_provider_on(port))
         .await
         .unwrap();
-    let token = token_from(provider.issuer.clone()).await;
+    let token = client_credentials_token(&provider.issuer).await;
     let me = PlatformClient::new(&server.url, Some(&token))
         .unwrap()
         .me()

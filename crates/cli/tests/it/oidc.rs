@@ -306,21 +306,7 @@ async fn a_token_from_a_real_openid_provider_reaches_the_api() {
     let server = TestServer::start_with(|s| s.services.oidc_issuers = vec![trust]).await;
 
     // The OAuth2 client-credentials grant, as a pipeline service account would log in.
-    let response: Value = reqwest::Client::new()
-        .post(format!("{}/token", provider.issuer))
-        .basic_auth("tes-service", Some("tes-service-secret"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials&scope=tes%3Aread%20tes%3Awrite")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = response["access_token"]
-        .as_str()
-        .expect("an access token")
-        .to_owned();
+    let token = client_credentials_token(&provider.issuer).await;
     assert_eq!(token.split('.').count(), 3, "a JWT access token");
 
     let me = PlatformClient::new(&server.url, Some(&token))

@@ -489,6 +489,41 @@ pub fn start_real_provider_on(port: u16) -> RealProvider {
     RealProvider { child, issuer }
 }
 
+/// A config file in `dir` with the SLURM compute environment `hpc` (work dir `dir/slurm-work`,
+/// polled every half second), for servers run as processes.
+pub fn slurm_config(dir: &Path) -> PathBuf {
+    let config = dir.join("tresor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[compute_envs.hpc]\ntype = \"slurm\"\npartition = \"debug\"\nwork_dir = \"{}\"\npoll_interval_seconds = 0.5\n",
+            dir.join("slurm-work").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// An access token from the test provider by the OAuth2 client-credentials grant, as a pipeline
+/// service account (`tes-service`) logs in.
+pub async fn client_credentials_token(issuer: &str) -> String {
+    let response: serde_json::Value = reqwest::Client::new()
+        .post(format!("{issuer}/token"))
+        .basic_auth("tes-service", Some("tes-service-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials&scope=tes%3Aread%20tes%3Awrite")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    response["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_owned()
+}
+
 pub const S3_SECRET: &str = "tresor-test-s3-secret-key";
 
 /// A real S3 server (s3s-fs, in-process): SigV4 and presigned signatures are checked, expiry
