@@ -105,24 +105,7 @@ impl Drop for Server {
         // Workers outlive their server by design; the benchmark's must not outlive it (the
         // creations run leaves a `sleep 600` holding every slot).
         if let Some(dir) = &self._dir {
-            kill_workers(&dir.path().join("data/work"));
-        }
-    }
-}
-
-/// Kills the process group of every worker with a task directory under `work_root`.
-fn kill_workers(work_root: &Path) {
-    let Ok(dirs) = std::fs::read_dir(work_root) else {
-        return;
-    };
-    for dir in dirs.flatten() {
-        if let Ok(pid) = std::fs::read_to_string(dir.path().join("worker.pid"))
-            && let Ok(pid) = pid.trim().parse::<u32>()
-        {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stderr(Stdio::null())
-                .status();
+            tresor_executors::local::kill_workers_under(&dir.path().join("data/work"));
         }
     }
 }

@@ -11,7 +11,7 @@ mod task_follow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -113,6 +113,17 @@ enum Command {
     Completions { shell: clap_complete::Shell },
 }
 
+/// The two key files an admin command beside the server may need.
+#[derive(Args)]
+struct KeyFiles {
+    /// The key file (default: TRESOR_KEK_FILE, else <data-dir>/kek).
+    #[arg(long, env = "TRESOR_KEK_FILE")]
+    kek_file: Option<PathBuf>,
+    /// The audit key file (default: TRESOR_AUDIT_KEY_FILE, else <data-dir>/audit-key).
+    #[arg(long, env = "TRESOR_AUDIT_KEY_FILE")]
+    audit_key_file: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum AdminCommand {
     /// Write a consistent copy of the database to a new file (0600), safe while the server runs.
@@ -134,12 +145,8 @@ enum AdminCommand {
         from: PathBuf,
         #[arg(long, default_value = "tresor-data")]
         data_dir: PathBuf,
-        /// The key file (default: TRESOR_KEK_FILE, else <data-dir>/kek).
-        #[arg(long, env = "TRESOR_KEK_FILE")]
-        kek_file: Option<PathBuf>,
-        /// The audit key file (default: TRESOR_AUDIT_KEY_FILE, else <data-dir>/audit-key).
-        #[arg(long, env = "TRESOR_AUDIT_KEY_FILE")]
-        audit_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        keys: KeyFiles,
         /// Replace the data directory's database (kept as tresor.db.before-restore).
         #[arg(long)]
         replace: bool,
@@ -148,26 +155,16 @@ enum AdminCommand {
     RotateKek {
         #[arg(long, default_value = "tresor-data")]
         data_dir: PathBuf,
-        /// The key file (default: TRESOR_KEK_FILE, else <data-dir>/kek).
-        #[arg(long, env = "TRESOR_KEK_FILE")]
-        kek_file: Option<PathBuf>,
-        /// The audit key file, for the audit event (default: TRESOR_AUDIT_KEY_FILE, else
-        /// <data-dir>/audit-key).
-        #[arg(long, env = "TRESOR_AUDIT_KEY_FILE")]
-        audit_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        keys: KeyFiles,
     },
     /// Start signing task identity tokens with a new key; the old key stays published until
     /// the tokens it signed have expired. Safe while the server runs.
     RotateSigningKey {
         #[arg(long, default_value = "tresor-data")]
         data_dir: PathBuf,
-        /// The key file (default: TRESOR_KEK_FILE, else <data-dir>/kek).
-        #[arg(long, env = "TRESOR_KEK_FILE")]
-        kek_file: Option<PathBuf>,
-        /// The audit key file, for the audit event (default: TRESOR_AUDIT_KEY_FILE, else
-        /// <data-dir>/audit-key).
-        #[arg(long, env = "TRESOR_AUDIT_KEY_FILE")]
-        audit_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        keys: KeyFiles,
     },
     /// Import an image from an OCI image layout (a directory, or a tar of one) into a host's
     /// image cache under a name, for air-gapped sites: tasks naming it need no registry, and it
@@ -349,8 +346,11 @@ fn main() -> ExitCode {
                 AdminCommand::Restore {
                     from,
                     data_dir,
-                    kek_file,
-                    audit_key_file,
+                    keys:
+                        KeyFiles {
+                            kek_file,
+                            audit_key_file,
+                        },
                     replace,
                 },
         } => runtime.block_on(restore(&from, &data_dir, kek_file, audit_key_file, replace)),
@@ -358,16 +358,22 @@ fn main() -> ExitCode {
             command:
                 AdminCommand::RotateKek {
                     data_dir,
-                    kek_file,
-                    audit_key_file,
+                    keys:
+                        KeyFiles {
+                            kek_file,
+                            audit_key_file,
+                        },
                 },
         } => runtime.block_on(rotate_kek(&data_dir, kek_file, audit_key_file)),
         Command::Admin {
             command:
                 AdminCommand::RotateSigningKey {
                     data_dir,
-                    kek_file,
-                    audit_key_file,
+                    keys:
+                        KeyFiles {
+                            kek_file,
+                            audit_key_file,
+                        },
                 },
         } => runtime.block_on(rotate_signing_key(&data_dir, kek_file, audit_key_file)),
         Command::Admin {

@@ -300,10 +300,7 @@ impl LocalExecutor {
 
     /// Whether a worker holds the task's lock right now.
     pub fn is_running(&self, id: &TaskId) -> bool {
-        let Ok(lock) = File::open(self.task_dir(id).join(LOCK_FILE)) else {
-            return false;
-        };
-        matches!(lock.try_lock_shared(), Err(TryLockError::WouldBlock))
+        worker_holds_lock(&self.task_dir(id))
     }
 
     /// The pid (and process group id) of the task's worker, as recorded when it was started.
@@ -324,12 +321,7 @@ impl LocalExecutor {
     /// Kills the worker and everything it started (its process group), if it still runs.
     /// The lock check guards against signalling a reused pid.
     pub fn kill(&self, id: &TaskId, pid: i32) {
-        if !self.is_running(id) {
-            return;
-        }
-        if let Some(pid) = rustix::process::Pid::from_raw(pid)
-            && let Err(e) = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL)
-        {
+        if let Err(e) = kill_worker_in(&self.task_dir(id), pid) {
             tracing::warn!(task = %id, error = %e, "killing the worker's process group");
         }
     }
@@ -632,5 +624,41 @@ impl ComputeBackend for LocalExecutor {
 
     fn job<'a>(&'a self, _handle: &'a str) -> BoxFuture<'a, Result<Option<JobView>, Error>> {
         Box::pin(async { Ok(None) })
+    }
+}
+/// Whether a worker holds the lock of the task directory `dir` right now.
+fn worker_holds_lock(dir: &Path) -> bool {
+    let Ok(lock) = File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    matches!(lock.try_lock_shared(), Err(TryLockError::WouldBlock))
+}
+
+/// Kills the worker of the task directory `dir` and everything it started (its process group),
+/// if it still runs: the lock check guards against signalling a reused pid.
+fn kill_worker_in(dir: &Path, pid: i32) -> Result<(), rustix::io::Errno> {
+    if !worker_holds_lock(dir) {
+        return Ok(());
+    }
+    match rustix::process::Pid::from_raw(pid) {
+        Some(pid) => rustix::process::kill_process_group(pid, rustix::process::Signal::KILL),
+        None => Ok(()),
+    }
+}
+
+/// Kills every worker with a task directory under `work_root`, for a program that owns a work
+/// root and ends with it (a test, a benchmark). The server never calls it: its workers outlive
+/// it by design, and the next server adopts them.
+pub fn kill_workers_under(work_root: &Path) {
+    let Ok(dirs) = std::fs::read_dir(work_root) else {
+        return;
+    };
+    for dir in dirs.flatten().map(|d| d.path()) {
+        let pid = std::fs::read_to_string(dir.join(PID_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = pid {
+            let _ = kill_worker_in(&dir, pid);
+        }
     }
 }

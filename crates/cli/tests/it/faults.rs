@@ -77,13 +77,6 @@ fn id_of(body: &str) -> String {
         .to_owned()
 }
 
-fn admin_token(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("data/bootstrap-admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 /// The server's logged request failures, for an assertion's message.
 fn failures(dir: &Path) -> String {
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
@@ -110,7 +103,7 @@ async fn a_full_disk_is_a_clear_503_and_the_server_recovers_when_space_returns()
     let data = dir.path().join("data");
     let _fs = SmallFs::mount(&data, "64m");
     let server = spawn_server_env(dir.path(), "127.0.0.1:0", &[]);
-    let (url, token) = (server.client_url(), admin_token(dir.path()));
+    let (url, token) = (server.client_url(), bootstrap_admin_token(dir.path()));
     let first = wait_terminal(
         &server.client,
         &server
@@ -199,7 +192,7 @@ async fn a_database_locked_by_another_process_is_a_clear_503_until_it_lets_go() 
     use sqlx::{Connection, Executor};
     let dir = traversable_tempdir();
     let server = spawn_server_env(dir.path(), "127.0.0.1:0", &[]);
-    let (url, token) = (server.client_url(), admin_token(dir.path()));
+    let (url, token) = (server.client_url(), bootstrap_admin_token(dir.path()));
     // Another process's write transaction, as a backup tool or a stray sqlite3 shell would hold.
     let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&format!(
         "sqlite://{}",

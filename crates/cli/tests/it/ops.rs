@@ -2,7 +2,6 @@
 //! and a clean stop on SIGTERM.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use tresor_api_types::tes::{TesState, TesTask, TesView};
@@ -10,13 +9,6 @@ use tresor_client::PlatformClient;
 
 use crate::crash::{free_listen_address, spawn_server_env};
 use crate::support::*;
-
-fn admin_token(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("data/bootstrap-admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 async fn get(url: &str, token: Option<&str>) -> (u16, String) {
     let mut request = reqwest::Client::new().get(url);
@@ -43,7 +35,7 @@ async fn metrics_health_and_json_logs_follow_a_request_into_its_worker() {
         &[("TRESOR_LOG_FORMAT", "json"), ("TRESOR_LOG", "info")],
     );
     let base = server.client_url();
-    let token = admin_token(dir.path());
+    let token = bootstrap_admin_token(dir.path());
 
     assert_eq!(
         get(&format!("{base}/healthz"), None).await,
@@ -247,7 +239,7 @@ async fn an_online_backup_restores_with_its_key_file_and_not_without_it() {
     use std::os::unix::fs::PermissionsExt;
     let first = traversable_tempdir();
     let server = spawn_server_env(first.path(), "127.0.0.1:0", &[]);
-    let token = admin_token(first.path());
+    let token = bootstrap_admin_token(first.path());
     let admin = PlatformClient::new(&server.client_url(), Some(&token)).unwrap();
     admin.create_workspace("ops").await.unwrap();
     admin

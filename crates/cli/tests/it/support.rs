@@ -300,25 +300,7 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
         // Its tasks' workers outlive a server by design; a test's must not outlive the test.
-        kill_workers(&self.data.join("work"));
-    }
-}
-
-/// Kills the process group of every worker with a task directory under `work_root` (each
-/// worker leads its own group, which holds its sandboxes).
-pub fn kill_workers(work_root: &Path) {
-    let Ok(dirs) = std::fs::read_dir(work_root) else {
-        return;
-    };
-    for dir in dirs.flatten() {
-        if let Ok(pid) = std::fs::read_to_string(dir.path().join("worker.pid"))
-            && let Ok(pid) = pid.trim().parse::<u32>()
-        {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
+        tresor_executors::local::kill_workers_under(&self.data.join("work"));
     }
 }
 
@@ -487,6 +469,14 @@ pub fn start_real_provider_on(port: u16) -> RealProvider {
         }
     };
     RealProvider { child, issuer }
+}
+
+/// The bootstrap admin's access token of a server process whose data is in `dir/data`.
+pub fn bootstrap_admin_token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("data/bootstrap-admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned()
 }
 
 /// A config file in `dir` with the SLURM compute environment `hpc` (work dir `dir/slurm-work`,
