@@ -110,6 +110,15 @@ async fn metrics_health_and_json_logs_follow_a_request_into_its_worker() {
     .await;
     assert_eq!(status, 404);
 
+    // Made-up methods, as an unauthenticated attacker would send to grow the label set.
+    for i in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        let _ = reqwest::Client::new()
+            .request(method, format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap();
+    }
     let (status, metrics) = get(&format!("{base}/metrics"), Some(&token)).await;
     assert_eq!(status, 200, "{metrics}");
     for (series, want) in [
@@ -141,6 +150,11 @@ async fn metrics_health_and_json_logs_follow_a_request_into_its_worker() {
         "a raw path became a label:\n{metrics}"
     );
     assert!(!metrics.contains("ops-secret-value"), "{metrics}");
+    assert!(
+        !metrics.contains("MADEUP"),
+        "a made-up method became a label:\n{metrics}"
+    );
+    assert!(metrics.contains("method=\"OTHER\""), "{metrics}");
 
     // Every line of the server's log is one JSON object; the request's own lines carry its id,
     // and so do the worker's lines, which the server relays when the task ends.
